@@ -1,0 +1,77 @@
+"""DialogActor: a dialog's mailbox for operations that act on the call from the proxy side.
+
+SIP messages of a dialog are applied by the worker's proxy core in arrival order; operations
+from the control plane (end the call now; transfer and hold later) arrive here and run one at
+a time against the dialog's state machine. Also renders a dialog the way OpenSIPS
+`dialog:list` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..sip.dialog import Dialog
+from .mailbox import Mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class EndDialog:
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+DialogMessage = EndDialog
+
+
+class DialogActor:
+    __slots__ = ("dialog", "mailbox")
+
+    def __init__(self, dialog: Dialog, handle: Callable[[Dialog, DialogMessage], None]) -> None:
+        self.dialog = dialog
+        self.mailbox: Mailbox[DialogMessage] = Mailbox(lambda msg: handle(self.dialog, msg))
+
+    def tell(self, message: DialogMessage) -> None:
+        self.mailbox.tell(message)
+
+
+def _text(sdp: bytes | None) -> str:
+    return sdp.decode("utf-8", "replace") if sdp else ""
+
+
+def dialog_info(dialog: Dialog, to_wall: Callable[[float], float]) -> dict[str, Any]:
+    """The OpenSIPS `dialog:list` object for one dialog (fields that apply to a proxy)."""
+    start = to_wall(dialog.start_time)
+    timeout = to_wall(dialog.timeout_at) if dialog.timeout_at is not None else 0.0
+    caller, callee = dialog.caller, dialog.callee
+    worker, _, seq = dialog.id.partition(".")
+    return {
+        "ID": dialog.id,
+        "db_id": (int(worker, 16) << 32) | int(seq, 16),
+        "state": int(dialog.state),
+        "user_flags": 0,
+        "timestart": int(start),
+        "datestart": time.ctime(start),
+        "timeout": int(timeout),
+        "dateout": time.ctime(timeout) if timeout else "",
+        "callid": dialog.call_id,
+        "from_uri": dialog.from_uri,
+        "to_uri": dialog.to_uri,
+        "caller_tag": caller.tag,
+        "caller_contact": caller.contact,
+        "callee_cseq": str(callee.cseq),
+        "caller_route_set": ",".join(caller.route_set),
+        "caller_bind_addr": str(caller.local) if caller.local else "",
+        "caller_sdp": _text(caller.sdp),
+        "CALLEES": [
+            {
+                "callee_tag": callee.tag,
+                "callee_contact": callee.contact,
+                "caller_cseq": str(caller.cseq),
+                "callee_route_set": ",".join(callee.route_set),
+                "callee_bind_addr": str(callee.local) if callee.local else "",
+                "callee_sdp": _text(callee.sdp),
+            }
+        ] if callee.tag else [],
+    }

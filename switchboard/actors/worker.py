@@ -1,0 +1,139 @@
+"""The worker: hosts one proxy core in the event loop and moves its input and output.
+
+Inbound messages go straight into the core (the hot path: no queue, no copy); after each one
+the worker sends what the core put in its outbox, publishes the dialog events, and re-arms a
+single loop timer at the core's next deadline (aioquic's driver shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..sip.dialog import Dialog
+from ..sip.proxy import Proxy
+from ..sip.wire import Address
+from ..transport.base import Endpoint
+from .dialog import DialogActor, DialogMessage, EndDialog, dialog_info
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+class Worker:
+    def __init__(self, proxy: Proxy, publish: Publish) -> None:
+        self.proxy = proxy
+        self.publish = publish
+        self.endpoints: dict[Address, Endpoint] = {}
+        self.actors: dict[str, DialogActor] = {}
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # Core time is the loop's monotonic clock; this maps it to wall time for display.
+        self._wall_offset = time.time() - self._loop.time()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def to_wall(self, t: float) -> float:
+        return t + self._wall_offset
+
+    def add_endpoint(self, endpoint: Endpoint) -> None:
+        self.endpoints[endpoint.local] = endpoint
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Address, local: Address) -> None:
+        self.proxy.receive(data, source, local, self._loop.time())
+        self.flush()
+
+    def flush(self) -> None:
+        proxy = self.proxy
+        if proxy.outbox:
+            endpoints = self.endpoints
+            for dgram in proxy.outbox:
+                endpoint = endpoints.get(dgram.local)
+                if endpoint is not None:
+                    endpoint.send(dgram.data, dgram.dest)
+            proxy.outbox.clear()
+        if proxy.events:
+            for ev in proxy.events:
+                self.publish("E_DLG_STATE_CHANGED", {
+                    "id": ev.dialog_id,
+                    "db_id": _db_id(ev.dialog_id),
+                    "callid": ev.call_id,
+                    "from_tag": ev.from_tag,
+                    "to_tag": ev.to_tag,
+                    "old_state": ev.old_state,
+                    "new_state": ev.new_state,
+                })
+                if ev.new_state == 5:
+                    self.actors.pop(ev.dialog_id, None)
+            proxy.events.clear()
+        deadline = proxy.next_deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.proxy.handle_timers(self._loop.time())
+        except Exception:
+            log.exception("timer handling failed")
+        self.flush()
+
+    # -- operations on dialogs --------------------------------------------------------------
+
+    def find_dialog(self, key: str) -> Dialog | None:
+        dialog = self.proxy.dialogs.find(key)
+        return dialog if dialog is not None and dialog.active else None
+
+    def tell(self, dialog: Dialog, message: DialogMessage) -> None:
+        actor = self.actors.get(dialog.id)
+        if actor is None:
+            actor = self.actors[dialog.id] = DialogActor(dialog, self._handle)
+        actor.tell(message)
+
+    def _handle(self, dialog: Dialog, message: DialogMessage) -> None:
+        if isinstance(message, EndDialog):
+            self.proxy.end_dialog(dialog.id, self._loop.time(), message.extra_headers)
+        self.flush()
+
+    def list_dialogs(self, call_id: str | None = None,
+                     from_tag: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for dialog in self.proxy.dialogs:
+            if not dialog.active:
+                continue
+            if call_id is not None and dialog.call_id != call_id:
+                continue
+            if from_tag is not None and dialog.caller.tag != from_tag:
+                continue
+            out.append(dialog_info(dialog, self.to_wall))
+        return out
+
+    def end_dialog(self, key: str, extra_headers: Iterable[tuple[str, str]] = ()) -> bool:
+        dialog = self.find_dialog(key)
+        if dialog is None:
+            return False
+        self.tell(dialog, EndDialog(tuple(extra_headers)))
+        return True
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for endpoint in self.endpoints.values():
+            endpoint.close()
+
+
+def _db_id(dialog_id: str) -> int:
+    worker, _, seq = dialog_id.partition(".")
+    return (int(worker, 16) << 32) | int(seq, 16)

@@ -1,0 +1,1 @@
+"""Runtimes: `local` (everything in this process, the default) and `ray` (a cluster)."""

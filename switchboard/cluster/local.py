@@ -1,0 +1,148 @@
+"""The `local` runtime: one worker, its sockets, the event bus and the MI in this process.
+
+`serve(config)` binds everything and returns a started `LocalSwitchboard`, which is also the
+in-process Python API: its methods are the management operations (`ControlApi`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from ..actors.eventbus import EventBus
+from ..actors.worker import Worker
+from ..api import CommandError
+from ..config import Config
+from ..mi.http import MIServer, start_mi_server
+from ..sip.proxy import Proxy, ProxyConfig
+from ..sip.wire import Address
+from ..transport.tcp import TcpEndpoint
+from ..transport.udp import UdpEndpoint
+
+log = logging.getLogger(__name__)
+
+
+def _token() -> str:
+    return secrets.token_hex(4)
+
+
+def parse_extra_headers(text: str | None) -> list[tuple[str, str]]:
+    """`Name: value` lines (CRLF or LF separated) → pairs; anything else is refused."""
+    if not text:
+        return []
+    out: list[tuple[str, str]] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not name or not all(c.isalnum() or c in "-._!%*+`'~" for c in name):
+            raise CommandError.invalid_params(f"extra_hdrs: bad header line {line!r}")
+        if "\r" in value:
+            raise CommandError.invalid_params("extra_hdrs: CR inside a header value")
+        out.append((name, value.strip()))
+    return out
+
+
+class LocalSwitchboard:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.worker: Worker | None = None
+        self.events: EventBus | None = None
+        self.mi: MIServer | None = None
+        self._started_wall = time.time()
+        self._started_mono = time.monotonic()
+
+    @property
+    def listeners(self) -> list[Address]:
+        return list(self.worker.endpoints) if self.worker else []
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.events = EventBus()
+        for sub in cfg.events.static_subscriptions():
+            await self.events.subscribe(sub.event, sub.socket, None)
+        endpoints: list[UdpEndpoint | TcpEndpoint] = []
+        worker_box: list[Worker] = []
+
+        def receive(data: bytes, source: Address, local: Address) -> None:
+            worker_box[0].receive(data, source, local)
+
+        for sock in cfg.listen.sockets:
+            cls = UdpEndpoint if sock.transport == "udp" else TcpEndpoint
+            endpoints.append(await cls.bind(sock.host, sock.port, receive))
+        proxy = Proxy(
+            ProxyConfig(
+                listeners=tuple(e.local for e in endpoints),
+                domains=cfg.proxy.domains,
+                record_route=cfg.proxy.record_route,
+                dialog_lifetime=float(cfg.dialog.lifetime),
+            ),
+            _token,
+            first_seq=int.from_bytes(os.urandom(3), "big") << 4,
+        )
+        events = self.events
+        self.worker = Worker(proxy, events.publish)
+        worker_box.append(self.worker)
+        for endpoint in endpoints:
+            self.worker.add_endpoint(endpoint)
+        if cfg.mi.http is not None:
+            self.mi = await start_mi_server(
+                self, cfg.mi.http.host, cfg.mi.http.port, token=cfg.mi.token or None
+            )
+
+    async def stop(self) -> None:
+        if self.mi is not None:
+            await self.mi.close()
+        if self.worker is not None:
+            self.worker.close()
+        if self.events is not None:
+            await self.events.close()
+
+    # -- ControlApi -----------------------------------------------------------------------
+
+    async def list_dialogs(
+        self, callid: str | None = None, from_tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        assert self.worker is not None
+        return self.worker.list_dialogs(callid, from_tag)
+
+    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
+        assert self.worker is not None
+        extra = parse_extra_headers(extra_headers)
+        if not self.worker.end_dialog(dialog_id, extra):
+            raise CommandError.dialog_not_found()
+
+    async def statistics(self) -> dict[str, int]:
+        assert self.worker is not None
+        stats = self.worker.proxy.statistics()
+        if self.events is not None:
+            stats["evi:dropped_events"] = self.events.dropped
+        return dict(sorted(stats.items()))
+
+    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
+        assert self.events is not None
+        try:
+            await self.events.subscribe(event, socket, expire)
+        except ValueError as exc:
+            raise CommandError.invalid_params(str(exc)) from None
+
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self._started_mono
+
+    def started_at(self) -> float:
+        return self._started_wall
+
+
+async def serve(config: Config) -> LocalSwitchboard:
+    """Start switchboard in this process with `config`; returns the running instance."""
+    sb = LocalSwitchboard(config)
+    try:
+        await sb.start()
+    except BaseException:
+        await sb.stop()
+        raise
+    return sb

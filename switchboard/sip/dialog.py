@@ -1,0 +1,230 @@
+"""INVITE dialogs as a proxy tracks them, after the OpenSIPS dialog module.
+
+A `Dialog` is created when an initial INVITE is relayed and follows the states
+unconfirmed (1) → early (2) → confirmed without ACK (3) → confirmed (4) → deleted (5). For
+each leg it keeps the tag, the remote target (Contact), the route set toward that leg, the
+last CSeq the leg sent and the last SDP the leg sent. Every state change is reported as a
+`DialogStateChanged` event. The table finds dialogs by id and by Call-ID.
+
+Owns no transactions and sends nothing: the proxy core feeds it what it relays.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .message import Request, Response
+from .wire import Address
+
+
+class DialogState(enum.IntEnum):
+    UNCONFIRMED = 1
+    EARLY = 2
+    CONFIRMED_NA = 3
+    CONFIRMED = 4
+    DELETED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DialogStateChanged:
+    dialog_id: str
+    call_id: str
+    from_tag: str
+    to_tag: str
+    old_state: int
+    new_state: int
+
+
+@dataclass(slots=True)
+class Leg:
+    """One party of the dialog, as seen from the proxy."""
+
+    tag: str = ""
+    contact: str = ""  # remote target URI
+    route_set: list[str] = field(default_factory=list)  # Route values toward this leg
+    cseq: int = 0  # last CSeq number in a request this leg sent
+    sdp: bytes | None = None  # last SDP this leg sent
+    address: Address | None = None  # where its messages came from last
+    local: Address | None = None  # our socket that faces this leg
+
+
+class Dialog:
+    __slots__ = (
+        "call_id", "callee", "caller", "end_reason", "from_uri", "id", "invite",
+        "lifetime_timer", "start_time", "state", "timeout_at", "to_uri",
+    )
+
+    def __init__(self, dialog_id: str, invite: Request, source: Address, local: Address,
+                 now: float) -> None:
+        self.id = dialog_id
+        self.call_id = invite.call_id
+        self.from_uri = str(invite.from_.uri)
+        self.to_uri = str(invite.to.uri)
+        self.state = DialogState.UNCONFIRMED
+        self.start_time = now
+        self.timeout_at: float | None = None
+        self.lifetime_timer: object | None = None  # the core's Timer for the lifetime
+        self.invite: object | None = None  # the core's pending INVITE context, while any
+        self.end_reason = ""
+        contacts = invite.contacts
+        self.caller = Leg(
+            tag=invite.from_tag or "",
+            contact=str(contacts[0].uri) if contacts and contacts[0].uri else "",
+            # Requests toward the caller follow the Record-Route entries that were already
+            # on the INVITE when it reached us, in that order (RFC 3261 §12.1.1).
+            route_set=list(invite.values("record-route")),
+            cseq=invite.cseq.number,
+            sdp=_sdp_of(invite),
+            address=source,
+            local=local,
+        )
+        self.callee = Leg()
+
+    @property
+    def active(self) -> bool:
+        return self.state is not DialogState.DELETED
+
+    def leg_of(self, from_tag: str | None) -> tuple[Leg, Leg] | None:
+        """(sender, receiver) for a request whose From tag is `from_tag`."""
+        if from_tag == self.caller.tag:
+            return self.caller, self.callee
+        if self.callee.tag and from_tag == self.callee.tag:
+            return self.callee, self.caller
+        return None
+
+    def _move(self, new: DialogState, events: list[DialogStateChanged]) -> None:
+        old = self.state
+        if old is new or old is DialogState.DELETED:
+            return
+        self.state = new
+        events.append(
+            DialogStateChanged(self.id, self.call_id, self.caller.tag, self.callee.tag,
+                               int(old), int(new))
+        )
+
+    # -- what the proxy relays -----------------------------------------------------------
+
+    def on_invite_response(
+        self,
+        response: Response,
+        own_record_routes: int,
+        source: Address,
+        local: Address,
+        events: list[DialogStateChanged],
+    ) -> None:
+        """A response to the initial INVITE came from downstream."""
+        status = response.status
+        if self.state in (DialogState.CONFIRMED_NA, DialogState.CONFIRMED, DialogState.DELETED):
+            return
+        if status >= 300:
+            self.end_reason = f"{status}"
+            self._move(DialogState.DELETED, events)
+            return
+        to_tag = response.to_tag
+        if status < 200 and not to_tag:
+            return
+        if status == 100:
+            return
+        callee = self.callee
+        callee.tag = to_tag or callee.tag
+        contacts = response.contacts
+        if contacts and contacts[0].uri is not None:
+            callee.contact = str(contacts[0].uri)
+        rr = response.values("record-route")
+        # Entries above ours were added downstream; toward the callee they apply in reverse.
+        downstream = rr[: max(0, len(rr) - len(self.caller.route_set) - own_record_routes)]
+        callee.route_set = list(reversed(downstream))
+        callee.address = source
+        callee.local = local
+        sdp = _sdp_of(response)
+        if sdp is not None:
+            callee.sdp = sdp
+        self._move(DialogState.EARLY if status < 200 else DialogState.CONFIRMED_NA, events)
+
+    def on_request(self, request: Request, sender: Leg, events: list[DialogStateChanged]) -> None:
+        """An in-dialog request from `sender` is being relayed."""
+        method = request.method
+        if method != "ACK":
+            sender.cseq = max(sender.cseq, request.cseq.number)
+        sdp = _sdp_of(request)
+        if sdp is not None:
+            sender.sdp = sdp
+        if method in ("INVITE", "UPDATE"):
+            contacts = request.contacts
+            if contacts and contacts[0].uri is not None:
+                sender.contact = str(contacts[0].uri)
+        if method == "ACK" and self.state is DialogState.CONFIRMED_NA:
+            self._move(DialogState.CONFIRMED, events)
+        elif method == "BYE":
+            self.end_reason = "bye"
+            self._move(DialogState.DELETED, events)
+
+    def on_response_to(self, request_method: str, response: Response, responder: Leg) -> None:
+        """A response to an in-dialog request, sent by `responder`: track its SDP."""
+        if request_method in ("INVITE", "UPDATE") and 200 <= response.status < 300:
+            sdp = _sdp_of(response)
+            if sdp is not None:
+                responder.sdp = sdp
+
+    def delete(self, reason: str, events: list[DialogStateChanged]) -> None:
+        self.end_reason = reason
+        self._move(DialogState.DELETED, events)
+
+
+def _sdp_of(message: Request | Response) -> bytes | None:
+    if message.body and message.content_type == "application/sdp":
+        return message.body
+    return None
+
+
+class DialogTable:
+    """Dialogs of one worker, by id and by Call-ID."""
+
+    __slots__ = ("_by_callid", "_by_id", "_next", "worker_id")
+
+    def __init__(self, worker_id: int, first_seq: int) -> None:
+        self.worker_id = worker_id
+        self._next = first_seq
+        self._by_id: dict[str, Dialog] = {}
+        self._by_callid: dict[str, Dialog] = {}
+
+    def new_id(self) -> str:
+        """`<worker>.<seq>` in hex: safe in a URI parameter, and names the owning worker."""
+        self._next = (self._next + 1) & 0xFFFFFFFF
+        return f"{self.worker_id:x}.{self._next:x}"
+
+    def add(self, dialog: Dialog) -> None:
+        self._by_id[dialog.id] = dialog
+        self._by_callid[dialog.call_id] = dialog
+
+    def remove(self, dialog: Dialog) -> None:
+        self._by_id.pop(dialog.id, None)
+        if self._by_callid.get(dialog.call_id) is dialog:
+            del self._by_callid[dialog.call_id]
+
+    def by_id(self, dialog_id: str) -> Dialog | None:
+        return self._by_id.get(dialog_id)
+
+    def by_call_id(self, call_id: str) -> Dialog | None:
+        return self._by_callid.get(call_id)
+
+    def find(self, key: str) -> Dialog | None:
+        """A dialog by id or by Call-ID (as `dialog:end_dlg` accepts either)."""
+        return self._by_id.get(key) or self._by_callid.get(key)
+
+    def __iter__(self) -> Iterator[Dialog]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+def worker_of(dialog_id: str) -> int | None:
+    head, dot, _ = dialog_id.partition(".")
+    try:
+        return int(head, 16) if dot else None
+    except ValueError:
+        return None
+

@@ -1,0 +1,745 @@
+"""The record-routing, transaction-stateful proxy core (RFC 3261 §16), sans-IO.
+
+Bytes come in through `receive(data, source, local, now)`; what must be sent collects in
+`outbox` as `Datagram`s, dialog state changes in `events`. The driver runs `timers`
+(`next_deadline()`, `run_due(now)`). The core owns the transaction tables, the dialog table and
+the location service of one worker.
+
+Decisions worth knowing:
+- One branch per request (no forking): a registered AOR is retargeted to its most preferred,
+  most recent contact.
+- Loop detection hashes the fields of RFC 3261 §16.6 step 8 into our branch.
+- Record-Route is doubled when a request changes transport or socket (RFC 5658).
+- Hostnames other than IP literals are resolved only through the static `hosts` table; the core
+  never blocks on DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
+from .errors import ParseError
+from .message import Request, Response, build_response, parse_message
+from .registrar import Location, aor_key
+from .timers import Timer, TimerQueue
+from .transaction import (
+    ClientTransaction,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    ServerKey,
+    ServerTransaction,
+    State,
+    TimerSettings,
+    client_key,
+    server_key,
+)
+from .uri import SipUri, parse_name_addr
+from .wire import Address, Datagram
+
+ALLOW = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, UPDATE, INFO, "
+    "MESSAGE, PRACK"
+)
+_MAGIC = "z9hG4bK"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listeners: tuple[Address, ...]
+    domains: tuple[str, ...] = ()
+    record_route: bool = True
+    dialog_lifetime: float = 43200.0
+    worker_id: int = 0
+    timers: TimerSettings = field(default_factory=TimerSettings)
+    # Keep a deleted dialog this long so late retransmissions and ACKs still match it.
+    deleted_linger: float = 32.0
+    hosts: tuple[tuple[str, str], ...] = (("localhost", "127.0.0.1"),)
+
+
+class _Forward:
+    """One relayed request: its server transaction, its client branch, its dialog."""
+
+    __slots__ = ("cancel_sent", "cancelled", "client", "dialog", "final_sent", "initial",
+                 "own_rr", "server", "timer_c")
+
+    def __init__(self, server: ServerTransaction, dialog: Dialog | None, initial: bool) -> None:
+        self.server = server
+        self.dialog = dialog
+        self.initial = initial  # the dialog-creating INVITE
+        self.client: ClientTransaction | None = None
+        self.final_sent = False
+        self.cancelled = False
+        self.cancel_sent = False
+        self.own_rr = 0
+        self.timer_c: Timer | None = None
+
+
+class _Local:
+    """A request the proxy originated itself (BYE, CANCEL): answers end here."""
+
+    __slots__ = ("dialog", "on_final")
+
+    def __init__(self, dialog: Dialog | None,
+                 on_final: Callable[[int, float], None] | None = None) -> None:
+        self.dialog = dialog
+        self.on_final = on_final
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig, rand: Callable[[], str], first_seq: int = 0) -> None:
+        if not config.listeners:
+            raise ValueError("the proxy needs at least one listener")
+        self.config = config
+        self.rand = rand
+        self.timers = TimerQueue()
+        self.outbox: list[Datagram] = []
+        self.events: list[DialogStateChanged] = []
+        self.dialogs = DialogTable(config.worker_id, first_seq)
+        self.location = Location()
+        self.server_txns: dict[ServerKey, ServerTransaction] = {}
+        self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
+        self.stats: Counter[str] = Counter()
+        self._send = self.outbox.append
+        self._own = {(a.host.lower(), a.port) for a in config.listeners}
+        self._domains = {d.lower() for d in config.domains}
+        self._hosts = dict(config.hosts)
+
+    # -- driver interface ----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def handle_timers(self, now: float) -> None:
+        self.timers.run_due(now)
+
+    def receive(self, data: bytes, source: Address, local: Address, now: float) -> None:
+        try:
+            msg = parse_message(data, datagram=not source.reliable)
+        except ParseError as exc:
+            self.stats["core:bad_msg_hdr"] += 1
+            self._answer_unparsable(data, exc, source, local)
+            return
+        try:
+            if isinstance(msg, Request):
+                self.stats["core:rcv_requests"] += 1
+                self._on_request(msg, source, local, now)
+            else:
+                self.stats["core:rcv_replies"] += 1
+                self._on_response(msg, now)
+        except ParseError as exc:
+            if isinstance(msg, Request):
+                self.stats["core:err_requests"] += 1
+                if msg.method != "ACK":
+                    self._reply_stateless(msg, exc.status, exc.reason, source, local)
+            else:
+                self.stats["core:drop_replies"] += 1
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _on_request(self, req: Request, source: Address, local: Address, now: float) -> None:
+        method = req.method
+        # Mandatory headers (RFC 3261 §8.2, §16.3 step 1), parsed now so errors answer 400.
+        _ = req.call_id, req.from_, req.to
+        cseq = req.cseq
+        if cseq.method != method:
+            raise ParseError("CSeq method does not match the request method")
+        self._stamp_via(req, source)
+        if method == "ACK":
+            self._on_ack(req, source, local, now)
+            return
+        key = server_key(req)
+        txn = self.server_txns.get(key)
+        if txn is not None:
+            self.stats["tm:retransmissions"] += 1
+            txn.receive_request(req, now)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, key, source, local, now)
+            return
+        txn = self._new_server_txn(req, source, local, now)
+        self._route_request(req, txn, source, local, now)
+
+    def _route_request(self, req: Request, txn: ServerTransaction, source: Address,
+                       local: Address, now: float) -> None:
+        method = req.method
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            if method == "OPTIONS" and self._is_own(req.sip_ruri):
+                self._answer_options(txn, now)
+            else:
+                self._respond(txn, 483, now)
+            return
+        if self._looped(req):
+            self._respond(txn, 482, now)
+            return
+        if req.get("proxy-require"):
+            self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
+            return
+        self._preprocess_routes(req)
+        to_tag = req.to_tag
+        route = req.values("route")
+        dest_binding = None
+        if not route:
+            ruri = req.sip_ruri
+            if method == "REGISTER" and self._serves_domain(ruri):
+                self._register(req, txn, source, local, now)
+                return
+            # Registered users are found wherever the Request-URI points, so a UA that
+            # names our domain without our port (`sip:bob@127.0.0.1`) still reaches them.
+            bindings = self.location.lookup(aor_key(ruri), now) if ruri.user else []
+            if bindings:
+                dest_binding = bindings[0]
+                req.uri = dest_binding.contact
+            elif self._is_own(ruri):
+                if method == "OPTIONS":
+                    self._answer_options(txn, now)
+                else:
+                    self._respond(txn, 404, now, reason="Not Found")
+                return
+        dialog: Dialog | None = None
+        initial = False
+        if to_tag is None:
+            if method == "INVITE":
+                dialog = Dialog(self.dialogs.new_id(), req, source, local, now)
+                self.dialogs.add(dialog)
+                self.stats["dialog:processed_dialogs"] += 1
+                initial = True
+        else:
+            dialog = self.dialogs.by_call_id(req.call_id)
+            if dialog is not None:
+                legs = dialog.leg_of(req.from_tag)
+                if legs is None:
+                    dialog = None
+                else:
+                    was_active = dialog.active
+                    dialog.on_request(req, legs[0], self.events)
+                    if was_active and not dialog.active:
+                        self._dialog_ended(dialog, now)
+        ctx = _Forward(txn, dialog, initial)
+        txn.owner = ctx
+        if initial and dialog is not None:
+            dialog.invite = ctx
+        self._forward(req, ctx, local, now, dest_binding.source if dest_binding else None)
+
+    def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
+                 via_binding: Address | None) -> None:
+        out = req.copy()
+        mf = req.max_forwards
+        out.set("max-forwards", str(mf - 1) if mf is not None else "70")
+        next_hop = self._next_hop(out)
+        dest = self._resolve(next_hop) if next_hop is not None else None
+        if dest is None and via_binding is not None:
+            dest = via_binding
+        elif (via_binding is not None and dest is not None
+              and via_binding.transport == dest.transport and via_binding.reliable):
+            dest = via_binding  # reuse the registered connection (RFC 5626 spirit)
+        if dest is None:
+            self._respond(ctx.server, 503, now, reason="Unresolvable destination")
+            self._fail_initial(ctx, now)
+            return
+        local_out = self._local_for(dest)
+        if local_out is None:
+            self._respond(ctx.server, 503, now, reason="No socket for transport")
+            self._fail_initial(ctx, now)
+            return
+        if self.config.record_route and req.to_tag is None and req.method != "REGISTER":
+            # RFC 5658: two entries when the request changes socket, so each side sees the
+            # address it can reach; the downstream-facing one on top.
+            if local_out != local_in:
+                out.prepend("record-route", f"<{self._rr_uri(local_in)}>")
+                ctx.own_rr += 1
+            out.prepend("record-route", f"<{self._rr_uri(local_out)}>")
+            ctx.own_rr += 1
+        out.prepend("via", self._via(local_out, self._branch(req)))
+        cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
+        client = cls(out, dest, local_out, self._send, self.timers, self.config.timers,
+                     self, ctx)
+        ctx.client = client
+        self.client_txns[client.key] = client
+        self.stats["tm:UAC_transactions"] += 1
+        self.stats["core:fwd_requests"] += 1
+        client.start(now)
+        if out.method == "INVITE":
+            ctx.timer_c = self.timers.call_at(now + self.config.timers.timer_c,
+                                              lambda t: self._timer_c(ctx, t))
+
+    def _on_ack(self, req: Request, source: Address, local: Address, now: float) -> None:
+        txn = self.server_txns.get(server_key(req))
+        if txn is not None:
+            txn.receive_request(req, now)  # ACK of a non-2xx final: hop by hop, ends here
+            return
+        dialog = self.dialogs.by_call_id(req.call_id)
+        if dialog is not None:
+            legs = dialog.leg_of(req.from_tag)
+            if legs is not None:
+                dialog.on_request(req, legs[0], self.events)
+        self._preprocess_routes(req)
+        out = req.copy()
+        mf = req.max_forwards
+        out.set("max-forwards", str(mf - 1) if mf is not None else "70")
+        next_hop = self._next_hop(out)
+        if next_hop is None or (not out.values("route") and self._is_own(next_hop)):
+            self.stats["core:drop_requests"] += 1
+            return
+        dest = self._resolve(next_hop)
+        local_out = self._local_for(dest) if dest is not None else None
+        if dest is None or local_out is None:
+            self.stats["core:drop_requests"] += 1
+            return
+        # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
+        branch = f"{_MAGIC}sl{zlib.crc32((req.top_via.branch or '').encode()):08x}"
+        out.prepend("via", self._via(local_out, branch))
+        self.stats["core:fwd_requests"] += 1
+        self._send(Datagram(out.to_bytes(), dest, local_out))
+
+    def _on_cancel(self, req: Request, key: ServerKey, source: Address, local: Address,
+                   now: float) -> None:
+        invite_txn = self.server_txns.get((key[0], key[1], key[2], "INVITE"))
+        txn = self._new_server_txn(req, source, local, now)
+        if invite_txn is None:
+            self._respond(txn, 481, now)
+            return
+        self._respond(txn, 200, now)
+        ctx = invite_txn.owner
+        if isinstance(ctx, _Forward) and not ctx.final_sent:
+            self._cancel_branch(ctx, now)
+
+    def _cancel_branch(self, ctx: _Forward, now: float) -> None:
+        ctx.cancelled = True
+        client = ctx.client
+        if client is None:
+            # Nothing was sent downstream: answer 487 ourselves (§16.10).
+            self._respond(ctx.server, 487, now)
+            self._fail_initial(ctx, now)
+            return
+        # A CANCEL may only follow a provisional response (RFC 3261 §9.1); until one
+        # arrives it waits, and `_on_branch_response` sends it.
+        if client.state is State.PROCEEDING and not ctx.cancel_sent:
+            ctx.cancel_sent = True
+            self._send_cancel(client, now)
+
+    def _send_cancel(self, client: ClientTransaction, now: float) -> None:
+        inv = client.request
+        headers = [next(h for h in inv.headers if h[0] == "via")]
+        headers += [h for h in inv.headers if h[0] in ("route", "call-id", "from", "to",
+                                                        "max-forwards")]
+        headers.append(("cseq", "CSeq", f"{inv.cseq.number} CANCEL"))
+        cancel = Request("CANCEL", inv.uri, headers)
+        self._start_local(cancel, client.dest, client.local, _Local(None), now)
+
+    def _new_server_txn(self, req: Request, source: Address, local: Address,
+                        now: float) -> ServerTransaction:
+        cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
+        txn = cls(req, source, local, self._send, self.timers, self.config.timers,
+                  self._server_terminated)
+        self.server_txns[txn.key] = txn
+        self.stats["tm:UAS_transactions"] += 1
+        if req.method == "INVITE":
+            # Quench the upstream's retransmissions at once (RFC 3261 §16.2 / §17.2.1).
+            txn.respond(build_response(req, 100), now)
+        return txn
+
+    def _server_terminated(self, txn: ServerTransaction) -> None:
+        if self.server_txns.get(txn.key) is txn:
+            del self.server_txns[txn.key]
+        txn.owner = None
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _on_response(self, resp: Response, now: float) -> None:
+        via = resp.top_via
+        client = self.client_txns.get(client_key(via.branch or "", resp.cseq.method))
+        if client is None:
+            self._forward_response_statelessly(resp)
+            return
+        client.receive_response(resp, now)
+
+    # TransactionUser: called by client transactions.
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, _Local):
+            if response.status >= 200 and owner.on_final is not None:
+                owner.on_final(response.status, now)
+            return
+        if not isinstance(owner, _Forward):
+            return
+        ctx = owner
+        status = response.status
+        dialog = ctx.dialog
+        if dialog is not None:
+            if ctx.initial:
+                was_active = dialog.active
+                old_state = dialog.state
+                dialog.on_invite_response(response, ctx.own_rr, txn.dest, txn.local, self.events)
+                answered = dialog.state is DialogState.CONFIRMED_NA
+                if answered and old_state < DialogState.CONFIRMED_NA:
+                    self._arm_lifetime(dialog, now)
+                if was_active and not dialog.active:
+                    self.stats["dialog:failed_dialogs"] += 1
+                    self._dialog_ended(dialog, now)
+            else:
+                legs = dialog.leg_of(txn.request.from_tag)
+                if legs is not None:
+                    dialog.on_response_to(txn.request.method, response, legs[1])
+        if status < 200 and ctx.cancelled and not ctx.cancel_sent and status > 100:
+            ctx.cancel_sent = True
+            self._send_cancel(txn, now)
+        if status == 100:
+            return  # hop by hop: we sent our own
+        out = response.copy()
+        out.pop_first_value("via")
+        if status >= 200:
+            if ctx.final_sent and status >= 300:
+                return
+            if not ctx.final_sent:
+                ctx.final_sent = True
+                self.stats[f"tm:{status // 100}xx_transactions"] += 1
+                if ctx.timer_c is not None:
+                    ctx.timer_c.cancel()
+                if dialog is not None and ctx.initial:
+                    dialog.invite = None
+        self.stats["core:fwd_replies"] += 1
+        ctx.server.respond(out, now)
+
+    def on_timeout(self, txn: ClientTransaction, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, _Local):
+            if owner.on_final is not None:
+                owner.on_final(408, now)
+            return
+        if isinstance(owner, _Forward) and not owner.final_sent:
+            self._respond(owner.server, 408, now)
+            self._fail_initial(owner, now)
+
+    def on_terminated(self, txn: ClientTransaction) -> None:
+        if self.client_txns.get(txn.key) is txn:
+            del self.client_txns[txn.key]
+
+    def _timer_c(self, ctx: _Forward, now: float) -> None:
+        if ctx.final_sent:
+            return
+        client = ctx.client
+        if client is not None and client.state is State.PROCEEDING and not ctx.cancel_sent:
+            ctx.cancel_sent = True
+            self._send_cancel(client, now)
+        self._respond(ctx.server, 408, now)
+        self._fail_initial(ctx, now)
+
+    def _forward_response_statelessly(self, resp: Response) -> None:
+        vias = resp.vias
+        top = vias[0]
+        if (top.host.strip("[]").lower(), top.port or 5060) not in self._own or len(vias) < 2:
+            self.stats["core:drop_replies"] += 1
+            return
+        out = resp.copy()
+        out.pop_first_value("via")
+        nxt = vias[1]
+        host = nxt.params.get("received") or nxt.host.strip("[]")
+        rport = nxt.params.get("rport")
+        port = int(rport) if rport and rport.isdigit() else (nxt.port or 5060)
+        dest = Address(nxt.transport.lower(), host, port)
+        local = self._local_for(dest)
+        if local is None:
+            self.stats["core:drop_replies"] += 1
+            return
+        self.stats["core:fwd_replies"] += 1
+        self._send(Datagram(out.to_bytes(), dest, local))
+
+    # -- dialogs ------------------------------------------------------------------------------
+
+    def _arm_lifetime(self, dialog: Dialog, now: float) -> None:
+        dialog.timeout_at = now + self.config.dialog_lifetime
+        dialog.lifetime_timer = self.timers.call_at(
+            dialog.timeout_at, lambda t: self._dialog_expired(dialog, t))
+
+    def _dialog_expired(self, dialog: Dialog, now: float) -> None:
+        if dialog.active:
+            self.stats["dialog:expired_dialogs"] += 1
+            self.end_dialog(dialog.id, now, reason="timeout")
+
+    def _dialog_ended(self, dialog: Dialog, now: float) -> None:
+        timer = dialog.lifetime_timer
+        if isinstance(timer, Timer):
+            timer.cancel()
+        self.timers.call_at(now + self.config.deleted_linger,
+                            lambda _t: self.dialogs.remove(dialog))
+
+    def _fail_initial(self, ctx: _Forward, now: float) -> None:
+        dialog = ctx.dialog
+        ctx.final_sent = True
+        if ctx.timer_c is not None:
+            ctx.timer_c.cancel()
+        if dialog is not None and ctx.initial and dialog.active:
+            dialog.invite = None
+            dialog.delete("failed", self.events)
+            self.stats["dialog:failed_dialogs"] += 1
+            self._dialog_ended(dialog, now)
+
+    def end_dialog(self, key: str, now: float, extra_headers: Iterable[tuple[str, str]] = (),
+                   reason: str = "terminated") -> bool:
+        """End a call from the proxy side: CANCEL if not answered yet, else BYE both ways."""
+        dialog = self.dialogs.find(key)
+        if dialog is None or not dialog.active:
+            return False
+        extra = list(extra_headers)
+        if dialog.state in (DialogState.UNCONFIRMED, DialogState.EARLY):
+            ctx = dialog.invite
+            if isinstance(ctx, _Forward) and not ctx.final_sent:
+                self._cancel_branch(ctx, now)
+                return True
+            return False
+        for target, peer in ((dialog.callee, dialog.caller), (dialog.caller, dialog.callee)):
+            bye = self.in_dialog_request(dialog, target, peer, "BYE", extra)
+            if bye is not None:
+                self._start_local(bye[0], bye[1], bye[2], _Local(dialog), now)
+        dialog.delete(reason, self.events)
+        self._dialog_ended(dialog, now)
+        return True
+
+    def in_dialog_request(
+        self, dialog: Dialog, target: Leg, peer: Leg, method: str,
+        extra: Iterable[tuple[str, str]] = (), body: bytes = b"",
+    ) -> tuple[Request, Address, Address] | None:
+        """A request toward `target` that looks as if `peer` sent it (RFC 3261 §12.2.1.1)."""
+        to_uri = dialog.from_uri if target is dialog.caller else dialog.to_uri
+        from_uri = dialog.to_uri if target is dialog.caller else dialog.from_uri
+        peer.cseq += 1
+        uri = target.contact or to_uri
+        routes = list(target.route_set)
+        headers: list[tuple[str, str, str]] = [
+            ("to", "To", f"<{to_uri}>;tag={target.tag}"),
+            ("from", "From", f"<{from_uri}>;tag={peer.tag}"),
+            ("call-id", "Call-ID", dialog.call_id),
+            ("cseq", "CSeq", f"{peer.cseq} {method}"),
+            ("max-forwards", "Max-Forwards", "70"),
+        ]
+        if routes:
+            first = parse_name_addr(routes[0])
+            if isinstance(first.uri, SipUri) and not first.uri.has_param("lr"):
+                # Strict-routing next hop (§12.2.1.1): it becomes the Request-URI.
+                routes = [*routes[1:], f"<{uri}>"]
+                uri = str(first.uri)
+        headers += [("route", "Route", r) for r in routes]
+        for name, value in extra:
+            headers.append((name.lower(), name, value))
+        req = Request(method, uri, headers, body)
+        hop = self._next_hop(req)
+        dest = self._resolve(hop) if hop is not None else None
+        if dest is None:
+            dest = target.address
+        if dest is None:
+            return None
+        local = self._local_for(dest)
+        if local is None:
+            return None
+        req.prepend("via", self._via(local, f"{_MAGIC}{self.rand()}"))
+        return req, dest, local
+
+    def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
+                     now: float) -> ClientTransaction:
+        cls = InviteClientTransaction if req.method == "INVITE" else NonInviteClientTransaction
+        client = cls(req, dest, local, self._send, self.timers, self.config.timers, self, owner)
+        self.client_txns[client.key] = client
+        self.stats["tm:UAC_transactions"] += 1
+        client.start(now)
+        return client
+
+    def statistics(self) -> dict[str, int]:
+        stats = dict(self.stats)
+        active = early = 0
+        for d in self.dialogs:
+            if d.state is DialogState.EARLY:
+                early += 1
+            elif d.state in (DialogState.CONFIRMED, DialogState.CONFIRMED_NA):
+                active += 1
+        stats["dialog:active_dialogs"] = active
+        stats["dialog:early_dialogs"] = early
+        stats["tm:inuse_transactions"] = len(self.server_txns) + len(self.client_txns)
+        stats["usrloc:registered_contacts"] = len(self.location)
+        for name in ("dialog:processed_dialogs", "dialog:expired_dialogs",
+                     "dialog:failed_dialogs", "core:rcv_requests", "core:rcv_replies",
+                     "core:fwd_requests", "core:fwd_replies", "core:drop_requests",
+                     "core:drop_replies", "core:err_requests", "core:bad_msg_hdr",
+                     "tm:UAS_transactions", "tm:UAC_transactions", "tm:retransmissions"):
+            stats.setdefault(name, 0)
+        return stats
+
+    # -- local answers -------------------------------------------------------------------------
+
+    def _respond(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
+                 extra: Iterable[tuple[str, str]] = ()) -> None:
+        if txn.to_tag is None:
+            txn.to_tag = self.rand()
+        resp = build_response(txn.request, status, reason, to_tag=txn.to_tag, extra=extra)
+        txn.respond(resp, now)
+
+    def _answer_options(self, txn: ServerTransaction, now: float) -> None:
+        self._respond(txn, 200, now, extra=[("Allow", ALLOW), ("Accept", "application/sdp"),
+                                            ("Supported", "")])
+
+    def _register(self, req: Request, txn: ServerTransaction, source: Address, local: Address,
+                  now: float) -> None:
+        to_uri = req.to.uri
+        if not isinstance(to_uri, SipUri):
+            self._respond(txn, 416, now)
+            self.stats["registrar:rejected_regs"] += 1
+            return
+        if txn.to_tag is None:
+            txn.to_tag = self.rand()
+        try:
+            resp = self.location.register(req, aor_key(to_uri), source, local, now, txn.to_tag)
+        except ParseError as exc:
+            self.stats["registrar:rejected_regs"] += 1
+            self._respond(txn, exc.status, now, reason=exc.reason)
+            return
+        self.stats["registrar:accepted_regs" if resp.status == 200 else
+                   "registrar:rejected_regs"] += 1
+        txn.respond(resp, now)
+
+    def _reply_stateless(self, req: Request, status: int, reason: str, source: Address,
+                         local: Address) -> None:
+        try:
+            resp = build_response(req, status, reason, to_tag=self.rand())
+            from .transaction import response_address
+
+            dest = response_address(req, source)
+            self._send(Datagram(resp.to_bytes(), dest, local))
+        except ParseError:
+            self.stats["core:drop_requests"] += 1
+
+    def _answer_unparsable(self, data: bytes, exc: ParseError, source: Address,
+                           local: Address) -> None:
+        """Answer a broken request if enough of it parses to address a response."""
+        try:
+            msg = parse_message(data, check_body=False)
+        except ParseError:
+            return
+        if isinstance(msg, Request) and msg.method != "ACK":
+            self._reply_stateless(msg, exc.status, exc.reason, source, local)
+
+    # -- routing helpers -------------------------------------------------------------------------
+
+    def _stamp_via(self, req: Request, source: Address) -> None:
+        """RFC 3261 §18.2.1 `received`, RFC 3581 `rport`."""
+        via = req.top_via
+        changed = False
+        if via.host.strip("[]") != source.host:
+            via.params["received"] = source.host
+            changed = True
+        if "rport" in via.params and not via.params["rport"]:
+            via.params["rport"] = str(source.port)
+            changed = True
+        if changed:
+            vias = req.vias
+            req.pop_first_value("via")
+            req.prepend("via", str(via))
+            req._cache["via"] = vias  # the same parsed values, first one updated
+
+    def _serves_domain(self, uri: SipUri) -> bool:
+        """A registrar domain of ours: a configured domain or any of our addresses."""
+        host = uri.host.strip("[]").lower()
+        return host in self._domains or any(host == h for h, _ in self._own)
+
+    def _is_own(self, uri: SipUri) -> bool:
+        host = uri.host.strip("[]").lower()
+        if host in self._domains:
+            return True
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return (host, port) in self._own
+
+    def _looped(self, req: Request) -> bool:
+        """§16.3 step 4: our Via with the branch hash this request would get again."""
+        mine = None
+        for via in req.vias[1:] if len(req.vias) > 1 else req.vias:
+            if (via.host.strip("[]").lower(), via.port or 5060) in self._own:
+                if mine is None:
+                    mine = self._loop_hash(req)
+                branch = via.branch or ""
+                if branch.startswith(_MAGIC + mine):
+                    return True
+        return False
+
+    def _loop_hash(self, req: Request) -> str:
+        key = "|".join((req.uri, req.from_tag or "", req.to_tag or "", req.call_id,
+                        str(req.cseq.number), req.get("proxy-require") or ""))
+        return f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
+
+    def _branch(self, req: Request) -> str:
+        return f"{_MAGIC}{self._loop_hash(req)}.{self.rand()}"
+
+    def _preprocess_routes(self, req: Request) -> None:
+        """§16.4: undo a strict router's rewrite, then pop the Route entries that are us."""
+        ruri = req.ruri
+        if isinstance(ruri, SipUri) and self._is_own(ruri) and ruri.has_param("lr"):
+            routes = req.values("route")
+            if routes:
+                last = routes[-1]
+                req.uri = str(parse_name_addr(last).uri)
+                req.remove("route")
+                for value in routes[:-1]:
+                    req.append("route", value)
+        while True:
+            routes = req.values("route")
+            if not routes:
+                return
+            top = parse_name_addr(routes[0]).uri
+            if isinstance(top, SipUri) and self._is_own(top):
+                req.pop_first_value("route")
+            else:
+                return
+
+    def _next_hop(self, req: Request) -> SipUri | None:
+        """The URI the request goes to next, fixing up a strict-routing next hop (§16.6.6)."""
+        routes = req.values("route")
+        if routes:
+            top = parse_name_addr(routes[0]).uri
+            if not isinstance(top, SipUri):
+                return None
+            if not top.has_param("lr"):
+                req.pop_first_value("route")
+                req.append("route", f"<{req.uri}>")
+                req.uri = str(top)
+            return top
+        ruri = req.ruri
+        return ruri if isinstance(ruri, SipUri) else None
+
+    def _resolve(self, uri: SipUri) -> Address | None:
+        transport = uri.transport
+        if transport not in ("udp", "tcp"):
+            return None
+        host = uri.params.get("maddr") or uri.host
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            mapped = self._hosts.get(host.lower())
+            if mapped is None:
+                return None
+            host = mapped
+        return Address(transport, host, uri.port or 5060)
+
+    def _local_for(self, dest: Address) -> Address | None:
+        v6 = ":" in dest.host
+        fallback = None
+        for listener in self.config.listeners:
+            if listener.transport == dest.transport:
+                if (":" in listener.host) == v6:
+                    return listener
+                fallback = fallback or listener
+        return fallback
+
+    @staticmethod
+    def _rr_uri(local: Address) -> str:
+        suffix = ";transport=tcp" if local.transport == "tcp" else ""
+        return f"sip:{local.hostport}{suffix};lr"
+
+    @staticmethod
+    def _via(local: Address, branch: str) -> str:
+        return f"SIP/2.0/{local.transport.upper()} {local.hostport};branch={branch}"

@@ -1,0 +1,405 @@
+"""RFC 3261 §17 transactions, with the RFC 6026 "Accepted" states, for a stateful proxy.
+
+Four machines: INVITE/non-INVITE by server/client. Each is driven by three inputs — a message
+from the peer, a message from its user (the proxy core), a timer firing — and produces two
+outputs — datagrams (through the `send` callable it is given) and calls on its user
+(`TransactionUser`). Time is always an argument; timers are armed in a `TimerQueue` the driver
+runs. Transport reliability decides which timers exist (§17.1.1.2, §17.1.2.2, §17.2.1,
+§17.2.2).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .message import Request, Response
+from .timers import Timer, TimerQueue
+from .wire import Address, Datagram
+
+Send = Callable[[Datagram], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSettings:
+    """RFC 3261 §17.1.1.1 values, in seconds."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    # Timer C (§16.6 step 11): a proxy gives up on an INVITE branch after this long.
+    timer_c: float = 180.0
+
+
+class State(enum.Enum):
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    ACCEPTED = "accepted"
+    TERMINATED = "terminated"
+
+
+class TransactionUser(Protocol):
+    """What a client transaction reports to its owner (the proxy core)."""
+
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None: ...
+
+    def on_timeout(self, txn: ClientTransaction, now: float) -> None: ...
+
+    def on_terminated(self, txn: ClientTransaction) -> None: ...
+
+
+ServerKey = tuple[str, str, int | None, str]
+ClientKey = tuple[str, str]
+
+
+def server_key(request: Request) -> ServerKey:
+    """RFC 3261 §17.2.3: branch, sent-by and method (ACK matches the INVITE)."""
+    via = request.top_via
+    method = "INVITE" if request.method == "ACK" else request.method
+    host, port = via.sent_by
+    return (via.branch or "", host, port, method)
+
+
+def client_key(branch: str, method: str) -> ClientKey:
+    return (branch, "INVITE" if method == "ACK" else method)
+
+
+class _Base:
+    __slots__ = ("_timers", "local", "request", "send", "settings", "state", "timers")
+
+    state: State
+
+    def __init__(
+        self,
+        request: Request,
+        local: Address,
+        send: Send,
+        timers: TimerQueue,
+        settings: TimerSettings,
+    ) -> None:
+        self.request = request
+        self.local = local
+        self.send = send
+        self.timers = timers
+        self.settings = settings
+        self._timers: dict[str, Timer] = {}
+
+    def _arm(self, name: str, delay: float, now: float, fn: Callable[[float], None]) -> None:
+        old = self._timers.get(name)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = self.timers.call_at(now + delay, fn)
+
+    def _disarm(self, *names: str) -> None:
+        for name in names:
+            t = self._timers.pop(name, None)
+            if t is not None:
+                t.cancel()
+
+    def _disarm_all(self) -> None:
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+
+
+class ServerTransaction(_Base):
+    """Common part of the server machines: remembers and resends the last response."""
+
+    __slots__ = ("key", "last_response", "on_terminated", "owner", "reply_to", "to_tag")
+
+    def __init__(
+        self,
+        request: Request,
+        source: Address,
+        local: Address,
+        send: Send,
+        timers: TimerQueue,
+        settings: TimerSettings,
+        on_terminated: Callable[[ServerTransaction], None],
+    ) -> None:
+        super().__init__(request, local, send, timers, settings)
+        self.key = server_key(request)
+        self.reply_to = response_address(request, source)
+        self.last_response: bytes | None = None
+        self.on_terminated = on_terminated
+        self.to_tag: str | None = None  # the tag of a locally generated answer, if any
+        self.owner: object = None  # the proxy's forwarding context for this request
+        self.state = State.TRYING
+
+    @property
+    def reliable(self) -> bool:
+        return self.reply_to.reliable
+
+    def _transmit(self, data: bytes) -> None:
+        self.last_response = data
+        self.send(Datagram(data, self.reply_to, self.local))
+
+    def _terminate(self) -> None:
+        if self.state is not State.TERMINATED:
+            self.state = State.TERMINATED
+            self._disarm_all()
+            self.on_terminated(self)
+
+    def receive_request(self, request: Request, now: float) -> None:
+        raise NotImplementedError
+
+    def respond(self, response: Response, now: float) -> None:
+        raise NotImplementedError
+
+
+class InviteServerTransaction(ServerTransaction):
+    """§17.2.1 with RFC 6026 §7.1: 2xx moves to Accepted, which absorbs INVITE copies."""
+
+    __slots__ = ("_g_interval",)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.state = State.PROCEEDING
+        self._g_interval = self.settings.t1
+
+    def receive_request(self, request: Request, now: float) -> None:
+        if request.method == "ACK":
+            if self.state is State.COMPLETED:
+                self.state = State.CONFIRMED
+                self._disarm("G", "H")
+                if self.reliable:
+                    self._terminate()
+                else:
+                    self._arm("I", self.settings.t4, now, self._timer_i)
+            return
+        # A retransmitted INVITE: resend the latest response (§17.2.1); absorbed when Accepted.
+        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response:
+            self.send(Datagram(self.last_response, self.reply_to, self.local))
+
+    def respond(self, response: Response, now: float) -> None:
+        status = response.status
+        if self.state is State.PROCEEDING:
+            self._transmit(response.to_bytes())
+            if status < 200:
+                return
+            if status < 300:
+                self.state = State.ACCEPTED
+                self._arm("L", 64 * self.settings.t1, now, lambda _now: self._terminate())
+                return
+            self.state = State.COMPLETED
+            if not self.reliable:
+                self._arm("G", self._g_interval, now, self._timer_g)
+            self._arm("H", 64 * self.settings.t1, now, self._timer_h)
+        elif self.state is State.ACCEPTED and 200 <= status < 300:
+            # 2xx retransmissions from downstream pass straight through (RFC 6026 §7.1).
+            self.send(Datagram(response.to_bytes(), self.reply_to, self.local))
+
+    def _timer_g(self, now: float) -> None:
+        if self.state is State.COMPLETED and self.last_response:
+            self.send(Datagram(self.last_response, self.reply_to, self.local))
+            self._g_interval = min(2 * self._g_interval, self.settings.t2)
+            self._arm("G", self._g_interval, now, self._timer_g)
+
+    def _timer_h(self, now: float) -> None:
+        # No ACK ever came; RFC 3261 §17.2.1 informs the TU — nothing else to undo here.
+        self._terminate()
+
+    def _timer_i(self, now: float) -> None:
+        self._terminate()
+
+
+class NonInviteServerTransaction(ServerTransaction):
+    """§17.2.2."""
+
+    __slots__ = ()
+
+    def receive_request(self, request: Request, now: float) -> None:
+        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response:
+            self.send(Datagram(self.last_response, self.reply_to, self.local))
+
+    def respond(self, response: Response, now: float) -> None:
+        if self.state in (State.COMPLETED, State.TERMINATED):
+            return
+        self._transmit(response.to_bytes())
+        if response.status < 200:
+            self.state = State.PROCEEDING
+            return
+        self.state = State.COMPLETED
+        if self.reliable:
+            self._terminate()
+        else:
+            self._arm("J", 64 * self.settings.t1, now, lambda _now: self._terminate())
+
+
+class ClientTransaction(_Base):
+    __slots__ = ("branch", "data", "dest", "key", "last_status", "owner", "user")
+
+    def __init__(
+        self,
+        request: Request,
+        dest: Address,
+        local: Address,
+        send: Send,
+        timers: TimerQueue,
+        settings: TimerSettings,
+        user: TransactionUser,
+        owner: object = None,
+    ) -> None:
+        super().__init__(request, local, send, timers, settings)
+        self.dest = dest
+        self.user = user
+        self.owner = owner  # whatever the user wants to find again from the transaction
+        self.branch = request.top_via.branch or ""
+        self.key = client_key(self.branch, request.method)
+        self.data = request.to_bytes()
+        self.last_status = 0
+
+    @property
+    def reliable(self) -> bool:
+        return self.dest.reliable
+
+    def start(self, now: float) -> None:
+        raise NotImplementedError
+
+    def receive_response(self, response: Response, now: float) -> None:
+        raise NotImplementedError
+
+    def _terminate(self) -> None:
+        if self.state is not State.TERMINATED:
+            self.state = State.TERMINATED
+            self._disarm_all()
+            self.user.on_terminated(self)
+
+    def _transmit(self) -> None:
+        self.send(Datagram(self.data, self.dest, self.local))
+
+    def transport_error(self, now: float) -> None:
+        """The transport could not deliver the request (§17.1.4): same as a timeout."""
+        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            self.user.on_timeout(self, now)
+            self._terminate()
+
+
+class InviteClientTransaction(ClientTransaction):
+    """§17.1.1 with RFC 6026 §7.2: 2xx moves to Accepted so 2xx retransmissions reach the TU."""
+
+    __slots__ = ("_a_interval",)
+
+    def start(self, now: float) -> None:
+        self.state = State.CALLING
+        self._transmit()
+        self._a_interval = self.settings.t1
+        if not self.reliable:
+            self._arm("A", self._a_interval, now, self._timer_a)
+        self._arm("B", 64 * self.settings.t1, now, self._timer_b)
+
+    def _timer_a(self, now: float) -> None:
+        if self.state is State.CALLING:
+            self._transmit()
+            self._a_interval *= 2
+            self._arm("A", self._a_interval, now, self._timer_a)
+
+    def _timer_b(self, now: float) -> None:
+        if self.state is State.CALLING:
+            self.user.on_timeout(self, now)
+            self._terminate()
+
+    def receive_response(self, response: Response, now: float) -> None:
+        status = response.status
+        state = self.state
+        if state in (State.CALLING, State.PROCEEDING):
+            self.last_status = status
+            if status < 200:
+                if state is State.CALLING:
+                    self.state = State.PROCEEDING
+                    self._disarm("A", "B")
+                self.user.on_response(self, response, now)
+            elif status < 300:
+                self.state = State.ACCEPTED
+                self._disarm("A", "B")
+                self._arm("M", 64 * self.settings.t1, now, lambda _now: self._terminate())
+                self.user.on_response(self, response, now)
+            else:
+                self.state = State.COMPLETED
+                self._disarm("A", "B")
+                self._send_ack(response)
+                if self.reliable:
+                    self.user.on_response(self, response, now)
+                    self._terminate()
+                else:
+                    self._arm("D", 32.0, now, lambda _now: self._terminate())
+                    self.user.on_response(self, response, now)
+        elif state is State.ACCEPTED and 200 <= status < 300:
+            self.user.on_response(self, response, now)
+        elif state is State.COMPLETED and status >= 300:
+            self._send_ack(response)
+
+    def _send_ack(self, response: Response) -> None:
+        """Hop-by-hop ACK for a non-2xx final response (§17.1.1.3)."""
+        req = self.request
+        headers = [h for h in req.headers if h[0] in ("call-id", "from", "max-forwards")]
+        headers.insert(0, next(h for h in req.headers if h[0] == "via"))
+        to = response.get("to")
+        headers.append(("to", "To", to if to is not None else (req.get("to") or "")))
+        headers.append(("cseq", "CSeq", f"{req.cseq.number} ACK"))
+        headers.extend(h for h in req.headers if h[0] == "route")
+        ack = Request("ACK", req.uri, headers)
+        self.send(Datagram(ack.to_bytes(), self.dest, self.local))
+
+
+class NonInviteClientTransaction(ClientTransaction):
+    """§17.1.2."""
+
+    __slots__ = ("_e_interval",)
+
+    def start(self, now: float) -> None:
+        self.state = State.TRYING
+        self._transmit()
+        self._e_interval = self.settings.t1
+        if not self.reliable:
+            self._arm("E", self._e_interval, now, self._timer_e)
+        self._arm("F", 64 * self.settings.t1, now, self._timer_f)
+
+    def _timer_e(self, now: float) -> None:
+        if self.state in (State.TRYING, State.PROCEEDING):
+            self._transmit()
+            if self.state is State.TRYING:
+                self._e_interval = min(2 * self._e_interval, self.settings.t2)
+            else:
+                self._e_interval = self.settings.t2
+            self._arm("E", self._e_interval, now, self._timer_e)
+
+    def _timer_f(self, now: float) -> None:
+        if self.state in (State.TRYING, State.PROCEEDING):
+            self.user.on_timeout(self, now)
+            self._terminate()
+
+    def receive_response(self, response: Response, now: float) -> None:
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            return  # retransmitted final response: absorbed in Completed
+        self.last_status = response.status
+        if response.status < 200:
+            self.state = State.PROCEEDING
+            self.user.on_response(self, response, now)
+            return
+        self.state = State.COMPLETED
+        self._disarm("E", "F")
+        self.user.on_response(self, response, now)
+        if self.reliable:
+            self._terminate()
+        else:
+            self._arm("K", self.settings.t4, now, lambda _now: self._terminate())
+
+
+def response_address(request: Request, source: Address) -> Address:
+    """Where responses to `request` go (RFC 3261 §18.2.2, RFC 3581 §4)."""
+    if source.reliable:
+        return source  # back over the connection the request came in on
+    via = request.top_via
+    if "rport" in via.params or "maddr" not in via.params:
+        # With rport, the source port; without, the sent-by port at the source IP
+        # (the `received` address, §18.2.2).
+        if "rport" in via.params:
+            return source
+        return Address(source.transport, source.host, via.port or 5060)
+    return Address(source.transport, via.params["maddr"] or source.host, via.port or 5060)

@@ -1,0 +1,283 @@
+"""SIP URIs and name-addr values (RFC 3261 §19.1, §20.10, §25.1).
+
+Owns parsing and printing of `sip:`/`sips:` URIs (user, password, host including IPv6
+references, port, `;params`, `?headers`), of other absolute URIs (kept opaque), and of the
+`name-addr / addr-spec` form used by From, To, Contact, Route, Record-Route and Refer-To.
+Knows nothing about messages or transports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ParseError
+
+Params = dict[str, str | None]
+
+
+def _parse_params(text: str, what: str) -> Params:
+    """`;a=1;b;c=2` (without the leading `;`) → ordered dict; flag params map to None."""
+    params: Params = {}
+    if not text:
+        return params
+    for item in text.split(";"):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise ParseError(f"empty parameter name in {what}")
+        params[name] = value.strip() if eq else None
+    return params
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ParseError(f"unterminated IPv6 reference in {text!r}")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ParseError(f"bad host:port {text!r}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.partition(":")
+        if not colon:
+            port_text = ""
+        if ":" in port_text:
+            raise ParseError(f"bad host:port {text!r}")
+    if not host or any(c in host for c in " \t<>\"") :
+        raise ParseError(f"bad host in {text!r}")
+    if not port_text:
+        return host, None
+    if (
+        not port_text.isascii()
+        or not port_text.isdigit()
+        or len(port_text) > 5
+        or int(port_text) > 65535
+    ):
+        raise ParseError(f"bad port in {text!r}")
+    return host, int(port_text)
+
+
+@dataclass(slots=True)
+class SipUri:
+    """A `sip:` or `sips:` URI. `headers` is the raw text after `?` (kept escaped)."""
+
+    host: str
+    user: str | None = None
+    password: str | None = None
+    port: int | None = None
+    params: Params = field(default_factory=dict)
+    headers: str | None = None
+    scheme: str = "sip"
+
+    def __str__(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":" + self.password)
+            out.append("@")
+        out.append(self.host)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        if self.params:
+            out.append(format_params(self.params))
+        if self.headers is not None:
+            out.append("?" + self.headers)
+        return "".join(out)
+
+    @property
+    def hostport(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    @property
+    def transport(self) -> str:
+        value = self.params.get("transport")
+        return value.lower() if value else ("tls" if self.scheme == "sips" else "udp")
+
+    def has_param(self, name: str) -> bool:
+        lname = name.lower()
+        return any(k.lower() == lname for k in self.params)
+
+    def copy(self) -> SipUri:
+        return SipUri(
+            self.host, self.user, self.password, self.port, dict(self.params), self.headers,
+            self.scheme,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class AbsoluteUri:
+    """Any non-SIP URI (`tel:`, `urn:`, `http:` ...), kept as written."""
+
+    scheme: str
+    rest: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.rest}"
+
+
+Uri = SipUri | AbsoluteUri
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse an absolute URI; `sip`/`sips` in full, anything else opaquely."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or not scheme or not scheme[0].isalpha() or not set(scheme) <= _SCHEME_CHARS:
+        raise ParseError(f"bad URI {text!r}")
+    lscheme = scheme.lower()
+    if lscheme not in ("sip", "sips"):
+        if not rest or any(c in rest for c in " \t\r\n<>"):
+            raise ParseError(f"bad URI {text!r}")
+        return AbsoluteUri(lscheme, rest)
+    if any(c in rest for c in " \t\r\n<>\""):
+        raise ParseError(f"bad SIP URI {text!r}")
+    rest, qmark, headers = rest.partition("?")
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, pcolon, pw = userinfo.partition(":")
+        password = pw if pcolon else None
+        if not user:
+            raise ParseError(f"empty user in {text!r}")
+    hostport, _, params_text = rest.partition(";")
+    host, port = _split_hostport(hostport)
+    return SipUri(
+        host=host,
+        user=user,
+        password=password,
+        port=port,
+        params=_parse_params(params_text, "URI"),
+        headers=headers if qmark else None,
+        scheme=lscheme,
+    )
+
+
+def parse_sip_uri(text: str) -> SipUri:
+    uri = parse_uri(text)
+    if not isinstance(uri, SipUri):
+        raise ParseError(f"not a SIP URI: {text!r}", 416, "Unsupported URI Scheme")
+    return uri
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """`"Display" <uri>;params` or a bare `uri;params`, or `*` (RFC 3261 §10.2.2)."""
+
+    uri: Uri | None  # None only for the wildcard Contact `*`
+    display: str | None = None  # as written, quotes included
+    params: Params = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.uri is None
+
+    @property
+    def sip_uri(self) -> SipUri:
+        if not isinstance(self.uri, SipUri):
+            raise ParseError(f"not a SIP URI: {self.uri}", 416, "Unsupported URI Scheme")
+        return self.uri
+
+    def __str__(self) -> str:
+        if self.uri is None:
+            return "*"
+        head = f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"
+        return head + format_params(self.params) if self.params else head
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    text = text.strip()
+    if text == "*":
+        return NameAddr(None)
+    if not text:
+        raise ParseError("empty address")
+    display: str | None = None
+    if text[0] == '"':
+        end = _closing_quote(text, 0)
+        display = text[: end + 1]
+        rest = text[end + 1 :].lstrip()
+        if not rest.startswith("<"):
+            raise ParseError(f"display name without <uri> in {text!r}")
+    else:
+        lt = text.find("<")
+        if lt > 0:
+            display = text[:lt].strip() or None
+        rest = text[lt:] if lt >= 0 else text
+    if rest.startswith("<"):
+        gt = rest.find(">")
+        if gt < 0:
+            raise ParseError(f"unterminated <uri> in {text!r}")
+        uri = parse_uri(rest[1:gt].strip())
+        tail = rest[gt + 1 :].strip()
+        if tail and not tail.startswith(";"):
+            raise ParseError(f"junk after <uri> in {text!r}")
+        return NameAddr(uri, display, _parse_params(tail[1:], "header"))
+    # addr-spec: everything after the first `;` belongs to the header (RFC 3261 §20).
+    uri_text, _, params_text = rest.partition(";")
+    return NameAddr(parse_uri(uri_text.strip()), None, _parse_params(params_text, "header"))
+
+
+def _closing_quote(text: str, start: int) -> int:
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i
+        i += 1
+    raise ParseError(f"unterminated quoted string in {text!r}")
+
+
+def split_header_values(value: str) -> list[str]:
+    """Split a comma-separated header value, honouring quotes and `<...>` (RFC 3261 §7.3.1)."""
+    if "," not in value:
+        stripped = value.strip()
+        return [stripped] if stripped else []
+    out: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            depth += 1
+        elif c == ">":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            part = value[start:i].strip()
+            if part:
+                out.append(part)
+            start = i + 1
+        i += 1
+    if quoted:
+        raise ParseError(f"unterminated quoted string in {value!r}")
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
