@@ -15,6 +15,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .errors import ParseError
 from .message import Request, Response
 from .wire import Address
 
@@ -129,7 +130,12 @@ class Dialog:
             return
         callee = self.callee
         callee.tag = to_tag or callee.tag
-        contacts = response.contacts
+        try:
+            contacts = response.contacts
+        except ParseError:
+            # A broken Contact must not stop the response from being relayed; the remote
+            # target stays what it was.
+            contacts = []
         if contacts and contacts[0].uri is not None:
             callee.contact = str(contacts[0].uri)
         rr = response.values("record-route")

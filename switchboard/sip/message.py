@@ -85,7 +85,7 @@ class Message:
 
     def set(self, key: str, value: str) -> None:
         """Replace every line of this header with one line holding `value`."""
-        self._cache.pop(key, None)
+        self._forget(key)
         for i, (k, name, _) in enumerate(self.headers):
             if k == key:
                 self.headers[i] = (k, name, value)
@@ -94,12 +94,12 @@ class Message:
         self.headers.append((key, canonical_name(key), value))
 
     def remove(self, key: str) -> None:
-        self._cache.pop(key, None)
+        self._forget(key)
         self.headers = [h for h in self.headers if h[0] != key]
 
     def prepend(self, key: str, value: str) -> None:
         """Add a value in front of the others of its header (Via, Record-Route, Route)."""
-        self._cache.pop(key, None)
+        self._forget(key)
         for i, h in enumerate(self.headers):
             if h[0] == key:
                 self.headers.insert(i, (key, canonical_name(key), value))
@@ -107,14 +107,14 @@ class Message:
         self.headers.insert(0, (key, canonical_name(key), value))
 
     def append(self, key: str, value: str) -> None:
-        self._cache.pop(key, None)
+        self._forget(key)
         self.headers.append((key, canonical_name(key), value))
 
     def pop_first_value(self, key: str) -> str | None:
         """Remove and return the first comma-separated value of a header (top Via, Route)."""
         for i, (k, name, v) in enumerate(self.headers):
             if k == key:
-                self._cache.pop(key, None)
+                self._forget(key)
                 parts = split_header_values(v)
                 if len(parts) <= 1:
                     del self.headers[i]
@@ -122,6 +122,12 @@ class Message:
                     self.headers[i] = (k, name, ", ".join(parts[1:]))
                 return parts[0] if parts else None
         return None
+
+    def _forget(self, key: str) -> None:
+        # Both caches a header can feed: the typed value and `addresses(key)`.
+        cache = self._cache
+        cache.pop(key, None)
+        cache.pop(key + "#addr", None)
 
     # -- typed, cached access -------------------------------------------------------------
 
@@ -364,8 +370,10 @@ def _parse_header_lines(lines: list[str]) -> list[Header]:
             # Folded continuation (RFC 3261 §7.3.1): joins the previous line with one space.
             if not headers:
                 raise ParseError("continuation line before any header")
-            k, n, v = headers[-1]
-            headers[-1] = (k, n, f"{v} {line.strip()}" if v else line.strip())
+            more = line.strip()
+            if more:  # a blank continuation adds nothing, not a trailing space
+                k, n, v = headers[-1]
+                headers[-1] = (k, n, f"{v} {more}" if v else more)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")

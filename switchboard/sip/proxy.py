@@ -67,7 +67,7 @@ class _Forward:
     """One relayed request: its server transaction, its client branch, its dialog."""
 
     __slots__ = ("cancel_sent", "cancelled", "client", "dialog", "final_sent", "initial",
-                 "own_rr", "server", "timer_c")
+                 "own_rr", "server", "timer_c", "timer_c_due")
 
     def __init__(self, server: ServerTransaction, dialog: Dialog | None, initial: bool) -> None:
         self.server = server
@@ -79,6 +79,7 @@ class _Forward:
         self.cancel_sent = False
         self.own_rr = 0
         self.timer_c: Timer | None = None
+        self.timer_c_due = 0.0
 
 
 class _Local:
@@ -164,7 +165,13 @@ class Proxy:
             self._on_cancel(req, key, source, local, now)
             return
         txn = self._new_server_txn(req, source, local, now)
-        self._route_request(req, txn, source, local, now)
+        try:
+            self._route_request(req, txn, source, local, now)
+        except ParseError as exc:
+            # Answer through the transaction: a retransmission gets this answer (not the
+            # 100), and the transaction's timers end it.
+            self.stats["core:err_requests"] += 1
+            self._respond(txn, exc.status, now, reason=exc.reason)
 
     def _route_request(self, req: Request, txn: ServerTransaction, source: Address,
                        local: Address, now: float) -> None:
@@ -195,7 +202,13 @@ class Proxy:
             # names our domain without our port (`sip:bob@127.0.0.1`) still reaches them.
             bindings = self.location.lookup(aor_key(ruri), now) if ruri.user else []
             if bindings:
-                dest_binding = bindings[0]
+                # A Request-URI naming one registered contact (a dialog's remote target) stays
+                # on it; an in-dialog request is never moved to another of the user's devices.
+                target = str(ruri)
+                dest_binding = next((b for b in bindings if b.contact == target), None)
+                if dest_binding is None and (to_tag is None or self._is_own(ruri)):
+                    dest_binding = bindings[0]
+            if dest_binding is not None:
                 req.uri = dest_binding.contact
             elif self._is_own(ruri):
                 if method == "OPTIONS":
@@ -272,17 +285,21 @@ class Proxy:
 
     def _on_ack(self, req: Request, source: Address, local: Address, now: float) -> None:
         txn = self.server_txns.get(server_key(req))
-        if txn is not None:
+        if txn is not None and txn.state is not State.ACCEPTED:
             txn.receive_request(req, now)  # ACK of a non-2xx final: hop by hop, ends here
             return
+        # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
         if dialog is not None:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None:
                 dialog.on_request(req, legs[0], self.events)
         self._preprocess_routes(req)
-        out = req.copy()
         mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self.stats["core:drop_requests"] += 1  # §16.3 step 3; an ACK gets no 483
+            return
+        out = req.copy()
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
         next_hop = self._next_hop(out)
         if next_hop is None or (not out.values("route") and self._is_own(next_hop)):
@@ -333,6 +350,9 @@ class Proxy:
         headers.append(("cseq", "CSeq", f"{inv.cseq.number} CANCEL"))
         cancel = Request("CANCEL", inv.uri, headers)
         self._start_local(cancel, client.dest, client.local, _Local(None), now)
+        # RFC 3261 §9.1: no final response 64*T1 after the CANCEL: the INVITE client
+        # transaction is destroyed (as a timeout: 408 upstream if nothing was sent yet).
+        self.timers.call_at(now + 64 * self.config.timers.t1, client.transport_error)
 
     def _new_server_txn(self, req: Request, source: Address, local: Address,
                         now: float) -> ServerTransaction:
@@ -388,11 +408,15 @@ class Proxy:
                 legs = dialog.leg_of(txn.request.from_tag)
                 if legs is not None:
                     dialog.on_response_to(txn.request.method, response, legs[1])
-        if status < 200 and ctx.cancelled and not ctx.cancel_sent and status > 100:
-            ctx.cancel_sent = True
-            self._send_cancel(txn, now)
-        if status == 100:
-            return  # hop by hop: we sent our own
+        if status < 200:
+            if ctx.cancelled and not ctx.cancel_sent:
+                # Any provisional, 100 included, allows the CANCEL (RFC 3261 §9.1).
+                ctx.cancel_sent = True
+                self._send_cancel(txn, now)
+            if status == 100:
+                return  # hop by hop: we sent our own
+            # §16.7 step 2: 101-199 restart timer C (applied lazily when it fires).
+            ctx.timer_c_due = now + self.config.timers.timer_c
         out = response.copy()
         out.pop_first_value("via")
         if status >= 200:
@@ -424,6 +448,9 @@ class Proxy:
 
     def _timer_c(self, ctx: _Forward, now: float) -> None:
         if ctx.final_sent:
+            return
+        if ctx.timer_c_due > now:  # restarted by a provisional since it was armed
+            ctx.timer_c = self.timers.call_at(ctx.timer_c_due, lambda t: self._timer_c(ctx, t))
             return
         client = ctx.client
         if client is not None and client.state is State.PROCEEDING and not ctx.cancel_sent:
@@ -657,7 +684,7 @@ class Proxy:
     def _looped(self, req: Request) -> bool:
         """§16.3 step 4: our Via with the branch hash this request would get again."""
         mine = None
-        for via in req.vias[1:] if len(req.vias) > 1 else req.vias:
+        for via in req.vias:
             if (via.host.strip("[]").lower(), via.port or 5060) in self._own:
                 if mine is None:
                     mine = self._loop_hash(req)

@@ -1,0 +1,217 @@
+"""EventBus: the pub/sub actor that delivers events to their subscribers.
+
+Everything that changes the bus goes through its mailbox and is handled one message at a time
+by a single asyncio task, so `publish` costs the caller one enqueue and never blocks, and a
+subscription made with `await subscribe(...)` is in force for every event published after it.
+The bus owns the subscription table and one sink per subscribed socket (shared by all events
+sent to it). It does not know what the events mean or who raises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from switchboard.events import KNOWN_EVENTS
+from switchboard.events.envelope import encode_event
+from switchboard.events.sinks import Sink, SinkAddress, open_sink, parse_sink
+from switchboard.events.subscriptions import Subscription, SubscriptionTable
+
+log = logging.getLogger(__name__)
+
+# OpenSIPS evi:subscribe default.
+DEFAULT_EXPIRE: Final = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    event: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscribe:
+    event: str
+    address: SinkAddress
+    expire: int | None
+    done: asyncio.Future[None]
+
+
+class _Stop:
+    pass
+
+
+_Message = _Publish | _Subscribe | _Stop
+
+
+class EventBus:
+    """Publish/subscribe for E_* events toward `udp:`/`tcp:` sinks.
+
+    `clock` gives the time subscriptions expire by (monotonic seconds); `sink_factory` opens
+    a sink for an address (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        events: Iterable[str] = KNOWN_EVENTS,
+        clock: Callable[[], float] = time.monotonic,
+        mailbox_size: int = 65536,
+        sink_factory: Callable[[SinkAddress], Awaitable[Sink]] = open_sink,
+    ) -> None:
+        self._events = frozenset(events)
+        self._clock = clock
+        self._sink_factory = sink_factory
+        self._mailbox: asyncio.Queue[_Message] = asyncio.Queue(maxsize=mailbox_size)
+        self._table = SubscriptionTable()
+        self._sinks: dict[str, Sink] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Events dropped because the mailbox was full or the bus closed.
+        self.dropped = 0
+
+    @property
+    def events(self) -> frozenset[str]:
+        return self._events
+
+    def publish(self, event: str, params: Mapping[str, Any]) -> None:
+        """Queue `event` for every current subscriber. Never blocks, never raises."""
+        if self._closed:
+            self.dropped += 1
+            log.debug("event bus closed: dropped %s", event)
+            return
+        try:
+            # A copy: the caller may reuse its dict once we return.
+            self._mailbox.put_nowait(_Publish(event, dict(params)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("event bus mailbox full: dropped %s", event)
+            return
+        self._ensure_running()
+
+    async def subscribe(self, event: str, socket: str, expire: int | None = DEFAULT_EXPIRE) -> None:
+        """Subscribe `socket` to `event` for `expire` seconds (0 removes, None = static).
+
+        Raises ValueError for an unknown event, a bad socket string or a negative expire, and
+        OSError when the sink cannot be opened. Returns once the subscription is in force.
+        """
+        if event not in self._events:
+            known = ", ".join(sorted(self._events))
+            raise ValueError(f"unknown event {event!r} (known: {known})")
+        address = parse_sink(socket)
+        if expire is not None and expire < 0:
+            raise ValueError(f"negative expire value {expire}")
+        if self._closed:
+            raise RuntimeError("event bus is closed")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Subscriptions are rare and must not be lost: wait for room rather than drop.
+        await self._mailbox.put(_Subscribe(event, address, expire, done))
+        self._ensure_running()
+        await done
+
+    def subscriptions(self) -> list[Subscription]:
+        """The subscriptions in force now (a snapshot)."""
+        now = self._clock()
+        return [s for s in self._table if s.alive(now)]
+
+    async def close(self) -> None:
+        """Deliver what is already queued, then stop and close every sink."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            try:
+                self._mailbox.put_nowait(_Stop())
+            except asyncio.QueueFull:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._mailbox.empty():
+            msg = self._mailbox.get_nowait()
+            if isinstance(msg, _Subscribe) and not msg.done.done():
+                msg.done.set_exception(RuntimeError("event bus is closed"))
+        sinks, self._sinks = list(self._sinks.values()), {}
+        for sink in sinks:
+            await self._close_sink(sink)
+
+    def _ensure_running(self) -> None:
+        if self._task is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No loop yet (a sync caller): the task starts with the first call made in one.
+            return
+        self._task = loop.create_task(self._run(), name="event-bus")
+
+    async def _run(self) -> None:
+        while True:
+            msg = await self._mailbox.get()
+            if isinstance(msg, _Stop):
+                return
+            try:
+                if isinstance(msg, _Publish):
+                    await self._deliver(msg)
+                else:
+                    await self._apply(msg)
+            except Exception as exc:  # one bad message must not stop the bus
+                log.exception("event bus: failed to handle %r", msg)
+                if isinstance(msg, _Subscribe) and not msg.done.done():
+                    msg.done.set_exception(exc)
+
+    async def _deliver(self, msg: _Publish) -> None:
+        now = self._clock()
+        if self._table.expire(now):
+            await self._release_unused()
+        sockets = self._table.sockets_for(msg.event, now)
+        if not sockets:
+            return
+        try:
+            payload = encode_event(msg.event, msg.params)
+        except (TypeError, ValueError) as exc:
+            log.error("event bus: cannot encode %s: %s", msg.event, exc)
+            return
+        for socket in sockets:
+            sink = self._sinks.get(socket)
+            if sink is None:
+                continue
+            try:
+                sink.send(payload)
+            except Exception:  # a sink must not take the others down with it
+                log.exception("event sink %s: send failed", socket)
+
+    async def _apply(self, msg: _Subscribe) -> None:
+        now = self._clock()
+        socket = str(msg.address)
+        sub = self._table.subscribe(msg.event, socket, msg.expire, now)
+        if sub is not None and socket not in self._sinks:
+            try:
+                self._sinks[socket] = await self._sink_factory(msg.address)
+            except Exception as exc:
+                self._table.remove(msg.event, socket)
+                log.warning("event sink %s: cannot open: %s", socket, exc)
+                if not msg.done.done():
+                    msg.done.set_exception(exc)
+                return
+        self._table.expire(now)
+        await self._release_unused()
+        if not msg.done.done():
+            msg.done.set_result(None)
+
+    async def _release_unused(self) -> None:
+        used = self._table.sockets()
+        for socket in [s for s in self._sinks if s not in used]:
+            await self._close_sink(self._sinks.pop(socket))
+
+    @staticmethod
+    async def _close_sink(sink: Sink) -> None:
+        try:
+            await sink.close()
+        except Exception:
+            log.exception("event sink %s: close failed", sink.address)

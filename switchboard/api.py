@@ -1,0 +1,92 @@
+"""The control-plane contract: what the MI, the CLI and the Python API may ask of a running node.
+
+`ControlApi` is the one interface every front end calls; the runtimes (`cluster/local`,
+`cluster/ray`) implement it. `CommandError` is how an operation refuses: it carries a
+JSON-RPC error code, so the MI can hand it to the client unchanged. This module knows nothing
+about HTTP, JSON-RPC framing, SIP or actors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+# JSON-RPC 2.0 core codes, with the messages OpenSIPS uses for them (mi/mi.h).
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+SERVER_ERROR: Final = -32000
+
+
+class CommandError(Exception):
+    """A management operation failed in a way the caller should be told about.
+
+    Module errors use SIP-like codes, as OpenSIPS modules do: 404 "Dialog not found",
+    420 "Bad leg", 410 "Dialog not ready", 491 "Request Pending", 480 "No dialog legs on hold".
+    Bad input uses -32602 "Invalid params" with `data` naming the parameter.
+    """
+
+    def __init__(self, code: int, message: str, data: str | None = None) -> None:
+        super().__init__(f"{code} {message}" + (f" ({data})" if data else ""))
+        self.code = code
+        self.message = message
+        self.data = data
+
+    @classmethod
+    def invalid_params(cls, data: str) -> CommandError:
+        """-32602 "Invalid params"; `data` says which parameter is wrong and why."""
+        return cls(INVALID_PARAMS, "Invalid params", data)
+
+    @classmethod
+    def dialog_not_found(cls) -> CommandError:
+        """404 "Dialog not found", the answer for an unknown dialog ID or Call-ID."""
+        return cls(404, "Dialog not found")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CommandError):
+            return NotImplemented
+        return (self.code, self.message, self.data) == (other.code, other.message, other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message, self.data))
+
+
+class ControlApi(Protocol):
+    """Operations on a running node. Async methods may cross to other workers."""
+
+    async def list_dialogs(
+        self, callid: str | None = None, from_tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Live dialogs as OpenSIPS `dialog:list` objects (`ID`, `state`, `callid`, ...).
+
+        With `callid` (and optionally the caller's `from_tag`) only the matching dialogs;
+        an empty list when none matches.
+        """
+        ...
+
+    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
+        """End a dialog (BYE both ways when confirmed, CANCEL when early).
+
+        `dialog_id` is a dialog ID (as in `dialog:list`) or a Call-ID. Raises
+        `CommandError(404, "Dialog not found")` when there is no such live dialog.
+        """
+        ...
+
+    async def statistics(self) -> dict[str, int]:
+        """Every statistic, keyed "group:name" (`dialog:active_dialogs`, `tm:UAS_transactions`,
+        `core:rcv_requests`), in a stable order."""
+        ...
+
+    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
+        """Send `event` to the sink `socket` (`udp:IP:PORT`, `tcp:IP:PORT`) for `expire`
+        seconds; 0 removes the subscription. The MI has already checked that the event exists
+        and the socket string parses; an implementation may still raise `CommandError`."""
+        ...
+
+    def uptime_seconds(self) -> float:
+        """Seconds since the node started."""
+        ...
+
+    def started_at(self) -> float:
+        """Unix time at which the node started."""
+        ...

@@ -1,0 +1,250 @@
+"""The `switchboard` command line: `serve` runs a node, `mi` calls a running node's MI.
+
+Flags and behaviour are the contract of DESIGN.md §3. `serve` builds the `Config` (file, then
+flags), runs the local runtime under uvloop, logs one `ready` line and stops cleanly on
+SIGINT/SIGTERM. `mi` follows `opensips-cli -x mi`: when every argument is `name=value` they
+are named params, otherwise positional. The runtimes are imported only when `serve` runs, so
+`mi` starts fast and without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import click
+
+from switchboard import __version__
+from switchboard.config import Config, ConfigError, apply_overrides, load_config
+
+log = logging.getLogger("switchboard")
+
+DEFAULT_MI_URL: Final = "http://127.0.0.1:8888/mi"
+
+# opensips-cli's test for a named argument (opensipscli/modules/mi.py get_params_set).
+_NAMED_ARG = re.compile(r"([a-zA-Z._-]+)=")
+
+# Commands whose parameter is an array, as opensips-cli special-cases them
+# (MI_ARRAY_PARAMS_COMMANDS): position of the array and its name.
+ARRAY_PARAMS: Final[dict[str, tuple[int, str]]] = {
+    "statistics:get": (0, "statistics"),
+    "get_statistics": (0, "statistics"),
+}
+
+
+@click.group()
+@click.version_option(__version__, prog_name="switchboard")
+def main() -> None:
+    """switchboard: a SIP call controller (transfer, hold, events) with an OpenSIPS-style MI."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML configuration file.",
+)
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="udp|tcp:IP:PORT",
+    help="SIP socket to listen on (repeatable; replaces [listen] sockets).",
+)
+@click.option("--mi-http", metavar="IP:PORT", help='MI HTTP address ("" disables the MI).')
+@click.option("--runtime", type=click.Choice(["local", "ray"]), help="Runtime (default local).")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster address for --runtime ray.")
+@click.option(
+    "--workers", type=click.IntRange(min=0), metavar="N", help="Worker count; 0 = one per CPU."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["param", "manual", "callid"]),
+    help="How a transferred call is linked back to the old one.",
+)
+@click.option("--match-param", metavar="NAME", help="Refer-To URI parameter for --mode param.")
+@click.option(
+    "--event-datagram",
+    multiple=True,
+    metavar="udp:IP:PORT",
+    help="Send every event to this socket (repeatable; static subscription).",
+)
+@click.option(
+    "--script", type=click.Path(exists=True, dir_okay=False), help="Routing script (Python file)."
+)
+def serve(
+    config_path: str | None,
+    listen: tuple[str, ...],
+    mi_http: str | None,
+    runtime: str | None,
+    ray_address: str | None,
+    workers: int | None,
+    mode: str | None,
+    match_param: str | None,
+    event_datagram: tuple[str, ...],
+    script: str | None,
+) -> None:
+    """Run a switchboard node until SIGINT or SIGTERM."""
+    try:
+        config = apply_overrides(
+            load_config(config_path),
+            listen=listen,
+            mi_http=mi_http,
+            runtime=runtime,
+            ray_address=ray_address,
+            workers=workers,
+            mode=mode,
+            match_param=match_param,
+            event_datagram=event_datagram,
+            script=script,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _setup_logging()
+    import uvloop
+
+    try:
+        uvloop.run(_serve(config))
+    except OSError as exc:
+        # A socket that cannot be bound (address in use, no such address) is an operator
+        # error, not a crash: say so in one line.
+        log.error("switchboard cannot start: %s", exc)
+        sys.exit(1)
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _runtime(config: Config) -> Callable[[Config], Awaitable[Any]]:
+    if config.runtime.kind == "local":
+        from switchboard.cluster.local import serve as serve_local
+
+        return serve_local
+    # Only the ray runtime imports ray; it is optional and may not be installed.
+    try:
+        module = importlib.import_module(f"switchboard.cluster.{config.runtime.kind}")
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--runtime {config.runtime.kind} is not available here: {exc}"
+        ) from None
+    serve_runtime: Callable[[Config], Awaitable[Any]] = module.serve
+    return serve_runtime
+
+
+async def _serve(config: Config) -> None:
+    serve_runtime = _runtime(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed before starting, so a signal during start-up stops cleanly too.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        sb = await serve_runtime(config)
+        try:
+            # Prefer what the runtime actually bound (port 0 in the config picks a free port).
+            listeners = getattr(sb, "listeners", None) or config.listen.sockets
+            sockets = " ".join(str(s) for s in listeners)
+            mi = getattr(getattr(sb, "mi", None), "url", None)
+            if mi is None:
+                mi = f"http://{config.mi.http}/mi" if config.mi.http is not None else "off"
+            log.info("switchboard %s ready: listening on %s, MI %s", __version__, sockets, mi)
+            await stop.wait()
+            log.info("switchboard stopping")
+        finally:
+            await sb.stop()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def build_params(command: str, args: Sequence[str], *, as_json: bool = False) -> Any:
+    """Arguments to JSON-RPC params, by the opensips-cli rule.
+
+    All `name=value` → an object; otherwise a positional array. With `as_json` each value
+    that parses as JSON is sent as that JSON value. For commands taking an array
+    (`statistics:get`) the array is built from the remaining positional arguments, or by
+    splitting a named value on whitespace, as opensips-cli does.
+    """
+    if not args:
+        return None
+    array = ARRAY_PARAMS.get(command)
+    if all(_NAMED_ARG.match(arg) for arg in args):
+        named: dict[str, Any] = {}
+        for arg in args:
+            name, _, value = arg.partition("=")
+            if array is not None and name == array[1] and not (as_json and _is_json_array(value)):
+                named[name] = value.split()
+            else:
+                named[name] = _value(value, as_json)
+        return named
+    positional: list[Any] = [_value(arg, as_json) for arg in args]
+    if array is not None:
+        rest = positional[array[0] :]
+        # A single JSON array given with -j already is the array.
+        if rest and not (len(rest) == 1 and isinstance(rest[0], list)):
+            positional = [*positional[: array[0]], rest]
+    return positional
+
+
+def _value(text: str, as_json: bool) -> Any:
+    if not as_json:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _is_json_array(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), list)
+    except ValueError:
+        return False
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--url",
+    default=DEFAULT_MI_URL,
+    show_default=True,
+    envvar="SWITCHBOARD_MI_URL",
+    help="MI endpoint.",
+)
+@click.option("--token", envvar="SWITCHBOARD_MI_TOKEN", help="Bearer token for the MI.")
+@click.option(
+    "-j",
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Send values that parse as JSON as JSON (numbers, arrays, objects).",
+)
+@click.argument("command")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def mi(url: str, token: str | None, as_json: bool, command: str, args: tuple[str, ...]) -> None:
+    """Call an MI COMMAND with name=value or positional ARGS and print the result."""
+    from switchboard.mi.client import MIClientError, MIConnectionError, call
+
+    params = build_params(command, args, as_json=as_json)
+    try:
+        result = call(url, command, params, token=token)
+    except MIClientError as exc:
+        click.echo(json.dumps(exc.to_json(), indent=4), err=True)
+        sys.exit(1)
+    except MIConnectionError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(result, indent=4))

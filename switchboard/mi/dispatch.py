@@ -1,0 +1,110 @@
+"""JSON-RPC 2.0 request handling, exactly as the OpenSIPS MI core does it (`mi/mi.c`).
+
+Text in, text out: parse one request, validate it (-32700 / -32600), find the command
+(-32601), match its recipe (-32602), run the handler, and build the response. A
+`CommandError` becomes its own code and message; any other exception becomes -32000
+"Server error" and is logged, never propagated. A notification (no `id`) gets no response,
+unless the request could not even be parsed or validated (OpenSIPS answers those with
+`"id": null`). Transports (`http`) decide how "no response" looks on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Final
+
+from switchboard.api import (
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_ERROR,
+    CommandError,
+)
+from switchboard.mi.registry import CommandContext, match_recipe
+
+log = logging.getLogger(__name__)
+
+# What OpenSIPS puts in `data` when a handler fails without saying why.
+HANDLER_FAILED: Final = "Command handler returned null"
+
+_MISSING: Final = object()
+
+
+def error_response(
+    request_id: Any, code: int, message: str, data: str | None = None
+) -> dict[str, Any]:
+    """A JSON-RPC error response object."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "error": error, "id": request_id}
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, although Python's parser accepts them by default.
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+async def handle_request(body: bytes | str, ctx: CommandContext) -> dict[str, Any] | None:
+    """Run one JSON-RPC request; the response object, or None when none is due."""
+    try:
+        request = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        return error_response(None, PARSE_ERROR, "Parse error")
+
+    # Batches are not supported by OpenSIPS either: an array is not a Request object.
+    if not isinstance(request, dict):
+        return error_response(None, INVALID_REQUEST, "Invalid Request")
+    is_notification = "id" not in request
+    request_id = request.get("id")
+    method = request.get("method", _MISSING)
+    params = request.get("params")
+    if (
+        not _valid_id(request_id)
+        or request.get("jsonrpc") != "2.0"
+        or not isinstance(method, str)
+        or ("params" in request and not isinstance(params, list | dict))
+    ):
+        return error_response(
+            request_id if _valid_id(request_id) else None, INVALID_REQUEST, "Invalid Request"
+        )
+
+    response = await _run(method, params, request_id, ctx)
+    return None if is_notification else response
+
+
+async def _run(method: str, params: Any, request_id: Any, ctx: CommandContext) -> dict[str, Any]:
+    command = ctx.registry.lookup(method)
+    if command is None:
+        return error_response(request_id, METHOD_NOT_FOUND, "Method not found")
+    try:
+        bound = match_recipe(command, params)
+        result = await command.handler(ctx, bound)
+    except CommandError as exc:
+        return error_response(request_id, exc.code, exc.message, exc.data)
+    except Exception:
+        log.exception("MI command %s failed", method)
+        return error_response(request_id, SERVER_ERROR, "Server error", HANDLER_FAILED)
+    return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+
+def encode_response(response: dict[str, Any]) -> bytes:
+    """Compact JSON bytes of a response; a result JSON cannot carry becomes -32000."""
+    try:
+        text = json.dumps(response, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        log.exception("MI response cannot be encoded as JSON")
+        fallback = error_response(response.get("id"), SERVER_ERROR, "Server error", HANDLER_FAILED)
+        text = json.dumps(fallback, separators=(",", ":"), ensure_ascii=False)
+    return text.encode()
+
+
+async def dispatch(body: bytes | str, ctx: CommandContext) -> bytes | None:
+    """`handle_request` + `encode_response`: request bytes in, response bytes (or None) out."""
+    response = await handle_request(body, ctx)
+    return None if response is None else encode_response(response)

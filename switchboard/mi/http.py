@@ -1,0 +1,102 @@
+"""The MI over HTTP: an aiohttp server speaking OpenSIPS `mi_http` conventions.
+
+`POST /<root>` with a JSON-RPC body answers HTTP 200 with the JSON-RPC response, errors
+included (OpenSIPS tools treat any other status as a transport failure), 202 with no body for
+a notification, 405 for other methods on the path. With a token configured, a request
+without `Authorization: Bearer <token>` gets 401 before anything is parsed. The server runs
+in the caller's event loop; it knows nothing of what the commands do.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from aiohttp import web
+
+from switchboard.api import ControlApi
+from switchboard.mi.commands import REGISTRY
+from switchboard.mi.dispatch import dispatch
+from switchboard.mi.registry import CommandContext, Registry
+
+log = logging.getLogger(__name__)
+
+# Requests are small JSON documents; refuse anything that is clearly not one.
+MAX_REQUEST_BYTES = 1 << 20
+
+_CONTEXT_KEY: web.AppKey[CommandContext] = web.AppKey("switchboard.mi.context")
+_TOKEN_KEY: web.AppKey[bytes | None] = web.AppKey("switchboard.mi.token")
+
+
+class MIServer:
+    """A running MI HTTP server. `port` is the bound port (useful after binding port 0)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, path: str) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+        self.path = path
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{self.path}"
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    token = request.app[_TOKEN_KEY]
+    if token is not None and not _authorized(request, token):
+        return web.Response(
+            status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
+        )
+    body = await request.read()
+    answer = await dispatch(body, request.app[_CONTEXT_KEY])
+    if answer is None:
+        return web.Response(status=202)
+    return web.Response(status=200, body=answer, content_type="application/json")
+
+
+def _authorized(request: web.Request, token: bytes) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Constant-time comparison: the token is a secret.
+    return hmac.compare_digest(credentials.strip().encode(), token)
+
+
+async def start_mi_server(
+    api: ControlApi,
+    host: str,
+    port: int,
+    *,
+    root: str = "mi",
+    token: str | None = None,
+    registry: Registry | None = None,
+) -> MIServer:
+    """Serve the MI on `host:port` (port 0 picks a free one) at `/<root>`.
+
+    `registry` defaults to the built-in commands. An empty `token` means no authentication.
+    """
+    if registry is None:
+        registry = REGISTRY
+    path = "/" + root.strip("/")
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[_CONTEXT_KEY] = CommandContext(api=api, registry=registry)
+    app[_TOKEN_KEY] = token.encode() if token else None
+    app.router.add_post(path, _handle)
+    # The access log would record every poll by monitoring tools at INFO; leave it off.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = next((a for a in runner.addresses if isinstance(a, tuple)), None)
+    actual_port = int(bound[1]) if bound is not None else port
+    log.debug("MI listening on %s:%d%s", host, actual_port, path)
+    return MIServer(runner, host, actual_port, path)

@@ -1,0 +1,307 @@
+"""Real baresip user agents calling each other through `switchboard serve`.
+
+alice and bob register with switchboard's registrar and use it as their outbound proxy
+(baresip puts ``Route: <sip:127.0.0.1:P;lr>`` on every request). alice dials the AOR
+``sip:bob@127.0.0.1``; the proxy retargets it to bob's registered contact and
+record-routes itself, so every in-dialog request (ACK, re-INVITE, BYE, from either side)
+must come back through it. The MI (``dialog:list``, ``dialog:end_dlg``,
+``statistics:get``) is checked against what the user agents see.
+
+Every peer runs with ``--sip-trace``: when a test fails, its report shows each peer's SIP
+messages (captured stdout) and the proxy's output (report section).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from harness import SwitchboardServer
+from tests.interop.baresip import BaresipPeer
+
+pytestmark = [pytest.mark.baresip, pytest.mark.interop]
+
+PeerFactory = Callable[..., BaresipPeer]
+
+CONFIRMED = 4  # OpenSIPS dialog state: confirmed by the ACK
+
+
+@pytest.fixture(autouse=True)
+def _proxy_outlives_peers(switchboard: SwitchboardServer) -> None:
+    """Start switchboard before any peer, so it is torn down after them.
+
+    A peer's ``quit`` unREGISTERs through the proxy; with the proxy gone first, every
+    peer waits out its 10 s stop timeout and is killed.
+    """
+
+
+# One line of the peer's log starts each traced message: "<date> <time> <user>
+# baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B", then the message itself.
+_TRACE_HEAD = re.compile(
+    r"^\S+ \S+ \S+ baresip\.native\.sip DEBUG (?P<dir>TX|RX) UDP (?P<src>\S+) -> (?P<dst>\S+)$"
+)
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+
+
+@dataclass(frozen=True)
+class Traced:
+    """One SIP message from a peer's --sip-trace."""
+
+    direction: str  # "TX" | "RX"
+    src: str
+    dst: str
+    text: str
+
+    @property
+    def start_line(self) -> str:
+        return self.text.split("\n", 1)[0]
+
+    @property
+    def method(self) -> str | None:
+        """The request's method, or None for a response."""
+        first = self.start_line.split(" ", 1)[0]
+        return None if first == "SIP/2.0" else first
+
+    @property
+    def remote(self) -> str:
+        return self.dst if self.direction == "TX" else self.src
+
+    def header(self, name: str) -> list[str]:
+        head = self.text.split("\n\n", 1)[0]
+        out = []
+        for line in head.split("\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                out.append(value.strip())
+        return out
+
+
+def _trace(p: BaresipPeer, call_id: str | None = None) -> list[Traced]:
+    """The SIP messages `p` sent and received (those of one Call-ID if given)."""
+    messages: list[Traced] = []
+    current: tuple[re.Match[str], list[str]] | None = None
+
+    def flush() -> None:
+        if current is not None:
+            head, lines = current
+            text = "\n".join(lines).strip("\n")
+            messages.append(Traced(head["dir"], head["src"], head["dst"], text))
+
+    for line in p.stderr.splitlines():
+        head = _TRACE_HEAD.match(line)
+        if head is not None or _LOG_LINE.match(line):
+            flush()
+            current = (head, []) if head is not None else None
+        elif current is not None:
+            current[1].append(line)
+    flush()
+    if call_id is None:
+        return messages
+    return [m for m in messages if call_id in m.header("Call-ID")]
+
+
+def _assert_call_went_through_proxy(
+    p: BaresipPeer, server: SwitchboardServer, call_id: str, sent: set[str]
+) -> None:
+    """Every message of the call went to or came from the proxy, and each request `p`
+    sent carried the proxy's Route; `sent` are the methods `p` must have sent."""
+    proxy = f"127.0.0.1:{server.udp_port}"
+    route = f"<sip:{proxy};lr>"
+    messages = _trace(p, call_id)
+    assert messages, f"no SIP trace of call {call_id} at {p.user}"
+    strays = [m.start_line for m in messages if m.remote != proxy]
+    assert not strays, f"{p.user} talked to someone other than the proxy {proxy}: {strays}"
+    requests = [m for m in messages if m.direction == "TX" and m.method is not None]
+    assert sent <= {m.method for m in requests}, [m.start_line for m in requests]
+    unrouted = [m.start_line for m in requests if m.header("Route") != [route]]
+    assert not unrouted, f"{p.user}'s requests without Route: {route}: {unrouted}"
+
+
+def _registered_pair(
+    peer: PeerFactory, server: SwitchboardServer, *, bob_auto_answer: bool
+) -> tuple[BaresipPeer, BaresipPeer]:
+    """bob, then alice, both registered through `server` (also their outbound proxy)."""
+    registrar = f"sip:127.0.0.1:{server.udp_port}"
+    bob = peer("bob", registrar=registrar, auto_answer=bob_auto_answer, sip_trace=True)
+    alice = peer("alice", registrar=registrar, sip_trace=True)
+    for p in (bob, alice):
+        p.wait_event("registered")
+        assert p.ready is not None and p.ready["registered"] is True, p.describe()
+        assert p.aor == f"sip:{p.user}@127.0.0.1"
+    return alice, bob
+
+
+def _dialogs(server: SwitchboardServer) -> list[dict[str, Any]]:
+    dialogs = server.mi_result("dialog:list")["Dialogs"]
+    assert isinstance(dialogs, list)
+    return dialogs
+
+
+def _wait_dialogs(
+    server: SwitchboardServer,
+    ok: Callable[[list[dict[str, Any]]], bool],
+    what: str,
+    timeout: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Poll `dialog:list` until `ok(dialogs)`: the UAs' events can run ahead of the proxy
+    (alice's "established" comes before the proxy relays her ACK)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dialogs = _dialogs(server)
+        if ok(dialogs):
+            return dialogs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dialog:list: not {what} after {timeout} s: {dialogs!r}")
+        time.sleep(0.05)
+
+
+def _one_confirmed(server: SwitchboardServer, call_id: str) -> dict[str, Any]:
+    (dialog,) = _wait_dialogs(
+        server,
+        lambda ds: len(ds) == 1 and ds[0]["state"] == CONFIRMED,
+        "exactly one dialog in state 4",
+    )
+    assert dialog["callid"] == call_id
+    return dialog
+
+
+def _no_dialogs(server: SwitchboardServer) -> None:
+    _wait_dialogs(server, lambda ds: ds == [], "empty")
+
+
+def _establish(alice: BaresipPeer, bob: BaresipPeer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """alice dials bob's AOR through the proxy; bob (auto-answer) picks up."""
+    dialed = alice.dial("sip:bob@127.0.0.1")
+    incoming = bob.wait_event("incoming")
+    assert incoming["call_id"] == dialed["call_id"]
+    alice.wait_event("established", call=dialed["call"])
+    bob.wait_event("established", call=incoming["call"])
+    return dialed, incoming
+
+
+def test_call_through_proxy_answer_and_hangup(
+    switchboard: SwitchboardServer, peer: PeerFactory
+) -> None:
+    alice, bob = _registered_pair(peer, switchboard, bob_auto_answer=False)
+    usrloc = switchboard.mi_result("statistics:get", statistics=["usrloc:"])
+    assert usrloc["usrloc:registered_contacts"] == 2
+
+    dialed = alice.dial("sip:bob@127.0.0.1")
+    incoming = bob.wait_event("incoming")
+    assert incoming["call_id"] == dialed["call_id"]
+    assert incoming["from"].startswith("sip:alice@127.0.0.1")
+    alice.wait_event("ringing", call=dialed["call"])  # bob's 180, relayed
+
+    bob.answer()
+    a_est = alice.wait_event("established", call=dialed["call"])
+    b_est = bob.wait_event("established", call=incoming["call"])
+    assert a_est["call_id"] == b_est["call_id"] == dialed["call_id"]
+
+    dialog = _one_confirmed(switchboard, dialed["call_id"])
+    assert dialog["caller_tag"]
+    (callee,) = dialog["CALLEES"]
+    assert callee["callee_tag"]
+    assert callee["callee_tag"] != dialog["caller_tag"]
+    assert "alice" in dialog["from_uri"]
+    assert "bob" in dialog["to_uri"]
+    # bob's contact is where the proxy sends alice's in-dialog requests.
+    assert f":{bob.sip_port}" in callee["callee_contact"]
+    assert f":{alice.sip_port}" in dialog["caller_contact"]
+    assert (
+        switchboard.mi_result("dialog:list", callid=dialed["call_id"])["Dialog"]["ID"]
+        == dialog["ID"]
+    )
+
+    alice.hangup()
+    alice.wait_event("closed", call=dialed["call"])
+    b_closed = bob.wait_event("closed", call=incoming["call"])
+    assert b_closed["call_id"] == dialed["call_id"]
+    _no_dialogs(switchboard)
+
+    stats = switchboard.mi_result("statistics:get", statistics=["dialog:"])
+    assert stats["dialog:processed_dialogs"] == 1, stats
+    assert stats["dialog:active_dialogs"] == 0, stats
+    assert stats["dialog:failed_dialogs"] == 0, stats
+
+    _assert_call_went_through_proxy(alice, switchboard, dialed["call_id"], {"INVITE", "ACK", "BYE"})
+    _assert_call_went_through_proxy(bob, switchboard, dialed["call_id"], set())
+
+    # quit unREGISTERs through the proxy (expires=0).
+    for p in (alice, bob):
+        assert p.stop() == 0, p.describe()
+        p.wait_event("unregistered")
+    usrloc = switchboard.mi_result("statistics:get", statistics=["usrloc:"])
+    assert usrloc["usrloc:registered_contacts"] == 0
+
+
+def test_hold_resume_and_callee_hangup_through_proxy(
+    switchboard: SwitchboardServer, peer: PeerFactory
+) -> None:
+    alice, bob = _registered_pair(peer, switchboard, bob_auto_answer=True)
+    dialed, incoming = _establish(alice, bob)
+    call_id = dialed["call_id"]
+    _one_confirmed(switchboard, call_id)
+
+    # Caller-side re-INVITEs: relayed along the route set the proxy recorded.
+    alice.hold()  # replies once the re-INVITE's answer arrived
+    assert bob.wait_event("remote_hold")["on"] is True
+    assert "a=sendonly" in _one_confirmed(switchboard, call_id)["caller_sdp"]
+    alice.resume()
+    assert bob.wait_event("remote_hold")["on"] is False
+    assert "a=sendonly" not in _one_confirmed(switchboard, call_id)["caller_sdp"]
+
+    # Callee-side re-INVITEs: bob's requests follow the Record-Route he got in the INVITE.
+    bob.hold()
+    assert alice.wait_event("remote_hold")["on"] is True
+    callee_sdp = _one_confirmed(switchboard, call_id)["CALLEES"][0]["callee_sdp"]
+    assert "a=sendonly" in callee_sdp
+    bob.resume()
+    assert alice.wait_event("remote_hold")["on"] is False
+
+    (b_call,) = bob.state()["calls"]
+    assert b_call["state"] == "established" and b_call["remote_hold"] is False
+    (a_call,) = alice.state()["calls"]
+    assert a_call["state"] == "established" and a_call["on_hold"] is False
+
+    # The callee's BYE: routed through the proxy, which ends its dialog.
+    bob.hangup()
+    bob.wait_event("closed", call=incoming["call"])
+    alice.wait_event("closed", call=dialed["call"])
+    _no_dialogs(switchboard)
+
+    # bob's requests follow the route set from the INVITE's Record-Route: the proxy.
+    invites = [m for m in _trace(bob, call_id) if m.direction == "RX" and m.method == "INVITE"]
+    invite = invites[0]  # the initial one; re-INVITEs carry no Record-Route
+    assert invite.header("Record-Route") == [f"<sip:127.0.0.1:{switchboard.udp_port};lr>"]
+    _assert_call_went_through_proxy(alice, switchboard, call_id, {"INVITE", "ACK"})
+    _assert_call_went_through_proxy(bob, switchboard, call_id, {"INVITE", "ACK", "BYE"})
+
+
+def test_mi_end_dlg_tears_the_call_down(switchboard: SwitchboardServer, peer: PeerFactory) -> None:
+    alice, bob = _registered_pair(peer, switchboard, bob_auto_answer=True)
+    dialed, incoming = _establish(alice, bob)
+    _one_confirmed(switchboard, dialed["call_id"])
+
+    assert switchboard.mi_result("dialog:end_dlg", dialog_id=dialed["call_id"]) == "OK"
+    alice.wait_event("closed", call=dialed["call"])
+    bob.wait_event("closed", call=incoming["call"])
+    _no_dialogs(switchboard)
+    assert [c["state"] for c in alice.state()["calls"]] == ["closed"]
+    assert [c["state"] for c in bob.state()["calls"]] == ["closed"]
+
+    stats = switchboard.mi_result("statistics:get", statistics=["dialog:"])
+    assert stats["dialog:processed_dialogs"] == 1, stats
+    assert stats["dialog:active_dialogs"] == 0, stats
+
+    # The proxy's BYEs: one to each side, each from the proxy, and neither UA sent one.
+    for p in (alice, bob):
+        byes = [m for m in _trace(p, dialed["call_id"]) if m.method == "BYE"]
+        assert [m.direction for m in byes] == ["RX"], [m.start_line for m in byes]
+        assert byes[0].remote == f"127.0.0.1:{switchboard.udp_port}"
+    _assert_call_went_through_proxy(alice, switchboard, dialed["call_id"], {"INVITE", "ACK"})
+    _assert_call_went_through_proxy(bob, switchboard, dialed["call_id"], set())
