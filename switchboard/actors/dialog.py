@@ -10,19 +10,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..sip.dialog import Dialog
 from .mailbox import Mailbox
 
 
-@dataclass(frozen=True, slots=True)
-class EndDialog:
+@dataclass(slots=True)
+class Operation:
+    """A control-plane request to a dialog; `error` is set when the dialog refused it."""
+
+    error: Exception | None = field(default=None, init=False)
+
+
+@dataclass(slots=True)
+class EndDialog(Operation):
     extra_headers: tuple[tuple[str, str], ...] = ()
 
 
-DialogMessage = EndDialog
+@dataclass(slots=True)
+class Transfer(Operation):
+    leg: str = ""
+    destination: str | None = None
+    transfer_callid: str | None = None
+    transfer_leg: str | None = None
+    transfer_fromtag: str | None = None
+    transfer_totag: str | None = None
+
+
+@dataclass(slots=True)
+class Hold(Operation):
+    hold: bool = True
+    leg: str | None = None
+    headers: list[str] | str | None = None
+
+
+DialogMessage = EndDialog | Transfer | Hold
 
 
 class DialogActor:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..sip.dialog import Dialog
+from ..sip.callops import CallOpsError
+from ..sip.dialog import Dialog, DialogStateChanged
 from ..sip.proxy import Proxy
 from ..sip.wire import Address
 from ..transport.base import Endpoint
-from .dialog import DialogActor, DialogMessage, EndDialog, dialog_info
+from .dialog import DialogActor, DialogMessage, EndDialog, Transfer, dialog_info
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,20 @@ class Worker:
             proxy.outbox.clear()
         if proxy.events:
             for ev in proxy.events:
-                self.publish("E_DLG_STATE_CHANGED", {
-                    "id": ev.dialog_id,
-                    "db_id": _db_id(ev.dialog_id),
-                    "callid": ev.call_id,
-                    "from_tag": ev.from_tag,
-                    "to_tag": ev.to_tag,
-                    "old_state": ev.old_state,
-                    "new_state": ev.new_state,
-                })
-                if ev.new_state == 5:
-                    self.actors.pop(ev.dialog_id, None)
+                if isinstance(ev, DialogStateChanged):
+                    self.publish("E_DLG_STATE_CHANGED", {
+                        "id": ev.dialog_id,
+                        "db_id": _db_id(ev.dialog_id),
+                        "callid": ev.call_id,
+                        "from_tag": ev.from_tag,
+                        "to_tag": ev.to_tag,
+                        "old_state": ev.old_state,
+                        "new_state": ev.new_state,
+                    })
+                    if ev.new_state == 5:
+                        self.actors.pop(ev.dialog_id, None)
+                else:
+                    self.publish(ev.name, ev.params)
             proxy.events.clear()
         deadline = proxy.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
@@ -103,9 +107,38 @@ class Worker:
         actor.tell(message)
 
     def _handle(self, dialog: Dialog, message: DialogMessage) -> None:
-        if isinstance(message, EndDialog):
-            self.proxy.end_dialog(dialog.id, self._loop.time(), message.extra_headers)
-        self.flush()
+        now = self._loop.time()
+        callops = self.proxy.callops
+        try:
+            if isinstance(message, EndDialog):
+                self.proxy.end_dialog(dialog.id, now, message.extra_headers)
+            elif isinstance(message, Transfer):
+                if message.transfer_callid is None:
+                    if message.destination is None:
+                        raise CallOpsError.bad_param("destination", "missing")
+                    callops.transfer(dialog.call_id, message.leg, message.destination, now)
+                else:
+                    callops.attended_transfer(
+                        dialog.call_id, message.leg, message.transfer_callid,
+                        message.transfer_leg, message.destination, message.transfer_fromtag,
+                        message.transfer_totag, now)
+            elif message.hold:
+                callops.hold(dialog.call_id, message.leg, message.headers, now)
+            else:
+                callops.unhold(dialog.call_id, message.leg, message.headers, now)
+        except CallOpsError as exc:
+            message.error = exc
+        finally:
+            self.flush()
+
+    def operate(self, call_id: str, message: DialogMessage) -> None:
+        """Deliver an operation to the dialog with this Call-ID; raises what it refused."""
+        dialog = self.proxy.dialogs.by_call_id(call_id)
+        if dialog is None or not dialog.active:
+            raise CallOpsError(404, "Dialog not found")
+        self.tell(dialog, message)
+        if message.error is not None:
+            raise message.error
 
     def list_dialogs(self, call_id: str | None = None,
                      from_tag: str | None = None) -> list[dict[str, Any]]:

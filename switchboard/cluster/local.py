@@ -12,11 +12,13 @@ import secrets
 import time
 from typing import Any
 
+from ..actors.dialog import DialogMessage, Hold, Transfer
 from ..actors.eventbus import EventBus
 from ..actors.worker import Worker
 from ..api import CommandError
 from ..config import Config
 from ..mi.http import MIServer, start_mi_server
+from ..sip.callops import CallOpsError
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
 from ..transport.tcp import TcpEndpoint
@@ -80,6 +82,9 @@ class LocalSwitchboard:
                 domains=cfg.proxy.domains,
                 record_route=cfg.proxy.record_route,
                 dialog_lifetime=float(cfg.dialog.lifetime),
+                callops_mode=cfg.callops.mode,
+                match_param=cfg.callops.match_param,
+                end_old_call=cfg.transfer.end_old_call,
             ),
             _token,
             first_seq=int.from_bytes(os.urandom(3), "big") << 4,
@@ -115,6 +120,36 @@ class LocalSwitchboard:
         extra = parse_extra_headers(extra_headers)
         if not self.worker.end_dialog(dialog_id, extra):
             raise CommandError.dialog_not_found()
+
+    async def call_transfer(
+        self,
+        callid: str,
+        leg: str,
+        destination: str | None = None,
+        transfer_callid: str | None = None,
+        transfer_leg: str | None = None,
+        transfer_fromtag: str | None = None,
+        transfer_totag: str | None = None,
+    ) -> None:
+        self._operate(callid, Transfer(
+            leg=leg, destination=destination, transfer_callid=transfer_callid,
+            transfer_leg=transfer_leg, transfer_fromtag=transfer_fromtag,
+            transfer_totag=transfer_totag))
+
+    async def call_hold(self, callid: str, leg: str | None = None,
+                        headers: list[str] | str | None = None) -> None:
+        self._operate(callid, Hold(hold=True, leg=leg, headers=headers))
+
+    async def call_unhold(self, callid: str, leg: str | None = None,
+                          headers: list[str] | str | None = None) -> None:
+        self._operate(callid, Hold(hold=False, leg=leg, headers=headers))
+
+    def _operate(self, callid: str, message: DialogMessage) -> None:
+        assert self.worker is not None
+        try:
+            self.worker.operate(callid, message)
+        except CallOpsError as exc:
+            raise CommandError(exc.code, exc.message, exc.data) from None
 
     async def statistics(self) -> dict[str, int]:
         assert self.worker is not None

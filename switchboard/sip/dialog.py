@@ -12,7 +12,7 @@ Owns no transactions and sends nothing: the proxy core feeds it what it relays.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import ParseError
@@ -38,6 +38,9 @@ class DialogStateChanged:
     new_state: int
 
 
+Emit = Callable[[DialogStateChanged], None]
+
+
 @dataclass(slots=True)
 class Leg:
     """One party of the dialog, as seen from the proxy."""
@@ -49,12 +52,16 @@ class Leg:
     sdp: bytes | None = None  # last SDP this leg sent
     address: Address | None = None  # where its messages came from last
     local: Address | None = None  # our socket that faces this leg
+    # Requests we originated toward this leg (REFER, re-INVITE) took CSeq numbers from the
+    # peer's sequence; requests relayed toward it later are shifted by this much.
+    cseq_offset: int = 0
+    sdp_version_sent: int = 0  # highest o= version we offered this leg ourselves
 
 
 class Dialog:
     __slots__ = (
         "call_id", "callee", "caller", "end_reason", "from_uri", "id", "invite",
-        "lifetime_timer", "start_time", "state", "timeout_at", "to_uri",
+        "lifetime_timer", "ops", "start_time", "state", "timeout_at", "to_uri",
     )
 
     def __init__(self, dialog_id: str, invite: Request, source: Address, local: Address,
@@ -69,6 +76,7 @@ class Dialog:
         self.lifetime_timer: object | None = None  # the core's Timer for the lifetime
         self.invite: object | None = None  # the core's pending INVITE context, while any
         self.end_reason = ""
+        self.ops: object | None = None  # call-operation state (callops.DialogOps), if any
         contacts = invite.contacts
         self.caller = Leg(
             tag=invite.from_tag or "",
@@ -95,12 +103,12 @@ class Dialog:
             return self.callee, self.caller
         return None
 
-    def _move(self, new: DialogState, events: list[DialogStateChanged]) -> None:
+    def _move(self, new: DialogState, emit: Emit) -> None:
         old = self.state
         if old is new or old is DialogState.DELETED:
             return
         self.state = new
-        events.append(
+        emit(
             DialogStateChanged(self.id, self.call_id, self.caller.tag, self.callee.tag,
                                int(old), int(new))
         )
@@ -113,7 +121,7 @@ class Dialog:
         own_record_routes: int,
         source: Address,
         local: Address,
-        events: list[DialogStateChanged],
+        emit: Emit,
     ) -> None:
         """A response to the initial INVITE came from downstream."""
         status = response.status
@@ -121,7 +129,7 @@ class Dialog:
             return
         if status >= 300:
             self.end_reason = f"{status}"
-            self._move(DialogState.DELETED, events)
+            self._move(DialogState.DELETED, emit)
             return
         to_tag = response.to_tag
         if status < 200 and not to_tag:
@@ -147,9 +155,9 @@ class Dialog:
         sdp = _sdp_of(response)
         if sdp is not None:
             callee.sdp = sdp
-        self._move(DialogState.EARLY if status < 200 else DialogState.CONFIRMED_NA, events)
+        self._move(DialogState.EARLY if status < 200 else DialogState.CONFIRMED_NA, emit)
 
-    def on_request(self, request: Request, sender: Leg, events: list[DialogStateChanged]) -> None:
+    def on_request(self, request: Request, sender: Leg, emit: Emit) -> None:
         """An in-dialog request from `sender` is being relayed."""
         method = request.method
         if method != "ACK":
@@ -162,10 +170,10 @@ class Dialog:
             if contacts and contacts[0].uri is not None:
                 sender.contact = str(contacts[0].uri)
         if method == "ACK" and self.state is DialogState.CONFIRMED_NA:
-            self._move(DialogState.CONFIRMED, events)
+            self._move(DialogState.CONFIRMED, emit)
         elif method == "BYE":
             self.end_reason = "bye"
-            self._move(DialogState.DELETED, events)
+            self._move(DialogState.DELETED, emit)
 
     def on_response_to(self, request_method: str, response: Response, responder: Leg) -> None:
         """A response to an in-dialog request, sent by `responder`: track its SDP."""
@@ -174,9 +182,9 @@ class Dialog:
             if sdp is not None:
                 responder.sdp = sdp
 
-    def delete(self, reason: str, events: list[DialogStateChanged]) -> None:
+    def delete(self, reason: str, emit: Emit) -> None:
         self.end_reason = reason
-        self._move(DialogState.DELETED, events)
+        self._move(DialogState.DELETED, emit)
 
 
 def _sdp_of(message: Request | Response) -> bytes | None:

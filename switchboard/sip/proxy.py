@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .callops import CallEvent, CallOps
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
 from .errors import ParseError
 from .message import Request, Response, build_response, parse_message
@@ -61,13 +62,21 @@ class ProxyConfig:
     # Keep a deleted dialog this long so late retransmissions and ACKs still match it.
     deleted_linger: float = 32.0
     hosts: tuple[tuple[str, str], ...] = (("localhost", "127.0.0.1"),)
+    callops_mode: str = "param"
+    match_param: str = "osid"
+    end_old_call: bool = True
+
+
+Event = DialogStateChanged | CallEvent
+# What a proxy-originated request reports when it ends: (status, reason, now).
+FinalCallback = Callable[[int, str, float], None]
 
 
 class _Forward:
     """One relayed request: its server transaction, its client branch, its dialog."""
 
-    __slots__ = ("cancel_sent", "cancelled", "client", "dialog", "final_sent", "initial",
-                 "own_rr", "server", "timer_c", "timer_c_due")
+    __slots__ = ("cancel_sent", "cancelled", "client", "cseq_delta", "dialog", "final_sent",
+                 "initial", "links", "own_rr", "server", "timer_c", "timer_c_due")
 
     def __init__(self, server: ServerTransaction, dialog: Dialog | None, initial: bool) -> None:
         self.server = server
@@ -80,17 +89,23 @@ class _Forward:
         self.own_rr = 0
         self.timer_c: Timer | None = None
         self.timer_c_due = 0.0
+        self.cseq_delta = 0  # CSeq shift applied toward the receiving leg (callops)
+        self.links: list[object] = []  # old dialogs this new call transfers (callops)
 
 
 class _Local:
-    """A request the proxy originated itself (BYE, CANCEL): answers end here."""
+    """A request the proxy originated itself (BYE, CANCEL, REFER, re-INVITE): answers end
+    here. For an INVITE the proxy is the UAC, so it sends the ACK for a 2xx itself."""
 
-    __slots__ = ("dialog", "on_final")
+    __slots__ = ("ack", "dialog", "done", "on_final", "target")
 
-    def __init__(self, dialog: Dialog | None,
-                 on_final: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, dialog: Dialog | None, on_final: FinalCallback | None = None,
+                 target: Leg | None = None) -> None:
         self.dialog = dialog
         self.on_final = on_final
+        self.target = target
+        self.done = False
+        self.ack: Datagram | None = None
 
 
 class Proxy:
@@ -101,7 +116,7 @@ class Proxy:
         self.rand = rand
         self.timers = TimerQueue()
         self.outbox: list[Datagram] = []
-        self.events: list[DialogStateChanged] = []
+        self.events: list[Event] = []
         self.dialogs = DialogTable(config.worker_id, first_seq)
         self.location = Location()
         self.server_txns: dict[ServerKey, ServerTransaction] = {}
@@ -111,6 +126,12 @@ class Proxy:
         self._own = {(a.host.lower(), a.port) for a in config.listeners}
         self._domains = {d.lower() for d in config.domains}
         self._hosts = dict(config.hosts)
+        self.callops = CallOps(self, config.callops_mode, config.match_param,
+                               config.end_old_call)
+
+    def random_fraction(self) -> float:
+        """A number in [0, 1) from the injected randomness (glare back-off)."""
+        return zlib.crc32(self.rand().encode()) / 2**32
 
     # -- driver interface ----------------------------------------------------------------
 
@@ -218,6 +239,7 @@ class Proxy:
                 return
         dialog: Dialog | None = None
         initial = False
+        cseq_delta = 0
         if to_tag is None:
             if method == "INVITE":
                 dialog = Dialog(self.dialogs.new_id(), req, source, local, now)
@@ -231,14 +253,24 @@ class Proxy:
                 if legs is None:
                     dialog = None
                 else:
+                    sender, receiver = legs
+                    if self.callops.on_in_dialog_request(
+                        req, dialog, sender,
+                        lambda status, reason: self._respond(txn, status, now, reason), now,
+                    ):
+                        sender.cseq = max(sender.cseq, req.cseq.number)
+                        return
                     was_active = dialog.active
-                    dialog.on_request(req, legs[0], self.events)
+                    dialog.on_request(req, sender, self.events.append)
+                    cseq_delta = receiver.cseq_offset
                     if was_active and not dialog.active:
                         self._dialog_ended(dialog, now)
         ctx = _Forward(txn, dialog, initial)
+        ctx.cseq_delta = cseq_delta
         txn.owner = ctx
         if initial and dialog is not None:
             dialog.invite = ctx
+            self.callops.on_initial_invite(req, ctx, now)
         self._forward(req, ctx, local, now, dest_binding.source if dest_binding else None)
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
@@ -246,6 +278,8 @@ class Proxy:
         out = req.copy()
         mf = req.max_forwards
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
+        if ctx.cseq_delta:
+            out.set("cseq", f"{req.cseq.number + ctx.cseq_delta} {req.method}")
         next_hop = self._next_hop(out)
         dest = self._resolve(next_hop) if next_hop is not None else None
         if dest is None and via_binding is not None:
@@ -290,10 +324,12 @@ class Proxy:
             return
         # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
+        cseq_delta = 0
         if dialog is not None:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None:
-                dialog.on_request(req, legs[0], self.events)
+                dialog.on_request(req, legs[0], self.events.append)
+                cseq_delta = legs[1].cseq_offset
         self._preprocess_routes(req)
         mf = req.max_forwards
         if mf is not None and mf <= 0:
@@ -301,6 +337,8 @@ class Proxy:
             return
         out = req.copy()
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
+        if cseq_delta:
+            out.set("cseq", f"{req.cseq.number + cseq_delta} ACK")
         next_hop = self._next_hop(out)
         if next_hop is None or (not out.values("route") and self._is_own(next_hop)):
             self.stats["core:drop_requests"] += 1
@@ -385,8 +423,7 @@ class Proxy:
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         owner = txn.owner
         if isinstance(owner, _Local):
-            if response.status >= 200 and owner.on_final is not None:
-                owner.on_final(response.status, now)
+            self._local_answered(txn, owner, response, now)
             return
         if not isinstance(owner, _Forward):
             return
@@ -397,7 +434,8 @@ class Proxy:
             if ctx.initial:
                 was_active = dialog.active
                 old_state = dialog.state
-                dialog.on_invite_response(response, ctx.own_rr, txn.dest, txn.local, self.events)
+                dialog.on_invite_response(response, ctx.own_rr, txn.dest, txn.local,
+                                          self.events.append)
                 answered = dialog.state is DialogState.CONFIRMED_NA
                 if answered and old_state < DialogState.CONFIRMED_NA:
                     self._arm_lifetime(dialog, now)
@@ -419,10 +457,14 @@ class Proxy:
             ctx.timer_c_due = now + self.config.timers.timer_c
         out = response.copy()
         out.pop_first_value("via")
+        if ctx.cseq_delta:
+            out.set("cseq", f"{response.cseq.number - ctx.cseq_delta} {response.cseq.method}")
+        first_final = False
         if status >= 200:
             if ctx.final_sent and status >= 300:
                 return
             if not ctx.final_sent:
+                first_final = True
                 ctx.final_sent = True
                 self.stats[f"tm:{status // 100}xx_transactions"] += 1
                 if ctx.timer_c is not None:
@@ -431,12 +473,15 @@ class Proxy:
                     dialog.invite = None
         self.stats["core:fwd_replies"] += 1
         ctx.server.respond(out, now)
+        if first_final and ctx.links:
+            self.callops.on_new_call_answer(ctx, status, response.reason, False, now)
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
         owner = txn.owner
         if isinstance(owner, _Local):
-            if owner.on_final is not None:
-                owner.on_final(408, now)
+            if not owner.done and owner.on_final is not None:
+                owner.done = True
+                owner.on_final(408, "Request Timeout", now)
             return
         if isinstance(owner, _Forward) and not owner.final_sent:
             self._respond(owner.server, 408, now)
@@ -505,7 +550,7 @@ class Proxy:
             ctx.timer_c.cancel()
         if dialog is not None and ctx.initial and dialog.active:
             dialog.invite = None
-            dialog.delete("failed", self.events)
+            dialog.delete("failed", self.events.append)
             self.stats["dialog:failed_dialogs"] += 1
             self._dialog_ended(dialog, now)
 
@@ -526,7 +571,7 @@ class Proxy:
             bye = self.in_dialog_request(dialog, target, peer, "BYE", extra)
             if bye is not None:
                 self._start_local(bye[0], bye[1], bye[2], _Local(dialog), now)
-        dialog.delete(reason, self.events)
+        dialog.delete(reason, self.events.append)
         self._dialog_ended(dialog, now)
         return True
 
@@ -537,14 +582,17 @@ class Proxy:
         """A request toward `target` that looks as if `peer` sent it (RFC 3261 §12.2.1.1)."""
         to_uri = dialog.from_uri if target is dialog.caller else dialog.to_uri
         from_uri = dialog.to_uri if target is dialog.caller else dialog.from_uri
-        peer.cseq += 1
+        # The next number of the peer's sequence as the target sees it (spec §2.4); every
+        # later request relayed toward the target is shifted one further.
+        target.cseq_offset += 1
+        cseq = peer.cseq + target.cseq_offset
         uri = target.contact or to_uri
         routes = list(target.route_set)
         headers: list[tuple[str, str, str]] = [
             ("to", "To", f"<{to_uri}>;tag={target.tag}"),
             ("from", "From", f"<{from_uri}>;tag={peer.tag}"),
             ("call-id", "Call-ID", dialog.call_id),
-            ("cseq", "CSeq", f"{peer.cseq} {method}"),
+            ("cseq", "CSeq", f"{cseq} {method}"),
             ("max-forwards", "Max-Forwards", "70"),
         ]
         if routes:
@@ -568,6 +616,43 @@ class Proxy:
             return None
         req.prepend("via", self._via(local, f"{_MAGIC}{self.rand()}"))
         return req, dest, local
+
+    def send_in_dialog(self, dialog: Dialog, target: Leg, peer: Leg, method: str,
+                       headers: Iterable[tuple[str, str]], body: bytes,
+                       on_final: FinalCallback | None, now: float) -> bool:
+        """Originate `method` toward `target` as if `peer` sent it; False if it can't go."""
+        built = self.in_dialog_request(dialog, target, peer, method, headers, body)
+        if built is None:
+            return False
+        self._start_local(built[0], built[1], built[2], _Local(dialog, on_final, target), now)
+        return True
+
+    def _local_answered(self, txn: ClientTransaction, owner: _Local, response: Response,
+                        now: float) -> None:
+        status = response.status
+        if status < 200:
+            return
+        if txn.request.method == "INVITE" and status < 300:
+            # We are the UAC of this INVITE: the 2xx is ACKed end to end by us (§13.2.2.4),
+            # again for each retransmission of the 2xx.
+            if owner.ack is None:
+                owner.ack = self._ack_for(txn, response)
+            if owner.ack is not None:
+                self._send(owner.ack)
+        if not owner.done:
+            owner.done = True
+            if owner.on_final is not None:
+                owner.on_final(status, response.reason, now)
+
+    def _ack_for(self, txn: ClientTransaction, response: Response) -> Datagram | None:
+        req = txn.request
+        headers = [h for h in req.headers
+                   if h[0] in ("from", "call-id", "route", "max-forwards")]
+        headers.append(("to", "To", response.get("to") or req.get("to") or ""))
+        headers.append(("cseq", "CSeq", f"{req.cseq.number} ACK"))
+        ack = Request("ACK", req.uri, headers)
+        ack.prepend("via", self._via(txn.local, f"{_MAGIC}{self.rand()}"))
+        return Datagram(ack.to_bytes(), txn.dest, txn.local)
 
     def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
                      now: float) -> ClientTransaction:
@@ -606,6 +691,9 @@ class Proxy:
             txn.to_tag = self.rand()
         resp = build_response(txn.request, status, reason, to_tag=txn.to_tag, extra=extra)
         txn.respond(resp, now)
+        ctx = txn.owner
+        if status >= 200 and isinstance(ctx, _Forward) and ctx.links:
+            self.callops.on_new_call_answer(ctx, status, resp.reason, True, now)
 
     def _answer_options(self, txn: ServerTransaction, now: float) -> None:
         self._respond(txn, 200, now, extra=[("Allow", ALLOW), ("Accept", "application/sdp"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -76,8 +77,9 @@ EXCLUDED: dict[str, tuple[frozenset[str], str]] = {
     ),
     "resp-200-register-contacts.sip": (
         frozenset({"contact"}),
-        "its quoted-string pattern is greedy, so in `\"Desk, 2nd floor\" <sip:...>, <sip:...>` "
-        "the display name swallows the next value and the list loses an entry",
+        "its quoted-string pattern is greedy: with two quoted display names on one line "
+        '(`"Desk, 2nd floor" <sip:...>;expires=3600, "Mobile \\"work\\"" <sip:...>`) the first '
+        "name runs to the last quote, swallowing the first value, and the list loses an entry",
     ),
 }
 
@@ -164,8 +166,12 @@ def ours(data: bytes) -> dict[str, Any]:
     fields["via"] = get(
         lambda: [(v.transport.upper(), v.host.lower(), v.port, v.branch) for v in msg.vias]
     )
+
+    def addresses(key: str) -> list[Any]:
+        return [_our_addr(a) for a in msg.addresses(key)]
+
     for key in ("contact", "route", "record-route", "refer-to"):
-        fields[key] = get(lambda key=key: [_our_addr(a) for a in msg.addresses(key)])
+        fields[key] = get(partial(addresses, key))
     fields["body"] = msg.body
     return fields
 
@@ -190,8 +196,10 @@ def theirs(data: bytes) -> dict[str, Any]:
     fields["from"] = get(lambda: _their_addr(msg.from_address))
     fields["to"] = get(lambda: _their_addr(msg.to_address))
     fields["via"] = get(
-        lambda: [(v.transport.upper(), v.host.lower(), v.port, v.parameters.get("branch"))
-                 for v in msg.via]
+        lambda: [
+            (v.transport.upper(), v.host.lower(), v.port, v.parameters.get("branch"))
+            for v in msg.via
+        ]
     )
     fields["contact"] = get(lambda: [_their_addr(a) for a in msg.contact])
     fields["route"] = get(lambda: [_their_addr(a) for a in msg.route])

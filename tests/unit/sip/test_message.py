@@ -156,22 +156,28 @@ def test_multi_value_headers_on_one_line_and_several() -> None:
     assert msg.vias[2].sent_by == ("client.example.com", 5070)
     assert msg.vias[2].params == {"branch": "z9hG4bK3", "rport": None}
     assert [str(a.uri) for a in msg.addresses("route")] == [
-        "sip:p1.example.com;lr", "sip:p2.example.com;lr",
+        "sip:p1.example.com;lr",
+        "sip:p2.example.com;lr",
     ]
     several = req("invite-multi-value-several-lines.sip")
     assert [v.host for v in several.vias] == [
-        "proxy2.biloxi.example.com", "proxy1.atlanta.example.com",
-        "edge.atlanta.example.com", "pc33.atlanta.example.com",
+        "proxy2.biloxi.example.com",
+        "proxy1.atlanta.example.com",
+        "edge.atlanta.example.com",
+        "pc33.atlanta.example.com",
     ]
     assert several.vias[2].transport == "TCP"
     assert [a.sip_uri.host for a in several.addresses("route")] == [
-        "inner1.biloxi.example.com", "inner2.biloxi.example.com", "inner3.biloxi.example.com",
+        "inner1.biloxi.example.com",
+        "inner2.biloxi.example.com",
+        "inner3.biloxi.example.com",
     ]
     assert several.addresses("route")[2].sip_uri.port == 5070
     assert len(several.addresses("record-route")) == 2
     rr = resp("resp-180-multi-value-one-line.sip")
     assert [a.sip_uri.host for a in rr.addresses("record-route")] == [
-        "proxy2.biloxi.example.com", "proxy1.atlanta.example.com",
+        "proxy2.biloxi.example.com",
+        "proxy1.atlanta.example.com",
     ]
     assert rr.vias[1].params["received"] == "192.0.2.101"
 
@@ -239,7 +245,8 @@ def test_prepend_puts_a_value_on_top() -> None:
     # A second prepend lands before the first, and the cached list is refreshed.
     msg.prepend("record-route", "<sip:me2.example.com;lr>")
     assert [a.sip_uri.host for a in msg.addresses("record-route")] == [
-        "me2.example.com", "me.example.com",
+        "me2.example.com",
+        "me.example.com",
     ]
 
 
@@ -258,7 +265,9 @@ def test_append() -> None:
     msg = invite()
     msg.append("route", "<sip:p3.example.com;lr>")
     assert [a.sip_uri.host for a in msg.addresses("route")] == [
-        "p1.example.com", "p2.example.com", "p3.example.com",
+        "p1.example.com",
+        "p2.example.com",
+        "p3.example.com",
     ]
 
 
@@ -373,7 +382,11 @@ def test_build_response_reason_extra_and_body() -> None:
     assert build_response(msg, 487).reason == "Request Terminated"
     assert build_response(msg, 299).reason == "Unknown"
     r = build_response(
-        msg, 200, "Fine", to_tag="t", extra=[("Contact", "<sip:bob@192.0.2.4>")],
+        msg,
+        200,
+        "Fine",
+        to_tag="t",
+        extra=[("Contact", "<sip:bob@192.0.2.4>")],
         body=b"v=0\r\n",
     )
     assert r.reason == "Fine"
@@ -415,10 +428,25 @@ def test_compact_forms() -> None:
 
 @pytest.mark.parametrize(
     ("compact", "key"),
-    [("v", "via"), ("f", "from"), ("t", "to"), ("i", "call-id"), ("m", "contact"),
-     ("l", "content-length"), ("c", "content-type"), ("k", "supported"), ("r", "refer-to"),
-     ("b", "referred-by"), ("o", "event"), ("u", "allow-events"), ("x", "session-expires"),
-     ("s", "subject"), ("e", "content-encoding"), ("V", "via"), ("L", "content-length")],
+    [
+        ("v", "via"),
+        ("f", "from"),
+        ("t", "to"),
+        ("i", "call-id"),
+        ("m", "contact"),
+        ("l", "content-length"),
+        ("c", "content-type"),
+        ("k", "supported"),
+        ("r", "refer-to"),
+        ("b", "referred-by"),
+        ("o", "event"),
+        ("u", "allow-events"),
+        ("x", "session-expires"),
+        ("s", "subject"),
+        ("e", "content-encoding"),
+        ("V", "via"),
+        ("L", "content-length"),
+    ],
 )
 def test_every_compact_form(compact: str, key: str) -> None:
     msg = parse_message(f"OPTIONS sip:a@b SIP/2.0\r\n{compact}: 0\r\n\r\n".encode())
@@ -427,6 +455,8 @@ def test_every_compact_form(compact: str, key: str) -> None:
 
 def test_folded_headers() -> None:
     msg = req("subscribe-folded-headers.sip")
+    # A blank continuation line after Call-ID used to leave a trailing space in the value.
+    assert msg.call_id == "folded-1@client.example.com"
     assert msg.vias[0].branch == "z9hG4bKfold01"
     assert msg.get("via") == "SIP/2.0/TCP client.example.com:5060 ;branch=z9hG4bKfold01"
     assert msg.from_.display == '"Folded Name"'
@@ -460,7 +490,9 @@ def test_tortuous_message() -> None:
     assert msg.get("weirdnewheader") == "first part second part"
     assert msg.get("oddvalueheader") == ";;,,;;,;"
     assert msg.addresses("route")[0].sip_uri.params == {
-        "lr": None, "unknownwith": "value", "unknown-no-value": None,
+        "lr": None,
+        "unknownwith": "value",
+        "unknown-no-value": None,
     }
     contact = msg.contacts[0]
     assert contact.display == r'"Quoted \"\""'
@@ -471,9 +503,16 @@ def test_tortuous_message() -> None:
 def test_header_names_are_case_insensitive() -> None:
     msg = req("ack-mixed-case-names.sip")
     assert [k for k, _, _ in msg.headers] == [
-        "via", "route", "max-forwards", "from", "to", "call-id", "cseq", "content-length",
+        "via",
+        "route",
+        "max-forwards",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "content-length",
     ]
-    assert msg.cseq == CSeq(314159, "ACK")
+    assert msg.cseq == CSeq(314159, "ACK")  # written with a tab: `314159\tACK`
     assert msg.headers[0][1] == "VIA"  # spelling kept for relaying
 
 
@@ -495,7 +534,9 @@ def test_mixed_line_ends() -> None:
 def test_ipv6() -> None:
     msg = req("invite-ipv6.sip")
     assert msg.sip_ruri.host == "[2001:db8::10]" and msg.sip_ruri.port == 5060
-    assert msg.vias[0] == Via("UDP", "[2001:db8::1]", 5060, {"branch": "z9hG4bKv6hop2", "rport": None})
+    assert msg.vias[0] == Via(
+        "UDP", "[2001:db8::1]", 5060, {"branch": "z9hG4bKv6hop2", "rport": None}
+    )
     assert msg.vias[1].sent_by == ("[2001:db8::9:1]", None)
     assert msg.contacts[0].sip_uri.hostport == "[2001:db8::1]:5060"
     assert msg.from_.sip_uri.host == "[2001:db8::1]"
@@ -541,7 +582,9 @@ def test_display_names() -> None:
     assert len(msg.addresses("p-asserted-identity")) == 2
     regs = resp("resp-200-register-contacts.sip")
     assert [(c.display, c.params.get("expires")) for c in regs.contacts] == [
-        ('"Desk, 2nd floor"', "3600"), (r'"Mobile \"work\""', "60"), (None, "120"),
+        ('"Desk, 2nd floor"', "3600"),
+        (r'"Mobile \"work\""', "60"),
+        (None, "120"),
     ]
 
 
@@ -551,7 +594,10 @@ def test_params_without_values() -> None:
     assert msg.top_via.params == {"rport": None, "branch": "z9hG4bKflag1", "alias": None}
     assert msg.from_.params == {"tag": "flag-from", "silent": None}
     assert msg.contacts[0].params["expires"] is None
-    assert msg.contacts[0].params["+sip.instance"] == '"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"'
+    assert (
+        msg.contacts[0].params["+sip.instance"]
+        == '"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"'
+    )
 
 
 def test_invalid_utf8_is_kept_not_rejected() -> None:
@@ -631,8 +677,12 @@ def test_via_with_white_space_around_slashes(via: str, expected: tuple[object, .
 
 @pytest.mark.parametrize(
     ("cseq", "expected"),
-    [("0042 INVITE", CSeq(42, "INVITE")), ("1\tINVITE", CSeq(1, "INVITE")),
-     ("  7   BYE ", CSeq(7, "BYE")), ("2147483647 ACK", CSeq(2**31 - 1, "ACK"))],
+    [
+        ("0042 INVITE", CSeq(42, "INVITE")),
+        ("1\tINVITE", CSeq(1, "INVITE")),
+        ("  7   BYE ", CSeq(7, "BYE")),
+        ("2147483647 ACK", CSeq(2**31 - 1, "ACK")),
+    ],
 )
 def test_cseq_forms(cseq: str, expected: CSeq) -> None:
     msg = parse_message(f"OPTIONS sip:a@b SIP/2.0\r\nCSeq: {cseq}\r\n\r\n".encode())
@@ -640,8 +690,17 @@ def test_cseq_forms(cseq: str, expected: CSeq) -> None:
 
 
 @pytest.mark.parametrize(
-    "cseq", ["", "1", "INVITE", "1 INVITE BYE", "-1 INVITE", "2147483648 INVITE", "\u00b9 INVITE",
-             "12345678901 INVITE"],
+    "cseq",
+    [
+        "",
+        "1",
+        "INVITE",
+        "1 INVITE BYE",
+        "-1 INVITE",
+        "2147483648 INVITE",
+        "\u00b9 INVITE",
+        "12345678901 INVITE",
+    ],
 )
 def test_bad_cseq(cseq: str) -> None:
     msg = parse_message(f"OPTIONS sip:a@b SIP/2.0\r\nCSeq: {cseq}\r\n\r\n".encode())
@@ -770,7 +829,9 @@ def test_a_keep_alive_alone_is_not_a_message() -> None:
 
 def test_size_limit() -> None:
     base = _options(b"", "0")
-    at_limit = base.replace(b"Call-ID: cl", b"Call-ID: " + b"x" * (MAX_MESSAGE_SIZE - len(base) + 2))
+    at_limit = base.replace(
+        b"Call-ID: cl", b"Call-ID: " + b"x" * (MAX_MESSAGE_SIZE - len(base) + 2)
+    )
     assert len(at_limit) == MAX_MESSAGE_SIZE
     assert parse_message(at_limit).call_id.startswith("xxx")
     with pytest.raises(ParseError) as err:
@@ -784,7 +845,9 @@ def test_size_limit() -> None:
 
 def test_header_count_limit() -> None:
     lines = b"".join(b"X-H: %d\r\n" % i for i in range(MAX_HEADERS))
-    assert len(parse_message(b"OPTIONS sip:a@b SIP/2.0\r\n" + lines + b"\r\n").headers) == MAX_HEADERS
+    assert (
+        len(parse_message(b"OPTIONS sip:a@b SIP/2.0\r\n" + lines + b"\r\n").headers) == MAX_HEADERS
+    )
     with pytest.raises(ParseError, match="too many headers"):
         parse_message(b"OPTIONS sip:a@b SIP/2.0\r\n" + lines + b"X-H: 1\r\n\r\n")
 
@@ -876,8 +939,12 @@ def test_framer_byte_by_byte() -> None:
 
 
 def test_framer_pipelined_messages_and_keep_alives() -> None:
-    names = ["invite-compact-forms.sip", "resp-180-multi-value-one-line.sip",
-             "invite-multipart-binary-body.sip", "message-bare-lf.sip"]
+    names = [
+        "invite-compact-forms.sip",
+        "resp-180-multi-value-one-line.sip",
+        "invite-multipart-binary-body.sip",
+        "message-bare-lf.sip",
+    ]
     messages = [load(n) for n in names]
     stream = b"\r\n\r\n" + b"\r\n".join(messages) + b"\r\n\r\n"
     framer = StreamFramer()

@@ -80,7 +80,10 @@ def test_refer_to_replaces_headers_are_kept_escaped() -> None:
 def test_params_without_values_keep_order_and_print_back() -> None:
     uri = parse_sip_uri("sip:carol@chicago.example.com;lr;ob;transport=TCP;maddr=192.0.2.9")
     assert list(uri.params.items()) == [
-        ("lr", None), ("ob", None), ("transport", "TCP"), ("maddr", "192.0.2.9"),
+        ("lr", None),
+        ("ob", None),
+        ("transport", "TCP"),
+        ("maddr", "192.0.2.9"),
     ]
     assert uri.transport == "tcp"
     assert uri.has_param("LR")
@@ -119,8 +122,12 @@ def test_copy_is_independent() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["tel:+1-201-555-0123", "tel:7042;phone-context=example.com", "urn:service:sos",
-     "http://www.example.com/x?y=1"],
+    [
+        "tel:+1-201-555-0123",
+        "tel:7042;phone-context=example.com",
+        "urn:service:sos",
+        "http://www.example.com/x?y=1",
+    ],
 )
 def test_other_schemes_are_opaque(text: str) -> None:
     uri = parse_uri(text)
@@ -203,9 +210,7 @@ def test_addr_spec_params_belong_to_the_header() -> None:
 
 
 def test_quoted_parameter_value_with_angle_brackets() -> None:
-    addr = parse_name_addr(
-        '<sip:u@192.0.2.5;ob>;+sip.instance="<urn:uuid:f81d4fae>";reg-id=1'
-    )
+    addr = parse_name_addr('<sip:u@192.0.2.5;ob>;+sip.instance="<urn:uuid:f81d4fae>";reg-id=1')
     assert addr.params == {"+sip.instance": '"<urn:uuid:f81d4fae>"', "reg-id": "1"}
 
 
@@ -218,7 +223,10 @@ def test_display_name_with_angle_bracket_inside_quotes() -> None:
 def test_invalid_utf8_display_survives() -> None:
     raw = b'"Jos\xe9 \xff" <sip:jose@example.com>;tag=1'.decode("utf-8", "surrogateescape")
     addr = parse_name_addr(raw)
-    assert str(addr).encode("utf-8", "surrogateescape") == b'"Jos\xe9 \xff" <sip:jose@example.com>;tag=1'
+    assert (
+        str(addr).encode("utf-8", "surrogateescape")
+        == b'"Jos\xe9 \xff" <sip:jose@example.com>;tag=1'
+    )
 
 
 def test_wildcard_contact() -> None:
@@ -240,9 +248,7 @@ def test_tel_uri_in_name_addr() -> None:
 
 
 def test_refer_to_with_replaces() -> None:
-    addr = parse_name_addr(
-        "<sip:c@127.0.0.1:5090?Replaces=att2-1%40127.0.0.1%3Bto-tag%3D16859C1>"
-    )
+    addr = parse_name_addr("<sip:c@127.0.0.1:5090?Replaces=att2-1%40127.0.0.1%3Bto-tag%3D16859C1>")
     assert addr.sip_uri.headers == "Replaces=att2-1%40127.0.0.1%3Bto-tag%3D16859C1"
     assert addr.sip_uri.port == 5090
     assert str(addr) == "<sip:c@127.0.0.1:5090?Replaces=att2-1%40127.0.0.1%3Bto-tag%3D16859C1>"

@@ -1,0 +1,540 @@
+"""Call operations from the proxy side: blind and attended transfer, hold and unhold.
+
+The proxy never becomes a B2BUA. It impersonates the other party of a leg and sends that leg
+an in-dialog REFER or re-INVITE built from dialog state (OpenSIPS callops, spec §0), then:
+- links the new call a REFER causes back to the old one (by the match parameter in its
+  Request-URI, by Call-ID, by `Replaces`, or by the script in manual mode);
+- answers the NOTIFYs (Event: refer) of the subscription its REFER created, which the other
+  party knows nothing of;
+- acknowledges the answers to its own re-INVITEs and retries them on glare (RFC 3261 §14.1).
+
+Reports everything as `CallEvent`s (`E_CALL_TRANSFER`, `E_CALL_HOLD`) in the proxy's event list.
+Where the reference module misbehaves (spec §10), this follows its documentation instead
+(DESIGN.md §4). Management errors are `CallOpsError`s with the OpenSIPS codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from .dialog import Dialog, DialogState, Leg
+from .errors import LocalProtocolError, ParseError
+from .message import Request
+from .refer import attended_refer_to, blind_refer_to, check_text, parse_replaces, sipfrag_status
+from .sdp import origin_version, set_direction, with_origin_version
+from .timers import Timer
+from .uri import SipUri
+
+if TYPE_CHECKING:
+    from .proxy import Proxy, _Forward
+
+MODES = ("param", "manual", "callid")
+LEGS = ("caller", "callee")
+# Hold direction bits (spec §7.2): what the leg must stop doing.
+SEND_OFF = 4
+RECV_OFF = 8
+_HOLD_MASKS: dict[str | None, tuple[int, int]] = {
+    None: (SEND_OFF | RECV_OFF, SEND_OFF | RECV_OFF),
+    "both": (SEND_OFF | RECV_OFF, SEND_OFF | RECV_OFF),
+    "caller": (RECV_OFF, SEND_OFF),
+    "callee": (SEND_OFF, RECV_OFF),
+}
+# After a successful transfer, end the old call once the transferee's final NOTIFY came,
+# or after this long if it never does.
+END_OLD_CALL_GRACE = 2.0
+
+
+# How the proxy lets callops answer a request it intercepted: reply(status, reason).
+Reply = Callable[[int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    name: str
+    params: dict[str, Any]
+
+
+class CallOpsError(Exception):
+    """A refused management operation, with the OpenSIPS MI code and message."""
+
+    def __init__(self, code: int, message: str, data: str | None = None) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+    @classmethod
+    def bad_param(cls, name: str, why: str) -> CallOpsError:
+        return cls(-32602, "Invalid params", f"{name}: {why}")
+
+
+@dataclass(slots=True)
+class _LegOps:
+    """What a leg has pending from the proxy: its hold mask and an in-flight re-INVITE."""
+
+    hold_mask: int = 0
+    reinvite_pending: bool = False
+
+
+@dataclass(slots=True)
+class DialogOps:
+    """Call-operation state of one dialog (the reference's dialog values, typed)."""
+
+    transfer_leg: str = ""  # "" = idle: a dialog may be transferred again (spec §10.1 fixed)
+    transfer_callid: str = ""
+    destination: str = ""
+    notify_leg: Leg | None = None  # the leg whose refer NOTIFYs we answer
+    subscription_active: bool = False
+    linked: bool = False  # the new call has been seen
+    succeeded: bool = False
+    end_timer: Timer | None = None
+    caller: _LegOps = field(default_factory=_LegOps)
+    callee: _LegOps = field(default_factory=_LegOps)
+
+
+def ops_of(dialog: Dialog) -> DialogOps:
+    ops = dialog.ops
+    if not isinstance(ops, DialogOps):
+        ops = dialog.ops = DialogOps()
+    return ops
+
+
+def leg_name(dialog: Dialog, leg: Leg) -> str:
+    return "caller" if leg is dialog.caller else "callee"
+
+
+class _Link:
+    """A new call linked to an old dialog: its final answer decides ok / fail."""
+
+    __slots__ = ("destination", "dialog", "new_callid")
+
+    def __init__(self, dialog: Dialog, new_callid: str, destination: str) -> None:
+        self.dialog = dialog
+        self.new_callid = new_callid
+        self.destination = destination
+
+
+class CallOps:
+    def __init__(self, proxy: Proxy, mode: str = "param", match_param: str = "osid",
+                 end_old_call: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown callops mode {mode!r}")
+        self.proxy = proxy
+        self.mode = mode
+        self.match_param = match_param
+        self.end_old_call = end_old_call
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _transfer_event(self, dialog: Dialog, state: str, status: str = "",
+                        destination: str | None = None, transfer_callid: str | None = None,
+                        leg: str | None = None) -> None:
+        ops = ops_of(dialog)
+        self.proxy.events.append(CallEvent("E_CALL_TRANSFER", {
+            "callid": dialog.call_id,
+            "leg": leg if leg is not None else (ops.transfer_leg or "unknown"),
+            "transfer_callid": ops.transfer_callid if transfer_callid is None else transfer_callid,
+            "destination": ops.destination if destination is None else destination,
+            "state": state,
+            "status": status,
+        }))
+
+    def _hold_event(self, dialog: Dialog, leg: str, action: str, state: str) -> None:
+        self.proxy.events.append(CallEvent("E_CALL_HOLD", {
+            "callid": dialog.call_id, "leg": leg, "action": action, "state": state,
+        }))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def _dialog(self, call_id: str, name: str = "Dialog") -> Dialog:
+        dialog = self.proxy.dialogs.by_call_id(call_id)
+        if dialog is None or not dialog.active:
+            raise CallOpsError(404, f"{name} not found")
+        return dialog
+
+    @staticmethod
+    def _legs(dialog: Dialog, leg: str, param: str = "leg") -> tuple[Leg, Leg]:
+        if leg == "caller":
+            return dialog.caller, dialog.callee
+        if leg == "callee":
+            return dialog.callee, dialog.caller
+        raise CallOpsError.bad_param(param, f"must be caller or callee, not {leg!r}")
+
+    @staticmethod
+    def _require_confirmed(dialog: Dialog) -> None:
+        if dialog.state not in (DialogState.CONFIRMED, DialogState.CONFIRMED_NA):
+            raise CallOpsError(410, "Dialog not ready")
+
+    # -- blind transfer ---------------------------------------------------------------------
+
+    def transfer(self, call_id: str, leg: str, destination: str, now: float) -> None:
+        """REFER `leg` of the call to `destination` (blind). Returns once the REFER is sent."""
+        dialog = self._dialog(call_id)
+        target, peer = self._legs(dialog, leg)
+        self._require_confirmed(dialog)
+        ops = ops_of(dialog)
+        if ops.transfer_leg:
+            raise CallOpsError(491, "Request Pending")
+        if self.mode == "param":
+            value: str | None = dialog.id
+        elif self.mode == "callid":
+            value = dialog.call_id
+        else:
+            value = None
+        try:
+            refer_to = blind_refer_to(destination, self.match_param, value)
+        except LocalProtocolError as exc:
+            raise CallOpsError.bad_param("destination", str(exc)) from None
+        self._start_transfer(dialog, ops, target, peer, leg, refer_to,
+                             destination.strip().strip("<>"), now)
+
+    def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
+                        leg: str, refer_to: str, destination: str, now: float) -> None:
+        ops.transfer_leg = leg
+        ops.transfer_callid = ""
+        ops.destination = destination
+        ops.linked = ops.succeeded = False
+        headers = [("Contact", f"<{peer.contact}>"), ("Refer-To", refer_to)]
+        sent = self.proxy.send_in_dialog(
+            dialog, target, peer, "REFER", headers, b"",
+            lambda status, reason, t: self._refer_answered(dialog, status, reason, t), now)
+        if not sent:
+            self._transfer_event(dialog, "fail", "")
+            ops.transfer_leg = ""
+            raise CallOpsError(500, "Server error", "the REFER could not be sent")
+        ops.notify_leg = target
+        ops.subscription_active = self.mode != "manual"
+        self._transfer_event(dialog, "start", "")
+
+    def _refer_answered(self, dialog: Dialog, status: int, reason: str, now: float) -> None:
+        ops = ops_of(dialog)
+        if status < 300 or not ops.transfer_leg:
+            return
+        self._transfer_event(dialog, "fail", f"{status} {reason}")
+        ops.transfer_leg = ""
+        ops.subscription_active = False
+
+    # -- attended transfer ------------------------------------------------------------------
+
+    def attended_transfer(self, call_id: str, leg: str, transfer_callid: str,
+                          transfer_leg: str | None, destination: str | None,
+                          from_tag: str | None, to_tag: str | None, now: float) -> None:
+        """REFER `leg` of `call_id` to a party of `transfer_callid`, with Replaces."""
+        other = self.proxy.dialogs.by_call_id(transfer_callid)
+        if transfer_leg is not None:
+            if other is None or not other.active:
+                raise CallOpsError(404, "Transfer dialog not found")
+            if transfer_leg == "callee":
+                totag, fromtag = other.callee.tag, other.caller.tag
+                default_dest = other.to_uri
+            elif transfer_leg == "caller":
+                totag, fromtag = other.caller.tag, other.callee.tag
+                default_dest = other.from_uri
+            else:
+                raise CallOpsError.bad_param(
+                    "transfer_leg", f"must be caller or callee, not {transfer_leg!r}")
+            destination = destination or default_dest
+        else:
+            if not from_tag or not to_tag or not destination:
+                raise CallOpsError.bad_param(
+                    "transfer_destination",
+                    "transfer_fromtag, transfer_totag and transfer_destination go together")
+            totag, fromtag = to_tag, from_tag
+            other = other if other is not None and other.active else None
+        dialog = self._dialog(call_id)
+        target, peer = self._legs(dialog, leg)
+        self._require_confirmed(dialog)
+        ops = ops_of(dialog)
+        if ops.transfer_leg:
+            raise CallOpsError(491, "Request Pending")
+        try:
+            refer_to = attended_refer_to(destination, transfer_callid, totag, fromtag)
+        except LocalProtocolError as exc:
+            raise CallOpsError.bad_param("destination", str(exc)) from None
+        if other is not None:
+            ops_of(other).transfer_callid = dialog.call_id
+        self._start_transfer(dialog, ops, target, peer, leg, refer_to,
+                             destination.strip().strip("<>"), now)
+
+    # -- the new call ------------------------------------------------------------------------
+
+    def on_initial_invite(self, req: Request, ctx: _Forward, now: float) -> None:
+        """Link a new INVITE to the dialog it transfers (spec §4), before it is relayed."""
+        replaces = req.get("replaces")
+        if replaces is not None and self._link_attended(req, replaces, ctx):
+            return
+        if self.mode == "manual":
+            return
+        ruri = req.ruri
+        if not isinstance(ruri, SipUri):
+            return
+        value = ruri.params.get(self.match_param)
+        if not value:
+            return
+        if self.mode == "param":
+            old = self.proxy.dialogs.by_id(value)
+        else:
+            old = self.proxy.dialogs.by_call_id(unquote(value))
+        if old is None or not old.active or old is ctx.dialog:
+            return
+        stripped = ruri.copy()
+        del stripped.params[self.match_param]
+        req.uri = str(stripped)
+        self._link(old, req.call_id, req.uri, ctx)
+
+    def blind_replace(self, req: Request, ctx: _Forward | None, call_id: str,
+                      leg: str | None) -> bool:
+        """The script's `call_blind_replace(callid[, leg])` (manual mode, spec §6)."""
+        old = self.proxy.dialogs.by_call_id(call_id)
+        if old is None or ctx is None:
+            return False
+        if leg is not None:
+            check_text(leg, "leg")
+            ops_of(old).transfer_leg = leg
+        self._link(old, req.call_id, req.uri, ctx)
+        return True
+
+    def _link(self, old: Dialog, new_callid: str, destination: str, ctx: _Forward) -> None:
+        ops = ops_of(old)
+        ops.transfer_callid = new_callid
+        ops.linked = True
+        self._transfer_event(old, "start", "", destination=destination)
+        ctx.links.append(_Link(old, new_callid, destination))
+
+    def _link_attended(self, req: Request, value: str, ctx: _Forward) -> bool:
+        try:
+            rep = parse_replaces(value)
+        except ParseError:
+            return False
+        replaced = self.proxy.dialogs.by_call_id(rep.call_id)
+        if replaced is None or not replaced.active:
+            return False
+        if rep.from_tag == replaced.caller.tag and rep.to_tag == replaced.callee.tag:
+            replaced_leg = "callee"
+        elif rep.from_tag == replaced.callee.tag and rep.to_tag == replaced.caller.tag:
+            replaced_leg = "caller"
+        else:
+            return False
+        r_ops = ops_of(replaced)
+        initiator_id = r_ops.transfer_callid
+        initiator = self.proxy.dialogs.by_call_id(initiator_id) if initiator_id else None
+        if initiator is not None and initiator.active and initiator is not replaced:
+            self._link(initiator, req.call_id, req.uri, ctx)
+        r_ops.transfer_leg = replaced_leg
+        self._link(replaced, req.call_id, req.uri, ctx)
+        return True
+
+    def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,
+                           now: float) -> None:
+        """The final answer to a linked new call went upstream (spec §4.4)."""
+        for link in ctx.links:
+            assert isinstance(link, _Link)
+            dialog = link.dialog
+            ops = ops_of(dialog)
+            text = f"{status} {reason}".strip()
+            ok = status < 300 and not local
+            self._transfer_event(dialog, "ok" if ok else "fail", text,
+                                 destination=link.destination, transfer_callid=link.new_callid)
+            ops.transfer_leg = ""
+            if ok:
+                ops.succeeded = True
+                if self.end_old_call and dialog.active:
+                    ops.end_timer = self.proxy.timers.call_at(
+                        now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
+        ctx.links.clear()
+
+    def _end_old(self, dialog: Dialog, now: float) -> None:
+        ops = ops_of(dialog)
+        if ops.end_timer is not None:
+            ops.end_timer.cancel()
+            ops.end_timer = None
+        if dialog.active and dialog.state in (DialogState.CONFIRMED, DialogState.CONFIRMED_NA):
+            self.proxy.end_dialog(dialog.id, now, reason="transferred")
+
+    # -- NOTIFY (Event: refer) ---------------------------------------------------------------
+
+    def on_in_dialog_request(self, req: Request, dialog: Dialog, sender: Leg,
+                             reply: Reply, now: float) -> bool:
+        """Answer the NOTIFYs of a subscription our REFER created; True when handled."""
+        if req.method != "NOTIFY" or self.mode == "manual":
+            return False
+        ops = dialog.ops
+        if not isinstance(ops, DialogOps) or not ops.subscription_active:
+            return False
+        if ops.notify_leg is not sender:
+            return False
+        return self.handle_notify(req, dialog, reply, now)
+
+    def handle_notify(self, req: Request, dialog: Dialog, reply: Reply, now: float) -> bool:
+        """Spec §5, with the reference's 480 race replaced by a 200 (the issue's choice)."""
+        event = (req.get("event") or "").split(";", 1)[0].strip().lower()
+        if event != "refer":
+            return False
+        ops = ops_of(dialog)
+        status = sipfrag_status(req.body)
+        if status is None:
+            reply(400, "Bad Request")
+            return True
+        self._transfer_event(dialog, "notify", status, destination="")
+        reply(200, "OK")
+        sub_state = (req.get("subscription-state") or "").split(";", 1)[0].strip().lower()
+        if sub_state == "terminated":
+            ops.subscription_active = False
+            if ops.succeeded and self.end_old_call:
+                self._end_old(dialog, now)
+        return True
+
+    # -- hold / unhold ------------------------------------------------------------------------
+
+    def hold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
+             now: float) -> None:
+        self._hold_or_unhold(call_id, leg, headers, now, hold=True)
+
+    def unhold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
+               now: float) -> None:
+        self._hold_or_unhold(call_id, leg, headers, now, hold=False)
+
+    def _hold_or_unhold(self, call_id: str, leg: str | None,
+                        headers: Iterable[str] | str | None, now: float, *, hold: bool) -> None:
+        if leg not in _HOLD_MASKS:
+            raise CallOpsError(420, "Bad leg")
+        dialog = self._dialog(call_id)
+        if dialog.state is not DialogState.CONFIRMED:
+            raise CallOpsError(410, "Dialog not ready")
+        extra = _hold_headers(headers)
+        ops = ops_of(dialog)
+        caller_mask, callee_mask = _HOLD_MASKS[leg]
+        order = (("caller", dialog.caller, dialog.callee, caller_mask, extra[0]),
+                 ("callee", dialog.callee, dialog.caller, callee_mask, extra[1]))
+        if not hold:
+            order = order[::-1]
+        plans: list[tuple[str, Leg, Leg, int, bytes, list[tuple[str, str]]]] = []
+        for name, target, peer, mask, hdrs in order:
+            leg_ops: _LegOps = getattr(ops, name)
+            if hold:
+                new_mask = leg_ops.hold_mask | mask
+                if leg_ops.hold_mask == new_mask:
+                    continue
+            else:
+                if not leg_ops.hold_mask:
+                    continue
+                new_mask = leg_ops.hold_mask & ~mask if leg not in (None, "both") else 0
+            if leg_ops.reinvite_pending:
+                raise CallOpsError(491, "Request Pending")
+            body = self._offer(target, peer, new_mask)
+            if body is None:
+                continue
+            plans.append((name, target, peer, new_mask, body, hdrs))
+        if not plans:
+            raise CallOpsError(480, "Both dialog legs are on hold" if hold
+                               else "No dialog legs on hold")
+        action = "hold" if hold else "unhold"
+        for name, target, peer, new_mask, body, hdrs in plans:
+            self._reinvite(dialog, name, target, peer, new_mask, body, hdrs, action, now, 0)
+
+    def _offer(self, target: Leg, peer: Leg, mask: int) -> bytes | None:
+        """The SDP offered to `target`: what it last received, direction per `mask`, with a
+        higher `o=` version than anything it has seen from us (RFC 3264 §8)."""
+        base = peer.sdp
+        if base is None:
+            return None
+        if mask == 0:
+            body = base
+        else:
+            direction = {SEND_OFF | RECV_OFF: "inactive", SEND_OFF: "recvonly",
+                         RECV_OFF: "sendonly"}[mask]
+            try:
+                rewritten = set_direction(base, direction)
+            except LocalProtocolError:
+                return None
+            body = rewritten if rewritten is not None else base
+        version = origin_version(body)
+        if version is not None:
+            next_version = max(version, target.sdp_version_sent) + 1
+            target.sdp_version_sent = next_version
+            body = with_origin_version(body, next_version)
+        return body
+
+    def _reinvite(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
+                  body: bytes, extra: list[tuple[str, str]], action: str, now: float,
+                  attempt: int) -> None:
+        ops = ops_of(dialog)
+        leg_ops: _LegOps = getattr(ops, name)
+        headers = [("Contact", f"<{peer.contact}>"), ("Content-Type", "application/sdp"),
+                   *extra]
+
+        def answered(status: int, reason: str, t: float) -> None:
+            leg_ops.reinvite_pending = False
+            if status == 491 and attempt < 3 and dialog.active:
+                # Glare (RFC 3261 §14.1): retry after a random wait; 2.1-4 s when we speak
+                # for the Call-ID's owner (the caller), 0-2 s otherwise.
+                wait = self.proxy.random_fraction() * 2.0
+                if peer is dialog.caller:
+                    wait = 2.1 + wait * 0.95
+                leg_ops.reinvite_pending = True
+                self.proxy.timers.call_at(t + wait, lambda t2: self._retry(
+                    dialog, name, target, peer, mask, body, extra, action, t2, attempt + 1))
+                return
+            ok = status < 300
+            if ok:
+                leg_ops.hold_mask = mask
+            self._hold_event(dialog, name, action, "ok" if ok else "fail")
+
+        if attempt == 0:
+            self._hold_event(dialog, name, action, "start")
+        leg_ops.reinvite_pending = True
+        if not self.proxy.send_in_dialog(dialog, target, peer, "INVITE", headers, body,
+                                         answered, now):
+            leg_ops.reinvite_pending = False
+            self._hold_event(dialog, name, action, "fail")
+
+    def _retry(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int, body: bytes,
+               extra: list[tuple[str, str]], action: str, now: float, attempt: int) -> None:
+        if not dialog.active:
+            getattr(ops_of(dialog), name).reinvite_pending = False
+            self._hold_event(dialog, name, action, "fail")
+            return
+        self._reinvite(dialog, name, target, peer, mask, body, extra, action, now, attempt)
+
+
+def _hold_headers(headers: Iterable[str] | str | None) -> tuple[list[tuple[str, str]],
+                                                                  list[tuple[str, str]]]:
+    """`headers` of callops:hold: one string for both legs, or [caller, callee] (spec §7.1).
+    Each is `Name: value` lines; literal `\\r\\n` escapes are accepted as line breaks."""
+    if headers is None:
+        return [], []
+    if isinstance(headers, str):
+        both = _header_lines(headers)
+        return both, list(both)
+    items = list(headers)
+    if len(items) > 2:
+        raise CallOpsError.bad_param("headers", "at most two entries: caller, callee")
+    caller = _header_lines(items[0]) if items else []
+    callee = _header_lines(items[1]) if len(items) > 1 else []
+    return caller, callee
+
+
+def _header_lines(text: str) -> list[tuple[str, str]]:
+    if not isinstance(text, str):
+        raise CallOpsError.bad_param("headers", "must be a string")
+    text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\r\n", "\n")
+    out: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if (not colon or not name
+                or not all(c.isalnum() or c in "-._!%*+`'~" for c in name)
+                or any(ord(c) < 32 and c != "\t" for c in value)):
+            raise CallOpsError.bad_param("headers", f"not a header line: {line!r}")
+        if name.lower() in ("via", "call-id", "cseq", "from", "to", "content-length",
+                            "content-type", "contact", "route", "max-forwards"):
+            raise CallOpsError.bad_param("headers", f"{name} cannot be set")
+        out.append((name, value.strip()))
+    return out
+
