@@ -72,6 +72,31 @@ class ControlApi(Protocol):
         """
         ...
 
+    async def call_transfer(
+        self,
+        callid: str,
+        leg: str,
+        destination: str | None = None,
+        transfer_callid: str | None = None,
+        transfer_leg: str | None = None,
+        transfer_fromtag: str | None = None,
+        transfer_totag: str | None = None,
+    ) -> None:
+        """REFER `leg` of the call `callid`: blind to `destination`, or attended (with
+        `transfer_callid` and `transfer_leg`, or the from/to tags of a call we do not track).
+        Returns once the REFER is sent; progress comes as E_CALL_TRANSFER events."""
+        ...
+
+    async def call_hold(self, callid: str, leg: str | None = None,
+                        headers: list[str] | str | None = None) -> None:
+        """Re-INVITE the leg(s) with the media direction of a hold (spec §7.2)."""
+        ...
+
+    async def call_unhold(self, callid: str, leg: str | None = None,
+                          headers: list[str] | str | None = None) -> None:
+        """Resume legs put on hold by `call_hold`."""
+        ...
+
     async def statistics(self) -> dict[str, int]:
         """Every statistic, keyed "group:name" (`dialog:active_dialogs`, `tm:UAS_transactions`,
         `core:rcv_requests`), in a stable order."""

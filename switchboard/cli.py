@@ -116,8 +116,20 @@ def serve(
     except OSError as exc:
         # A socket that cannot be bound (address in use, no such address) is an operator
         # error, not a crash: say so in one line.
-        log.error("switchboard cannot start: %s", exc)
+        log.error("switchboard cannot start: %s", _describe(exc))
         sys.exit(1)
+
+
+def _describe(exc: BaseException) -> str:
+    # The cause often holds the useful part ("[Errno 98] Address already in use").
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 5:
+        text = str(current)
+        if text and text not in parts:
+            parts.append(text)
+        current = current.__cause__ or current.__context__
+    return ": ".join(parts)
 
 
 def _setup_logging() -> None:

@@ -209,9 +209,9 @@ class TcpSink:
             return
         self._closed = True
         if self._task is not None:
-            if not self._queue.empty() and self.connected:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._queue.join(), flush_timeout)
+            # join() also waits for the event being written right now, not only queued ones.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), flush_timeout)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

@@ -150,3 +150,61 @@ async def evi_subscribe(ctx: CommandContext, params: Params) -> str:
         raise CommandError.invalid_params(str(exc)) from None
     await ctx.api.subscribe_event(event, str(address), expire)
     return "OK"
+
+
+# -- call operations (OpenSIPS callops; spec §2, §3, §7, §9) ---------------------------------
+
+
+@REGISTRY.command(
+    "callops:transfer",
+    aliases=("call_transfer",),
+    recipes=(
+        ("callid", "leg", "destination"),
+        ("callid", "leg", "transfer_callid", "transfer_leg"),
+        ("callid", "leg", "transfer_callid", "transfer_leg", "destination"),
+        ("callid", "leg", "transfer_callid", "transfer_fromtag", "transfer_totag",
+         "transfer_destination"),
+    ),
+    help="REFERs a leg of a call: blind to a destination, or attended to a party of another call",
+)
+async def callops_transfer(ctx: CommandContext, params: Params) -> str:
+    leg = params.get_str("leg")
+    if leg not in ("caller", "callee"):
+        raise CommandError.invalid_params(f"leg: must be caller or callee, not {leg!r}")
+    destination = params.get_opt_str("destination") or params.get_opt_str("transfer_destination")
+    await ctx.api.call_transfer(
+        params.get_str("callid"),
+        leg,
+        destination=destination,
+        transfer_callid=params.get_opt_str("transfer_callid"),
+        transfer_leg=params.get_opt_str("transfer_leg"),
+        transfer_fromtag=params.get_opt_str("transfer_fromtag"),
+        transfer_totag=params.get_opt_str("transfer_totag"),
+    )
+    return "Accepted"
+
+
+_HOLD_RECIPES = (("callid",), ("callid", "leg"), ("callid", "leg", "headers"))
+
+
+def _hold_args(params: Params) -> tuple[str, str | None, list[str] | str | None]:
+    headers: list[str] | str | None = None
+    if "headers" in params:
+        raw = params.get_raw("headers")
+        headers = params.get_str_list("headers") if isinstance(raw, list) else (
+            params.get_str("headers"))
+    return params.get_str("callid"), params.get_opt_str("leg"), headers
+
+
+@REGISTRY.command("callops:hold", aliases=("call_hold",), recipes=_HOLD_RECIPES,
+                  help="puts the caller, the callee or both legs of a call on hold")
+async def callops_hold(ctx: CommandContext, params: Params) -> str:
+    await ctx.api.call_hold(*_hold_args(params))
+    return "OK"
+
+
+@REGISTRY.command("callops:unhold", aliases=("call_unhold",), recipes=_HOLD_RECIPES,
+                  help="resumes legs of a call put on hold by callops:hold")
+async def callops_unhold(ctx: CommandContext, params: Params) -> str:
+    await ctx.api.call_unhold(*_hold_args(params))
+    return "OK"
