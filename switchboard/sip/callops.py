@@ -85,6 +85,7 @@ class DialogOps:
     """Call-operation state of one dialog (the reference's dialog values, typed)."""
 
     transfer_leg: str = ""  # "" = idle: a dialog may be transferred again (spec §10.1 fixed)
+    last_leg: str = ""  # the leg of the latest transfer, for NOTIFYs that come after its end
     transfer_callid: str = ""
     destination: str = ""
     notify_leg: Leg | None = None  # the leg whose refer NOTIFYs we answer
@@ -136,7 +137,7 @@ class CallOps:
         ops = ops_of(dialog)
         self.proxy.events.append(CallEvent("E_CALL_TRANSFER", {
             "callid": dialog.call_id,
-            "leg": leg if leg is not None else (ops.transfer_leg or "unknown"),
+            "leg": leg if leg is not None else (ops.transfer_leg or ops.last_leg or "unknown"),
             "transfer_callid": ops.transfer_callid if transfer_callid is None else transfer_callid,
             "destination": ops.destination if destination is None else destination,
             "state": state,
@@ -194,7 +195,7 @@ class CallOps:
 
     def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
                         leg: str, refer_to: str, destination: str, now: float) -> None:
-        ops.transfer_leg = leg
+        ops.transfer_leg = ops.last_leg = leg
         ops.transfer_callid = ""
         ops.destination = destination
         ops.linked = ops.succeeded = False
@@ -262,29 +263,32 @@ class CallOps:
 
     # -- the new call ------------------------------------------------------------------------
 
-    def on_initial_invite(self, req: Request, ctx: _Forward, now: float) -> None:
-        """Link a new INVITE to the dialog it transfers (spec §4), before it is relayed."""
+    def on_initial_invite(self, req: Request) -> list[object]:
+        """Link a new INVITE to the dialog(s) it transfers (spec §4), before any retargeting
+        or relaying: the match parameter is taken out of the Request-URI here."""
+        links: list[object] = []
         replaces = req.get("replaces")
-        if replaces is not None and self._link_attended(req, replaces, ctx):
-            return
+        if replaces is not None and self._link_attended(req, replaces, links):
+            return links
         if self.mode == "manual":
-            return
+            return links
         ruri = req.ruri
         if not isinstance(ruri, SipUri):
-            return
+            return links
         value = ruri.params.get(self.match_param)
         if not value:
-            return
+            return links
         if self.mode == "param":
             old = self.proxy.dialogs.by_id(value)
         else:
             old = self.proxy.dialogs.by_call_id(unquote(value))
-        if old is None or not old.active or old is ctx.dialog:
-            return
+        if old is None or not old.active or old.call_id == req.call_id:
+            return links
         stripped = ruri.copy()
         del stripped.params[self.match_param]
         req.uri = str(stripped)
-        self._link(old, req.call_id, req.uri, ctx)
+        self._link(old, req.call_id, req.uri, links)
+        return links
 
     def blind_replace(self, req: Request, ctx: _Forward | None, call_id: str,
                       leg: str | None) -> bool:
@@ -295,17 +299,17 @@ class CallOps:
         if leg is not None:
             check_text(leg, "leg")
             ops_of(old).transfer_leg = leg
-        self._link(old, req.call_id, req.uri, ctx)
+        self._link(old, req.call_id, req.uri, ctx.links)
         return True
 
-    def _link(self, old: Dialog, new_callid: str, destination: str, ctx: _Forward) -> None:
+    def _link(self, old: Dialog, new_callid: str, destination: str, links: list[object]) -> None:
         ops = ops_of(old)
         ops.transfer_callid = new_callid
         ops.linked = True
         self._transfer_event(old, "start", "", destination=destination)
-        ctx.links.append(_Link(old, new_callid, destination))
+        links.append(_Link(old, new_callid, destination))
 
-    def _link_attended(self, req: Request, value: str, ctx: _Forward) -> bool:
+    def _link_attended(self, req: Request, value: str, links: list[object]) -> bool:
         try:
             rep = parse_replaces(value)
         except ParseError:
@@ -323,9 +327,9 @@ class CallOps:
         initiator_id = r_ops.transfer_callid
         initiator = self.proxy.dialogs.by_call_id(initiator_id) if initiator_id else None
         if initiator is not None and initiator.active and initiator is not replaced:
-            self._link(initiator, req.call_id, req.uri, ctx)
+            self._link(initiator, req.call_id, req.uri, links)
         r_ops.transfer_leg = replaced_leg
-        self._link(replaced, req.call_id, req.uri, ctx)
+        self._link(replaced, req.call_id, req.uri, links)
         return True
 
     def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,

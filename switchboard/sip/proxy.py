@@ -212,6 +212,7 @@ class Proxy:
             return
         self._preprocess_routes(req)
         to_tag = req.to_tag
+        links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
         route = req.values("route")
         dest_binding = None
         if not route:
@@ -267,10 +268,10 @@ class Proxy:
                         self._dialog_ended(dialog, now)
         ctx = _Forward(txn, dialog, initial)
         ctx.cseq_delta = cseq_delta
+        ctx.links = links
         txn.owner = ctx
         if initial and dialog is not None:
             dialog.invite = ctx
-            self.callops.on_initial_invite(req, ctx, now)
         self._forward(req, ctx, local, now, dest_binding.source if dest_binding else None)
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
