@@ -24,6 +24,7 @@ import click
 
 from switchboard import __version__
 from switchboard.config import Config, ConfigError, apply_overrides, load_config
+from switchboard.script import ScriptError
 
 log = logging.getLogger("switchboard")
 
@@ -113,9 +114,9 @@ def serve(
 
     try:
         uvloop.run(_serve(config))
-    except OSError as exc:
-        # A socket that cannot be bound (address in use, no such address) is an operator
-        # error, not a crash: say so in one line.
+    except (OSError, ScriptError) as exc:
+        # A socket that cannot be bound (address in use, no such address) or a script that
+        # does not load is an operator error, not a crash: say so in one line.
         log.error("switchboard cannot start: %s", _describe(exc))
         sys.exit(1)
 

@@ -18,6 +18,7 @@ from ..actors.worker import Worker
 from ..api import CommandError
 from ..config import Config
 from ..mi.http import MIServer, start_mi_server
+from ..script import load_script
 from ..sip.callops import CallOpsError
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
@@ -89,6 +90,8 @@ class LocalSwitchboard:
             _token,
             first_seq=int.from_bytes(os.urandom(3), "big") << 4,
         )
+        if cfg.script.path:
+            proxy.request_hook = load_script(cfg.script.path)
         events = self.events
         self.worker = Worker(proxy, events.publish)
         worker_box.append(self.worker)

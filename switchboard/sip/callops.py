@@ -290,16 +290,17 @@ class CallOps:
         self._link(old, req.call_id, req.uri, links)
         return links
 
-    def blind_replace(self, req: Request, ctx: _Forward | None, call_id: str,
+    def blind_replace(self, req: Request, links: list[object], call_id: str,
                       leg: str | None) -> bool:
-        """The script's `call_blind_replace(callid[, leg])` (manual mode, spec §6)."""
+        """The script's `call_blind_replace(callid[, leg])` (manual mode, spec §6). Finds
+        ended dialogs too, while they are still kept, as the reference does."""
         old = self.proxy.dialogs.by_call_id(call_id)
-        if old is None or ctx is None:
+        if old is None or old.call_id == req.call_id:
             return False
         if leg is not None:
             check_text(leg, "leg")
-            ops_of(old).transfer_leg = leg
-        self._link(old, req.call_id, req.uri, ctx.links)
+            ops_of(old).transfer_leg = ops_of(old).last_leg = leg
+        self._link(old, req.call_id, req.uri, links)
         return True
 
     def _link(self, old: Dialog, new_callid: str, destination: str, links: list[object]) -> None:

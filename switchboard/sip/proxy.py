@@ -27,6 +27,7 @@ from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
 from .errors import ParseError
 from .message import Request, Response, build_response, parse_message
 from .registrar import Location, aor_key
+from .routing import DROPPED, REPLIED, RequestContext
 from .timers import Timer, TimerQueue
 from .transaction import (
     ClientTransaction,
@@ -128,6 +129,8 @@ class Proxy:
         self._hosts = dict(config.hosts)
         self.callops = CallOps(self, config.callops_mode, config.match_param,
                                config.end_old_call)
+        # The routing script's hook (`switchboard.script`); None is the plain proxy.
+        self.request_hook: Callable[[RequestContext], None] | None = None
 
     def random_fraction(self) -> float:
         """A number in [0, 1) from the injected randomness (glare back-off)."""
@@ -213,6 +216,16 @@ class Proxy:
         self._preprocess_routes(req)
         to_tag = req.to_tag
         links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
+        if self.request_hook is not None:
+            script = RequestContext(self, req, txn, source, now)
+            self.request_hook(script)
+            if script.action == DROPPED:
+                self._server_terminated(txn)
+                return
+            if script.action == REPLIED:
+                return
+            links.extend(script.links)
+            to_tag = req.to_tag
         route = req.values("route")
         dest_binding = None
         if not route:
@@ -685,6 +698,11 @@ class Proxy:
         return stats
 
     # -- local answers -------------------------------------------------------------------------
+
+    def respond(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
+                extra: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer a request through its server transaction (the script's `reply`)."""
+        self._respond(txn, status, now, reason, extra)
 
     def _respond(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
                  extra: Iterable[tuple[str, str]] = ()) -> None:
