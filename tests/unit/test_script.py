@@ -48,9 +48,10 @@ def test_reply_answers_statefully_and_nothing_is_relayed(tmp_path: Path) -> None
         "        req.reply(405, 'Not Here')\n")))
     out = net.send(sip_request("MESSAGE", BOB_CONTACT, branch="z9hG4bKm1"), ALICE)
     d, msg = one(out, ALICE)
-    assert isinstance(msg, Response) and (msg.status, msg.reason) == (405, "Not Here")
+    assert isinstance(msg, Response)
+    assert (msg.status, msg.reason) == (405, "Not Here")
     # A retransmission gets the same answer from the transaction, without the script.
-    d2, msg2 = one(net.send(sip_request("MESSAGE", BOB_CONTACT, branch="z9hG4bKm1"), ALICE))
+    d2, _ = one(net.send(sip_request("MESSAGE", BOB_CONTACT, branch="z9hG4bKm1"), ALICE))
     assert d2.data == d.data
 
 
@@ -120,7 +121,7 @@ def test_example_manual_mode_transfer_links_and_answers_notify() -> None:
                                                     "Content-Type: message/sipfrag"),
         body=b"SIP/2.0 100 Trying\r\n")
     out = net.send(notify, ALICE)
-    d, msg = one(out, ALICE)
+    _, msg = one(out, ALICE)
     assert isinstance(msg, Response) and msg.status == 200
     # Alice's new call is linked by the script (call_blind_replace).
     net.send(invite(branch="z9hG4bKnew", ruri="sip:carol@127.0.0.1:5063", call_id="call-2"),
