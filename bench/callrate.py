@@ -103,6 +103,8 @@ class StepResult:
     rss_kb_peak: int = 0
     pss_kb_peak: int = 0
     loadgen_cpu_pct: float = 0.0
+    proxy_udp_drops: int = 0
+    loadgen_udp_drops: int = 0
     host_cpu_busy_pct: float = 0.0
     other_cpu_pct: float = 0.0
     clean: bool = False
@@ -136,6 +138,8 @@ def summarize_step(
     sends_per_call: int,
     drain_s: float = 0.0,
     drain_cpu_s: float = 0.0,
+    proxy_udp_drops: int = 0,
+    loadgen_udp_drops: int = 0,
 ) -> StepResult:
     """Everything measured in one step → a `StepResult` with its verdict (pure)."""
     successful = sipp.stat_int(uac_stats, "SuccessfulCall(C)")
@@ -177,6 +181,8 @@ def summarize_step(
         rss_kb_peak=rss_kb_peak,
         pss_kb_peak=pss_kb_peak,
         loadgen_cpu_pct=round(100 * loadgen_cpu_s / elapsed_s, 1) if elapsed_s > 0 else 0.0,
+        proxy_udp_drops=proxy_udp_drops,
+        loadgen_udp_drops=loadgen_udp_drops,
         host_cpu_busy_pct=round(host_busy_pct, 1),
         other_cpu_pct=round(max(0.0, host_busy_pct - 100 * (proxy_cpu_s + loadgen_cpu_s)
                                 / elapsed_s), 1) if elapsed_s > 0 else 0.0,
@@ -242,6 +248,9 @@ def run_step(
         if not proc.wait_udp_bound(uas_port):
             raise RuntimeError(f"SIPp UAS did not bind {uas_port}:\n{uas.output_tail()}")
         pids = system.pids()
+        uac_port = proc.free_port("udp")
+        proxy_ports, loadgen_ports = {system.address[1]}, {uas_port, uac_port}
+        drops0 = proc.udp_drops(proxy_ports)
         cpu0 = proc.cpu_seconds(pids)
         busy0, total0 = proc.host_cpu_times()
         sampler = _Sampler(system)
@@ -252,7 +261,7 @@ def run_step(
             "uac",
             sipp.uac_command(
                 sipp_binary, uas=("127.0.0.1", uas_port), proxy=system.address,
-                local_port=proc.free_port("udp"), rate=rate, calls=planned,
+                local_port=uac_port, rate=rate, calls=planned,
                 stat_file="uac_stat.csv", recv_timeout_ms=recv_timeout_ms,
                 timeout_s=int(duration + 10 + 2 * recv_timeout_ms / 1000),
             ),
@@ -261,12 +270,16 @@ def run_step(
         loadgen = [uac.pid, uas.pid]
         lg0 = proc.cpu_seconds(loadgen)
         lg_last = lg0
+        lg_drops = 0
         while uac.poll() is None:
             time.sleep(0.1)
             lg_last = proc.cpu_seconds(loadgen) or lg_last
+            lg_drops = max(lg_drops, proc.udp_drops(loadgen_ports))
             if progress is not None:
                 progress(min(1.0, (time.monotonic() - t0) / duration))
         elapsed = time.monotonic() - t0
+        # SIPp's UAC socket is gone now; its drops were counted while it ran.
+        proxy_drops = proc.udp_drops(proxy_ports) - drops0
         # The last reading of each counter before SIPp exits; the proxy is still alive.
         cpu1 = proc.cpu_seconds(pids)
         busy1, total1 = proc.host_cpu_times()
@@ -303,6 +316,8 @@ def run_step(
         sends_per_call=sends,
         drain_s=drain_s,
         drain_cpu_s=drain_cpu,
+        proxy_udp_drops=proxy_drops,
+        loadgen_udp_drops=lg_drops,
     )
 
 

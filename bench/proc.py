@@ -147,6 +147,23 @@ def udp_ports_bound() -> set[int]:
     return ports
 
 
+def parse_udp_drops(text: str, ports: set[int]) -> int:
+    """Datagrams the kernel dropped (receive buffer full) on the IPv4 UDP sockets bound to
+    `ports`, from the text of /proc/net/udp (its last column)."""
+    total = 0
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 13:
+            continue
+        if int(parts[1].rsplit(":", 1)[1], 16) in ports:
+            total += int(parts[12])
+    return total
+
+
+def udp_drops(ports: set[int]) -> int:
+    return parse_udp_drops(_read(PROC / "net" / "udp") or "", ports)
+
+
 def wait_udp_bound(port: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -195,9 +195,9 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
             f"({run.steps[0].proxy_processes if run.steps else '?'} processes).",
             "",
             "| offered /s | completed /s | calls ok | failed | retrans % | p50 ms | p99 ms "
-            "| CPU ms/call | proxy CPU % | SIPp CPU % | other CPU % | PSS MB | RSS MB "
-            "| clean |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| CPU ms/call | proxy CPU % | SIPp CPU % | other CPU % | UDP drops proxy/SIPp "
+            "| PSS MB | RSS MB | clean |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in run.steps:
             verdict = "yes" if s.clean else "no: " + "; ".join(s.reasons)
@@ -209,6 +209,7 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
                 f"| {_num(s.rtt_p50_ms, '{:g}')} | {_num(s.rtt_p99_ms, '{:g}')} "
                 f"| {_num(s.cpu_ms_per_call, '{:.3f}')} | {s.proxy_cpu_pct:.0f} "
                 f"| {s.loadgen_cpu_pct:.0f} | {s.other_cpu_pct:.0f} "
+                f"| {s.proxy_udp_drops}/{s.loadgen_udp_drops} "
                 f"| {_mb(s.pss_kb_peak)} | {_mb(s.rss_kb_peak)} | {verdict} |"
             )
         lines.append("")
@@ -221,9 +222,10 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"completed calls/s at least {100 * settings.get('min_rate_ratio', 0.9):g} % of "
         "offered. CPU ms/call: the proxy's user+system CPU (all its processes, /proc) while "
         "SIPp ran, divided by successful calls. CPU % columns are of one core (200 % = two "
-        "cores); other = the rest of the machine meanwhile. p50/p99: SIPp's `invite` "
-        "response-time timer (INVITE sent → 200 received, whole milliseconds). PSS/RSS: peak "
-        "sum over the proxy's processes. See bench/README.md.",
+        "cores); other = the rest of the machine meanwhile. UDP drops: datagrams the kernel "
+        "dropped because a socket's receive buffer was full (/proc/net/udp). p50/p99: SIPp's "
+        "`invite` response-time timer (INVITE sent → 200 received, whole milliseconds). "
+        "PSS/RSS: peak sum over the proxy's processes. See bench/README.md.",
         "",
     ]
     return "\n".join(lines)

@@ -84,6 +84,7 @@ def uac_command(
         "-buff_size", str(BUFF_SIZE),
         "-trace_stat", "-stf", stat_file, "-fd", "1",
         "-trace_rtt", "-rtt_freq", str(rtt_freq_for(calls)),
+        "-trace_err",
     ]
     if timeout_s is not None:
         cmd += ["-timeout", f"{timeout_s}s"]
@@ -100,6 +101,7 @@ def uas_command(
         "-nostdin",
         "-buff_size", str(BUFF_SIZE),
         "-trace_stat", "-stf", stat_file, "-fd", "1",
+        "-trace_err",
     ]
 
 

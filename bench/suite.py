@@ -88,6 +88,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each system, wait up to S seconds for other work on the "
                         "machine to drop under 25%% of one core")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the suite: one step of switchboard under cProfile, and "
+                        "the functions with the most own time")
+    p.add_argument("--profile-rate", type=float, default=300.0, metavar="R",
+                   help="offered calls/s for --profile (default 300)")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only re-write the markdown and plots of a saved result")
     return p.parse_args(argv)
@@ -182,7 +187,9 @@ def step_line(name: str, s: callrate.StepResult) -> str:
     return (f"  {name:<12} {s.offered_rate:>6.0f}/s offered  {s.completed_rate:>7.1f}/s done  "
             f"ok {s.successful_calls:>6}  failed {s.failed_calls}  "
             f"retrans {100 * s.retrans_ratio:.2f}%  p50/p99 {s.rtt_p50_ms}/{s.rtt_p99_ms} ms  "
-            f"CPU {cpu} ms/call ({s.proxy_cpu_pct:.0f}%)  PSS {s.pss_kb_peak / 1024:.1f} MB  "
+            f"CPU {cpu} ms/call ({s.proxy_cpu_pct:.0f}%, SIPp {s.loadgen_cpu_pct:.0f}%, "
+            f"other {s.other_cpu_pct:.0f}%)  drops {s.proxy_udp_drops}/{s.loadgen_udp_drops}  "
+            f"PSS {s.pss_kb_peak / 1024:.1f} MB  "
             f"{verdict}")
 
 
@@ -291,6 +298,23 @@ def print_summary(ui: Ui, result: dict[str, Any], paths: dict[str, Path]) -> Non
              + "".join(f", {p.name}" for k, p in paths.items() if k.startswith("png")))
 
 
+def profile_main(args: argparse.Namespace) -> int:
+    from .profile import run_profile
+
+    binary = sipp.sipp_binary()
+    if binary is None:
+        raise SystemExit("SIPp is needed: apt-get install -y sip-tester")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    duration = args.duration or 10.0
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        result = run_profile(args.profile_rate, duration, Path(tmp), args.out / stamp,
+                             sipp_binary=binary)
+    print(result["table"])
+    print(f"wrote {args.out / result['text_file']} and {args.out / result['stats_file']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render is not None:
@@ -298,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = report.write(doc, args.render.parent, args.render.stem, plots=not args.no_plots)
         print(f"wrote {paths['md']}")
         return 0
+    if args.profile:
+        return profile_main(args)
     plan = make_plan(args)
     run(plan, args.out, keep_raw=args.keep_raw, install=not args.no_install,
         plots=not args.no_plots)

@@ -138,14 +138,20 @@ class Switchboard(System):
     name = "switchboard"
     label = "switchboard (local runtime)"
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, profile_to: Path | None = None) -> None:
         super().__init__()
         self.python = python or sys.executable
         self.mi_port: int | None = None
+        self.profile_to = profile_to
+        """When set, run under cProfile (CPU time) and write its statistics there on exit."""
 
     def command(self, port: int) -> list[str]:
         self.mi_port = proc.free_port("tcp")
-        return [self.python, "-m", "switchboard", "serve",
+        if self.profile_to is not None:
+            start = ["-m", "bench._profiled", str(self.profile_to), "switchboard"]
+        else:
+            start = ["-m", "switchboard"]
+        return [self.python, *start, "serve",
                 "--listen", f"udp:127.0.0.1:{port}",
                 "--mi-http", f"127.0.0.1:{self.mi_port}"]
 

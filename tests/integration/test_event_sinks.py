@@ -328,3 +328,14 @@ async def test_bus_mailbox_full_drops_instead_of_blocking(
     assert bus.dropped == 3
     assert "mailbox full" in caplog.text
     await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_closing_the_bus_flushes_what_was_published(tcp_listener: TcpListener) -> None:
+    bus = EventBus()
+    await bus.subscribe("E_CALL_HOLD", f"tcp:127.0.0.1:{tcp_listener.port}", 10)
+    for n in range(3):
+        bus.publish("E_CALL_HOLD", {"n": n})
+    await bus.close()
+    lines = [await tcp_listener.next() for _ in range(3)]
+    assert [json.loads(line)["params"]["n"] for line in lines] == [0, 1, 2]

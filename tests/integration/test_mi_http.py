@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -393,3 +394,35 @@ async def test_python_dash_m_switchboard_mi(server: MIServer) -> None:
 )
 def test_build_params(command: str, args: list[str], as_json: bool, expected: Any) -> None:
     assert build_params(command, args, as_json=as_json) == expected
+
+
+# --- `switchboard serve` end to end ------------------------------------------------------------
+
+
+def test_serve_logs_one_ready_line_serves_the_mi_and_stops_on_sigterm(switchboard: Any) -> None:
+    # `switchboard` is the conftest fixture: `python -m switchboard serve` on fresh ports.
+    assert len(re.findall(r"\bready\b", switchboard.output)) == 1
+    assert switchboard.mi_url in switchboard.output
+    assert "dlg_list" in switchboard.mi_result("which")
+    proc = subprocess.run(
+        [sys.executable, "-m", "switchboard", "mi", "--url", switchboard.mi_url, "dialog:list"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout) == {"Dialogs": []}
+    assert switchboard.stop() == 0
+    assert "stopping" in switchboard.output
+
+
+def test_serve_refuses_bad_configuration_before_starting(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--listen", "udp:127.0.0.1"])
+    assert result.exit_code == 2
+    assert "--listen: expected IP:PORT" in result.output
+    config = tmp_path / "sb.toml"
+    config.write_text('[mi]\nhttp = "127.0.0.1:8888"\ntokn = "x"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert f"{config}:3: mi.tokn: unknown key" in result.output
