@@ -6,6 +6,7 @@ in-process Python API: its methods are the management operations (`ControlApi`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -97,6 +98,10 @@ class LocalSwitchboard:
         worker_box.append(self.worker)
         for endpoint in endpoints:
             self.worker.add_endpoint(endpoint)
+        # What exists now lives as long as the process: keep the collector from scanning
+        # it again and again (the heap it walks is then only the calls in flight).
+        gc.collect()
+        gc.freeze()
         if cfg.mi.http is not None:
             self.mi = await start_mi_server(
                 self, cfg.mi.http.host, cfg.mi.http.port, token=cfg.mi.token or None

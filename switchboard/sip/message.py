@@ -28,6 +28,8 @@ SIP_VERSION: Final = "SIP/2.0"
 # that a proxy reads value by value.
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+_KEYS: dict[str, str] = {}  # header name as written -> lookup key
+_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
 
 REASONS: Final[dict[int, str]] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -128,6 +130,9 @@ class Message:
         cache = self._cache
         cache.pop(key, None)
         cache.pop(key + "#addr", None)
+        cache.pop(key + "#tag", None)
+        if key == "via":
+            cache.pop("via#top", None)
 
     # -- typed, cached access -------------------------------------------------------------
 
@@ -170,11 +175,29 @@ class Message:
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_.tag
+        return self._tag("from")
 
     @property
     def to_tag(self) -> str | None:
-        return self.to.tag
+        return self._tag("to")
+
+    def _tag(self, key: str) -> str | None:
+        """The `tag` parameter of From/To without parsing the URI: a proxy reads tags on
+        every message, the URIs rarely. Same answer as `from_.tag` for valid values."""
+        parsed = self._cache.get(key)
+        if parsed is not None:
+            return parsed.tag  # type: ignore[no-any-return]
+        cache_key = key + "#tag"
+        if cache_key in self._cache:
+            return self._cache[cache_key]  # type: ignore[no-any-return]
+        raw = self.get(key)
+        if raw is None:
+            raise ParseError(f"missing {canonical_name(key)} header")
+        gt = raw.rfind(">")
+        m = _TAG.search(raw, gt + 1) if gt >= 0 else _TAG.search(raw)
+        tag = m.group(1) if m else None
+        self._cache[cache_key] = tag
+        return tag
 
     @property
     def vias(self) -> list[Via]:
@@ -188,7 +211,21 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        """The first Via value, parsed alone (the others are read only by loop detection and
+        stateless forwarding)."""
+        hit = self._cache.get("via")
+        if hit is not None:
+            return hit[0]  # type: ignore[no-any-return]
+        top = self._cache.get("via#top")
+        if top is None:
+            raw = self.get("via")
+            if raw is None:
+                raise ParseError("missing Via header")
+            values = split_header_values(raw)
+            if not values:
+                raise ParseError("missing Via header")
+            top = self._cache["via#top"] = parse_via(values[0])
+        return top
 
     def addresses(self, key: str) -> list[NameAddr]:
         """Parsed values of Contact, Route, Record-Route, Path... (cached)."""
@@ -376,10 +413,18 @@ def _parse_header_lines(lines: list[str]) -> list[Header]:
                 headers[-1] = (k, n, f"{v} {more}" if v else more)
             continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not name or not _TOKEN.match(name):
+        if not colon:
             raise ParseError(f"bad header line {line[:80]!r}")
-        headers.append((header_key(name), name, value.strip()))
+        key = _KEYS.get(name)
+        if key is None:
+            bare = name.rstrip(" \t")
+            if not bare or not _TOKEN.match(bare):
+                raise ParseError(f"bad header line {line[:80]!r}")
+            key = header_key(bare)
+            if bare == name and len(_KEYS) < 4096:  # names seen on the wire, checked once
+                _KEYS[name] = key
+            name = bare
+        headers.append((key, name, value.strip()))
         if len(headers) > MAX_HEADERS:
             raise ParseError("too many headers")
     return headers

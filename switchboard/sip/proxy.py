@@ -504,6 +504,7 @@ class Proxy:
     def on_terminated(self, txn: ClientTransaction) -> None:
         if self.client_txns.get(txn.key) is txn:
             del self.client_txns[txn.key]
+        txn.owner = None  # the context refers back to the transaction: break the cycle
 
     def _timer_c(self, ctx: _Forward, now: float) -> None:
         if ctx.final_sent:
