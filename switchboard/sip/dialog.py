@@ -108,6 +108,9 @@ class Dialog:
         if old is new or old is DialogState.DELETED:
             return
         self.state = new
+        if new is DialogState.DELETED:
+            # Kept a while only so late messages still match: the SDPs are not needed.
+            self.caller.sdp = self.callee.sdp = None
         emit(
             DialogStateChanged(self.id, self.call_id, self.caller.tag, self.callee.tag,
                                int(old), int(new))

@@ -125,6 +125,11 @@ class Message:
                 return parts[0] if parts else None
         return None
 
+    def shrink(self) -> None:
+        """Drop the parsed values (they are parsed again if asked for): for messages kept
+        only to absorb retransmissions."""
+        self._cache.clear()
+
     def _forget(self, key: str) -> None:
         # Both caches a header can feed: the typed value and `addresses(key)`.
         cache = self._cache

@@ -182,6 +182,9 @@ class InviteServerTransaction(ServerTransaction):
             self._transmit(response.to_bytes())
             if status < 200:
                 return
+            # From here on only retransmissions are absorbed: let go of the parsed values
+            # (thousands of finished transactions wait out their timers at high call rates).
+            self.request.shrink()
             if status < 300:
                 self.state = State.ACCEPTED
                 self._arm("L", 64 * self.settings.t1, now, lambda _now: self._terminate())
@@ -225,6 +228,7 @@ class NonInviteServerTransaction(ServerTransaction):
             self.state = State.PROCEEDING
             return
         self.state = State.COMPLETED
+        self.request.shrink()
         if self.reliable:
             self._terminate()
         else:
@@ -384,7 +388,9 @@ class NonInviteClientTransaction(ClientTransaction):
             return
         self.state = State.COMPLETED
         self._disarm("E", "F")
+        self.data = b""  # nothing is retransmitted any more
         self.user.on_response(self, response, now)
+        self.request.shrink()
         if self.reliable:
             self._terminate()
         else:
