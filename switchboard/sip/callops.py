@@ -23,8 +23,17 @@ from urllib.parse import unquote
 
 from .dialog import Dialog, DialogState, Leg
 from .errors import LocalProtocolError, ParseError
+from .headers import header_key
 from .message import Request
-from .refer import attended_refer_to, blind_refer_to, check_text, parse_replaces, sipfrag_status
+from .refer import (
+    Replaces,
+    attended_refer_to,
+    blind_refer_to,
+    check_text,
+    parse_destination,
+    parse_replaces,
+    sipfrag_status,
+)
 from .sdp import origin_version, set_direction, with_origin_version
 from .timers import Timer
 from .uri import SipUri
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
     from .proxy import Proxy, _Forward
 
 MODES = ("param", "manual", "callid")
+# What the MI answers when a request could not be built or sent (spec §9.3).
+SERVER_ERROR = -32000
 LEGS = ("caller", "callee")
 # Hold direction bits (spec §7.2): what the leg must stop doing.
 SEND_OFF = 4
@@ -91,6 +102,9 @@ class DialogOps:
     notify_leg: Leg | None = None  # the leg whose refer NOTIFYs we answer
     subscription_active: bool = False
     linked: bool = False  # the new call has been seen
+    # The Replaces (call_id, to_tag, from_tag) an attended REFER asked for, when the replaced
+    # call is not one of ours: the new call is then linked by this instead.
+    replaces: tuple[str, str, str] | None = None
     succeeded: bool = False
     end_timer: Timer | None = None
     caller: _LegOps = field(default_factory=_LegOps)
@@ -128,6 +142,9 @@ class CallOps:
         self.mode = mode
         self.match_param = match_param
         self.end_old_call = end_old_call
+        # Replaced Call-ID -> Call-ID of the dialog whose attended REFER names it, for replaced
+        # calls the proxy does not track.
+        self._awaiting_replaces: dict[str, str] = {}
 
     # -- events -------------------------------------------------------------------------------
 
@@ -191,7 +208,7 @@ class CallOps:
         except LocalProtocolError as exc:
             raise CallOpsError.bad_param("destination", str(exc)) from None
         self._start_transfer(dialog, ops, target, peer, leg, refer_to,
-                             destination.strip().strip("<>"), now)
+                             str(parse_destination(destination)), now)
 
     def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
                         leg: str, refer_to: str, destination: str, now: float) -> None:
@@ -199,6 +216,7 @@ class CallOps:
         ops.transfer_callid = ""
         ops.destination = destination
         ops.linked = ops.succeeded = False
+        ops.replaces = None
         headers = [("Contact", f"<{peer.contact}>"), ("Refer-To", refer_to)]
         sent = self.proxy.send_in_dialog(
             dialog, target, peer, "REFER", headers, b"",
@@ -206,7 +224,7 @@ class CallOps:
         if not sent:
             self._transfer_event(dialog, "fail", "")
             ops.transfer_leg = ""
-            raise CallOpsError(500, "Server error", "the REFER could not be sent")
+            raise CallOpsError(SERVER_ERROR, "Server error", "the REFER could not be sent")
         ops.notify_leg = target
         ops.subscription_active = self.mode != "manual"
         self._transfer_event(dialog, "start", "")
@@ -259,7 +277,17 @@ class CallOps:
         if other is not None:
             ops_of(other).transfer_callid = dialog.call_id
         self._start_transfer(dialog, ops, target, peer, leg, refer_to,
-                             destination.strip().strip("<>"), now)
+                             str(parse_destination(destination)), now)
+        if other is None:
+            ops.replaces = (transfer_callid, totag, fromtag)
+            self._await_replaces(transfer_callid, dialog)
+
+    def _await_replaces(self, replaced_callid: str, dialog: Dialog) -> None:
+        for key, call_id in list(self._awaiting_replaces.items()):
+            d = self.proxy.dialogs.by_call_id(call_id)
+            if d is None or not d.active or ops_of(d).replaces is None:
+                del self._awaiting_replaces[key]
+        self._awaiting_replaces[replaced_callid] = dialog.call_id
 
     # -- the new call ------------------------------------------------------------------------
 
@@ -317,7 +345,7 @@ class CallOps:
             return False
         replaced = self.proxy.dialogs.by_call_id(rep.call_id)
         if replaced is None or not replaced.active:
-            return False
+            return self._link_untracked(req, rep, links)
         if rep.from_tag == replaced.caller.tag and rep.to_tag == replaced.callee.tag:
             replaced_leg = "callee"
         elif rep.from_tag == replaced.callee.tag and rep.to_tag == replaced.caller.tag:
@@ -331,6 +359,21 @@ class CallOps:
             self._link(initiator, req.call_id, req.uri, links)
         r_ops.transfer_leg = replaced_leg
         self._link(replaced, req.call_id, req.uri, links)
+        return True
+
+    def _link_untracked(self, req: Request, rep: Replaces, links: list[object]) -> bool:
+        """An INVITE replacing a call we do not track, asked for by our own attended REFER
+        (the transfer_fromtag / transfer_totag recipe): link the transferred dialog."""
+        call_id = self._awaiting_replaces.get(rep.call_id)
+        initiator = self.proxy.dialogs.by_call_id(call_id) if call_id else None
+        if initiator is None or not initiator.active or initiator.call_id == req.call_id:
+            return False
+        ops = ops_of(initiator)
+        if ops.replaces != (rep.call_id, rep.to_tag, rep.from_tag):
+            return False
+        del self._awaiting_replaces[rep.call_id]
+        ops.replaces = None
+        self._link(initiator, req.call_id, req.uri, links)
         return True
 
     def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,
@@ -389,6 +432,11 @@ class CallOps:
         sub_state = (req.get("subscription-state") or "").split(";", 1)[0].strip().lower()
         if sub_state == "terminated":
             ops.subscription_active = False
+            # The transferee is done with the REFER; its new call, if it came through us, was
+            # answered before this. Either way the transfer is over and the dialog may be
+            # transferred again, even when the new call never reached us (or lost the match
+            # parameter) and so was never linked.
+            ops.transfer_leg = ""
             if ops.succeeded and self.end_old_call:
                 self._end_old(dialog, now)
         return True
@@ -417,7 +465,7 @@ class CallOps:
                  ("callee", dialog.callee, dialog.caller, callee_mask, extra[1]))
         if not hold:
             order = order[::-1]
-        plans: list[tuple[str, Leg, Leg, int, bytes, list[tuple[str, str]]]] = []
+        plans: list[tuple[str, Leg, Leg, int, bytes, int | None, list[tuple[str, str]]]] = []
         for name, target, peer, mask, hdrs in order:
             leg_ops: _LegOps = getattr(ops, name)
             if hold:
@@ -425,25 +473,36 @@ class CallOps:
                 if leg_ops.hold_mask == new_mask:
                     continue
             else:
-                if not leg_ops.hold_mask:
-                    continue
                 new_mask = leg_ops.hold_mask & ~mask if leg not in (None, "both") else 0
+                if leg_ops.hold_mask == new_mask:
+                    continue  # not on hold, or held only in the direction that stays held
             if leg_ops.reinvite_pending:
                 raise CallOpsError(491, "Request Pending")
-            body = self._offer(target, peer, new_mask)
-            if body is None:
-                continue
-            plans.append((name, target, peer, new_mask, body, hdrs))
+            offer = self._offer(target, peer, new_mask)
+            if offer is None:
+                raise CallOpsError(SERVER_ERROR, "Server error",
+                                   f"no usable SDP to offer to the {name}")
+            plans.append((name, target, peer, new_mask, *offer, hdrs))
         if not plans:
             raise CallOpsError(480, "Both dialog legs are on hold" if hold
                                else "No dialog legs on hold")
         action = "hold" if hold else "unhold"
-        for name, target, peer, new_mask, body, hdrs in plans:
-            self._reinvite(dialog, name, target, peer, new_mask, body, hdrs, action, now, 0)
+        any_sent = False
+        for name, target, peer, new_mask, body, version, hdrs in plans:
+            # The version is used up only by an offer that went out (RFC 3264 §8: the next
+            # one the leg sees must be exactly one higher).
+            sent = self._reinvite(dialog, name, target, peer, new_mask, body, hdrs, action,
+                                  now, 0)
+            if sent and version is not None:
+                target.sdp_version_sent = version
+            any_sent = any_sent or sent
+        if not any_sent:
+            raise CallOpsError(SERVER_ERROR, "Server error", "the re-INVITE could not be sent")
 
-    def _offer(self, target: Leg, peer: Leg, mask: int) -> bytes | None:
+    def _offer(self, target: Leg, peer: Leg, mask: int) -> tuple[bytes, int | None] | None:
         """The SDP offered to `target`: what it last received, direction per `mask`, with a
-        higher `o=` version than anything it has seen from us (RFC 3264 §8)."""
+        higher `o=` version than anything it has seen from us (RFC 3264 §8), and that
+        version. Changes no state: the caller records the version once the offer is sent."""
         base = peer.sdp
         if base is None:
             return None
@@ -458,19 +517,21 @@ class CallOps:
                 return None
             body = rewritten if rewritten is not None else base
         version = origin_version(body)
-        if version is not None:
-            next_version = max(version, target.sdp_version_sent) + 1
-            target.sdp_version_sent = next_version
-            body = with_origin_version(body, next_version)
-        return body
+        if version is None:
+            return body, None
+        next_version = max(version, target.sdp_version_sent) + 1
+        return with_origin_version(body, next_version), next_version
 
     def _reinvite(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
                   body: bytes, extra: list[tuple[str, str]], action: str, now: float,
-                  attempt: int) -> None:
+                  attempt: int) -> bool:
+        """Send one hold/unhold offer; False (and a `fail` event) if it could not go."""
         ops = ops_of(dialog)
         leg_ops: _LegOps = getattr(ops, name)
         headers = [("Contact", f"<{peer.contact}>"), ("Content-Type", "application/sdp"),
                    *extra]
+
+        base = peer.sdp  # what `body` was built from
 
         def answered(status: int, reason: str, t: float) -> None:
             leg_ops.reinvite_pending = False
@@ -482,7 +543,8 @@ class CallOps:
                     wait = 2.1 + wait * 0.95
                 leg_ops.reinvite_pending = True
                 self.proxy.timers.call_at(t + wait, lambda t2: self._retry(
-                    dialog, name, target, peer, mask, body, extra, action, t2, attempt + 1))
+                    dialog, name, target, peer, mask, base, body, extra, action, t2,
+                    attempt + 1))
                 return
             ok = status < 300
             if ok:
@@ -496,14 +558,36 @@ class CallOps:
                                          answered, now):
             leg_ops.reinvite_pending = False
             self._hold_event(dialog, name, action, "fail")
+            return False
+        return True
 
-    def _retry(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int, body: bytes,
-               extra: list[tuple[str, str]], action: str, now: float, attempt: int) -> None:
+    def _retry(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
+               base: bytes | None, body: bytes, extra: list[tuple[str, str]], action: str,
+               now: float, attempt: int) -> None:
         if not dialog.active:
             getattr(ops_of(dialog), name).reinvite_pending = False
             self._hold_event(dialog, name, action, "fail")
             return
-        self._reinvite(dialog, name, target, peer, mask, body, extra, action, now, attempt)
+        version: int | None = None
+        if peer.sdp != base:
+            # The party that made us back off changed its SDP meanwhile: the leg has seen
+            # it, so the offer is built again on it, with a newer version (RFC 3264 §8).
+            offer = self._offer(target, peer, mask)
+            if offer is not None:
+                body, version = offer
+        # Otherwise the same offer again: the 491 left the leg's session as it was.
+        sent = self._reinvite(dialog, name, target, peer, mask, body, extra, action, now,
+                              attempt)
+        if sent and version is not None:
+            target.sdp_version_sent = version
+
+
+# What the proxy writes itself in a request it originates, or what would change how the body
+# is read: not for `headers` to set.
+_PROXY_OWNED_HEADERS = frozenset({
+    "via", "call-id", "cseq", "from", "to", "content-length", "content-type",
+    "content-encoding", "contact", "route", "record-route", "max-forwards",
+})
 
 
 def _hold_headers(headers: Iterable[str] | str | None) -> tuple[list[tuple[str, str]],
@@ -534,11 +618,12 @@ def _header_lines(text: str) -> list[tuple[str, str]]:
         name, colon, value = line.partition(":")
         name = name.strip()
         if (not colon or not name
-                or not all(c.isalnum() or c in "-._!%*+`'~" for c in name)
-                or any(ord(c) < 32 and c != "\t" for c in value)):
+                or not all(c.isascii() and (c.isalnum() or c in "-._!%*+`'~") for c in name)
+                or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)):
             raise CallOpsError.bad_param("headers", f"not a header line: {line!r}")
-        if name.lower() in ("via", "call-id", "cseq", "from", "to", "content-length",
-                            "content-type", "contact", "route", "max-forwards"):
+        # By key, so the compact forms (`l:`, `i:`, `v:` ...) cannot sneak past either: a
+        # second Content-Length would let the rest of the body be read as another message.
+        if header_key(name) in _PROXY_OWNED_HEADERS:
             raise CallOpsError.bad_param("headers", f"{name} cannot be set")
         out.append((name, value.strip()))
     return out

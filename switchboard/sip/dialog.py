@@ -179,11 +179,18 @@ class Dialog:
             self._move(DialogState.DELETED, emit)
 
     def on_response_to(self, request_method: str, response: Response, responder: Leg) -> None:
-        """A response to an in-dialog request, sent by `responder`: track its SDP."""
+        """A response to an in-dialog request, sent by `responder`: its SDP, and for a
+        target-refresh request its new remote target (RFC 3261 §12.2.1.2)."""
         if request_method in ("INVITE", "UPDATE") and 200 <= response.status < 300:
             sdp = _sdp_of(response)
             if sdp is not None:
                 responder.sdp = sdp
+            try:
+                contacts = response.contacts
+            except ParseError:
+                return  # a broken Contact keeps the old target; the answer is still relayed
+            if contacts and contacts[0].uri is not None:
+                responder.contact = str(contacts[0].uri)
 
     def delete(self, reason: str, emit: Emit) -> None:
         self.end_reason = reason

@@ -216,6 +216,11 @@ class Proxy:
         self._preprocess_routes(req)
         to_tag = req.to_tag
         links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
+        if links:
+            # Linked already: an answer of our own (404, 503 ...) must fail the transfer too.
+            placeholder = _Forward(txn, None, False)
+            placeholder.links = links
+            txn.owner = placeholder
         if self.request_hook is not None:
             script = RequestContext(self, req, txn, source, now)
             self.request_hook(script)
@@ -225,6 +230,10 @@ class Proxy:
             if script.action == REPLIED:
                 return
             links.extend(script.links)
+            if links and txn.owner is None:
+                placeholder = _Forward(txn, None, False)
+                placeholder.links = links
+                txn.owner = placeholder
             to_tag = req.to_tag
         route = req.values("route")
         dest_binding = None
@@ -660,14 +669,29 @@ class Proxy:
                 owner.on_final(status, response.reason, now)
 
     def _ack_for(self, txn: ClientTransaction, response: Response) -> Datagram | None:
+        """The ACK of a 2xx to our own INVITE: to the 2xx's Contact, along the route set
+        (RFC 3261 §13.2.2.4)."""
         req = txn.request
         headers = [h for h in req.headers
                    if h[0] in ("from", "call-id", "route", "max-forwards")]
         headers.append(("to", "To", response.get("to") or req.get("to") or ""))
         headers.append(("cseq", "CSeq", f"{req.cseq.number} ACK"))
-        ack = Request("ACK", req.uri, headers)
+        uri = req.uri
+        try:
+            contacts = response.contacts
+        except ParseError:
+            contacts = []
+        if contacts and contacts[0].uri is not None:
+            uri = str(contacts[0].uri)
+        ack = Request("ACK", uri, headers)
+        dest = txn.dest
+        if not req.has("route"):
+            hop = self._next_hop(ack)
+            resolved = self._resolve(hop) if hop is not None else None
+            if resolved is not None and resolved.transport == txn.local.transport:
+                dest = resolved
         ack.prepend("via", self._via(txn.local, f"{_MAGIC}{self.rand()}"))
-        return Datagram(ack.to_bytes(), txn.dest, txn.local)
+        return Datagram(ack.to_bytes(), dest, txn.local)
 
     def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
                      now: float) -> ClientTransaction:

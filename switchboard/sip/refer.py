@@ -96,7 +96,8 @@ def parse_replaces(value: str) -> Replaces:
     params: dict[str, str] = {}
     early_only = False
     for item in rest.split(";"):
-        name, eq, val = item.strip().partition("=")
+        name, eq, val = item.partition("=")
+        name = name.strip()  # RFC 3261 §25.1: EQUAL = SWS "=" SWS
         if not name:
             continue
         if name.lower() == "early-only":
