@@ -19,6 +19,7 @@ from ..sip.proxy import Proxy
 from ..sip.wire import Address
 from ..transport.base import Endpoint
 from .dialog import DialogActor, DialogMessage, EndDialog, Transfer, dialog_info
+from .overload import OverloadMonitor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ class Worker:
         self._timer_at: float | None = None
         # Core time is the loop's monotonic clock; this maps it to wall time for display.
         self._wall_offset = time.time() - self._loop.time()
+        self.overload = OverloadMonitor(self._set_overloaded)
+
+    def _set_overloaded(self, overloaded: bool) -> None:
+        self.proxy.overloaded = overloaded
 
     def now(self) -> float:
         return self._loop.time()
@@ -161,6 +166,7 @@ class Worker:
         return True
 
     def close(self) -> None:
+        self.overload.close()
         if self._timer is not None:
             self._timer.cancel()
         for endpoint in self.endpoints.values():

@@ -66,6 +66,10 @@ class ProxyConfig:
     callops_mode: str = "param"
     match_param: str = "osid"
     end_old_call: bool = True
+    # No open relay (issue 6): a new request is relayed only toward a served domain or a
+    # registered user, or when it comes from a trusted network or a registered user.
+    trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    retry_after: int = 2  # seconds, in the 503 that sheds new calls under overload
 
 
 Event = DialogStateChanged | CallEvent
@@ -127,6 +131,10 @@ class Proxy:
         self._own = {(a.host.lower(), a.port) for a in config.listeners}
         self._domains = {d.lower() for d in config.domains}
         self._hosts = dict(config.hosts)
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted)
+        # Set by the driver when it cannot keep up: new INVITEs are refused early with 503
+        # (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
+        self.overloaded = False
         self.callops = CallOps(self, config.callops_mode, config.match_param,
                                config.end_old_call)
         # The routing script's hook (`switchboard.script`); None is the plain proxy.
@@ -237,6 +245,10 @@ class Proxy:
             to_tag = req.to_tag
         route = req.values("route")
         dest_binding = None
+        if to_tag is None and method == "INVITE" and self.overloaded:
+            self.stats["core:shed_requests"] += 1
+            self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
+            return
         if not route:
             ruri = req.sip_ruri
             if method == "REGISTER" and self._serves_domain(ruri):
@@ -259,6 +271,10 @@ class Proxy:
                     self._answer_options(txn, now)
                 else:
                     self._respond(txn, 404, now, reason="Not Found")
+                return
+            elif to_tag is None and not self._may_relay(req, ruri, source, now):
+                self.stats["core:relay_denied"] += 1
+                self._respond(txn, 403, now, reason="Relaying Denied")
                 return
         dialog: Dialog | None = None
         initial = False
@@ -800,6 +816,23 @@ class Proxy:
             req.pop_first_value("via")
             req.prepend("via", str(via))
             req._cache["via"] = vias  # the same parsed values, first one updated
+
+    def _may_relay(self, req: Request, ruri: SipUri, source: Address, now: float) -> bool:
+        """A new request toward a domain we do not serve: only for trusted sources and
+        for registered users calling out from where they registered."""
+        if self._serves_domain(ruri):
+            return True
+        try:
+            ip = ipaddress.ip_address(source.host)
+        except ValueError:
+            return False
+        if any(ip in net for net in self._trusted):
+            return True
+        from_uri = req.from_.uri
+        if isinstance(from_uri, SipUri) and from_uri.user:
+            bindings = self.location.lookup(aor_key(from_uri), now)
+            return any(b.source.host == source.host for b in bindings)
+        return False
 
     def _serves_domain(self, uri: SipUri) -> bool:
         """A registrar domain of ours: a configured domain or any of our addresses."""
