@@ -1,9 +1,11 @@
-"""Overload detection for one worker: is it still keeping up with what arrives?
+"""Overload control for one worker: admit only as many new calls as it can carry.
 
 Twice a second it looks at two signs — the share of a CPU the process used since the last
-look, and how late the loop ran this check (a loop busy with a backlog runs timers late) —
-and tells the proxy core to shed new calls (503 + Retry-After) while either is high. The
-thresholds have hysteresis so the state does not flap; it recovers by itself when load drops.
+look, and how late the loop ran this check (a loop busy with a backlog runs timers late). While
+either is high, the share of new INVITEs refused with 503 + Retry-After grows step by step;
+while both are low it shrinks again, so the worker settles near its capacity instead of
+refusing everything or nothing, and recovers by itself when the load drops. Calls already up
+are never refused.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.5
+STEP = 0.1
 
 
 class OverloadMonitor:
-    def __init__(self, set_overloaded: Callable[[bool], None], *, cpu_high: float = 0.92,
-                 cpu_low: float = 0.75, lag_high: float = 0.15, lag_low: float = 0.05) -> None:
-        self._set = set_overloaded
+    def __init__(self, set_shed_fraction: Callable[[float], None], *, cpu_high: float = 0.92,
+                 cpu_low: float = 0.80, lag_high: float = 0.15, lag_low: float = 0.05) -> None:
+        self._set = set_shed_fraction
         self.cpu_high, self.cpu_low = cpu_high, cpu_low
         self.lag_high, self.lag_low = lag_high, lag_low
-        self.overloaded = False
+        self.shed = 0.0  # share of new calls refused
         self._strikes = 0  # consecutive high readings: one GC pause is not an overload
         self.cpu = 0.0
         self.lag = 0.0
@@ -33,6 +36,10 @@ class OverloadMonitor:
         self._last_wall = self._loop.time()
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._last_wall + INTERVAL, self._check, self._last_wall + INTERVAL)
+
+    @property
+    def overloaded(self) -> bool:
+        return self.shed > 0.0
 
     def _check(self, due: float) -> None:
         now = self._loop.time()
@@ -46,23 +53,22 @@ class OverloadMonitor:
 
     def update(self, cpu: float, lag: float) -> None:
         """Apply one observation (separate from the clock for tests)."""
-        if not self.overloaded and cpu <= self.cpu_high and lag <= self.lag_high:
-            self._strikes = 0
-        if self.overloaded:
-            if cpu < self.cpu_low and lag < self.lag_low:
-                self.overloaded = False
-                log.warning("load back to normal (cpu %.0f%%, lag %.0f ms): accepting calls",
-                            cpu * 100, lag * 1000)
-                self._set(False)
-        elif cpu > self.cpu_high or lag > self.lag_high:
+        before = self.shed
+        if cpu > self.cpu_high or lag > self.lag_high:
             self._strikes += 1
-            if self._strikes < 2:
-                return
+            if self._strikes >= 2:
+                self.shed = min(1.0, self.shed + STEP)
+        else:
             self._strikes = 0
-            self.overloaded = True
-            log.warning("overloaded (cpu %.0f%%, lag %.0f ms): new calls get 503",
-                        cpu * 100, lag * 1000)
-            self._set(True)
+            if cpu < self.cpu_low and lag < self.lag_low:
+                self.shed = max(0.0, self.shed - STEP)
+        if self.shed != before:
+            self._set(self.shed)
+            if before == 0.0 or self.shed == 0.0:
+                log.warning("%s (cpu %.0f%%, loop lag %.0f ms)",
+                            "overloaded: refusing some new calls with 503" if self.shed
+                            else "load back to normal: accepting every call",
+                            cpu * 100, lag * 1000)
 
     def close(self) -> None:
         if self._handle is not None:

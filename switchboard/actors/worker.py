@@ -39,8 +39,8 @@ class Worker:
         self._wall_offset = time.time() - self._loop.time()
         self.overload = OverloadMonitor(self._set_overloaded)
 
-    def _set_overloaded(self, overloaded: bool) -> None:
-        self.proxy.overloaded = overloaded
+    def _set_overloaded(self, share: float) -> None:
+        self.proxy.shed_fraction = share
 
     def now(self) -> float:
         return self._loop.time()

@@ -132,9 +132,9 @@ class Proxy:
         self._domains = {d.lower() for d in config.domains}
         self._hosts = dict(config.hosts)
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted)
-        # Set by the driver when it cannot keep up: new INVITEs are refused early with 503
-        # (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
-        self.overloaded = False
+        # Set by the driver when it cannot keep up: this share of new INVITEs is refused
+        # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
+        self.shed_fraction = 0.0
         self.callops = CallOps(self, config.callops_mode, config.match_param,
                                config.end_old_call)
         # The routing script's hook (`switchboard.script`); None is the plain proxy.
@@ -245,7 +245,8 @@ class Proxy:
             to_tag = req.to_tag
         route = req.values("route")
         dest_binding = None
-        if to_tag is None and method == "INVITE" and self.overloaded:
+        if (to_tag is None and method == "INVITE" and self.shed_fraction
+                and self.random_fraction() < self.shed_fraction):
             self.stats["core:shed_requests"] += 1
             self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
             return

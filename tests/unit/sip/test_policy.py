@@ -73,7 +73,7 @@ def test_a_registered_user_may_call_out_from_where_it_registered() -> None:
 
 def test_overload_sheds_new_calls_with_retry_after_but_not_dialogs() -> None:
     p = proxy(trusted=("0.0.0.0/0",))
-    p.overloaded = True
+    p.shed_fraction = 1.0
     p.receive(from_stranger(), STRANGER, PROXY, 0.0)
     answers = [parse_message(d.data) for d in p.outbox]
     p.outbox.clear()
