@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
-from .dialog import Dialog, DialogState, Leg
+from .dialog import Dialog, DialogState, Leg, worker_of
 from .errors import LocalProtocolError, ParseError
 from .headers import header_key
 from .message import Request
@@ -122,6 +122,31 @@ def leg_name(dialog: Dialog, leg: Leg) -> str:
     return "caller" if leg is dialog.caller else "callee"
 
 
+class RemoteDialogs(Protocol):
+    """How a cluster runtime reaches dialogs that other workers own (issue 5).
+
+    `key` names the old dialog as the new call found it: `id:<dialog id>`,
+    `callid:<Call-ID>`, or `replaces:<Call-ID>;<to-tag>;<from-tag>` for an INVITE with
+    Replaces. The runtime delivers the calls to the owner's `CallOps.remote_link` /
+    `remote_answer`; they need not arrive before the call goes on."""
+
+    def link(self, key: str, new_callid: str, destination: str) -> None: ...
+
+    def answer(self, key: str, new_callid: str, destination: str, status: int, reason: str,
+               ok: bool) -> None: ...
+
+
+class _RemoteLink:
+    """A new call linked to a dialog on another worker."""
+
+    __slots__ = ("destination", "key", "new_callid")
+
+    def __init__(self, key: str, new_callid: str, destination: str) -> None:
+        self.key = key
+        self.new_callid = new_callid
+        self.destination = destination
+
+
 class _Link:
     """A new call linked to an old dialog: its final answer decides ok / fail."""
 
@@ -145,6 +170,8 @@ class CallOps:
         # Replaced Call-ID -> Call-ID of the dialog whose attended REFER names it, for replaced
         # calls the proxy does not track.
         self._awaiting_replaces: dict[str, str] = {}
+        # Set by a cluster runtime; None in one process, where every dialog is local.
+        self.remote: RemoteDialogs | None = None
 
     # -- events -------------------------------------------------------------------------------
 
@@ -308,14 +335,23 @@ class CallOps:
             return links
         if self.mode == "param":
             old = self.proxy.dialogs.by_id(value)
+            key = f"id:{value}"
+            elsewhere = worker_of(value) not in (None, self.proxy.dialogs.worker_id)
         else:
             old = self.proxy.dialogs.by_call_id(unquote(value))
-        if old is None or not old.active or old.call_id == req.call_id:
+            key = f"callid:{unquote(value)}"
+            elsewhere = True  # a Call-ID does not say which worker has it
+        local = old is not None and old.active and old.call_id != req.call_id
+        if not local and (self.remote is None or not elsewhere):
             return links
         stripped = ruri.copy()
         del stripped.params[self.match_param]
         req.uri = str(stripped)
-        self._link(old, req.call_id, req.uri, links)
+        if old is not None and local:
+            self._link(old, req.call_id, req.uri, links)
+        elif self.remote is not None:
+            self.remote.link(key, req.call_id, req.uri)
+            links.append(_RemoteLink(key, req.call_id, req.uri))
         return links
 
     def blind_replace(self, req: Request, links: list[object], call_id: str,
@@ -345,7 +381,15 @@ class CallOps:
             return False
         replaced = self.proxy.dialogs.by_call_id(rep.call_id)
         if replaced is None or not replaced.active:
-            return self._link_untracked(req, rep, links)
+            if self._link_untracked(req, rep, links):
+                return True
+            if self.remote is None:
+                return False
+            # The replaced call (and maybe the transferred one) lives on another worker.
+            key = f"replaces:{rep.call_id};{rep.to_tag};{rep.from_tag}"
+            self.remote.link(key, req.call_id, req.uri)
+            links.append(_RemoteLink(key, req.call_id, req.uri))
+            return True
         if rep.from_tag == replaced.caller.tag and rep.to_tag == replaced.callee.tag:
             replaced_leg = "callee"
         elif rep.from_tag == replaced.callee.tag and rep.to_tag == replaced.caller.tag:
@@ -357,9 +401,93 @@ class CallOps:
         initiator = self.proxy.dialogs.by_call_id(initiator_id) if initiator_id else None
         if initiator is not None and initiator.active and initiator is not replaced:
             self._link(initiator, req.call_id, req.uri, links)
+        elif initiator_id and initiator is None and self.remote is not None:
+            key = f"callid:{initiator_id}"
+            self.remote.link(key, req.call_id, req.uri)
+            links.append(_RemoteLink(key, req.call_id, req.uri))
         r_ops.transfer_leg = replaced_leg
         self._link(replaced, req.call_id, req.uri, links)
         return True
+
+    # -- dialogs of this worker linked by a new call on another one ---------------------------
+
+    def replaces_for(self, call_id: str, leg: str) -> tuple[str, str, str] | None:
+        """(to-tag, from-tag, default destination) for an attended transfer whose second call
+        is `call_id` here and whose target is its `leg` (spec §3.2): what a cluster runtime
+        fetches from this worker to run the transfer on the worker of the first call."""
+        dialog = self.proxy.dialogs.by_call_id(call_id)
+        if dialog is None or not dialog.active:
+            return None
+        if leg == "callee":
+            return dialog.callee.tag, dialog.caller.tag, dialog.to_uri
+        if leg == "caller":
+            return dialog.caller.tag, dialog.callee.tag, dialog.from_uri
+        return None
+
+    def expect_replacing(self, call_id: str, initiator_callid: str) -> bool:
+        """Remember that the call `initiator_callid` (on another worker) is being transferred
+        onto the call `call_id` here, so the replacing INVITE links both."""
+        dialog = self.proxy.dialogs.by_call_id(call_id)
+        if dialog is None or not dialog.active:
+            return False
+        ops_of(dialog).transfer_callid = initiator_callid
+        return True
+
+    def _resolve_remote(self, key: str) -> list[tuple[Dialog, str | None]]:
+        """The local dialogs a remote key names, each with the leg to record (or None)."""
+        kind, _, value = key.partition(":")
+        if kind == "id":
+            d = self.proxy.dialogs.by_id(value)
+            return [(d, None)] if d is not None and d.active else []
+        if kind == "callid":
+            d = self.proxy.dialogs.by_call_id(value)
+            return [(d, None)] if d is not None and d.active else []
+        if kind != "replaces":
+            return []
+        call_id, to_tag, from_tag = [*value.split(";"), "", ""][:3]
+        found: list[tuple[Dialog, str | None]] = []
+        replaced = self.proxy.dialogs.by_call_id(call_id)
+        if replaced is not None and replaced.active:
+            if (from_tag, to_tag) == (replaced.caller.tag, replaced.callee.tag):
+                found.append((replaced, "callee"))
+            elif (from_tag, to_tag) == (replaced.callee.tag, replaced.caller.tag):
+                found.append((replaced, "caller"))
+            initiator = self.proxy.dialogs.by_call_id(ops_of(replaced).transfer_callid)
+            if found and initiator is not None and initiator.active:
+                found.insert(0, (initiator, None))
+        waiting = self.proxy.dialogs.by_call_id(self._awaiting_replaces.get(call_id, ""))
+        if waiting is not None and waiting.active and ops_of(waiting).replaces == (
+                call_id, to_tag, from_tag):
+            del self._awaiting_replaces[call_id]
+            ops_of(waiting).replaces = None
+            found.insert(0, (waiting, None))
+        return found
+
+    def remote_link(self, key: str, new_callid: str, destination: str) -> bool:
+        """Another worker saw the new call for a dialog of ours (its `RemoteDialogs.link`)."""
+        found = self._resolve_remote(key)
+        for dialog, leg in found:
+            if leg is not None:
+                ops_of(dialog).transfer_leg = ops_of(dialog).last_leg = leg
+            self._link(dialog, new_callid, destination, [])
+        return bool(found)
+
+    def remote_answer(self, key: str, new_callid: str, destination: str, status: int,
+                      reason: str, ok: bool, now: float) -> None:
+        """The new call another worker relayed got its final answer."""
+        kind, _, value = key.partition(":")
+        dialogs: list[Dialog] = []
+        if kind == "replaces":
+            call_id = value.split(";", 1)[0]
+            for candidate in (self.proxy.dialogs.by_call_id(call_id), *(
+                    d for d in self.proxy.dialogs if ops_of(d).transfer_callid == new_callid)):
+                if candidate is not None and candidate not in dialogs:
+                    dialogs.append(candidate)
+        else:
+            dialogs = [d for d, _ in self._resolve_remote(key)]
+        for dialog in dialogs:
+            if dialog.active and ops_of(dialog).transfer_callid == new_callid:
+                self._conclude(dialog, new_callid, destination, status, reason, ok, now)
 
     def _link_untracked(self, req: Request, rep: Replaces, links: list[object]) -> bool:
         """An INVITE replacing a call we do not track, asked for by our own attended REFER
@@ -379,21 +507,29 @@ class CallOps:
     def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,
                            now: float) -> None:
         """The final answer to a linked new call went upstream (spec §4.4)."""
+        ok = status < 300 and not local
         for link in ctx.links:
-            assert isinstance(link, _Link)
-            dialog = link.dialog
-            ops = ops_of(dialog)
-            text = f"{status} {reason}".strip()
-            ok = status < 300 and not local
-            self._transfer_event(dialog, "ok" if ok else "fail", text,
-                                 destination=link.destination, transfer_callid=link.new_callid)
-            ops.transfer_leg = ""
-            if ok:
-                ops.succeeded = True
-                if self.end_old_call and dialog.active:
-                    ops.end_timer = self.proxy.timers.call_at(
-                        now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
+            if isinstance(link, _RemoteLink):
+                if self.remote is not None:
+                    self.remote.answer(link.key, link.new_callid, link.destination, status,
+                                       reason, ok)
+            elif isinstance(link, _Link):
+                self._conclude(link.dialog, link.new_callid, link.destination, status, reason,
+                               ok, now)
         ctx.links.clear()
+
+    def _conclude(self, dialog: Dialog, new_callid: str, destination: str, status: int,
+                  reason: str, ok: bool, now: float) -> None:
+        ops = ops_of(dialog)
+        text = f"{status} {reason}".strip()
+        self._transfer_event(dialog, "ok" if ok else "fail", text,
+                             destination=destination, transfer_callid=new_callid)
+        ops.transfer_leg = ""
+        if ok:
+            ops.succeeded = True
+            if self.end_old_call and dialog.active:
+                ops.end_timer = self.proxy.timers.call_at(
+                    now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
 
     def _end_old(self, dialog: Dialog, now: float) -> None:
         ops = ops_of(dialog)
