@@ -50,6 +50,11 @@ class CommandError(Exception):
     def __hash__(self) -> int:
         return hash((self.code, self.message, self.data))
 
+    def __reduce__(self) -> tuple[type[CommandError], tuple[int, str, str | None]]:
+        # Rebuilt from the fields, not from `args` (the formatted text): the error crosses
+        # processes when the ray runtime's controller actor raises it to a caller.
+        return (type(self), (self.code, self.message, self.data))
+
 
 class ControlApi(Protocol):
     """Operations on a running node. Async methods may cross to other workers."""

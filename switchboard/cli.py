@@ -1,4 +1,5 @@
-"""The `switchboard` command line: `serve` runs a node, `mi` calls a running node's MI.
+"""The `switchboard` command line: `serve` runs a node, `mi` calls a running node's MI,
+`check-config` validates a configuration file.
 
 Flags and behaviour are the contract of DESIGN.md §3. `serve` builds the `Config` (file, then
 flags), runs the local runtime under uvloop, logs one `ready` line and stops cleanly on
@@ -23,7 +24,14 @@ from typing import Any, Final
 import click
 
 from switchboard import __version__
-from switchboard.config import Config, ConfigError, apply_overrides, load_config
+from switchboard.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    dump_config,
+    load_config,
+)
+from switchboard.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 from switchboard.script import ScriptError
 
 log = logging.getLogger("switchboard")
@@ -81,6 +89,17 @@ def main() -> None:
 @click.option(
     "--script", type=click.Path(exists=True, dir_okay=False), help="Routing script (Python file)."
 )
+@click.option(
+    "--hep",
+    metavar="udp:IP:PORT",
+    help='Send a HEP v3 copy of every SIP message to this collector ("" disables).',
+)
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log as text or JSON lines.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="Lowest level logged (default info; env SWITCHBOARD_LOG_LEVEL).",
+)
 def serve(
     config_path: str | None,
     listen: tuple[str, ...],
@@ -92,11 +111,21 @@ def serve(
     match_param: str | None,
     event_datagram: tuple[str, ...],
     script: str | None,
+    hep: str | None,
+    log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Run a switchboard node until SIGINT or SIGTERM."""
+    env_level = os.environ.get("SWITCHBOARD_LOG_LEVEL")
     try:
+        config = load_config(config_path)
+        if env_level and log_level is None:
+            try:
+                config = apply_overrides(config, log_level=env_level)
+            except ConfigError as exc:
+                raise ConfigError("SWITCHBOARD_LOG_LEVEL", exc.problem) from None
         config = apply_overrides(
-            load_config(config_path),
+            config,
             listen=listen,
             mi_http=mi_http,
             runtime=runtime,
@@ -106,10 +135,13 @@ def serve(
             match_param=match_param,
             event_datagram=event_datagram,
             script=script,
+            hep=hep,
+            log_format=log_format,
+            log_level=log_level,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _setup_logging()
+    setup_logging(config.log.format, config.log.level)
     import uvloop
 
     try:
@@ -133,23 +165,15 @@ def _describe(exc: BaseException) -> str:
     return ": ".join(parts)
 
 
-def _setup_logging() -> None:
-    level = os.environ.get("SWITCHBOARD_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _runtime(config: Config) -> Callable[[Config], Awaitable[Any]]:
     if config.runtime.kind == "local":
         from switchboard.cluster.local import serve as serve_local
 
         return serve_local
-    # Only the ray runtime imports ray; it is optional and may not be installed.
+    # Only the ray runtime imports ray; it is optional and may not be installed. Its module
+    # is `ray_runtime`, not `ray`, so that nothing can mistake it for the library.
     try:
-        module = importlib.import_module(f"switchboard.cluster.{config.runtime.kind}")
+        module = importlib.import_module(f"switchboard.cluster.{config.runtime.kind}_runtime")
     except ImportError as exc:
         raise click.UsageError(
             f"--runtime {config.runtime.kind} is not available here: {exc}"
@@ -174,9 +198,13 @@ async def _serve(config: Config) -> None:
             mi = getattr(getattr(sb, "mi", None), "url", None)
             if mi is None:
                 mi = f"http://{config.mi.http}/mi" if config.mi.http is not None else "off"
-            log.info("switchboard %s ready: listening on %s, MI %s", __version__, sockets, mi)
+            capture = f", HEP to udp:{config.hep.collector}" if config.hep.collector else ""
+            log.info(
+                "switchboard %s ready: listening on %s, MI %s%s", __version__, sockets, mi,
+                capture, extra={"event": "ready"},
+            )
             await stop.wait()
-            log.info("switchboard stopping")
+            log.info("switchboard stopping", extra={"event": "stopping"})
         finally:
             await sb.stop()
     finally:
@@ -261,3 +289,27 @@ def mi(url: str, token: str | None, as_json: bool, command: str, args: tuple[str
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(json.dumps(result, indent=4))
+
+
+@main.command("check-config")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option(
+    "--print", "show", is_flag=True, help="Print the effective configuration, defaults included."
+)
+def check_config(path: str, show: bool) -> None:
+    """Check the TOML configuration FILE: exit 0 when switchboard would accept it.
+
+    Errors name the key and the line (`FILE:LINE: key: problem`) and exit 1.
+    """
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if config.script.path and not os.path.isfile(config.script.path):
+        click.echo(f"error: {path}: script.path: no such file {config.script.path!r}", err=True)
+        sys.exit(1)
+    if show:
+        click.echo(dump_config(config), nl=False)
+    else:
+        click.echo(f"{path}: ok")

@@ -32,6 +32,12 @@ domains = []
 record_route = true
 [script]
 path = ""
+[log]
+format = "text"                       # text | json (one JSON object per line)
+level = "info"                        # debug | info | warning | error | critical
+[hep]
+collector = ""                        # udp:IP:PORT of a HEP v3 collector; "" = no capture
+capture_id = 1                        # HEP capture agent id (0..4294967295)
 ```
 """
 
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -49,6 +56,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from switchboard.events import KNOWN_EVENTS
 from switchboard.events.sinks import parse_sink
+from switchboard.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 
 Transport = Literal["udp", "tcp"]
 RuntimeKind = Literal["local", "ray"]
@@ -175,6 +183,23 @@ class ScriptConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: LogFormat = "text"
+    level: str = "info"
+    """A name from LOG_LEVELS, lower case."""
+
+
+@dataclass(frozen=True, slots=True)
+class HepConfig:
+    collector: HostPort | None = None
+    """Where HEP v3 copies of every SIP packet go (over UDP); None when capture is off."""
+    capture_id: int = 1
+
+
+MAX_CAPTURE_ID: Final = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     mi: MIConfig = field(default_factory=MIConfig)
@@ -185,6 +210,8 @@ class Config:
     dialog: DialogConfig = field(default_factory=DialogConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     script: ScriptConfig = field(default_factory=ScriptConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    hep: HepConfig = field(default_factory=HepConfig)
 
 
 # --- value parsers (raise ValueError with the problem; callers add the key) -------------------
@@ -252,6 +279,22 @@ def _parse_match_param(text: str) -> str:
 
 def _parse_mi_http(text: str) -> HostPort | None:
     return None if text == "" else parse_host_port(text)
+
+
+def parse_hep(text: str) -> HostPort | None:
+    """A HEP collector, `udp:IP:PORT`; "" for none."""
+    if text == "":
+        return None
+    transport, sep, rest = text.partition(":")
+    if not sep or transport != "udp":
+        raise ValueError(f"expected udp:IP:PORT, not {text!r}")
+    return parse_host_port(rest, allow_zero=False)
+
+
+def _parse_log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return text.lower()
 
 
 def _choice(choices: Sequence[_T]) -> Callable[[str], _T]:
@@ -399,6 +442,8 @@ _SECTIONS: Final = (
     "dialog",
     "proxy",
     "script",
+    "log",
+    "hep",
 )
 
 
@@ -508,6 +553,38 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
                 config, script=ScriptConfig(r.str_(data, ("script",), "path"))
             )
 
+    if "log" in top:
+        data = r.table(top["log"], ("log",), ("format", "level"))
+        log_config = config.log
+        if "format" in data:
+            fmt = r.parsed(
+                ("log", "format"), r.str_(data, ("log",), "format"), _choice(LOG_FORMATS)
+            )
+            log_config = dataclasses.replace(log_config, format=fmt)
+        if "level" in data:
+            level = r.parsed(
+                ("log", "level"), r.str_(data, ("log",), "level"), _parse_log_level
+            )
+            log_config = dataclasses.replace(log_config, level=level)
+        config = dataclasses.replace(config, log=log_config)
+
+    if "hep" in top:
+        data = r.table(top["hep"], ("hep",), ("collector", "capture_id"))
+        hep = config.hep
+        if "collector" in data:
+            collector = r.parsed(
+                ("hep", "collector"), r.str_(data, ("hep",), "collector"), parse_hep
+            )
+            hep = dataclasses.replace(hep, collector=collector)
+        if "capture_id" in data:
+            capture_id = r.int_(data, ("hep",), "capture_id", minimum=0)
+            if capture_id > MAX_CAPTURE_ID:
+                raise r.error(
+                    ("hep", "capture_id"), f"must be at most {MAX_CAPTURE_ID}, not {capture_id}"
+                )
+            hep = dataclasses.replace(hep, capture_id=capture_id)
+        config = dataclasses.replace(config, hep=hep)
+
     return config
 
 
@@ -568,6 +645,9 @@ def apply_overrides(
     match_param: str | None = None,
     event_datagram: Sequence[str] | None = None,
     script: str | None = None,
+    hep: str | None = None,
+    log_format: str | None = None,
+    log_level: str | None = None,
 ) -> Config:
     """Apply `serve` flags on top of `config`. A flag that is given replaces the file's value
     (`--listen` and `--event-datagram` replace the whole list); None leaves it alone.
@@ -612,4 +692,56 @@ def apply_overrides(
         )
     if script is not None:
         config = dataclasses.replace(config, script=ScriptConfig(script))
-    return config
+    if hep is not None:
+        collector = parsed("--hep", hep, parse_hep)
+        config = dataclasses.replace(
+            config, hep=dataclasses.replace(config.hep, collector=collector)
+        )
+    log_config = config.log
+    if log_format is not None:
+        fmt = parsed("--log-format", log_format, _choice(LOG_FORMATS))
+        log_config = dataclasses.replace(log_config, format=fmt)
+    if log_level is not None:
+        level = parsed("--log-level", log_level, _parse_log_level)
+        log_config = dataclasses.replace(log_config, level=level)
+    return dataclasses.replace(config, log=log_config)
+
+
+def dump_config(config: Config, *, show_secrets: bool = False) -> str:
+    """`config` as TOML that `parse_config` reads back to an equal `Config`, every key
+    written (defaults included). A set `mi.token` is written as a placeholder unless
+    `show_secrets`."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        lines.append(f"[{section.name}]")
+        tables: list[str] = []
+        for item in dataclasses.fields(value):
+            data = getattr(value, item.name)
+            if item.name == "subscribe":
+                for sub in data:
+                    tables += ["", f"[[{section.name}.subscribe]]"]
+                    tables += [f"event = {_toml(sub.event)}", f"socket = {_toml(sub.socket)}"]
+                continue
+            if section.name == "hep" and item.name == "collector" and data is not None:
+                data = f"udp:{data}"
+            if section.name == "mi" and item.name == "token" and data and not show_secrets:
+                lines.append(f'{item.name} = "<hidden>"  # set, not shown')
+                continue
+            lines.append(f"{item.name} = {_toml(data)}")
+        lines += tables
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    # HostPort, ListenSocket and plain strings: their text form is what the file holds.
+    return json.dumps(str(value), ensure_ascii=False)

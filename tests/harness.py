@@ -345,20 +345,23 @@ def start_switchboard(
     tcp: bool = True,
     ready_timeout: float = 15.0,
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> SwitchboardServer:
     """Start `python -m switchboard serve` on fresh ports and wait for its `ready` line.
 
     Listens on udp:127.0.0.1:P and/or tcp:127.0.0.1:P (one port number for both) with the MI
     on 127.0.0.1:P2; `extra_args` are appended to the command line. Retries with new ports if
-    a port was taken in the meantime. Raises ServerStartError (with the output) when the
-    process exits or stays silent for `ready_timeout` s.
+    a port was taken in the meantime. `port` fixes P instead (the caller made sure it is free;
+    no retry then). Raises ServerStartError (with the output) when the process exits or stays
+    silent for `ready_timeout` s.
     """
     if not (udp or tcp):
         raise ValueError("a switchboard needs at least one of udp, tcp")
     log_dir.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
-    for attempt in range(3):
-        port = free_port("both" if udp and tcp else "udp" if udp else "tcp")
+    fixed_port = port
+    for attempt in range(1 if fixed_port else 3):
+        port = fixed_port or free_port("both" if udp and tcp else "udp" if udp else "tcp")
         mi_port = free_port("tcp")
         args = [sys.executable, "-m", "switchboard", "serve"]
         if udp:

@@ -5,12 +5,18 @@ included (OpenSIPS tools treat any other status as a transport failure), 202 wit
 a notification, 405 for other methods on the path. With a token configured, a request
 without `Authorization: Bearer <token>` gets 401 before anything is parsed. The server runs
 in the caller's event loop; it knows nothing of what the commands do.
+
+The same server answers the operations probes, which need no token and reveal no call data:
+`GET /livez` (200 while the process serves HTTP), `GET /readyz` (200, or 503 listing what is
+not ready, from the `ready` callable) and `GET /metrics` (the Prometheus exposition the
+`metrics` callable renders; absent when none is given).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,6 +32,12 @@ MAX_REQUEST_BYTES = 1 << 20
 
 _CONTEXT_KEY: web.AppKey[CommandContext] = web.AppKey("switchboard.mi.context")
 _TOKEN_KEY: web.AppKey[bytes | None] = web.AppKey("switchboard.mi.token")
+
+# `metrics(accept_header)` → (body, content type); `ready()` → what is not ready (empty: ready).
+MetricsRenderer = Callable[[str], Awaitable[tuple[bytes, str]]]
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+_METRICS_KEY: web.AppKey[MetricsRenderer] = web.AppKey("switchboard.mi.metrics")
+_READY_KEY: web.AppKey[ReadinessCheck | None] = web.AppKey("switchboard.mi.ready")
 
 
 class MIServer:
@@ -59,6 +71,23 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200, body=answer, content_type="application/json")
 
 
+async def _livez(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    check = request.app[_READY_KEY]
+    problems = await check() if check is not None else []
+    if problems:
+        return web.Response(status=503, text="".join(f"not ready: {p}\n" for p in problems))
+    return web.Response(text="ready\n")
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    body, content_type = await request.app[_METRICS_KEY](request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def _authorized(request: web.Request, token: bytes) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -75,10 +104,14 @@ async def start_mi_server(
     root: str = "mi",
     token: str | None = None,
     registry: Registry | None = None,
+    metrics: MetricsRenderer | None = None,
+    ready: ReadinessCheck | None = None,
 ) -> MIServer:
     """Serve the MI on `host:port` (port 0 picks a free one) at `/<root>`.
 
     `registry` defaults to the built-in commands. An empty `token` means no authentication.
+    `/livez` and `/readyz` are always served (ready when `ready` is None), `/metrics` when
+    `metrics` is given.
     """
     if registry is None:
         registry = REGISTRY
@@ -87,6 +120,12 @@ async def start_mi_server(
     app[_CONTEXT_KEY] = CommandContext(api=api, registry=registry)
     app[_TOKEN_KEY] = token.encode() if token else None
     app.router.add_post(path, _handle)
+    app[_READY_KEY] = ready
+    app.router.add_get("/livez", _livez)
+    app.router.add_get("/readyz", _readyz)
+    if metrics is not None:
+        app[_METRICS_KEY] = metrics
+        app.router.add_get("/metrics", _metrics)
     # The access log would record every poll by monitoring tools at INFO; leave it off.
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

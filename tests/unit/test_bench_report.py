@@ -357,7 +357,6 @@ def test_markdown_reports_a_system_that_failed_to_start() -> None:
 
 
 def test_plots_are_written_when_matplotlib_is_there(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     paths = report.write(_result(), tmp_path, "stamp")
     pngs = sorted(p.name for k, p in paths.items() if k.startswith("png"))
     assert pngs == ["stamp-callrate.png", "stamp-cpu.png"]

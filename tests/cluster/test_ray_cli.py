@@ -1,0 +1,95 @@
+"""`switchboard serve --runtime ray` as a user runs it: a separate driver process joins the
+session's Ray cluster (`--ray-address`), places 2 workers and serves the MI; `switchboard mi`
+talks to it; SIGTERM stops it and removes the detached controller.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from harness import REPO_ROOT, ServerStartError, Sipp, SwitchboardServer, free_port
+from tests.cluster.ray_service import HOST, free_port_block, import_ray, kill_controller
+
+ray = import_ray()
+
+pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
+
+
+@pytest.fixture
+def no_controller_left(ray_cluster: str) -> Iterator[str]:
+    """Torn down after `switchboard_server`: removes the detached controller should the
+    driver have been killed before it could (the next module would find it running)."""
+    yield ray_cluster
+    kill_controller()
+
+
+def test_serve_runtime_ray_from_the_command_line(
+    no_controller_left: str,
+    switchboard_server: Callable[..., SwitchboardServer],
+    sipp: Callable[..., Sipp],
+) -> None:
+    base = free_port_block(2)
+    server = switchboard_server(
+        "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
+        name="switchboard-ray", port=base, ready_timeout=90.0,
+    )
+    ready = server.wait_for_output(r"\bready\b", stderr_only=True)
+    assert f"udp:{HOST}:{base + 1}" in ready and f"tcp:{HOST}:{base + 1}" in ready, ready
+
+    # One call through worker 1's port.
+    uas_port = free_port("udp")
+    uas = sipp("uas", "uas.xml", local_port=uas_port).wait_listening()
+    uac = sipp("uac", "uac.xml", remote=f"{HOST}:{base + 1}", local_port=free_port("udp"),
+               keys={"uas_port": uas_port})
+    for run in (uac.wait(), uas.wait()):
+        assert not run.problems(1), run.describe()
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "switchboard", "mi", "--url", server.mi_url,
+         "statistics:get", "dialog:processed_dialogs"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"dialog:processed_dialogs": 1}
+    assert server.mi_result("dialog:list") == {"Dialogs": []}
+
+    assert server.stop(timeout=15.0) == 0, server.describe()
+    _wait_controller_gone()
+
+
+def test_a_worker_port_in_use_stops_serve_with_one_line(
+    no_controller_left: str, switchboard_server: Callable[..., SwitchboardServer]
+) -> None:
+    """Worker 1 cannot bind base + 1: `serve` says which worker and why, exits 1, and leaves
+    no controller behind."""
+    base = free_port_block(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((HOST, base + 1))
+        with pytest.raises(ServerStartError) as failed:
+            switchboard_server(
+                "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
+                name="switchboard-ray", port=base, ready_timeout=90.0,
+            )
+    output = str(failed.value)
+    assert "exited with code 1" in output, output
+    (line,) = [ln for ln in output.splitlines() if "cannot start" in ln]
+    assert "worker 1:" in line and "address already in use" in line.lower(), line
+    _wait_controller_gone()
+
+
+def _wait_controller_gone(timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get_actor("controller", namespace="switchboard")
+        except ValueError:
+            return
+        assert time.monotonic() < deadline, "the controller outlived `serve`"
+        time.sleep(0.2)

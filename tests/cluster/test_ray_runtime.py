@@ -1,0 +1,352 @@
+"""The `ray` runtime on a real local Ray: two worker actors, SIP calls through both, the MI
+over the controller, the actor-handle Python API, and events from every worker.
+
+One service for the module: `serve` runs in this process (the test process is the Ray driver
+and runs the MI), with 2 workers: worker 0 listens on the base port B, worker 1 on B + 1.
+SIPp callers aim at one worker's port or the other's; the callee is SIPp on its own port.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from harness import Sipp, SippResult, free_port
+from switchboard.api import CommandError
+from switchboard.config import Config, apply_overrides
+from switchboard.mi.client import call as mi_call
+from tests.cluster.ray_service import (
+    HOST,
+    InProcessService,
+    free_port_block,
+    import_ray,
+    kill_controller,
+)
+from tests.interop.events import collecting
+
+ray = import_ray()
+
+from switchboard.cluster.ray_runtime import (  # noqa: E402  (needs ray)
+    RaySwitchboard,
+    ServiceSpec,
+    serve,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
+
+StartSipp = Callable[..., Sipp]
+WORKERS = 2
+# uac.xml with the call held up for `-d` ms before the BYE.
+PAUSE_BYE = Path(__file__).parent / "scenarios" / "uac_pause_bye.xml"
+
+
+@dataclass
+class Service:
+    sb: RaySwitchboard
+    runner: InProcessService
+    base: int
+
+    def port(self, worker: int) -> int:
+        return self.base + worker
+
+    def mi(self, method: str, **params: Any) -> Any:
+        """Call the MI over HTTP, as `switchboard mi` does; the result (MIClientError on an
+        error answer)."""
+        assert self.sb.mi is not None
+        return mi_call(self.sb.mi.url, method, params or None)
+
+
+def _config(base: int, mi_port: int) -> Config:
+    return apply_overrides(
+        Config(),
+        listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
+        mi_http=f"{HOST}:{mi_port}",
+        runtime="ray",
+        workers=WORKERS,
+    )
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: str) -> Iterator[Service]:
+    runner = InProcessService()
+    base = free_port_block(WORKERS)
+    try:
+        sb = runner.run(serve(_config(base, free_port("tcp"))), timeout=120)
+    except BaseException:
+        runner.close()
+        kill_controller()
+        raise
+    try:
+        yield Service(sb, runner, base)
+    finally:
+        try:
+            runner.run(sb.stop(), timeout=30)
+        finally:
+            runner.close()
+            kill_controller()
+
+
+def _controller() -> Any:
+    return ray.get_actor("controller", namespace="switchboard")
+
+
+def _worker_stats() -> list[dict[str, int]]:
+    """Each worker's own statistics, asked of the worker actors directly."""
+    handles = ray.get(_controller().worker_handles.remote())
+    return [msgpack.unpackb(ray.get(h.statistics.remote())) for h in handles]
+
+
+def _check(calls: int, *results: SippResult) -> None:
+    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
+    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
+
+
+def _start_calls(
+    sipp: StartSipp,
+    service: Service,
+    worker: int,
+    *,
+    calls: int,
+    uas_scenario: str = "uas.xml",
+    uac_scenario: str = "uac.xml",
+    rate: float | None = None,
+    prefix: str | None = None,
+    trace_msg: bool = True,
+    extra: tuple[str, ...] = (),
+) -> tuple[Sipp, Sipp]:
+    """A SIPp callee on its own port and a SIPp caller aimed at `worker`'s port."""
+    uas_port = free_port("udp")
+    uas = sipp(f"uas-w{worker}", uas_scenario, local_port=uas_port, calls=calls,
+               trace_msg=trace_msg).wait_listening()
+    uac = sipp(
+        f"uac-w{worker}",
+        uac_scenario,
+        remote=f"{HOST}:{service.port(worker)}",
+        local_port=free_port("udp"),
+        calls=calls,
+        rate=rate,
+        keys={"uas_port": uas_port},
+        trace_msg=trace_msg,
+        # SIPp expands %u (call number) and %s (local IP) in -cid_str.
+        extra_args=(("-cid_str", f"{prefix}%u@%s") if prefix else ()) + extra,
+    )
+    return uas, uac
+
+
+def _finish(uas: Sipp, uac: Sipp) -> tuple[SippResult, SippResult]:
+    uac_result = uac.wait()
+    uas_result = uas.wait(None if uac_result.returncode == 0 else 5.0)
+    return uas_result, uac_result
+
+
+def _wait_dialogs(list_dialogs: Callable[[], list[dict[str, Any]]], prefix: str, count: int,
+                  timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Poll until `count` confirmed dialogs (state 4) whose Call-ID starts with `prefix`."""
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        found = [d for d in list_dialogs()
+                 if str(d["callid"]).startswith(prefix) and d["state"] == 4]
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{len(found)} of {count} confirmed dialogs {prefix}* after {timeout} s")
+
+
+def _prefix(tag: str) -> str:
+    return f"sb-ray-{tag}-{secrets.token_hex(3)}-"
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_workers_listen_on_base_port_plus_index(service: Service) -> None:
+    """Worker i binds every configured socket at port + i, the controller says where, and
+    /readyz says ready once every worker answers."""
+    b = service.base
+    assert [str(a) for a in service.sb.listeners] == [
+        f"udp:{HOST}:{b}", f"tcp:{HOST}:{b}", f"udp:{HOST}:{b + 1}", f"tcp:{HOST}:{b + 1}"]
+    info = ray.get(_controller().workers_info.remote())
+    assert [w["index"] for w in info] == [0, 1]
+    assert info[1]["listeners"] == [["udp", HOST, b + 1], ["tcp", HOST, b + 1]]
+    assert info[0]["pid"] != info[1]["pid"]
+    assert service.sb.mi is not None
+    ready = f"http://{HOST}:{service.sb.mi.port}/readyz"
+    with urllib.request.urlopen(ready, timeout=10) as answer:
+        assert (answer.status, answer.read()) == (200, b"ready\n")
+
+
+def test_calls_through_both_workers(sipp: StartSipp, service: Service) -> None:
+    """50 calls to worker 0's port and 50 to worker 1's at the same time: all succeed, each
+    worker handled its own 50, and statistics:get sums the workers."""
+    calls = 50
+    before = _worker_stats()
+    pairs = [_start_calls(sipp, service, w, calls=calls, rate=50, trace_msg=False)
+             for w in range(WORKERS)]
+    results = [_finish(uas, uac) for uas, uac in pairs]
+    for uas_result, uac_result in results:
+        _check(calls, uac_result, uas_result)
+    after = _worker_stats()
+    for w in range(WORKERS):
+        processed = after[w]["dialog:processed_dialogs"] - before[w]["dialog:processed_dialogs"]
+        assert processed == calls, f"worker {w} processed {processed} dialogs"
+    merged = service.mi("statistics:get", statistics=["dialog:", "core:rcv_requests"])
+    assert merged["dialog:processed_dialogs"] == sum(
+        s["dialog:processed_dialogs"] for s in after)
+    assert merged["core:rcv_requests"] >= sum(s["core:rcv_requests"] for s in after)
+    assert merged["dialog:active_dialogs"] == 0
+
+
+def test_dialog_list_and_end_dlg_span_both_workers(sipp: StartSipp, service: Service) -> None:
+    """dialog:list merges the workers' dialogs (ids name the owner); dialog:end_dlg by Call-ID
+    reaches the owner wherever it is, and both sides of every call get a BYE."""
+    prefixes = [_prefix(f"w{w}") for w in range(WORKERS)]
+    pairs = [_start_calls(sipp, service, w, calls=2, uas_scenario="uas_wait_bye.xml",
+                          uac_scenario="uac_wait_bye.xml", prefix=prefixes[w])
+             for w in range(WORKERS)]
+    try:
+        listed = {w: _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefixes[w], 2)
+                  for w in range(WORKERS)}
+        for w, dialogs in listed.items():
+            assert all(d["ID"].startswith(f"{w:x}.") for d in dialogs), dialogs
+        one = listed[1][0]
+        assert service.mi("dialog:list", callid=one["callid"])["Dialog"]["ID"] == one["ID"]
+        for dialogs in listed.values():
+            for dialog in dialogs:
+                assert service.mi("dialog:end_dlg", dialog_id=dialog["callid"]) == "OK"
+    except BaseException:
+        for uas, uac in pairs:
+            uac.kill()
+            uas.kill()
+        raise
+    for uas, uac in pairs:
+        uas_result, uac_result = _finish(uas, uac)
+        _check(2, uac_result, uas_result)
+
+
+def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
+    """The controller found by name answers list_dialogs and end_dialog (a call on worker 1,
+    by its dialog id: both sides get a BYE), and refuses with the MI's errors."""
+    controller = ray.get_actor("controller", namespace="switchboard")
+    prefix = _prefix("api")
+    uas, uac = _start_calls(sipp, service, 1, calls=1, uas_scenario="uas_wait_bye.xml",
+                            uac_scenario="uac_wait_bye.xml", prefix=prefix)
+    try:
+        (dialog,) = _wait_dialogs(lambda: ray.get(controller.list_dialogs.remote()), prefix, 1)
+        assert dialog["ID"].startswith("1.")
+        callid = dialog["callid"]
+        assert [d["ID"] for d in ray.get(controller.list_dialogs.remote(callid))] == [dialog["ID"]]
+        refusals: list[tuple[Any, int, str]] = [
+            (controller.end_dialog.remote("0.fffffff"), 404, "Dialog not found"),
+            (controller.call_hold.remote("no-such-call@nowhere"), 404, "Dialog not found"),
+            (controller.call_unhold.remote("no-such-call@nowhere", "caller"), 404,
+             "Dialog not found"),
+            (controller.call_transfer.remote(callid, "nobody", "sip:x@127.0.0.1"), -32602,
+             "Invalid params"),
+            (controller.end_dialog.remote(callid, "no colon here"), -32602, "Invalid params"),
+            (controller.subscribe.remote("E_NOPE", "udp:127.0.0.1:9"), 400,
+             "Bad parameter value"),
+            (controller.subscribe.remote("E_CALL_HOLD", "smoke:signal"), -32602,
+             "Invalid params"),
+        ]
+        for ref, code, message in refusals:
+            with pytest.raises(CommandError) as refused:
+                ray.get(ref)
+            assert (refused.value.code, refused.value.message) == (code, message)
+        ray.get(controller.end_dialog.remote(dialog["ID"]))
+    except BaseException:
+        uac.kill()
+        uas.kill()
+        raise
+    uas_result, uac_result = _finish(uas, uac)
+    _check(1, uac_result, uas_result)
+    assert ray.get(controller.list_dialogs.remote(callid)) == []
+
+
+def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: Service) -> None:
+    """One evi:subscribe, one call on each worker: the subscriber gets every state change of
+    both calls, each dialog id naming the worker that owns it."""
+    prefixes = [_prefix(f"ev{w}") for w in range(WORKERS)]
+    with collecting() as events:
+        assert service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=events.socket,
+                          expire=120) == "OK"
+        try:
+            pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
+                     for w in range(WORKERS)]
+            for uas, uac in pairs:
+                uas_result, uac_result = _finish(uas, uac)
+                _check(1, uac_result, uas_result)
+            for w in range(WORKERS):
+                last = events.wait_for(
+                    "E_DLG_STATE_CHANGED",
+                    lambda p, w=w: p["callid"].startswith(prefixes[w]) and p["new_state"] == 5)
+                states = events.sequence("E_DLG_STATE_CHANGED", last["callid"], "id",
+                                         "new_state")
+                assert {i for i, _ in states} == {last["id"]}
+                assert last["id"].startswith(f"{w:x}.")
+                assert [s for _, s in states][-2:] == [4, 5], states
+        finally:
+            service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=events.socket,
+                       expire=0)
+
+
+def test_second_serve_in_the_same_cluster_is_refused(service: Service) -> None:
+    """The controller's name is the service: a second `serve` says so instead of starting."""
+    config = _config(free_port_block(WORKERS), free_port("tcp"))
+    with pytest.raises(OSError, match="already runs"):
+        service.runner.run(serve(config), timeout=30)
+    assert service.mi("dialog:list") == {"Dialogs": []}
+
+
+def test_service_spec_round_trips_through_msgpack() -> None:
+    """What the driver tells the actors is rebuilt exactly on the other side; worker i's
+    sockets are the configured ones at port + i (port 0 stays 0)."""
+    config = apply_overrides(
+        Config(), listen=["udp:127.0.0.1:5060", "tcp:127.0.0.1:0"], workers=3, mode="callid",
+        event_datagram=["udp:127.0.0.1:9999"])
+    spec = ServiceSpec.from_config(config)
+    assert ServiceSpec.unpack(spec.pack()) == spec
+    assert spec.workers == 3 and spec.worker.callops_mode == "callid"
+    assert ("E_CALL_HOLD", "udp:127.0.0.1:9999") in spec.subscriptions
+    assert spec.worker.sockets(2) == [("udp", "127.0.0.1", 5062), ("tcp", "127.0.0.1", 0)]
+
+
+def test_a_killed_worker_comes_back_on_its_ports(sipp: StartSipp, service: Service) -> None:
+    """Ray restarts a worker that dies (here: ray.kill with restart); it binds its ports again
+    and takes new calls. A call that was up meanwhile still ends cleanly (its BYE follows
+    the Route set through the restarted worker), but switchboard no longer knows it: dialog
+    state is not replicated yet, so dialog:list does not show it after the restart."""
+    controller = _controller()
+    prefix = _prefix("crash")
+    up_uas, up_uac = _start_calls(sipp, service, 1, calls=1, uac_scenario=str(PAUSE_BYE),
+                                  prefix=prefix, extra=("-d", "5000"))
+    try:
+        (before,) = _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefix, 1)
+        handle = ray.get(controller.worker_handles.remote())[1]
+        old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
+        ray.kill(handle, no_restart=False)
+        deadline = time.monotonic() + 30.0
+        while ray.get(controller.workers_info.remote())[1]["pid"] == old_pid:
+            assert time.monotonic() < deadline, "worker 1 was not restarted within 30 s"
+            time.sleep(0.2)
+        listed = service.mi("dialog:list")["Dialogs"]
+        assert before["callid"] not in {d["callid"] for d in listed}
+        uas, uac = _start_calls(sipp, service, 1, calls=5, rate=10)
+        uas_result, uac_result = _finish(uas, uac)
+        _check(5, uac_result, uas_result)
+    except BaseException:
+        up_uac.kill()
+        up_uas.kill()
+        raise
+    up_uas_result, up_uac_result = _finish(up_uas, up_uac)
+    _check(1, up_uac_result, up_uas_result)
+    assert service.mi("statistics:get", statistics=["dialog:active_dialogs"]) == {
+        "dialog:active_dialogs": 0}
