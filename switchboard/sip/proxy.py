@@ -73,6 +73,13 @@ class ProxyConfig:
 
 
 Event = DialogStateChanged | CallEvent
+
+# Statistic names by method and by reply class, made once (labels stay bounded: any other
+# method counts only in the total).
+_METHOD_STATS = {m: f"core:rcv_requests_{m.lower()}" for m in (
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "REFER", "NOTIFY", "SUBSCRIBE",
+    "UPDATE", "INFO", "MESSAGE", "PRACK", "PUBLISH")}
+_REPLY_STATS = {c: f"core:rcv_replies_{c}xx" for c in range(1, 7)}
 # What a proxy-originated request reports when it ends: (status, reason, now).
 FinalCallback = Callable[[int, str, float], None]
 
@@ -160,11 +167,16 @@ class Proxy:
             self._answer_unparsable(data, exc, source, local)
             return
         try:
+            stats = self.stats
             if isinstance(msg, Request):
-                self.stats["core:rcv_requests"] += 1
+                stats["core:rcv_requests"] += 1
+                method_stat = _METHOD_STATS.get(msg.method)
+                if method_stat is not None:
+                    stats[method_stat] += 1
                 self._on_request(msg, source, local, now)
             else:
-                self.stats["core:rcv_replies"] += 1
+                stats["core:rcv_replies"] += 1
+                stats[_REPLY_STATS.get(msg.status // 100, "core:rcv_replies_other")] += 1
                 self._on_response(msg, now)
         except ParseError as exc:
             if isinstance(msg, Request):
