@@ -30,6 +30,7 @@ lifetime = 43200                      # seconds
 [proxy]
 domains = []
 record_route = true
+trusted = ["127.0.0.0/8", "::1/128"]  # may relay anywhere; others get 403 (no open relay)
 [script]
 path = ""
 [log]
@@ -175,6 +176,8 @@ class DialogConfig:
 class ProxyConfig:
     domains: tuple[str, ...] = ()
     record_route: bool = True
+    # Sources that may relay anywhere (no open relay for the rest, issue 6).
+    trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +535,7 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
             )
 
     if "proxy" in top:
-        data = r.table(top["proxy"], ("proxy",), ("domains", "record_route"))
+        data = r.table(top["proxy"], ("proxy",), ("domains", "record_route", "trusted"))
         proxy = config.proxy
         if "domains" in data:
             domains = r.str_list(data, ("proxy",), "domains")
@@ -544,6 +547,15 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
             proxy = dataclasses.replace(
                 proxy, record_route=r.bool_(data, ("proxy",), "record_route")
             )
+        if "trusted" in data:
+            networks = r.str_list(data, ("proxy",), "trusted")
+            for index, network in enumerate(networks):
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise r.error(("proxy", "trusted", index),
+                                  f"not an IP network: {network!r}") from None
+            proxy = dataclasses.replace(proxy, trusted=tuple(networks))
         config = dataclasses.replace(config, proxy=proxy)
 
     if "script" in top:

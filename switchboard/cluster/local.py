@@ -103,6 +103,7 @@ class LocalSwitchboard:
                 listeners=tuple(e.local for e in endpoints),
                 domains=cfg.proxy.domains,
                 record_route=cfg.proxy.record_route,
+                trusted=cfg.proxy.trusted,
                 dialog_lifetime=float(cfg.dialog.lifetime),
                 callops_mode=cfg.callops.mode,
                 match_param=cfg.callops.match_param,

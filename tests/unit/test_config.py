@@ -312,3 +312,13 @@ def test_bad_overrides_name_the_flag(kwargs: dict[str, object], flag: str) -> No
         apply_overrides(Config(), **kwargs)  # type: ignore[arg-type]
     assert err.value.key == flag
     assert str(err.value).startswith(f"{flag}: ")
+
+
+def test_proxy_trusted_networks_are_validated() -> None:
+    from switchboard.config import ConfigError, parse_config
+
+    config = parse_config('[proxy]\ntrusted = ["10.0.0.0/8", "2001:db8::/32"]\n')
+    assert config.proxy.trusted == ("10.0.0.0/8", "2001:db8::/32")
+    with pytest.raises(ConfigError) as info:
+        parse_config('[proxy]\ntrusted = ["10.0.0.0/8", "bogus"]\n')
+    assert info.value.key == "proxy.trusted[1]" and info.value.line == 2
