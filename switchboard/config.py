@@ -39,6 +39,11 @@ level = "info"                        # debug | info | warning | error | critica
 [hep]
 collector = ""                        # udp:IP:PORT of a HEP v3 collector; "" = no capture
 capture_id = 1                        # HEP capture agent id (0..4294967295)
+[limits]
+rate = 200                            # requests/s one untrusted source may send (0 = off)
+burst = 400
+tcp_connections_per_source = 64       # 0 = no limit
+tcp_idle_timeout = 600                # seconds
 ```
 """
 
@@ -167,6 +172,17 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Protection against floods and abuse (issue 6); trusted networks are exempt from
+    the rate limit."""
+
+    rate: int = 200  # requests per second one untrusted source may send (0 = no limit)
+    burst: int = 400  # requests it may send at once
+    tcp_connections_per_source: int = 64  # inbound TCP connections per source (0 = any)
+    tcp_idle_timeout: int = 600  # seconds of silence after which a TCP connection closes
+
+
+@dataclass(frozen=True, slots=True)
 class DialogConfig:
     lifetime: int = 43200
     """Default dialog timeout, seconds."""
@@ -215,6 +231,7 @@ class Config:
     script: ScriptConfig = field(default_factory=ScriptConfig)
     log: LogConfig = field(default_factory=LogConfig)
     hep: HepConfig = field(default_factory=HepConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # --- value parsers (raise ValueError with the problem; callers add the key) -------------------
@@ -447,6 +464,7 @@ _SECTIONS: Final = (
     "script",
     "log",
     "hep",
+    "limits",
 )
 
 
@@ -526,6 +544,12 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
 
     if "events" in top:
         config = dataclasses.replace(config, events=_read_events(r, top["events"]))
+
+    if "limits" in top:
+        keys = ("rate", "burst", "tcp_connections_per_source", "tcp_idle_timeout")
+        data = r.table(top["limits"], ("limits",), keys)
+        values = {key: r.int_(data, ("limits",), key, minimum=0) for key in keys if key in data}
+        config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, **values))
 
     if "dialog" in top:
         data = r.table(top["dialog"], ("dialog",), ("lifetime",))

@@ -96,14 +96,21 @@ class LocalSwitchboard:
             )
             receiver = mirrored_receiver(receive, self.hep)
         for sock in cfg.listen.sockets:
-            cls = UdpEndpoint if sock.transport == "udp" else TcpEndpoint
-            endpoints.append(await cls.bind(sock.host, sock.port, receiver))
+            if sock.transport == "udp":
+                endpoints.append(await UdpEndpoint.bind(sock.host, sock.port, receiver))
+            else:
+                endpoints.append(await TcpEndpoint.bind(
+                    sock.host, sock.port, receiver,
+                    max_per_source=cfg.limits.tcp_connections_per_source,
+                    idle_timeout=float(cfg.limits.tcp_idle_timeout)))
         proxy = Proxy(
             ProxyConfig(
                 listeners=tuple(e.local for e in endpoints),
                 domains=cfg.proxy.domains,
                 record_route=cfg.proxy.record_route,
                 trusted=cfg.proxy.trusted,
+                rate_limit=float(cfg.limits.rate),
+                rate_burst=float(max(cfg.limits.burst, 1)),
                 dialog_lifetime=float(cfg.dialog.lifetime),
                 callops_mode=cfg.callops.mode,
                 match_param=cfg.callops.match_param,

@@ -70,6 +70,10 @@ class ProxyConfig:
     # registered user, or when it comes from a trusted network or a registered user.
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     retry_after: int = 2  # seconds, in the 503 that sheds new calls under overload
+    # Requests per second (and burst) one untrusted source may send; more are dropped
+    # unanswered, as a flood deserves. 0 turns the limit off.
+    rate_limit: float = 200.0
+    rate_burst: float = 400.0
 
 
 Event = DialogStateChanged | CallEvent
@@ -142,6 +146,8 @@ class Proxy:
         # Set by the driver when it cannot keep up: this share of new INVITEs is refused
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
+        self._trust_cache: dict[str, bool] = {}
+        self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill]
         self.callops = CallOps(self, config.callops_mode, config.match_param,
                                config.end_old_call)
         # The routing script's hook (`switchboard.script`); None is the plain proxy.
@@ -169,6 +175,9 @@ class Proxy:
         try:
             stats = self.stats
             if isinstance(msg, Request):
+                if self.config.rate_limit and not self._allowed(source.host, now):
+                    stats["core:rate_limited"] += 1
+                    return
                 stats["core:rcv_requests"] += 1
                 method_stat = _METHOD_STATS.get(msg.method)
                 if method_stat is not None:
@@ -830,16 +839,42 @@ class Proxy:
             req.prepend("via", str(via))
             req._cache["via"] = vias  # the same parsed values, first one updated
 
+    def _is_trusted(self, host: str) -> bool:
+        trusted = self._trust_cache.get(host)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in net for net in self._trusted)
+            if len(self._trust_cache) > 65536:
+                self._trust_cache.clear()
+            self._trust_cache[host] = trusted
+        return trusted
+
+    def _allowed(self, host: str, now: float) -> bool:
+        """Per-source token bucket for untrusted sources (issue 6)."""
+        if self._is_trusted(host):
+            return True
+        rate, burst = self.config.rate_limit, self.config.rate_burst
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if len(self._buckets) > 65536:  # forget sources quiet for a minute
+                self._buckets = {h: b for h, b in self._buckets.items() if now - b[1] < 60}
+            bucket = self._buckets[host] = [burst, now]
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
     def _may_relay(self, req: Request, ruri: SipUri, source: Address, now: float) -> bool:
         """A new request toward a domain we do not serve: only for trusted sources and
         for registered users calling out from where they registered."""
-        if self._serves_domain(ruri):
-            return True
-        try:
-            ip = ipaddress.ip_address(source.host)
-        except ValueError:
-            return False
-        if any(ip in net for net in self._trusted):
+        if self._serves_domain(ruri) or self._is_trusted(source.host):
             return True
         from_uri = req.from_.uri
         if isinstance(from_uri, SipUri) and from_uri.user:

@@ -86,3 +86,31 @@ def test_overload_sheds_new_calls_with_retry_after_but_not_dialogs() -> None:
     bye = sip_request("BYE", FAR, branch="z9hG4bKbye", to_tag="bob-tag",
                       via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye")
     assert send(p, bye, STRANGER)[-1][1] == f"BYE {FAR} SIP/2.0"
+
+
+def test_a_flooding_untrusted_source_is_cut_off_and_others_are_not() -> None:
+    p = proxy(rate_limit=10.0, rate_burst=20.0, domains=("example.org",))
+    options = [sip_request("OPTIONS", "sip:example.org", branch=f"z9hG4bKf{i}",
+                           via=f"SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKf{i}")
+               for i in range(100)]
+    answered = sum(len(send(p, o, STRANGER)) for o in options)
+    assert answered == 20  # the burst, then silence
+    assert p.statistics()["core:rate_limited"] == 80
+    # Another source is not affected, and the first one recovers with time.
+    other = sip_request("OPTIONS", "sip:example.org", branch="z9hG4bKo",
+                        via="SIP/2.0/UDP 198.51.100.8:5070;branch=z9hG4bKo")
+    assert send(p, other, USER) == [(USER, "SIP/2.0 200 OK")]
+    p.receive(sip_request("OPTIONS", "sip:example.org", branch="z9hG4bKlate",
+                          via="SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKlate"),
+              STRANGER, PROXY, 1.0)
+    assert len(p.outbox) == 1
+
+
+def test_trusted_sources_are_not_rate_limited() -> None:
+    p = proxy(rate_limit=1.0, rate_burst=1.0, trusted=("198.51.100.0/24",),
+              domains=("example.org",))
+    for i in range(10):
+        out = send(p, sip_request("OPTIONS", "sip:example.org", branch=f"z9hG4bKt{i}",
+                                  via=f"SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKt{i}"),
+                   STRANGER)
+        assert out == [(STRANGER, "SIP/2.0 200 OK")]
