@@ -39,6 +39,10 @@ level = "info"                        # debug | info | warning | error | critica
 [hep]
 collector = ""                        # udp:IP:PORT of a HEP v3 collector; "" = no capture
 capture_id = 1                        # HEP capture agent id (0..4294967295)
+[auth]
+realm = ""                            # "" = the first proxy domain, else the listen address
+users = {}                            # user = "password"; empty = no authentication
+invites = true                        # challenge INVITEs from untrusted sources too (407)
 [limits]
 rate = 200                            # requests/s one untrusted source may send (0 = off)
 burst = 400
@@ -172,6 +176,15 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Digest authentication; off while `users` is empty."""
+
+    realm: str = ""  # "" = the first proxy domain, else the first listen address
+    users: tuple[tuple[str, str], ...] = ()  # (user, password) pairs
+    invites: bool = True  # also challenge INVITEs from untrusted sources (407)
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Protection against floods and abuse (issue 6); trusted networks are exempt from
     the rate limit."""
@@ -232,6 +245,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     hep: HepConfig = field(default_factory=HepConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 # --- value parsers (raise ValueError with the problem; callers add the key) -------------------
@@ -465,6 +479,7 @@ _SECTIONS: Final = (
     "log",
     "hep",
     "limits",
+    "auth",
 )
 
 
@@ -544,6 +559,24 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
 
     if "events" in top:
         config = dataclasses.replace(config, events=_read_events(r, top["events"]))
+
+    if "auth" in top:
+        data = r.table(top["auth"], ("auth",), ("realm", "users", "invites"))
+        auth = config.auth
+        if "realm" in data:
+            auth = dataclasses.replace(auth, realm=r.str_(data, ("auth",), "realm"))
+        if "invites" in data:
+            auth = dataclasses.replace(auth, invites=r.bool_(data, ("auth",), "invites"))
+        if "users" in data:
+            users = data["users"]
+            if not isinstance(users, dict):
+                raise r.error(("auth", "users"),
+                              f"expected a table of user = \"password\", not {_kind(users)}")
+            for user, password in users.items():
+                if not isinstance(password, str) or not user or '"' in user:
+                    raise r.error(("auth", "users", user), "expected a password string")
+            auth = dataclasses.replace(auth, users=tuple(sorted(users.items())))
+        config = dataclasses.replace(config, auth=auth)
 
     if "limits" in top:
         keys = ("rate", "burst", "tcp_connections_per_source", "tcp_idle_timeout")
@@ -763,6 +796,12 @@ def dump_config(config: Config, *, show_secrets: bool = False) -> str:
                 data = f"udp:{data}"
             if section.name == "mi" and item.name == "token" and data and not show_secrets:
                 lines.append(f'{item.name} = "<hidden>"  # set, not shown')
+                continue
+            if section.name == "auth" and item.name == "users":
+                shown = ", ".join(
+                    f"{_toml(user)} = {_toml(password if show_secrets else '<hidden>')}"
+                    for user, password in data)
+                lines.append(f"users = {{{shown}}}")
                 continue
             lines.append(f"{item.name} = {_toml(data)}")
         lines += tables

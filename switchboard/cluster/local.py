@@ -17,13 +17,15 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..actors.dialog import DialogMessage, Hold, Transfer
 from ..actors.eventbus import EventBus
 from ..actors.worker import Worker
 from ..api import CommandError
-from ..config import Config
+from ..config import Config, ListenSocket
 from ..hep import HepMirror, MirroredEndpoint, mirrored_receiver
 from ..metrics import CallMetrics, Metrics
 from ..mi.http import MIServer, start_mi_server
@@ -62,6 +64,123 @@ def parse_extra_headers(text: str | None) -> list[tuple[str, str]]:
     return out
 
 
+# -- building a worker (every runtime's) ----------------------------------------------------
+
+
+def proxy_config(config: Config, listeners: tuple[Address, ...], worker_id: int = 0
+                 ) -> ProxyConfig:
+    """The proxy core's settings from the configuration: the one place both runtimes (this
+    one and every worker of the `ray` one) take them from."""
+    return ProxyConfig(
+        listeners=listeners,
+        domains=config.proxy.domains,
+        record_route=config.proxy.record_route,
+        trusted=config.proxy.trusted,
+        rate_limit=float(config.limits.rate),
+        rate_burst=float(max(config.limits.burst, 1)),
+        dialog_lifetime=float(config.dialog.lifetime),
+        worker_id=worker_id,
+        callops_mode=config.callops.mode,
+        match_param=config.callops.match_param,
+        end_old_call=config.transfer.end_old_call,
+    )
+
+
+@dataclass(slots=True)
+class BuiltWorker:
+    """A started worker and what was wired around it (call metrics, the HEP mirror)."""
+
+    worker: Worker
+    call_metrics: CallMetrics
+    hep: HepMirror | None
+
+    def statistics(self) -> dict[str, int]:
+        """The core's statistics, the outcome counters and the HEP counters."""
+        stats = self.worker.proxy.statistics()
+        stats.update(self.call_metrics.statistics())
+        if self.hep is not None:
+            stats["hep:sent_packets"] = self.hep.sent
+            stats["hep:dropped_packets"] = self.hep.dropped
+        return stats
+
+    def close(self) -> None:
+        self.worker.close()
+        if self.hep is not None:
+            self.hep.close()
+
+
+async def build_worker(
+    config: Config,
+    publish: Callable[[str, dict[str, Any]], None],
+    *,
+    sockets: Sequence[ListenSocket] | None = None,
+    worker_id: int = 0,
+) -> BuiltWorker:
+    """Bind `sockets` (default: the configured ones) in the running loop and start a worker
+    on them, its events going to `publish` (counted by `CallMetrics` on the way), with HEP
+    capture when a collector is configured. Raises OSError when a socket cannot be bound,
+    ScriptError for a routing script that does not load; nothing stays open then."""
+    endpoints: list[UdpEndpoint | TcpEndpoint] = []
+    worker_box: list[Worker] = []
+    hep: HepMirror | None = None
+
+    def receive(data: bytes, source: Address, local: Address) -> None:
+        worker_box[0].receive(data, source, local)
+
+    try:
+        receiver: Receiver = receive
+        if config.hep.collector is not None:
+            hep = await HepMirror.connect(
+                config.hep.collector.host, config.hep.collector.port,
+                capture_id=config.hep.capture_id,
+            )
+            receiver = mirrored_receiver(receive, hep)
+        for sock in config.listen.sockets if sockets is None else sockets:
+            if sock.transport == "udp":
+                endpoints.append(await UdpEndpoint.bind(sock.host, sock.port, receiver))
+            else:
+                endpoints.append(await TcpEndpoint.bind(
+                    sock.host, sock.port, receiver,
+                    max_per_source=config.limits.tcp_connections_per_source,
+                    idle_timeout=float(config.limits.tcp_idle_timeout)))
+        proxy = Proxy(
+            proxy_config(config, tuple(e.local for e in endpoints), worker_id),
+            _token,
+            first_seq=int.from_bytes(os.urandom(3), "big") << 4,
+        )
+        if config.script.path:
+            proxy.request_hook = load_script(config.script.path)
+    except BaseException:
+        for endpoint in endpoints:
+            endpoint.close()
+        if hep is not None:
+            hep.close()
+        raise
+
+    def start_time_of(dialog_id: str) -> float | None:
+        dialog = proxy.dialogs.by_id(dialog_id)
+        return dialog.start_time if dialog is not None else None
+
+    # The core's clock is the loop's (Worker.now).
+    call_metrics = CallMetrics(start_time_of, asyncio.get_running_loop().time)
+    worker = Worker(proxy, call_metrics.wrap(publish))
+    worker_box.append(worker)
+    for endpoint in endpoints:
+        sender: Endpoint = endpoint
+        if hep is not None:
+            sender = MirroredEndpoint(endpoint, hep)
+        worker.add_endpoint(sender)
+    # What exists now lives as long as the process: keep the collector from scanning
+    # it again and again (the heap it walks is then only the calls in flight). The call
+    # path makes no reference cycles (transactions, timers and contexts let go of each
+    # other when they end), so the collector may run far less often than Python's
+    # default of every 700 allocations, which cost a quarter of the CPU per call.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return BuiltWorker(worker, call_metrics, hep)
+
+
 class LocalSwitchboard:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -70,6 +189,7 @@ class LocalSwitchboard:
         self.mi: MIServer | None = None
         self.hep: HepMirror | None = None
         self.call_metrics: CallMetrics | None = None
+        self._built: BuiltWorker | None = None
         self._ready = False
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
@@ -83,68 +203,10 @@ class LocalSwitchboard:
         self.events = EventBus()
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
-        endpoints: list[UdpEndpoint | TcpEndpoint] = []
-        worker_box: list[Worker] = []
-
-        def receive(data: bytes, source: Address, local: Address) -> None:
-            worker_box[0].receive(data, source, local)
-
-        receiver: Receiver = receive
-        if cfg.hep.collector is not None:
-            self.hep = await HepMirror.connect(
-                cfg.hep.collector.host, cfg.hep.collector.port, capture_id=cfg.hep.capture_id
-            )
-            receiver = mirrored_receiver(receive, self.hep)
-        for sock in cfg.listen.sockets:
-            if sock.transport == "udp":
-                endpoints.append(await UdpEndpoint.bind(sock.host, sock.port, receiver))
-            else:
-                endpoints.append(await TcpEndpoint.bind(
-                    sock.host, sock.port, receiver,
-                    max_per_source=cfg.limits.tcp_connections_per_source,
-                    idle_timeout=float(cfg.limits.tcp_idle_timeout)))
-        proxy = Proxy(
-            ProxyConfig(
-                listeners=tuple(e.local for e in endpoints),
-                domains=cfg.proxy.domains,
-                record_route=cfg.proxy.record_route,
-                trusted=cfg.proxy.trusted,
-                rate_limit=float(cfg.limits.rate),
-                rate_burst=float(max(cfg.limits.burst, 1)),
-                dialog_lifetime=float(cfg.dialog.lifetime),
-                callops_mode=cfg.callops.mode,
-                match_param=cfg.callops.match_param,
-                end_old_call=cfg.transfer.end_old_call,
-            ),
-            _token,
-            first_seq=int.from_bytes(os.urandom(3), "big") << 4,
-        )
-        if cfg.script.path:
-            proxy.request_hook = load_script(cfg.script.path)
-        events = self.events
-
-        def start_time_of(dialog_id: str) -> float | None:
-            dialog = proxy.dialogs.by_id(dialog_id)
-            return dialog.start_time if dialog is not None else None
-
-        # The core's clock is the loop's (Worker.now).
-        call_metrics = CallMetrics(start_time_of, asyncio.get_running_loop().time)
-        self.call_metrics = call_metrics
-        self.worker = Worker(proxy, call_metrics.wrap(events.publish))
-        worker_box.append(self.worker)
-        for endpoint in endpoints:
-            sender: Endpoint = endpoint
-            if self.hep is not None:
-                sender = MirroredEndpoint(endpoint, self.hep)
-            self.worker.add_endpoint(sender)
-        # What exists now lives as long as the process: keep the collector from scanning
-        # it again and again (the heap it walks is then only the calls in flight). The call
-        # path makes no reference cycles (transactions, timers and contexts let go of each
-        # other when they end), so the collector may run far less often than Python's
-        # default of every 700 allocations, which cost a quarter of the CPU per call.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        built = await build_worker(cfg, self.events.publish)
+        self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
+        self._built = built
+        call_metrics = built.call_metrics
         if cfg.mi.http is not None:
             metrics = Metrics(self.statistics, lambda: call_metrics.setup, runtime="local")
             self.mi = await start_mi_server(
@@ -219,16 +281,11 @@ class LocalSwitchboard:
             raise CommandError(exc.code, exc.message, exc.data) from None
 
     async def statistics(self) -> dict[str, int]:
-        assert self.worker is not None
-        stats = self.worker.proxy.statistics()
+        assert self._built is not None
+        stats = self._built.statistics()
         if self.events is not None:
             stats["evi:dropped_events"] = self.events.dropped
             stats["evi:subscriptions"] = len(self.events.subscriptions())
-        if self.call_metrics is not None:
-            stats.update(self.call_metrics.statistics())
-        if self.hep is not None:
-            stats["hep:sent_packets"] = self.hep.sent
-            stats["hep:dropped_packets"] = self.hep.dropped
         return dict(sorted(stats.items()))
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .auth import DigestAuth
 from .callops import CallEvent, CallOps
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
 from .errors import ParseError
@@ -74,6 +75,11 @@ class ProxyConfig:
     # unanswered, as a flood deserves. 0 turns the limit off.
     rate_limit: float = 200.0
     rate_burst: float = 400.0
+    # Digest authentication (off without users): REGISTER always, and INVITEs from untrusted
+    # sources when `auth_invites`.
+    auth_realm: str = ""
+    auth_users: tuple[tuple[str, str], ...] = ()
+    auth_invites: bool = True
 
 
 Event = DialogStateChanged | CallEvent
@@ -146,6 +152,12 @@ class Proxy:
         # Set by the driver when it cannot keep up: this share of new INVITEs is refused
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
+        self.auth: DigestAuth | None = None
+        if config.auth_users:
+            realm = config.auth_realm or (config.domains[0] if config.domains
+                                          else config.listeners[0].host)
+            secret = "".join(rand() for _ in range(8)).encode()
+            self.auth = DigestAuth(realm, dict(config.auth_users), secret)
         self._trust_cache: dict[str, bool] = {}
         self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill]
         self.callops = CallOps(self, config.callops_mode, config.match_param,
@@ -271,6 +283,15 @@ class Proxy:
             self.stats["core:shed_requests"] += 1
             self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
             return
+        if (to_tag is None and method == "INVITE" and self.auth is not None
+                and self.config.auth_invites and not self._is_trusted(source.host)):
+            verdict = self.auth.check(req.get("proxy-authorization"), method, now)
+            if verdict.user is None:
+                self.stats["auth:challenges"] += 1
+                self._respond(txn, 407, now, extra=[
+                    ("Proxy-Authenticate", self.auth.challenge(now, verdict.stale))])
+                return
+            req.remove("proxy-authorization")  # our own credentials end here (§22.3)
         if not route:
             ruri = req.sip_ruri
             if method == "REGISTER" and self._serves_domain(ruri):
@@ -788,6 +809,18 @@ class Proxy:
             self._respond(txn, 416, now)
             self.stats["registrar:rejected_regs"] += 1
             return
+        if self.auth is not None:
+            verdict = self.auth.check(req.get("authorization"), "REGISTER", now)
+            if verdict.user is None:
+                self.stats["auth:challenges"] += 1
+                self._respond(txn, 401, now, extra=[
+                    ("WWW-Authenticate", self.auth.challenge(now, verdict.stale))])
+                return
+            if verdict.user != to_uri.user:
+                # Authenticated, but as somebody else than the address being registered.
+                self.stats["registrar:rejected_regs"] += 1
+                self._respond(txn, 403, now)
+                return
         if txn.to_tag is None:
             txn.to_tag = self.rand()
         try:
