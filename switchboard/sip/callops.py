@@ -54,6 +54,9 @@ _HOLD_MASKS: dict[str | None, tuple[int, int]] = {
     "caller": (RECV_OFF, SEND_OFF),
     "callee": (SEND_OFF, RECV_OFF),
 }
+# A transferee that accepted the REFER but never places the new call (it vanished, or its
+# INVITE never reaches us) fails the transfer after this long, so the dialog is not blocked.
+NEW_CALL_TIMEOUT = 64.0
 # After a successful transfer, end the old call once the transferee's final NOTIFY came,
 # or after this long if it never does.
 END_OLD_CALL_GRACE = 2.0
@@ -107,6 +110,7 @@ class DialogOps:
     replaces: tuple[str, str, str] | None = None
     succeeded: bool = False
     end_timer: Timer | None = None
+    guard_timer: Timer | None = None  # gives up on a transfer whose new call never comes
     caller: _LegOps = field(default_factory=_LegOps)
     callee: _LegOps = field(default_factory=_LegOps)
 
@@ -255,6 +259,18 @@ class CallOps:
         ops.notify_leg = target
         ops.subscription_active = self.mode != "manual"
         self._transfer_event(dialog, "start", "")
+        if ops.guard_timer is not None:
+            ops.guard_timer.cancel()
+        ops.guard_timer = self.proxy.timers.call_at(
+            now + NEW_CALL_TIMEOUT, partial(self._new_call_overdue, dialog, leg))
+
+    def _new_call_overdue(self, dialog: Dialog, leg: str, now: float) -> None:
+        ops = ops_of(dialog)
+        ops.guard_timer = None
+        if ops.transfer_leg == leg and not ops.linked and dialog.active:
+            self._transfer_event(dialog, "fail", "408 Request Timeout")
+            ops.transfer_leg = ""
+            ops.subscription_active = False
 
     def _refer_answered(self, dialog: Dialog, status: int, reason: str, now: float) -> None:
         ops = ops_of(dialog)
@@ -263,6 +279,9 @@ class CallOps:
         self._transfer_event(dialog, "fail", f"{status} {reason}")
         ops.transfer_leg = ""
         ops.subscription_active = False
+        if ops.guard_timer is not None:
+            ops.guard_timer.cancel()
+            ops.guard_timer = None
 
     # -- attended transfer ------------------------------------------------------------------
 
@@ -371,6 +390,9 @@ class CallOps:
         ops = ops_of(old)
         ops.transfer_callid = new_callid
         ops.linked = True
+        if ops.guard_timer is not None:
+            ops.guard_timer.cancel()
+            ops.guard_timer = None
         self._transfer_event(old, "start", "", destination=destination)
         links.append(_Link(old, new_callid, destination))
 

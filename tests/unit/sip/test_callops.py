@@ -2106,3 +2106,28 @@ def test_ack_of_a_hold_goes_to_the_contact_of_the_2xx() -> None:
                           body=SDP_A), ALICE)
     ack = only_request(out, Address("udp", "127.0.0.1", 5099))
     assert ack.uri == "sip:alice@127.0.0.1:5099"
+
+
+def test_a_transferee_that_never_places_the_new_call_fails_the_transfer() -> None:
+    """Peers that vanish (issue 6): the REFER was accepted, then nothing; after the guard
+    time the transfer fails with 408 and the dialog can be transferred again."""
+    net = Net()
+    call = established(net)
+    start_blind(net, call)
+    net.advance(net.now + 63.0)
+    assert net.events() == []
+    net.advance(net.now + 2.0)
+    assert net.events() == [transfer_event("call-1@alice", "caller", "", CAROL_URI, "fail",
+                                           "408 Request Timeout")]
+    start_blind(net, call)  # idle again: accepted
+
+
+def test_the_guard_does_not_fire_once_the_new_call_is_linked() -> None:
+    net = Net()
+    call = established(net)
+    refer = start_blind(net, call)
+    target = (refer.get("refer-to") or "").strip("<>")
+    net.send(new_invite(target), ALICE)
+    net.events()
+    net.advance(net.now + 100.0)
+    assert [e.params["state"] for e in net.events()] == ["fail"]  # the new INVITE timed out
