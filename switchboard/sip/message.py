@@ -364,7 +364,8 @@ def parse_message(
 
     With `datagram`, a Content-Length shorter than the body truncates it and a longer one
     is an error (RFC 3261 §18.3); a stream framer hands over exactly one message. Without
-    `check_body` the body is taken as it is (to answer a message whose body is broken).
+    `check_body` the body is taken as it is and a request of another SIP version is
+    accepted: that is how the proxy reads a broken request far enough to answer it.
     """
     if len(data) > max_size:
         raise ParseError("message too large", 513, "Message Too Large")
@@ -400,7 +401,7 @@ def parse_message(
     method, uri, version = parts
     if not _TOKEN.match(method):
         raise ParseError(f"bad method {method!r}")
-    if version.upper() != SIP_VERSION:
+    if version.upper() != SIP_VERSION and check_body:
         raise ParseError(f"unsupported version {version!r}", 505, "Version Not Supported")
     return Request(method, uri, headers, body)
 

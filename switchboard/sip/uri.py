@@ -17,7 +17,9 @@ Params = dict[str, str | None]
 
 # Characters that cannot stand unescaped where we look for them (one regex search instead of
 # a Python loop per character: URIs are parsed several times per message).
-_BAD_HOST = re.compile(r'[ \t<>"]')
+# A host is a hostname, an IPv4 address or an IPv6 reference (RFC 3261 §25.1): never a
+# control character (a CR kept in a Via host came back out inside the header line we print).
+_BAD_HOST = re.compile(r'[\x00-\x20\x7f<>"]')
 _BAD_OPAQUE = re.compile(r"[ \t\r\n<>]")
 _BAD_SIP = re.compile(r'[ \t\r\n<>"]')
 

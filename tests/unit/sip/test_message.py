@@ -6,6 +6,7 @@ Recorded messages come from `tests/data/` (see its README); malformed ones from
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -880,6 +881,8 @@ MALFORMED: dict[str, tuple[str, int]] = {
     "bad-max-forwards.sip": ("max_forwards", 400),
     "bad-via.sip": ("vias", 400),
     "unterminated-ipv6-via.sip": ("vias", 400),
+    # found by tests/fuzz/fuzz_parser.py: a CR in a Via host was kept and printed back
+    "via-host-control-char.sip": ("vias", 400),
     "bad-ruri-port.sip": ("ruri", 400),
     "missing-call-id.sip": ("call_id", 400),
 }
@@ -936,6 +939,25 @@ def test_framer_byte_by_byte() -> None:
         out += got
     assert out == [data]
     assert framer.feed(b"") == []
+
+
+def test_framer_is_linear_in_a_slow_header() -> None:
+    """Regression (found while fuzzing): every read used to search the whole buffer for the
+    end of the header section again, so a 65 kB header sent one byte per TCP segment cost
+    about 13 s of CPU. The search now resumes where it stopped."""
+    head = b"OPTIONS sip:a@example.com SIP/2.0\r\nX-Long: " + b"a" * 60000
+    message = head + b"\r\nContent-Length: 3\r\n\r\nabc"
+    framer = StreamFramer()
+    out: list[bytes] = []
+    started = time.process_time()
+    for i in range(len(message)):
+        out += framer.feed(message[i : i + 1])
+    assert out == [message]
+    assert time.process_time() - started < 2.0
+    # A header end split across two reads is still found.
+    framer = StreamFramer()
+    assert framer.feed(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\n\r") == []
+    assert framer.feed(b"\n") == [b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n"]
 
 
 def test_framer_pipelined_messages_and_keep_alives() -> None:
