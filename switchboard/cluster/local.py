@@ -7,6 +7,9 @@ Operations wiring: the worker's publish callable is wrapped to count transfer/ho
 and call-setup time (`metrics.CallMetrics`); the MI server also serves `/metrics`, `/livez`
 and `/readyz`; with a HEP collector configured, the endpoints and the receiver are wrapped to
 mirror every SIP message (without one, the hot path is exactly as before).
+
+`build_worker` (and `proxy_config`) do that wiring for one worker from the configuration; the
+`ray` runtime builds each of its workers with them too, so both runtimes run the same thing.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def proxy_config(config: Config, listeners: tuple[Address, ...], worker_id: int 
         trusted=config.proxy.trusted,
         rate_limit=float(config.limits.rate),
         rate_burst=float(max(config.limits.burst, 1)),
+        auth_realm=config.auth.realm,
+        auth_users=config.auth.users,
+        auth_invites=config.auth.invites,
         dialog_lifetime=float(config.dialog.lifetime),
         worker_id=worker_id,
         callops_mode=config.callops.mode,

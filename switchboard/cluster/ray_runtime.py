@@ -2,23 +2,37 @@
 
 `serve(config)` starts Ray (or joins the cluster at `runtime.ray_address`) and creates the
 `Controller` actor ("controller" in namespace "switchboard", detached, restarted by Ray), which
-places the `WorkerActor`s. Worker `i` runs the same `Worker` + `Proxy` + endpoints as the local
-runtime, in its own actor's event loop, bound to every configured listen socket at port + i,
-with `worker_id=i` (dialog ids start `<i hex>.`). It record-routes itself, so a dialog's SIP
-traffic never crosses actors (DESIGN.md §1.1, §1.4).
+places the `WorkerActor`s. Worker `i` runs the same worker as the local runtime
+(`local.build_worker`: proxy core, endpoints, call metrics, HEP capture), in its own actor's
+event loop, bound to every configured listen socket at port + i, with `worker_id=i` (dialog
+ids start `<i hex>.`). It record-routes itself, so a dialog's SIP traffic never crosses actors
+(DESIGN.md §1.1, §1.4).
 
 The controller is the control plane: the directory (Call-ID → worker, fed by the workers'
 E_DLG_STATE_CHANGED events; a dialog id names its worker), the routing of operations by
 Call-ID or dialog id, the fan-out and merge of `dialog:list` and statistics, and the event bus.
 Workers send every event to the controller in msgpack batches (one actor call in flight per
 worker: under load a batch carries whatever came meanwhile); the controller's `EventBus`
-delivers them to the subscribers, exactly as in one process. Its methods are the Python API
+delivers them to the socket subscribers exactly as in one process, and Python subscribers (an
+actor handle or a callable) get them in batches too. Its methods are the Python API
 (DESIGN.md §3): `ray.get_actor("controller", namespace="switchboard")`.
 
+Calls linked across workers (issue 5). A transfer's new call may reach another worker than
+the old one: that worker's core calls its `RemoteDialogs` (`link`, `answer`), which queues the
+call in the same ordered batch stream as its events; the controller routes it to the owner
+(`id:` keys by the dialog id's prefix, `callid:` keys by the directory, `replaces:` keys to
+every other worker) through one ordered queue per target worker, whose `remote_calls` runs
+`CallOps.remote_link` / `remote_answer` in its loop. An attended transfer whose two calls live
+on different workers is orchestrated by `call_transfer`: the second call's owner gives the
+Replaces tags (`CallOps.replaces_for`), the first call's owner sends the REFER with them (the
+"untracked second call" recipe), and the second call's owner is told to expect the replacing
+INVITE (`CallOps.expect_replacing`).
+
 What `serve` returns lives in the driver: it implements `ControlApi` by calling the
-controller and runs the MI HTTP server, so `switchboard mi` works as with the local runtime.
-Payloads between actors are msgpack; what the controller answers its callers (lists, dicts,
-`CommandError`) is the public API and travels the way Ray carries any return value.
+controller and runs the MI HTTP server (with `/metrics` over every worker's statistics), so
+`switchboard mi` works as with the local runtime. Payloads between actors are msgpack; what
+the controller answers its callers (lists, dicts, `CommandError`) is the public API and
+travels the way Ray carries any return value.
 
 Only this module imports `ray` (DESIGN.md §2).
 """
@@ -26,14 +40,15 @@ Only this module imports `ray` (DESIGN.md §2).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
-import gc
+import functools
+import inspect
 import logging
 import math
 import os
-import secrets
 import signal
 import threading
 import time
@@ -44,25 +59,25 @@ from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped]  # no stubs, no py.typed
 import ray
+import ray.actor
 import ray.exceptions
 import ray.util
 
+from .. import config as config_module
 from ..actors.dialog import DialogMessage, Hold, Transfer
 from ..actors.eventbus import DEFAULT_EXPIRE, EventBus
 from ..actors.worker import Worker
 from ..api import INVALID_PARAMS, SERVER_ERROR, CommandError
-from ..config import Config
-from ..events import E_DLG_STATE_CHANGED, KNOWN_EVENTS
+from ..config import Config, ListenSocket, MIConfig
+from ..events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from ..events.sinks import parse_sink
+from ..metrics import Metrics, SetupTimes
 from ..mi.http import MIServer, start_mi_server
-from ..script import ScriptError, load_script
-from ..sip.callops import CallOpsError
+from ..script import ScriptError
+from ..sip.callops import CallOpsError, ops_of
 from ..sip.dialog import worker_of
-from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
-from ..transport.tcp import TcpEndpoint
-from ..transport.udp import UdpEndpoint
-from .local import GC_THRESHOLDS, parse_extra_headers
+from .local import BuiltWorker, build_worker, parse_extra_headers
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +93,16 @@ REBIND_TIMEOUT: Final = 10.0
 MAX_PENDING_EVENTS: Final = 100_000
 # How long a management call waits for a worker.
 CALL_TIMEOUT: Final = 30.0
+# What a worker's batch carries besides events (whose names start with "E_"): its core's
+# `RemoteDialogs` calls, [key, new_callid, destination] and [key, new_callid, destination,
+# status, reason, ok].
+LINK: Final = "@link"
+ANSWER: Final = "@answer"
+# New Call-IDs the controller remembers having routed a link for (see `_routed`).
+MAX_ROUTED: Final = 10_000
+# The method a subscribed actor handle is called with: `on_events(events)`, a list of
+# (event, params) pairs in the order they were raised.
+ACTOR_SINK_METHOD: Final = "on_events"
 
 
 def _pack(obj: Any) -> bytes:
@@ -89,74 +114,71 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-def _token() -> str:
-    return secrets.token_hex(4)
-
-
 # -- what the driver tells the actors (msgpack) ----------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What a worker needs of the configuration. `listen` holds (transport, host, base port)."""
+def _encode_config(obj: Any) -> Any:
+    """A configuration tree (frozen dataclasses of `switchboard.config`, tuples, scalars) as
+    msgpack-able data; `_decode_config` rebuilds it."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"@": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            out[f.name] = _encode_config(getattr(obj, f.name))
+        return out
+    if isinstance(obj, tuple | list):
+        return [_encode_config(v) for v in obj]
+    return obj
 
-    listen: tuple[tuple[str, str, int], ...]
-    domains: tuple[str, ...] = ()
-    record_route: bool = True
-    dialog_lifetime: float = 43200.0
-    callops_mode: str = "param"
-    match_param: str = "osid"
-    end_old_call: bool = True
-    script: str = ""
 
-    def sockets(self, index: int) -> list[tuple[str, str, int]]:
-        """Worker `index` listens on each base port + index (port 0 stays 0: a free port)."""
-        return [(t, h, p + index if p else 0) for t, h, p in self.listen]
+def _decode_config(data: Any) -> Any:
+    if isinstance(data, dict) and "@" in data:
+        cls = getattr(config_module, str(data["@"]), None)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"not a configuration class: {data['@']!r}")
+        return cls(**{k: _decode_config(v) for k, v in data.items() if k != "@"})
+    if isinstance(data, list):
+        return tuple(_decode_config(v) for v in data)
+    return data
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    workers: int  # 0 = one per CPU of the cluster
+    """What the controller and the workers are started with: the worker count (0 = one per
+    CPU of the cluster), the static subscriptions, and the configuration each worker builds
+    itself from (`local.build_worker`), without the MI part (the driver serves the MI)."""
+
+    workers: int
     subscriptions: tuple[tuple[str, str], ...]  # static (event, socket) pairs
-    worker: WorkerSpec
+    config: Config
 
     @classmethod
     def from_config(cls, config: Config) -> ServiceSpec:
         return cls(
             workers=config.runtime.workers,
             subscriptions=tuple((s.event, s.socket) for s in config.events.static_subscriptions()),
-            worker=WorkerSpec(
-                listen=tuple((s.transport, s.host, s.port) for s in config.listen.sockets),
-                domains=config.proxy.domains,
-                record_route=config.proxy.record_route,
-                dialog_lifetime=float(config.dialog.lifetime),
-                callops_mode=config.callops.mode,
-                match_param=config.callops.match_param,
-                end_old_call=config.transfer.end_old_call,
-                script=config.script.path,
-            ),
+            config=dataclasses.replace(config, mi=MIConfig(http=None, token="")),
         )
 
+    def sockets(self, index: int) -> list[ListenSocket]:
+        """Worker `index` listens on each base port + index (port 0 stays 0: a free port)."""
+        return [dataclasses.replace(s, port=s.port + index if s.port else 0)
+                for s in self.config.listen.sockets]
+
     def pack(self) -> bytes:
-        return _pack(dataclasses.asdict(self))
+        return _pack({"workers": self.workers,
+                      "subscriptions": [list(s) for s in self.subscriptions],
+                      "config": _encode_config(self.config)})
 
     @classmethod
     def unpack(cls, data: bytes) -> ServiceSpec:
         raw = _unpack(data)
-        worker = raw["worker"]
+        config = _decode_config(raw["config"])
+        if not isinstance(config, Config):
+            raise ValueError("the service spec carries no configuration")
         return cls(
             workers=int(raw["workers"]),
             subscriptions=tuple((str(e), str(s)) for e, s in raw["subscriptions"]),
-            worker=WorkerSpec(
-                listen=tuple((str(t), str(h), int(p)) for t, h, p in worker["listen"]),
-                domains=tuple(worker["domains"]),
-                record_route=bool(worker["record_route"]),
-                dialog_lifetime=float(worker["dialog_lifetime"]),
-                callops_mode=str(worker["callops_mode"]),
-                match_param=str(worker["match_param"]),
-                end_old_call=bool(worker["end_old_call"]),
-                script=str(worker["script"]),
-            ),
+            config=config,
         )
 
 
@@ -216,6 +238,23 @@ def _operation(op: dict[str, Any]) -> DialogMessage:
                 headers=list(headers) if isinstance(headers, list | tuple) else headers)
 
 
+class _ToController:
+    """A worker's `RemoteDialogs` (sip.callops): each call goes to the controller in the
+    worker's ordered batch stream, behind the events raised before it."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Callable[[str, Any], None]) -> None:
+        self._send = send
+
+    def link(self, key: str, new_callid: str, destination: str) -> None:
+        self._send(LINK, [key, new_callid, destination])
+
+    def answer(self, key: str, new_callid: str, destination: str, status: int, reason: str,
+               ok: bool) -> None:
+        self._send(ANSWER, [key, new_callid, destination, status, reason, ok])
+
+
 class WorkerActor:
     """One worker: its SIP sockets, its proxy core and its dialogs, in this actor's loop.
 
@@ -226,13 +265,13 @@ class WorkerActor:
 
     def __init__(self, index: int, spec: bytes, controller: Any, rebind: bool = False) -> None:
         self.index = index
-        self.spec = ServiceSpec.unpack(spec).worker
+        self.spec = ServiceSpec.unpack(spec)
         self.controller = controller
         self.restarted = _restarted()
         self.rebind = rebind or self.restarted
-        self.worker: Worker | None = None
+        self.built: BuiltWorker | None = None
         self.dropped = 0
-        self._outbox: list[tuple[str, dict[str, Any]]] = []
+        self._outbox: list[tuple[str, Any]] = []
         self._sending = False
         self._starting: asyncio.Future[Worker] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
@@ -271,58 +310,31 @@ class WorkerActor:
         })
 
     async def _bind(self) -> Worker:
-        spec = self.spec
-        endpoints: list[UdpEndpoint | TcpEndpoint] = []
-        box: list[Worker] = []
+        sockets = self.spec.sockets(self.index)
+        if any(s.host in ("0.0.0.0", "::") for s in sockets):
+            # Via and Record-Route need an address peers can reach: this node's.
+            node_ip = _node_ip()
+            sockets = [dataclasses.replace(s, host=node_ip) if s.host in ("0.0.0.0", "::")
+                       else s for s in sockets]
+        built = await build_worker(self.spec.config, self._publish, sockets=sockets,
+                                   worker_id=self.index)
+        built.worker.proxy.callops.remote = _ToController(self._send)
+        self.built = built
+        return built.worker
 
-        def receive(data: bytes, source: Address, local: Address) -> None:
-            box[0].receive(data, source, local)
-
-        try:
-            for transport, host, port in spec.sockets(self.index):
-                if host in ("0.0.0.0", "::"):
-                    # Via and Record-Route need an address peers can reach: this node's.
-                    host = _node_ip()
-                cls = UdpEndpoint if transport == "udp" else TcpEndpoint
-                endpoints.append(await cls.bind(host, port, receive))
-            proxy = Proxy(
-                ProxyConfig(
-                    listeners=tuple(e.local for e in endpoints),
-                    domains=spec.domains,
-                    record_route=spec.record_route,
-                    dialog_lifetime=spec.dialog_lifetime,
-                    worker_id=self.index,
-                    callops_mode=spec.callops_mode,
-                    match_param=spec.match_param,
-                    end_old_call=spec.end_old_call,
-                ),
-                _token,
-                first_seq=int.from_bytes(os.urandom(3), "big") << 4,
-            )
-            if spec.script:
-                proxy.request_hook = load_script(spec.script)
-        except BaseException:
-            for endpoint in endpoints:
-                endpoint.close()
-            raise
-        worker = Worker(proxy, self._publish)
-        box.append(worker)
-        for endpoint in endpoints:
-            worker.add_endpoint(endpoint)
-        self.worker = worker
-        # As the local runtime does: what exists now lives as long as the process.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        return worker
-
-    # -- events toward the controller ------------------------------------------------------
+    # -- events and remote dialog calls toward the controller ------------------------------
 
     def _publish(self, event: str, params: dict[str, Any]) -> None:
+        self._send(event, dict(params))
+
+    def _send(self, kind: str, payload: Any) -> None:
         if len(self._outbox) >= MAX_PENDING_EVENTS:
             self.dropped += 1
+            if kind in (LINK, ANSWER):
+                log.warning("worker %d: %s %r dropped, the controller is behind", self.index,
+                            kind, payload)
             return
-        self._outbox.append((event, dict(params)))
+        self._outbox.append((kind, payload))
         if not self._sending:
             self._sending = True
             asyncio.get_running_loop().create_task(self._send_events())
@@ -374,16 +386,65 @@ class WorkerActor:
             return _pack({"error": [exc.code, exc.message, exc.data]})
         return _pack({"ok": True})
 
-    async def statistics(self) -> bytes:
+    async def remote_calls(self, batch: bytes) -> None:
+        """`RemoteDialogs` calls of other workers for dialogs of this one, in the order their
+        workers made them (msgpack list of [LINK | ANSWER, args])."""
         worker = await self._started()
-        stats = worker.proxy.statistics()
+        callops = worker.proxy.callops
+        for kind, args in _unpack(batch):
+            try:
+                if kind == LINK:
+                    key, new_callid, destination = args
+                    callops.remote_link(str(key), str(new_callid), str(destination))
+                elif kind == ANSWER:
+                    key, new_callid, destination, status, reason, ok = args
+                    callops.remote_answer(str(key), str(new_callid), str(destination),
+                                          int(status), str(reason), bool(ok), worker.now())
+            except Exception:  # one bad call must not keep the others from their dialogs
+                log.exception("worker %d: remote %s %r failed", self.index, kind, args)
+        worker.flush()
+
+    async def replaces_for(self, callid: str, leg: str) -> bytes:
+        """[to-tag, from-tag, default destination] of `leg` of the call `callid` here, for an
+        attended transfer run on another worker (nil when the call is not here)."""
+        worker = await self._started()
+        found = worker.proxy.callops.replaces_for(callid, leg)
+        return _pack(list(found) if found is not None else None)
+
+    async def expect_replacing(self, callid: str, initiator_callid: str) -> bytes:
+        """The call `initiator_callid` (elsewhere) is being transferred onto `callid` here;
+        answers what was expected before (to put it back should the transfer be refused), nil
+        when the call is not here."""
+        worker = await self._started()
+        dialog = worker.proxy.dialogs.by_call_id(callid)
+        previous = ops_of(dialog).transfer_callid if dialog is not None else None
+        if not worker.proxy.callops.expect_replacing(callid, initiator_callid):
+            return _pack(None)
+        worker.flush()
+        return _pack(previous)
+
+    def _statistics(self) -> dict[str, int]:
+        assert self.built is not None
+        stats = self.built.statistics()
         stats["evi:dropped_events"] = self.dropped
-        return _pack(stats)
+        return stats
+
+    async def statistics(self) -> bytes:
+        await self._started()
+        return _pack(self._statistics())
+
+    async def metrics(self) -> bytes:
+        """Statistics and the call-setup histogram ([counts, total]) in one answer."""
+        await self._started()
+        assert self.built is not None
+        setup = self.built.call_metrics.setup
+        return _pack({"statistics": self._statistics(),
+                      "setup": [list(setup.counts), setup.total]})
 
     async def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
+        if self.built is not None:
+            self.built.close()
+            self.built = None
 
 
 # -- the controller actor -------------------------------------------------------------------
@@ -394,6 +455,77 @@ def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str):
         raise CommandError.invalid_params(f"{name}: expected a string")
+
+
+def _sink_key(sink: Any) -> str:
+    """What names a Python subscriber, so that subscribing it again renews (or, with expire
+    0, removes) its subscription: the actor's id, or the callable's qualified name."""
+    if isinstance(sink, ray.actor.ActorHandle):
+        actor_id = getattr(sink, "_actor_id", None)
+        return f"actor:{actor_id.hex() if actor_id is not None else id(sink)}"
+    if isinstance(sink, functools.partial):
+        return f"{_sink_key(sink.func)}{sink.args!r}{sorted(sink.keywords.items())!r}"
+    name = getattr(sink, "__qualname__", None) or type(sink).__qualname__
+    return f"python:{getattr(sink, '__module__', None) or '?'}.{name}"
+
+
+class _PythonSink:
+    """A Python subscriber: an actor handle, called `on_events(events)` with a list of
+    (event, params) pairs, or a callable, called `sink(event, params)` in the controller's
+    loop (an awaitable it returns is awaited before the next event). Events go in order, one
+    batch at a time: what comes while a batch is on its way rides in the next one."""
+
+    def __init__(self, key: str, target: Any) -> None:
+        self.key = key
+        self.target = target
+        self.expiry: dict[str, float] = {}  # event -> time.monotonic() deadline
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.sending = False
+        self.gone = False
+        self.dropped = 0
+
+    def events(self, now: float) -> list[str]:
+        return [e for e, deadline in self.expiry.items() if deadline > now]
+
+    def push(self, event: str, params: dict[str, Any]) -> None:
+        if len(self.pending) >= MAX_PENDING_EVENTS:
+            self.dropped += 1
+            return
+        self.pending.append((event, dict(params)))
+        if not self.sending:
+            self.sending = True
+            asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending and not self.gone:
+                batch, self.pending = self.pending, []
+                try:
+                    await self._deliver(batch)
+                except ray.exceptions.RayActorError as exc:
+                    # The subscriber is gone for good: so is its subscription.
+                    self.gone = True
+                    self.dropped += len(batch) + len(self.pending)
+                    self.pending = []
+                    log.warning("event subscriber %s is gone: %s", self.key, exc)
+                except Exception:
+                    self.dropped += len(batch)
+                    log.exception("event subscriber %s failed", self.key)
+        finally:
+            self.sending = False
+
+    async def _deliver(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        if isinstance(self.target, ray.actor.ActorHandle):
+            await getattr(self.target, ACTOR_SINK_METHOD).remote(batch)
+            return
+        for event, params in batch:
+            try:
+                result = self.target(event, params)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self.dropped += 1
+                log.exception("event subscriber %s failed on %s", self.key, event)
 
 
 class Controller:
@@ -412,6 +544,18 @@ class Controller:
         # Call-ID -> index of the worker that owns the dialog, from E_DLG_STATE_CHANGED.
         self.directory: dict[str, int] = {}
         self.started_wall = time.time()
+        # Python subscribers (actor handles, callables) by `_sink_key`.
+        self._python_sinks: dict[str, _PythonSink] = {}
+        # `RemoteDialogs` calls waiting for their target worker (one call in flight each).
+        self._remote_out: dict[int, list[tuple[str, Any]]] = {}
+        self._remote_sending: set[int] = set()
+        # New Call-IDs a worker linked through here (most recent last, bounded).
+        self._routed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Attended transfers across workers started here: first Call-ID -> (the replaces
+        # key, the worker of the second call); and new Call-IDs this controller linked to
+        # the second call itself -> the same (see `_follow_attended`).
+        self._attended: dict[str, tuple[str, int]] = {}
+        self._relayed: dict[str, tuple[str, int]] = {}
         self._error: dict[str, Any] | None = None
         self._starting: asyncio.Future[None] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
@@ -495,17 +639,28 @@ class Controller:
         return self.started_wall
 
     async def publish(self, index: int, batch: bytes) -> None:
-        """A worker's events, in the order it raised them (msgpack list of [event, params])."""
+        """A worker's events and `RemoteDialogs` calls, in the order it made them (msgpack
+        list of [event, params] / [LINK | ANSWER, args])."""
         directory = self.directory
-        for event, params in _unpack(batch):
-            if event == E_DLG_STATE_CHANGED:
-                callid = params.get("callid")
-                if params.get("new_state") == 5:
+        for kind, payload in _unpack(batch):
+            if kind in (LINK, ANSWER):
+                self._route(index, kind, payload)
+                continue
+            if kind == E_DLG_STATE_CHANGED:
+                callid = payload.get("callid")
+                if payload.get("new_state") == 5:
                     if directory.get(callid) == index:
                         del directory[callid]
+                    pending = self._attended.get(callid)
+                    if pending is not None and pending not in self._relayed.values():
+                        del self._attended[callid]
                 else:
                     directory[callid] = index
-            self.events.publish(event, params)
+            elif kind == E_CALL_TRANSFER and self._attended:
+                self._follow_attended(payload)
+            self.events.publish(kind, payload)
+            if self._python_sinks:
+                self._to_python(kind, payload)
 
     async def worker_restarted(self, index: int, info: bytes) -> None:
         """Ray restarted worker `index` and it listens again: forget what it owned."""
@@ -523,6 +678,77 @@ class Controller:
             )
         await self._kill_workers()
         await self.events.close()
+        self._python_sinks.clear()
+
+    # -- dialogs linked across workers ---------------------------------------------------------
+
+    def _route(self, origin: int, kind: str, args: list[Any]) -> None:
+        """Hand a worker's `RemoteDialogs` call to the worker(s) that may own the dialog."""
+        if kind == LINK:
+            self._routed[str(args[1])] = None
+            if len(self._routed) > MAX_ROUTED:
+                self._routed.popitem(last=False)
+        for target in self._owners(str(args[0]), origin):
+            self._tell(target, kind, args)
+
+    def _owners(self, key: str, origin: int) -> list[int]:
+        kind, _, value = key.partition(":")
+        others = [i for i in range(len(self.workers)) if i != origin]
+        if kind == "id":
+            owner = worker_of(value)
+            return [owner] if owner in others else []
+        if kind == "callid":
+            owner = self.directory.get(value)
+            if owner is not None and owner != origin:
+                return [owner]
+        # A Call-ID the directory does not know (yet), or a Replaces: the owner of the
+        # replaced call and the worker whose attended REFER awaits it may be any other.
+        return others
+
+    def _tell(self, target: int, kind: str, args: list[Any]) -> None:
+        self._remote_out.setdefault(target, []).append((kind, args))
+        if target not in self._remote_sending:
+            self._remote_sending.add(target)
+            asyncio.get_running_loop().create_task(self._send_remote(target))
+
+    async def _send_remote(self, target: int) -> None:
+        try:
+            while batch := self._remote_out.get(target):
+                self._remote_out[target] = []
+                try:
+                    await asyncio.wait_for(
+                        _await(self.workers[target].remote_calls.remote(_pack(batch))),
+                        CALL_TIMEOUT)
+                except Exception as exc:  # restarting: its dialogs are gone anyway
+                    log.warning("worker %d: %d remote dialog calls lost: %s", target,
+                                len(batch), exc)
+        finally:
+            self._remote_sending.discard(target)
+
+    def _follow_attended(self, params: dict[str, Any]) -> None:
+        """Link the second call of a cross-worker attended transfer when the replacing INVITE
+        reached the first call's worker: its core links the first call (the untracked-call
+        recipe) but tells nobody else (`CallOps._link_untracked` does not call
+        `RemoteDialogs`), so the controller does it from the first call's events — once, and
+        only when no worker linked that new call through here already."""
+        pending = self._attended.get(str(params.get("callid")))
+        if pending is None:
+            return
+        new_callid = str(params.get("transfer_callid") or "")
+        destination = str(params.get("destination") or "")
+        state = params.get("state")
+        if state == "start" and new_callid:
+            if new_callid not in self._routed and new_callid not in self._relayed:
+                self._relayed[new_callid] = pending
+                self._tell(pending[1], LINK, [pending[0], new_callid, destination])
+        elif state in ("ok", "fail"):
+            relayed = self._relayed.pop(new_callid, None) if new_callid else None
+            if relayed is not None:
+                code, _, reason = str(params.get("status") or "").partition(" ")
+                self._tell(relayed[1], ANSWER, [relayed[0], new_callid, destination,
+                                                int(code) if code.isdigit() else 0, reason,
+                                                state == "ok"])
+            del self._attended[str(params.get("callid"))]
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -568,16 +794,70 @@ class Controller:
 
     async def _operate(self, callid: str, op: dict[str, Any]) -> None:
         await self._started()
-        payload = _pack(op)
         index = await self._locate(callid, [self.directory.get(callid)])
         if index is None:
             raise CommandError.dialog_not_found()
+        await self._operate_on(index, callid, op)
+
+    async def _operate_on(self, index: int, callid: str, op: dict[str, Any]) -> None:
+        payload = _pack(op)
         answer = _unpack(await self._ask(index, lambda w: w.operate.remote(callid, payload)))
         if answer.get("missing"):  # ended in between
             raise CommandError.dialog_not_found()
         if "error" in answer:
             code, message, data = answer["error"]
             raise CommandError(code, message, data)
+
+    async def _attended_transfer(self, callid: str, op: dict[str, Any]) -> None:
+        """`call_transfer` with a `transfer_callid`: on the worker of `callid` when both calls
+        are there (or the second is nowhere), across the two workers otherwise. Refuses what
+        the one-process runtime refuses, in the same order."""
+        transfer_callid: str = op["transfer_callid"]
+        transfer_leg: str | None = op["transfer_leg"]
+        await self._started()
+        if transfer_leg is None and not (
+                op["transfer_fromtag"] and op["transfer_totag"] and op["destination"]):
+            raise CommandError.invalid_params(
+                "transfer_destination: transfer_fromtag, transfer_totag and "
+                "transfer_destination go together")
+        second = await self._locate(transfer_callid, [self.directory.get(transfer_callid)])
+        if transfer_leg is not None:
+            if second is None:
+                raise CommandError(404, "Transfer dialog not found")
+            if transfer_leg not in ("caller", "callee"):
+                raise CommandError.invalid_params(
+                    f"transfer_leg: must be caller or callee, not {transfer_leg!r}")
+        first = await self._locate(callid, [self.directory.get(callid)])
+        if first is None:
+            raise CommandError.dialog_not_found()
+        if second is None or second == first:
+            await self._operate_on(first, callid, op)
+            return
+        if transfer_leg is not None:
+            # The second call's worker gives the Replaces tags; the first call's worker then
+            # REFERs with them as for a call it does not track (spec §3.2 recipe).
+            found = _unpack(await self._ask(
+                second, lambda w: w.replaces_for.remote(transfer_callid, transfer_leg)))
+            if found is None:
+                raise CommandError(404, "Transfer dialog not found")
+            to_tag, from_tag, default_destination = found
+            op = {**op, "transfer_leg": None,
+                  "destination": op["destination"] or default_destination,
+                  "transfer_fromtag": from_tag, "transfer_totag": to_tag}
+        key = f"replaces:{transfer_callid};{op['transfer_totag']};{op['transfer_fromtag']}"
+        # Both before the REFER goes: the transferee may send its INVITE at once.
+        previous = _unpack(await self._ask(
+            second, lambda w: w.expect_replacing.remote(transfer_callid, callid)))
+        self._attended[callid] = (key, second)
+        try:
+            await self._operate_on(first, callid, op)
+        except BaseException:
+            self._attended.pop(callid, None)
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await self._ask(second, lambda w: w.expect_replacing.remote(
+                        transfer_callid, previous))
+            raise
 
     # -- the Python API (and what the driver's ControlApi calls) ----------------------------
 
@@ -613,7 +893,8 @@ class Controller:
         transfer_fromtag: str | None = None,
         transfer_totag: str | None = None,
     ) -> None:
-        """REFER `leg` of `callid`: blind to `destination` or attended (as callops:transfer)."""
+        """REFER `leg` of `callid`: blind to `destination` or attended (as callops:transfer),
+        also when `transfer_callid` lives on another worker than `callid`."""
         _check_str("callid", callid)
         _check_str("leg", leg)
         if leg not in ("caller", "callee"):
@@ -624,7 +905,10 @@ class Controller:
         for name in ("destination", "transfer_callid", "transfer_leg", "transfer_fromtag",
                      "transfer_totag"):
             _check_str(name, op[name], optional=True)
-        await self._operate(callid, op)
+        if transfer_callid is None:
+            await self._operate(callid, op)
+        else:
+            await self._attended_transfer(callid, op)
 
     async def call_hold(self, callid: str, leg: str | None = None,
                         headers: list[str] | str | None = None) -> None:
@@ -647,16 +931,30 @@ class Controller:
         return {"op": kind, "leg": leg,
                 "headers": list(headers) if isinstance(headers, tuple) else headers}
 
-    async def statistics(self) -> dict[str, int]:
-        """Every statistic summed over the workers, as `statistics:get all` shows them."""
+    async def metrics(self) -> dict[str, Any]:
+        """`{"statistics": ..., "setup": [counts, total]}`: every statistic summed over the
+        workers (as `statistics`) and their call-setup histograms merged (for `/metrics`)."""
         await self._started()
         total: dict[str, int] = {}
-        for reply in await self._fan_out(lambda w: w.statistics.remote()):
-            for name, value in _unpack(reply).items():
+        setup = SetupTimes()
+        for reply in await self._fan_out(lambda w: w.metrics.remote()):
+            snapshot = _unpack(reply)
+            for name, value in snapshot["statistics"].items():
                 total[name] = total.get(name, 0) + int(value)
-        total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + self.events.dropped
-        total["evi:subscriptions"] = len(self.events.subscriptions())
-        return dict(sorted(total.items()))
+            counts, seconds = snapshot["setup"]
+            setup.merge(SetupTimes(counts=[int(c) for c in counts], total=float(seconds)))
+        now = time.monotonic()
+        dropped = self.events.dropped + sum(s.dropped for s in self._python_sinks.values())
+        total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + dropped
+        total["evi:subscriptions"] = len(self.events.subscriptions()) + sum(
+            len(s.events(now)) for s in self._python_sinks.values())
+        return {"statistics": dict(sorted(total.items())), "setup": [setup.counts, setup.total]}
+
+    async def statistics(self) -> dict[str, int]:
+        """Every statistic summed over the workers, as `statistics:get all` shows them."""
+        snapshot = await self.metrics()
+        stats: dict[str, int] = snapshot["statistics"]
+        return stats
 
     async def health(self) -> list[str]:
         """What keeps the service from taking calls (empty when every worker answers)."""
@@ -670,18 +968,27 @@ class Controller:
         return [f"worker {i} does not answer" for i, a in enumerate(answers)
                 if isinstance(a, BaseException) or "error" in _unpack(a)]
 
-    async def subscribe(self, event: str, socket: str, expire: int = DEFAULT_EXPIRE) -> None:
-        """Send `event` to the sink `socket` (`udp:IP:PORT`, `tcp:IP:PORT`) for `expire`
-        seconds, from every worker; 0 removes the subscription (as evi:subscribe)."""
+    async def subscribe(self, event: str, socket: Any, expire: int = DEFAULT_EXPIRE) -> None:
+        """Send `event` from every worker to `socket` for `expire` seconds; 0 removes the
+        subscription (as evi:subscribe). `socket` is a sink string (`udp:IP:PORT`,
+        `tcp:IP:PORT`), an actor handle (its `on_events(events)` gets lists of (event,
+        params) pairs) or a callable (`socket(event, params)`, run in the controller)."""
         if not isinstance(event, str) or not event:
             raise CommandError.invalid_params("Empty value for parameter 'event'")
-        _check_str("socket", socket)
+        python = not isinstance(socket, str) and (
+            isinstance(socket, ray.actor.ActorHandle) or callable(socket))
+        if not python:
+            _check_str("socket", socket)
         if not isinstance(expire, int) or isinstance(expire, bool):
             raise CommandError(INVALID_PARAMS, "Invalid params", "expire: expected an integer")
         if event not in KNOWN_EVENTS:
             raise CommandError(400, "Bad parameter value", f"Unknown event '{event}'")
         if expire < 0:
             raise CommandError.invalid_params("Negative expire value")
+        if python:
+            await self._started()
+            self._subscribe_python(event, socket, expire)
+            return
         try:
             address = parse_sink(socket)
         except ValueError as exc:
@@ -691,6 +998,28 @@ class Controller:
             await self.events.subscribe(event, str(address), expire)
         except ValueError as exc:
             raise CommandError.invalid_params(str(exc)) from None
+
+    def _subscribe_python(self, event: str, target: Any, expire: int) -> None:
+        key = _sink_key(target)
+        sink = self._python_sinks.get(key)
+        if expire == 0:
+            if sink is not None:
+                sink.expiry.pop(event, None)
+                if not sink.expiry:
+                    del self._python_sinks[key]
+            return
+        if sink is None or sink.gone:
+            sink = self._python_sinks[key] = _PythonSink(key, target)
+        sink.target = target  # the latest one (a callable subscribed again may be new)
+        sink.expiry[event] = time.monotonic() + expire
+
+    def _to_python(self, event: str, params: dict[str, Any]) -> None:
+        now = time.monotonic()
+        for key, sink in list(self._python_sinks.items()):
+            if sink.gone or not sink.events(now):
+                del self._python_sinks[key]
+            elif sink.expiry.get(event, 0.0) > now:
+                sink.push(event, params)
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         """`ControlApi.subscribe_event`: the same as `subscribe`."""
@@ -714,6 +1043,7 @@ class RaySwitchboard:
         self.controller = controller
         self.workers: list[dict[str, Any]] = ready["workers"]
         self.mi: MIServer | None = None
+        self._setup = SetupTimes()
         self._started_wall = float(ready["started_at"])
         self._owns_ray = owns_ray
         self._stopped = False
@@ -725,8 +1055,18 @@ class RaySwitchboard:
     async def start_mi(self) -> None:
         mi = self.config.mi
         if mi.http is not None:
+            metrics = Metrics(self._scrape, lambda: self._setup, runtime="ray")
             self.mi = await start_mi_server(self, mi.http.host, mi.http.port,
-                                            token=mi.token or None, ready=self.readiness)
+                                            token=mi.token or None, metrics=metrics.exposition,
+                                            ready=self.readiness)
+
+    async def _scrape(self) -> dict[str, int]:
+        """The statistics of a `/metrics` scrape; keeps the merged call-setup histogram."""
+        snapshot = await self._call(self.controller.metrics.remote())
+        counts, total = snapshot["setup"]
+        self._setup = SetupTimes(counts=[int(c) for c in counts], total=float(total))
+        stats: dict[str, int] = snapshot["statistics"]
+        return stats
 
     async def stop(self) -> None:
         """Stop the MI, the workers and the controller; leave Ray if `serve` started it."""

@@ -109,6 +109,7 @@ class DialogOps:
     # call is not one of ours: the new call is then linked by this instead.
     replaces: tuple[str, str, str] | None = None
     succeeded: bool = False
+    final_notify: bool = False  # the transferee's last NOTIFY (subscription terminated) came
     end_timer: Timer | None = None
     guard_timer: Timer | None = None  # gives up on a transfer whose new call never comes
     caller: _LegOps = field(default_factory=_LegOps)
@@ -246,7 +247,7 @@ class CallOps:
         ops.transfer_leg = ops.last_leg = leg
         ops.transfer_callid = ""
         ops.destination = destination
-        ops.linked = ops.succeeded = False
+        ops.linked = ops.succeeded = ops.final_notify = False
         ops.replaces = None
         headers = [("Contact", f"<{peer.contact}>"), ("Refer-To", refer_to)]
         sent = self.proxy.send_in_dialog(
@@ -524,6 +525,11 @@ class CallOps:
         del self._awaiting_replaces[rep.call_id]
         ops.replaces = None
         self._link(initiator, req.call_id, req.uri, links)
+        if self.remote is not None:
+            # The replaced call is not ours: it may live on another worker of the cluster.
+            key = f"replaces:{rep.call_id};{rep.to_tag};{rep.from_tag}"
+            self.remote.link(key, req.call_id, req.uri)
+            links.append(_RemoteLink(key, req.call_id, req.uri))
         return True
 
     def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,
@@ -550,8 +556,13 @@ class CallOps:
         if ok:
             ops.succeeded = True
             if self.end_old_call and dialog.active:
-                ops.end_timer = self.proxy.timers.call_at(
-                    now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
+                if ops.final_notify:
+                    # The transferee's last NOTIFY overtook the new call's answer (it can,
+                    # when the new call went through another worker): nothing to wait for.
+                    self._end_old(dialog, now)
+                else:
+                    ops.end_timer = self.proxy.timers.call_at(
+                        now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
 
     def _end_old(self, dialog: Dialog, now: float) -> None:
         ops = ops_of(dialog)
@@ -590,6 +601,7 @@ class CallOps:
         sub_state = (req.get("subscription-state") or "").split(";", 1)[0].strip().lower()
         if sub_state == "terminated":
             ops.subscription_active = False
+            ops.final_notify = True
             # The transferee is done with the REFER; its new call, if it came through us, was
             # answered before this. Either way the transfer is over and the dialog may be
             # transferred again, even when the new call never reached us (or lost the match

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.ray_service import HOST, import_ray, kill_controller
+from tests.cluster.ray_service import (
+    HOST,
+    Service,
+    import_ray,
+    kill_controller,
+    start_service,
+    stop_service,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +58,15 @@ def ray_cluster() -> Iterator[str]:
     finally:
         kill_controller()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: str) -> Iterator[Service]:
+    """One switchboard with 2 workers for a test module: `serve` runs in this process (the
+    Ray driver, which also runs the MI); worker 0 listens on the base port B, worker 1 on
+    B + 1."""
+    running = start_service(2)
+    try:
+        yield running
+    finally:
+        stop_service(running)

@@ -5,7 +5,9 @@
   process is then the Ray driver), in a uvloop on a background thread, so that synchronous
   tests can drive SIPp while the MI server and the driver's API keep running;
 - `import_ray()`: the ray module, or a failure when it is not installed;
-- `kill_controller()`: remove a detached controller left behind by a failed test.
+- `kill_controller()`: remove a detached controller left behind by a failed test;
+- `Service` / `start_service(workers)`: a running `serve` with N workers on ports base + i and
+  the MI (the `service` fixture of conftest.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import random
 import socket
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
+
+from harness import free_port
+from switchboard.config import Config, apply_overrides
+from switchboard.mi.client import call as mi_call
 
 HOST = "127.0.0.1"
 NAMESPACE = "switchboard"
@@ -87,3 +94,55 @@ class InProcessService:
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+@dataclass
+class Service:
+    """A switchboard on Ray run by this process: worker i listens on base + i (UDP and TCP)."""
+
+    sb: Any  # switchboard.cluster.ray_runtime.RaySwitchboard (importing it needs ray)
+    runner: InProcessService
+    base: int
+
+    def port(self, worker: int) -> int:
+        return self.base + worker
+
+    def mi(self, method: str, **params: Any) -> Any:
+        """Call the MI over HTTP, as `switchboard mi` does; the result (MIClientError on an
+        error answer)."""
+        assert self.sb.mi is not None
+        return mi_call(self.sb.mi.url, method, params or None)
+
+
+def service_config(base: int, mi_port: int, workers: int) -> Config:
+    return apply_overrides(
+        Config(),
+        listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
+        mi_http=f"{HOST}:{mi_port}",
+        runtime="ray",
+        workers=workers,
+    )
+
+
+def start_service(workers: int) -> Service:
+    """`serve` in this process (the Ray driver) on a fresh port block; `stop_service` ends it."""
+    from switchboard.cluster.ray_runtime import serve
+
+    runner = InProcessService()
+    base = free_port_block(workers)
+    try:
+        sb = runner.run(serve(service_config(base, free_port("tcp"), workers)), timeout=120)
+    except BaseException:
+        runner.close()
+        kill_controller()
+        raise
+    return Service(sb, runner, base)
+
+
+def stop_service(service: Service) -> None:
+    try:
+        service.runner.run(service.sb.stop(), timeout=30)
+    finally:
+        service.runner.close()
+        kill_controller()
+

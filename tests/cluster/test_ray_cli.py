@@ -1,12 +1,15 @@
 """`switchboard serve --runtime ray` as a user runs it: a separate driver process joins the
 session's Ray cluster (`--ray-address`), places 2 workers and serves the MI; `switchboard mi`
-talks to it; SIGTERM stops it and removes the detached controller.
+talks to it; HEP capture mirrors the workers' SIP messages; SIGTERM stops it and removes the
+detached controller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ import pytest
 
 from harness import REPO_ROOT, ServerStartError, Sipp, SwitchboardServer, free_port
 from tests.cluster.ray_service import HOST, free_port_block, import_ray, kill_controller
+from tests.integration.test_ops_http import hep_chunks, options
 
 ray = import_ray()
 
@@ -36,12 +40,30 @@ def test_serve_runtime_ray_from_the_command_line(
     sipp: Callable[..., Sipp],
 ) -> None:
     base = free_port_block(2)
-    server = switchboard_server(
-        "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
-        name="switchboard-ray", port=base, ready_timeout=90.0,
-    )
-    ready = server.wait_for_output(r"\bready\b", stderr_only=True)
-    assert f"udp:{HOST}:{base + 1}" in ready and f"tcp:{HOST}:{base + 1}" in ready, ready
+    with contextlib.ExitStack() as stack:
+        collector = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        collector.bind((HOST, 0))
+        collector.settimeout(5)
+        server = switchboard_server(
+            "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
+            "--hep", f"udp:{HOST}:{collector.getsockname()[1]}",
+            name="switchboard-ray", port=base, ready_timeout=90.0,
+        )
+        ready = server.wait_for_output(r"\bready\b", stderr_only=True)
+        assert f"udp:{HOST}:{base + 1}" in ready and f"tcp:{HOST}:{base + 1}" in ready, ready
+
+        # Worker 1 answers an OPTIONS ping and mirrors both messages to the HEP collector,
+        # as the local runtime does (the same worker wiring).
+        ua = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        ua.bind((HOST, 0))
+        ua.settimeout(5)
+        ping = options(base + 1, ua.getsockname()[1], 70, "ray-hep-ping")
+        ua.sendto(ping, (HOST, base + 1))
+        reply = ua.recv(65535)
+        assert reply.startswith(b"SIP/2.0 200 OK"), reply
+        received, sent = (hep_chunks(collector.recv(65535)) for _ in range(2))
+        assert (received[15], sent[15]) == (ping, reply)
+        assert struct.unpack("!H", sent[7])[0] == base + 1
 
     # One call through worker 1's port.
     uas_port = free_port("udp")
@@ -58,6 +80,8 @@ def test_serve_runtime_ray_from_the_command_line(
     )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == {"dialog:processed_dialogs": 1}
+    hep = server.mi_result("statistics:get", statistics=["hep:"])
+    assert hep["hep:dropped_packets"] == 0 and hep["hep:sent_packets"] >= 2 + 7, hep
     assert server.mi_result("dialog:list") == {"Dialogs": []}
 
     assert server.stop(timeout=15.0) == 0, server.describe()

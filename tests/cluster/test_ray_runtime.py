@@ -8,11 +8,11 @@ SIPp callers aim at one worker's port or the other's; the callee is SIPp on its 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,19 @@ import pytest
 
 from harness import Sipp, SippResult, free_port
 from switchboard.api import CommandError
-from switchboard.config import Config, apply_overrides
-from switchboard.mi.client import call as mi_call
+from switchboard.config import Config, ListenSocket, apply_overrides
 from tests.cluster.ray_service import (
     HOST,
-    InProcessService,
+    Service,
     free_port_block,
     import_ray,
-    kill_controller,
+    service_config,
 )
 from tests.interop.events import collecting
 
 ray = import_ray()
 
 from switchboard.cluster.ray_runtime import (  # noqa: E402  (needs ray)
-    RaySwitchboard,
     ServiceSpec,
     serve,
 )
@@ -46,52 +44,6 @@ StartSipp = Callable[..., Sipp]
 WORKERS = 2
 # uac.xml with the call held up for `-d` ms before the BYE.
 PAUSE_BYE = Path(__file__).parent / "scenarios" / "uac_pause_bye.xml"
-
-
-@dataclass
-class Service:
-    sb: RaySwitchboard
-    runner: InProcessService
-    base: int
-
-    def port(self, worker: int) -> int:
-        return self.base + worker
-
-    def mi(self, method: str, **params: Any) -> Any:
-        """Call the MI over HTTP, as `switchboard mi` does; the result (MIClientError on an
-        error answer)."""
-        assert self.sb.mi is not None
-        return mi_call(self.sb.mi.url, method, params or None)
-
-
-def _config(base: int, mi_port: int) -> Config:
-    return apply_overrides(
-        Config(),
-        listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
-        mi_http=f"{HOST}:{mi_port}",
-        runtime="ray",
-        workers=WORKERS,
-    )
-
-
-@pytest.fixture(scope="module")
-def service(ray_cluster: str) -> Iterator[Service]:
-    runner = InProcessService()
-    base = free_port_block(WORKERS)
-    try:
-        sb = runner.run(serve(_config(base, free_port("tcp"))), timeout=120)
-    except BaseException:
-        runner.close()
-        kill_controller()
-        raise
-    try:
-        yield Service(sb, runner, base)
-    finally:
-        try:
-            runner.run(sb.stop(), timeout=30)
-        finally:
-            runner.close()
-            kill_controller()
 
 
 def _controller() -> Any:
@@ -300,7 +252,7 @@ def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: S
 
 def test_second_serve_in_the_same_cluster_is_refused(service: Service) -> None:
     """The controller's name is the service: a second `serve` says so instead of starting."""
-    config = _config(free_port_block(WORKERS), free_port("tcp"))
+    config = service_config(free_port_block(WORKERS), free_port("tcp"), WORKERS)
     with pytest.raises(OSError, match="already runs"):
         service.runner.run(serve(config), timeout=30)
     assert service.mi("dialog:list") == {"Dialogs": []}
@@ -314,9 +266,13 @@ def test_service_spec_round_trips_through_msgpack() -> None:
         event_datagram=["udp:127.0.0.1:9999"])
     spec = ServiceSpec.from_config(config)
     assert ServiceSpec.unpack(spec.pack()) == spec
-    assert spec.workers == 3 and spec.worker.callops_mode == "callid"
+    assert spec.workers == 3 and spec.config.callops.mode == "callid"
+    assert spec.config.mi.http is None  # the driver serves the MI, not the workers
     assert ("E_CALL_HOLD", "udp:127.0.0.1:9999") in spec.subscriptions
-    assert spec.worker.sockets(2) == [("udp", "127.0.0.1", 5062), ("tcp", "127.0.0.1", 0)]
+    assert spec.sockets(2) == [ListenSocket("udp", "127.0.0.1", 5062),
+                               ListenSocket("tcp", "127.0.0.1", 0)]
+    # Everything else the workers build themselves from is the configuration itself.
+    assert dataclasses.replace(spec.config, mi=config.mi) == config
 
 
 def test_a_killed_worker_comes_back_on_its_ports(sipp: StartSipp, service: Service) -> None:

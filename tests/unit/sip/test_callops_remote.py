@@ -145,3 +145,36 @@ def test_attended_transfer_whose_replacing_invite_reaches_another_worker() -> No
                    body=SDP_C), CAROL)
     done = {(e.params["callid"], e.params["state"]) for e in w0.events()}
     assert done == {(d1.call_id, "ok"), (d2.call_id, "ok")}
+
+
+def test_attended_transfer_whose_two_calls_live_on_different_workers() -> None:
+    """D1 (alice-bob) on worker 0, D2 (bob-carol) on worker 1: the runtime fetches D2's tags
+    from worker 1, tells it to expect the replacing INVITE, and runs the REFER on worker 0;
+    the INVITE with Replaces reaches worker 0, which links D1 itself and D2 through the
+    cluster."""
+    w0, w1, cluster = two_workers()
+    d1 = established(w0)
+    d2 = established(w1, caller=BOB, callee=CAROL, call_id="call-2@bob",
+                     caller_tag="bob2-tag", callee_tag="carol-tag")
+    replaces = w1.callops.replaces_for(d2.call_id, "callee")
+    assert replaces is not None
+    to_tag, from_tag, _ = replaces
+    assert w1.callops.expect_replacing(d2.call_id, d1.call_id)
+    w0.callops.attended_transfer(d1.call_id, "caller", d2.call_id, None, CAROL_URI, from_tag,
+                                 to_tag, w0.now)
+    target = refer_to_of(w0)
+    w0.events()
+    uri = target.partition("?")[0]
+    header = f"{d2.call_id};to-tag={to_tag};from-tag={from_tag}"
+    at_carol = at(w0.send(new_invite(uri, call_id="call-3@alice", extra=[f"Replaces: {header}"]),
+                          ALICE), CAROL)
+    assert cluster.delivered == [("link", f"replaces:{d2.call_id};{to_tag};{from_tag}",
+                                  "call-3@alice")]
+    assert [(e.params["callid"], e.params["state"]) for e in w0.events()] == [
+        (d1.call_id, "start")]
+    assert [(e.params["callid"], e.params["leg"], e.params["state"]) for e in w1.events()] == [
+        (d2.call_id, "callee", "start")]
+    w0.send(answer(at_carol, 200, "OK", to_tag="carol-new", contact=CAROL.contact,
+                   body=SDP_C), CAROL)
+    assert [e.params["state"] for e in w0.events()] == ["ok"]
+    assert [e.params["state"] for e in w1.events()] == ["ok"]
