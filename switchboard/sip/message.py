@@ -51,6 +51,9 @@ REASONS: Final[dict[int, str]] = {
 
 Header = tuple[str, str, str]
 
+_SHARED = ("call-id", "cseq", "from", "to", "from#tag", "to#tag", "@ruri", "@ruri-text")
+_MISSING = object()
+
 
 class Message:
     """Common part of requests and responses."""
@@ -274,10 +277,14 @@ class Message:
         return self.to_bytes()
 
     def _copy_into(self, other: Message) -> None:
-        # Call-ID and CSeq are immutable once parsed, so the copy may share them.
-        for key in ("call-id", "cseq"):
-            if key in self._cache:
-                other._cache[key] = self._cache[key]
+        # Parsed values nobody changes in place may be shared with the copy (a proxy copies
+        # every request it relays and reads these again): a change to the copy's header, or
+        # a new Request-URI, replaces them there and leaves the original alone.
+        cache = self._cache
+        for key in _SHARED:
+            value = cache.get(key, _MISSING)
+            if value is not _MISSING:
+                other._cache[key] = value
 
 
 class Request(Message):
