@@ -28,6 +28,16 @@ Replaces tags (`CallOps.replaces_for`), the first call's owner sends the REFER w
 "untracked second call" recipe), and the second call's owner is told to expect the replacing
 INVITE (`CallOps.expect_replacing`).
 
+A worker that dies is restarted by Ray (`max_restarts=-1`) and gets its confirmed dialogs
+back. Every worker's core tracks which dialogs changed (`Proxy.track_changes`: a set add on
+the message path, nothing encoded there); every `SNAPSHOT_INTERVAL` the worker takes the
+changed ones (`Proxy.take_dirty`) and sends their msgpack snapshots, with the ids of ended
+ones, in its ordered batch stream. The controller keeps the latest snapshot of each dialog
+per worker. A restarted worker asks for its snapshots before it binds its sockets and
+restores them (`Proxy.restore_dialog`) before it serves the first message; the controller
+then points its directory at the restored calls again. What is lost in a crash is what had
+not reached the controller yet (docs/ray.md).
+
 What `serve` returns lives in the driver: it implements `ControlApi` by calling the
 controller and runs the MI HTTP server (with `/metrics` over every worker's statistics), so
 `switchboard mi` works as with the local runtime. Payloads between actors are msgpack; what
@@ -98,6 +108,11 @@ CALL_TIMEOUT: Final = 30.0
 # status, reason, ok].
 LINK: Final = "@link"
 ANSWER: Final = "@answer"
+# A worker's batch item with its dialogs' state: [wall time, [[dialog id, Call-ID, msgpack
+# snapshot], ...], [ids of dialogs that ended]]; sent every SNAPSHOT_INTERVAL seconds when
+# something changed.
+SNAPSHOTS: Final = "@snapshots"
+SNAPSHOT_INTERVAL: Final = 0.2
 # New Call-IDs the controller remembers having routed a link for (see `_routed`).
 MAX_ROUTED: Final = 10_000
 # The method a subscribed actor handle is called with: `on_events(events)`, a list of
@@ -259,8 +274,8 @@ class WorkerActor:
     """One worker: its SIP sockets, its proxy core and its dialogs, in this actor's loop.
 
     Ray runs an async actor's `__init__` inside the actor's event loop, so binding starts
-    there; a restarted actor (Ray re-runs `__init__`) comes back on the same ports, with no
-    dialogs (state replication is not done yet).
+    there; a restarted actor (Ray re-runs `__init__`) comes back on the same ports with the
+    confirmed dialogs the controller kept snapshots of.
     """
 
     def __init__(self, index: int, spec: bytes, controller: Any, rebind: bool = False) -> None:
@@ -273,6 +288,7 @@ class WorkerActor:
         self.dropped = 0
         self._outbox: list[tuple[str, Any]] = []
         self._sending = False
+        self._replicator: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[Worker] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
             self._starting = asyncio.ensure_future(self._start())
@@ -284,6 +300,9 @@ class WorkerActor:
 
     async def _start(self) -> Worker:
         loop = asyncio.get_running_loop()
+        # Asked before the sockets are bound: once they are, messages of the old dialogs may
+        # come in, and they must find their dialogs.
+        stored = await self._stored_snapshots() if self.restarted else []
         deadline = loop.time() + (REBIND_TIMEOUT if self.rebind else 0.0)
         while True:
             try:
@@ -294,11 +313,64 @@ class WorkerActor:
                     raise
                 await asyncio.sleep(0.2)
         if self.restarted:
-            log.warning("worker %d restarted by Ray: its dialogs before the restart are lost",
-                        self.index)
+            restored = self._restore(worker, stored)  # no await before: nothing served yet
+            log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs restored",
+                        self.index, restored, len(stored))
+        self._replicator = loop.create_task(self._replicate(worker))
+        if self.restarted:
             with contextlib.suppress(Exception):
                 await self.controller.worker_restarted.remote(self.index, self._describe(worker))
         return worker
+
+    # -- replication of the dialogs' state ----------------------------------------------------
+
+    async def _stored_snapshots(self) -> list[tuple[dict[str, Any], float]]:
+        """What the controller kept of this worker's dialogs: (snapshot, wall time taken)."""
+        try:
+            data = await asyncio.wait_for(
+                _await(self.controller.snapshots.remote(self.index)), CALL_TIMEOUT)
+            return [(_unpack(snapshot), float(taken)) for snapshot, taken in _unpack(data)]
+        except Exception:
+            log.exception("worker %d: the snapshots of its dialogs could not be fetched; "
+                          "it starts without them", self.index)
+            return []
+
+    def _restore(self, worker: Worker, stored: list[tuple[dict[str, Any], float]]) -> int:
+        proxy = worker.proxy
+        now, wall = worker.now(), time.time()
+        restored = 0
+        left_out: list[str] = []
+        for snapshot, taken in stored:
+            try:
+                if proxy.restore_dialog(snapshot, now, max(0.0, wall - taken)) is not None:
+                    restored += 1
+                    continue
+            except ValueError as exc:
+                log.warning("worker %d: a dialog snapshot was not restored: %s", self.index, exc)
+            dialog_id = snapshot.get("id") if isinstance(snapshot, dict) else None
+            if isinstance(dialog_id, str):
+                left_out.append(dialog_id)
+        if left_out:  # the controller need not keep them any longer
+            self._send(SNAPSHOTS, [wall, [], left_out])
+        worker.flush()  # arms the loop timer for the restored lifetimes
+        return restored
+
+    async def _replicate(self, worker: Worker) -> None:
+        """Every SNAPSHOT_INTERVAL: the snapshots of the dialogs that changed, and the ids of
+        those that ended, to the controller (behind the events raised before them)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            try:
+                self._push_snapshots(worker)
+            except Exception:
+                log.exception("worker %d: dialog snapshots failed", self.index)
+
+    def _push_snapshots(self, worker: Worker) -> None:
+        snapshots, dropped = worker.proxy.take_dirty(worker.now())
+        if snapshots or dropped:
+            self._send(SNAPSHOTS, [time.time(),
+                                   [[s["id"], s["call_id"], _pack(s)] for s in snapshots],
+                                   dropped])
 
     def _describe(self, worker: Worker) -> bytes:
         return _pack({
@@ -319,6 +391,7 @@ class WorkerActor:
         built = await build_worker(self.spec.config, self._publish, sockets=sockets,
                                    worker_id=self.index)
         built.worker.proxy.callops.remote = _ToController(self._send)
+        built.worker.proxy.track_changes()
         self.built = built
         return built.worker
 
@@ -330,7 +403,7 @@ class WorkerActor:
     def _send(self, kind: str, payload: Any) -> None:
         if len(self._outbox) >= MAX_PENDING_EVENTS:
             self.dropped += 1
-            if kind in (LINK, ANSWER):
+            if kind in (LINK, ANSWER, SNAPSHOTS):
                 log.warning("worker %d: %s %r dropped, the controller is behind", self.index,
                             kind, payload)
             return
@@ -442,6 +515,9 @@ class WorkerActor:
                       "setup": [list(setup.counts), setup.total]})
 
     async def stop(self) -> None:
+        if self._replicator is not None:
+            self._replicator.cancel()
+            self._replicator = None
         if self.built is not None:
             self.built.close()
             self.built = None
@@ -556,6 +632,9 @@ class Controller:
         # the second call itself -> the same (see `_follow_attended`).
         self._attended: dict[str, tuple[str, int]] = {}
         self._relayed: dict[str, tuple[str, int]] = {}
+        # The latest snapshot of every replicated dialog, per worker: dialog id -> (Call-ID,
+        # msgpack snapshot, wall time it was sent at).
+        self.replicas: dict[int, dict[str, tuple[str, bytes, float]]] = {}
         self._error: dict[str, Any] | None = None
         self._starting: asyncio.Future[None] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
@@ -646,6 +725,9 @@ class Controller:
             if kind in (LINK, ANSWER):
                 self._route(index, kind, payload)
                 continue
+            if kind == SNAPSHOTS:
+                self._keep_snapshots(index, payload)
+                continue
             if kind == E_DLG_STATE_CHANGED:
                 callid = payload.get("callid")
                 if payload.get("new_state") == 5:
@@ -663,11 +745,33 @@ class Controller:
                 self._to_python(kind, payload)
 
     async def worker_restarted(self, index: int, info: bytes) -> None:
-        """Ray restarted worker `index` and it listens again: forget what it owned."""
+        """Ray restarted worker `index`, it restored the dialogs kept here and listens again:
+        the directory knows those dialogs and nothing else of it."""
         for callid in [c for c, owner in self.directory.items() if owner == index]:
             del self.directory[callid]
+        for callid, _, _ in self.replicas.get(index, {}).values():
+            self.directory[callid] = index
         if 0 <= index < len(self.info):
             self.info[index] = _unpack(info)
+
+    def _keep_snapshots(self, index: int, payload: list[Any]) -> None:
+        taken, snapshots, dropped = payload
+        kept = self.replicas.setdefault(index, {})
+        for dialog_id, callid, snapshot in snapshots:
+            kept[str(dialog_id)] = (str(callid), bytes(snapshot), float(taken))
+        for dialog_id in dropped:
+            kept.pop(str(dialog_id), None)
+
+    async def snapshots(self, index: int) -> bytes:
+        """The snapshots kept of worker `index`'s dialogs, for it to restore after a restart
+        (msgpack list of [msgpack snapshot, wall time sent])."""
+        return _pack([[snapshot, taken]
+                      for _, snapshot, taken in self.replicas.get(index, {}).values()])
+
+    def replicated(self, index: int) -> list[dict[str, Any]]:
+        """The snapshots kept of worker `index`'s dialogs, decoded (`Dialog.snapshot`
+        dicts), for tests and tools."""
+        return [_unpack(snapshot) for _, snapshot, _ in self.replicas.get(index, {}).values()]
 
     async def stop(self) -> None:
         """Close every worker's sockets and the event sinks; the actors stay until killed."""

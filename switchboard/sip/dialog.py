@@ -7,6 +7,12 @@ last CSeq the leg sent and the last SDP the leg sent. Every state change is repo
 `DialogStateChanged` event. The table finds dialogs by id and by Call-ID.
 
 Owns no transactions and sends nothing: the proxy core feeds it what it relays.
+
+A confirmed dialog can be written out as a snapshot (`Dialog.snapshot`: plain str / int /
+bytes / list / dict, ready for msgpack) and rebuilt from one (`Dialog.from_snapshot`), so a
+cluster runtime can keep a copy off the worker and bring the dialog back after a crash
+(`Proxy.restore_dialog`). Times are stored relative to the `now` of the snapshot, as the
+clocks of two processes (or nodes) do not agree.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ParseError
 from .message import Request, Response
@@ -90,6 +97,77 @@ class Dialog:
             local=local,
         )
         self.callee = Leg()
+
+    # -- snapshots (state replicated off the worker) --------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """What it takes to bring this dialog back in another process: ids, URIs, state,
+        both legs (tags, remote targets, route sets, CSeq numbers and shifts, SDPs, offer
+        versions, addresses), how old it is and how long it has left to live (milliseconds,
+        relative to `now`), and the hold state of its call operations. Only str, int, bytes,
+        list and dict (msgpack-friendly); a value that is unset is left out.
+
+        What a call operation has in flight (a transfer, a hold re-INVITE) is not kept: the
+        dialog comes back idle, with the hold state of the last re-INVITE that was answered.
+        """
+        snap: dict[str, Any] = {
+            "v": SNAPSHOT_VERSION,
+            "id": self.id,
+            "call_id": self.call_id,
+            "from_uri": self.from_uri,
+            "to_uri": self.to_uri,
+            "state": int(self.state),
+            "age_ms": max(0, round((now - self.start_time) * 1000)),
+            "caller": _leg_snapshot(self.caller),
+            "callee": _leg_snapshot(self.callee),
+        }
+        if self.timeout_at is not None:
+            snap["lifetime_ms"] = round((self.timeout_at - now) * 1000)
+        # callops imports this module: its types are looked up here, not at import time.
+        from .callops import DialogOps
+
+        ops = self.ops
+        if isinstance(ops, DialogOps) and (ops.caller.hold_mask or ops.callee.hold_mask):
+            snap["hold"] = [ops.caller.hold_mask, ops.callee.hold_mask]
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any], now: float, elapsed: float = 0.0) -> Dialog:
+        """The dialog `snapshot` described, `elapsed` seconds after the snapshot was taken:
+        it is that much older and has that much less to live. Raises ValueError when `snap`
+        is not a snapshot this version can read."""
+        if not isinstance(snap, dict) or snap.get("v") != SNAPSHOT_VERSION:
+            raise ValueError("not a dialog snapshot of this version")
+        try:
+            state = DialogState(_int(snap, "state"))
+            dialog = cls.__new__(cls)
+            dialog.id = _str(snap, "id")
+            dialog.call_id = _str(snap, "call_id")
+            dialog.from_uri = _str(snap, "from_uri")
+            dialog.to_uri = _str(snap, "to_uri")
+            dialog.state = state
+            dialog.start_time = now - max(0.0, elapsed) - _int(snap, "age_ms") / 1000
+            lifetime = snap.get("lifetime_ms")
+            dialog.timeout_at = (None if lifetime is None else
+                                 now - max(0.0, elapsed) + _int(snap, "lifetime_ms") / 1000)
+            dialog.lifetime_timer = None
+            dialog.invite = None
+            dialog.end_reason = ""
+            dialog.ops = None
+            dialog.caller = _leg_from(snap.get("caller"))
+            dialog.callee = _leg_from(snap.get("callee"))
+            hold = snap.get("hold")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad dialog snapshot: {exc}") from None
+        if hold is not None:
+            if not (isinstance(hold, list) and len(hold) == 2
+                    and all(isinstance(m, int) and 0 <= m < 256 for m in hold)):
+                raise ValueError("bad dialog snapshot: hold")
+            from .callops import ops_of
+
+            ops = ops_of(dialog)
+            ops.caller.hold_mask, ops.callee.hold_mask = hold
+        return dialog
 
     @property
     def active(self) -> bool:
@@ -203,6 +281,77 @@ def _sdp_of(message: Request | Response) -> bytes | None:
     return None
 
 
+SNAPSHOT_VERSION = 1
+
+
+def _address_snapshot(address: Address | None) -> list[Any] | None:
+    return None if address is None else [address.transport, address.host, address.port]
+
+
+def _leg_snapshot(leg: Leg) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "tag": leg.tag,
+        "contact": leg.contact,
+        "route_set": list(leg.route_set),
+        "cseq": leg.cseq,
+        "cseq_offset": leg.cseq_offset,
+        "sdp_version_sent": leg.sdp_version_sent,
+    }
+    if leg.sdp is not None:
+        out["sdp"] = leg.sdp
+    if leg.address is not None:
+        out["address"] = _address_snapshot(leg.address)
+    if leg.local is not None:
+        out["local"] = _address_snapshot(leg.local)
+    return out
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key}: expected a string")
+    return value
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{key}: expected an integer")
+    return value
+
+
+def _address_from(value: Any) -> Address | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list | tuple) or len(value) != 3
+            or value[0] not in ("udp", "tcp") or not isinstance(value[1], str)
+            or not isinstance(value[2], int) or not 0 <= value[2] < 65536):
+        raise ValueError(f"not an address: {value!r}")
+    return Address(value[0], value[1], value[2])
+
+
+def _leg_from(data: Any) -> Leg:
+    if not isinstance(data, dict):
+        raise TypeError("leg: expected a map")
+    routes = data.get("route_set", [])
+    if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+        raise TypeError("route_set: expected a list of strings")
+    sdp = data.get("sdp")
+    if sdp is not None and not isinstance(sdp, bytes):
+        raise TypeError("sdp: expected bytes")
+    return Leg(
+        tag=_str(data, "tag"),
+        contact=_str(data, "contact"),
+        route_set=list(routes),
+        cseq=_int(data, "cseq"),
+        sdp=sdp,
+        address=_address_from(data.get("address")),
+        local=_address_from(data.get("local")),
+        cseq_offset=_int(data, "cseq_offset"),
+        sdp_version_sent=_int(data, "sdp_version_sent"),
+    )
+
+
 class DialogTable:
     """Dialogs of one worker, by id and by Call-ID."""
 
@@ -215,9 +364,13 @@ class DialogTable:
         self._by_callid: dict[str, Dialog] = {}
 
     def new_id(self) -> str:
-        """`<worker>.<seq>` in hex: safe in a URI parameter, and names the owning worker."""
-        self._next = (self._next + 1) & 0xFFFFFFFF
-        return f"{self.worker_id:x}.{self._next:x}"
+        """`<worker>.<seq>` in hex: safe in a URI parameter, and names the owning worker.
+        Never one in the table (dialogs restored after a restart keep their ids)."""
+        while True:
+            self._next = (self._next + 1) & 0xFFFFFFFF
+            dialog_id = f"{self.worker_id:x}.{self._next:x}"
+            if dialog_id not in self._by_id:
+                return dialog_id
 
     def add(self, dialog: Dialog) -> None:
         self._by_id[dialog.id] = dialog

@@ -12,6 +12,13 @@ Decisions worth knowing:
 - Record-Route is doubled when a request changes transport or socket (RFC 5658).
 - Hostnames other than IP literals are resolved only through the static `hosts` table; the core
   never blocks on DNS.
+
+State replication, for a cluster runtime that brings a crashed worker's dialogs back: after
+`track_changes()` the core remembers which dialogs changed (one set add where a relayed
+message, a request of its own or an answer to one touches a dialog; nothing is encoded per
+message), `take_dirty(now)` answers the snapshots of the confirmed dialogs that changed and
+the ids of replicated dialogs that ended, and `restore_dialog(snapshot, now)` puts a
+confirmed dialog back into a fresh core of the same worker.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .auth import DigestAuth
 from .callops import CallEvent, CallOps
-from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
+from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
 from .errors import ParseError
 from .message import Request, Response, build_response, parse_message
 from .registrar import Location, aor_key
@@ -51,6 +59,8 @@ ALLOW = (
     "MESSAGE, PRACK"
 )
 _MAGIC = "z9hG4bK"
+# The states a dialog is replicated and restored in.
+_RESTORABLE = (DialogState.CONFIRMED_NA, DialogState.CONFIRMED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +174,10 @@ class Proxy:
                                config.end_old_call)
         # The routing script's hook (`switchboard.script`); None is the plain proxy.
         self.request_hook: Callable[[RequestContext], None] | None = None
+        # Dialogs changed since the last `take_dirty` (None: nobody replicates them), and
+        # the ids of dialogs whose snapshot went out (their end must be reported).
+        self._dirty: set[Dialog] | None = None
+        self._replicated: set[str] = set()
 
     def random_fraction(self) -> float:
         """A number in [0, 1) from the injected randomness (glare back-off)."""
@@ -336,6 +350,8 @@ class Proxy:
                     dialog = None
                 else:
                     sender, receiver = legs
+                    if self._dirty is not None:
+                        self._dirty.add(dialog)
                     if self.callops.on_in_dialog_request(
                         req, dialog, sender,
                         lambda status, reason: self._respond(txn, status, now, reason), now,
@@ -412,6 +428,8 @@ class Proxy:
             if legs is not None:
                 dialog.on_request(req, legs[0], self.events.append)
                 cseq_delta = legs[1].cseq_offset
+                if self._dirty is not None:
+                    self._dirty.add(dialog)
         self._preprocess_routes(req)
         mf = req.max_forwards
         if mf is not None and mf <= 0:
@@ -513,6 +531,8 @@ class Proxy:
         status = response.status
         dialog = ctx.dialog
         if dialog is not None:
+            if self._dirty is not None:
+                self._dirty.add(dialog)
             if ctx.initial:
                 was_active = dialog.active
                 old_state = dialog.state
@@ -614,17 +634,87 @@ class Proxy:
         dialog.lifetime_timer = self.timers.call_at(
             dialog.timeout_at, lambda t: self._dialog_expired(dialog, t))
 
+    def _rearm_lifetime(self, dialog: Dialog, now: float) -> None:
+        """A restored dialog's lifetime timer, at the time it had left (at once if none)."""
+        if dialog.timeout_at is None:
+            self._arm_lifetime(dialog, now)
+            return
+        dialog.lifetime_timer = self.timers.call_at(
+            max(dialog.timeout_at, now), lambda t: self._dialog_expired(dialog, t))
+
     def _dialog_expired(self, dialog: Dialog, now: float) -> None:
         if dialog.active:
             self.stats["dialog:expired_dialogs"] += 1
             self.end_dialog(dialog.id, now, reason="timeout")
 
     def _dialog_ended(self, dialog: Dialog, now: float) -> None:
+        if self._dirty is not None:
+            self._dirty.add(dialog)
         timer = dialog.lifetime_timer
         if isinstance(timer, Timer):
             timer.cancel()
         self.timers.call_at(now + self.config.deleted_linger,
                             lambda _t: self.dialogs.remove(dialog))
+
+    # -- replication: snapshots out, restored dialogs in -----------------------------------
+
+    def track_changes(self) -> None:
+        """Start remembering changed dialogs for `take_dirty` (a runtime that replicates
+        them calls this once; without it nothing is collected)."""
+        if self._dirty is None:
+            self._dirty = set()
+
+    def take_dirty(self, now: float) -> tuple[list[dict[str, Any]], list[str]]:
+        """(snapshots, dropped): a `Dialog.snapshot` of every confirmed dialog that changed
+        since the last call, and the ids of dialogs replicated before that have ended since
+        (a copy kept elsewhere can go). A dialog that ends before it is confirmed, or before
+        any snapshot of it went out, is in neither."""
+        dirty = self._dirty
+        if not dirty:
+            return [], []
+        self._dirty = set()
+        replicated = self._replicated
+        snapshots: list[dict[str, Any]] = []
+        dropped: list[str] = []
+        for dialog in dirty:
+            if dialog.state in _RESTORABLE:
+                snapshots.append(dialog.snapshot(now))
+                replicated.add(dialog.id)
+            elif dialog.state is DialogState.DELETED and dialog.id in replicated:
+                replicated.discard(dialog.id)
+                dropped.append(dialog.id)
+        return snapshots, dropped
+
+    def restore_dialog(self, snapshot: dict[str, Any], now: float,
+                       elapsed: float = 0.0) -> Dialog | None:
+        """Bring back a dialog from its `snapshot`, taken `elapsed` seconds ago: in the
+        table again (same id, Call-ID, legs, CSeq shifts, hold state), its lifetime timer
+        armed for what it had left (an overdue one ends it at the next timer run, with a
+        BYE each way). In-dialog requests and call operations then work on it as before.
+
+        Raises no event (subscribers saw its states before): the restored dialog is
+        returned, or None when it is not confirmed or its id or Call-ID is here already.
+        Raises ValueError for a snapshot that does not parse or names another worker."""
+        dialog = Dialog.from_snapshot(snapshot, now, elapsed)
+        if worker_of(dialog.id) != self.dialogs.worker_id:
+            raise ValueError(f"dialog {dialog.id} belongs to another worker than "
+                             f"{self.dialogs.worker_id:x}")
+        if dialog.state not in _RESTORABLE:
+            return None
+        if (self.dialogs.by_id(dialog.id) is not None
+                or self.dialogs.by_call_id(dialog.call_id) is not None):
+            return None
+        listeners = self.config.listeners
+        for leg in (dialog.caller, dialog.callee):
+            # Our sockets may have moved (port 0, another node): the one facing the leg now.
+            if leg.local not in listeners:
+                leg.local = (self._local_for(leg.address) if leg.address is not None
+                             else None) or listeners[0]
+        self.dialogs.add(dialog)
+        self._replicated.add(dialog.id)
+        self._rearm_lifetime(dialog, now)
+        self.stats["dialog:restored_dialogs"] += 1
+        return dialog
 
     def _fail_initial(self, ctx: _Forward, now: float) -> None:
         dialog = ctx.dialog
@@ -668,6 +758,8 @@ class Proxy:
         # The next number of the peer's sequence as the target sees it (spec §2.4); every
         # later request relayed toward the target is shifted one further.
         target.cseq_offset += 1
+        if self._dirty is not None:
+            self._dirty.add(dialog)
         cseq = peer.cseq + target.cseq_offset
         uri = target.contact or to_uri
         routes = list(target.route_set)
@@ -715,6 +807,8 @@ class Proxy:
         status = response.status
         if status < 200:
             return
+        if self._dirty is not None and owner.dialog is not None:
+            self._dirty.add(owner.dialog)  # a hold's answer sets the leg's hold mask
         if txn.request.method == "INVITE" and status < 300:
             # We are the UAC of this INVITE: the 2xx is ACKed end to end by us (§13.2.2.4),
             # again for each retransmission of the 2xx.

@@ -1,5 +1,6 @@
 """The `ray` runtime on a real local Ray: two worker actors, SIP calls through both, the MI
-over the controller, the actor-handle Python API, and events from every worker.
+over the controller, the actor-handle Python API, events from every worker, and a worker
+killed mid-call that comes back with its dialogs (snapshots kept by the controller).
 
 One service for the module: `serve` runs in this process (the test process is the Ray driver
 and runs the MI), with 2 workers: worker 0 listens on the base port B, worker 1 on B + 1.
@@ -29,7 +30,8 @@ from tests.cluster.ray_service import (
     import_ray,
     service_config,
 )
-from tests.interop.events import collecting
+from tests.interop.events import EventCollector, collecting
+from tests.interop.test_sipp_callops import SipMessage, received
 
 ray = import_ray()
 
@@ -42,8 +44,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
 StartSipp = Callable[..., Sipp]
 WORKERS = 2
-# uac.xml with the call held up for `-d` ms before the BYE.
-PAUSE_BYE = Path(__file__).parent / "scenarios" / "uac_pause_bye.xml"
+SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def _controller() -> Any:
@@ -275,34 +276,134 @@ def test_service_spec_round_trips_through_msgpack() -> None:
     assert dataclasses.replace(spec.config, mi=config.mi) == config
 
 
-def test_a_killed_worker_comes_back_on_its_ports(sipp: StartSipp, service: Service) -> None:
-    """Ray restarts a worker that dies (here: ray.kill with restart); it binds its ports again
-    and takes new calls. A call that was up meanwhile still ends cleanly (its BYE follows
-    the Route set through the restarted worker), but switchboard no longer knows it: dialog
-    state is not replicated yet, so dialog:list does not show it after the restart."""
+def _replica(controller: Any, worker: int, callid: str) -> dict[str, Any] | None:
+    """The snapshot the controller keeps of `callid`'s dialog on `worker`, if any."""
+    for snapshot in ray.get(controller.replicated.remote(worker)):
+        if snapshot["call_id"] == callid:
+            return dict(snapshot)
+    return None
+
+
+def _wait_replica(controller: Any, worker: int, callid: str,
+                  until: Callable[[dict[str, Any] | None], bool], timeout: float = 10.0
+                  ) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        replica = _replica(controller, worker, callid)
+        if until(replica):
+            return replica
+        assert time.monotonic() < deadline, f"controller's copy of {callid}: {replica}"
+        time.sleep(0.1)
+
+
+def _hold_events(events: EventCollector, callid: str) -> list[tuple[Any, ...]]:
+    return events.sequence("E_CALL_HOLD", callid, "leg", "action", "state")
+
+
+def _cseq(message: SipMessage) -> int:
+    return int((message.header("CSeq") or "0").split()[0])
+
+
+def _origin_version(message: SipMessage) -> int:
+    (origin,) = [ln for ln in message.body.splitlines() if ln.startswith("o=")]
+    return int(origin.split()[2])
+
+
+def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: Service) -> None:
+    """Ray restarts a worker that dies (here: ray.kill with restart); it binds its ports
+    again, restores the confirmed dialogs the controller kept snapshots of, and takes new
+    calls. A call A→B through worker 1 is put on hold before the kill; after the restart it
+    is listed again as it was, `callops:unhold` and `callops:hold` work on it (each party
+    gets its re-INVITE with the next CSeq of the sequence the proxy speaks in, and the next
+    SDP version: the shifts and offer versions from before the crash are kept), and A's BYE
+    reaches B shifted past all three re-INVITEs."""
     controller = _controller()
     prefix = _prefix("crash")
-    up_uas, up_uac = _start_calls(sipp, service, 1, calls=1, uac_scenario=str(PAUSE_BYE),
-                                  prefix=prefix, extra=("-d", "5000"))
-    try:
-        (before,) = _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefix, 1)
-        handle = ray.get(controller.worker_handles.remote())[1]
-        old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
-        ray.kill(handle, no_restart=False)
-        deadline = time.monotonic() + 30.0
-        while ray.get(controller.workers_info.remote())[1]["pid"] == old_pid:
-            assert time.monotonic() < deadline, "worker 1 was not restarted within 30 s"
-            time.sleep(0.2)
-        listed = service.mi("dialog:list")["Dialogs"]
-        assert before["callid"] not in {d["callid"] for d in listed}
-        uas, uac = _start_calls(sipp, service, 1, calls=5, rate=10)
-        uas_result, uac_result = _finish(uas, uac)
-        _check(5, uac_result, uas_result)
-    except BaseException:
-        up_uac.kill()
-        up_uas.kill()
-        raise
-    up_uas_result, up_uac_result = _finish(up_uas, up_uac)
-    _check(1, up_uac_result, up_uas_result)
+    uas_port = free_port("udp")
+    b = sipp("b", SCENARIOS / "uas_hold_restart.xml", local_port=uas_port, timeout=120,
+             recv_timeout=60).wait_listening()
+    a = sipp("a", SCENARIOS / "uac_hold_restart.xml", remote=f"{HOST}:{service.port(1)}",
+             local_port=free_port("udp"), keys={"uas_port": uas_port}, timeout=120,
+             recv_timeout=60, extra_args=("-cid_str", f"{prefix}%u@%s"))
+    with collecting() as events:
+        try:
+            (before,) = _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefix, 1)
+            callid = before["callid"]
+            assert before["ID"].startswith("1.")
+            assert service.mi("evi:subscribe", event="E_CALL_HOLD", socket=events.socket,
+                              expire=120) == "OK"
+            assert service.mi("callops:hold", callid=callid) == "OK"
+            events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
+                            and p["state"] == "ok", count=2)
+            # The controller has the held state before the worker goes.
+            _wait_replica(controller, 1, callid,
+                          lambda r: r is not None and r.get("hold") == [12, 12])
+            before = next(d for d in service.mi("dialog:list")["Dialogs"]
+                          if d["callid"] == callid)
+
+            handle = ray.get(controller.worker_handles.remote())[1]
+            old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
+            ray.kill(handle, no_restart=False)
+            deadline = time.monotonic() + 30.0
+            while ray.get(controller.workers_info.remote())[1]["pid"] == old_pid:
+                assert time.monotonic() < deadline, "worker 1 was not restarted within 30 s"
+                time.sleep(0.2)
+
+            # Listed again, as it was (its start and timeout rebuilt from the snapshot).
+            (after,) = [d for d in service.mi("dialog:list")["Dialogs"]
+                        if d["callid"] == callid]
+            times = ("timestart", "datestart", "timeout", "dateout")
+            assert {k: v for k, v in after.items() if k not in times} == {
+                k: v for k, v in before.items() if k not in times}
+            for key in ("timestart", "timeout"):
+                assert abs(after[key] - before[key]) <= 2, (key, before, after)
+            stats = ray.get(ray.get(controller.worker_handles.remote())[1].statistics.remote())
+            assert msgpack.unpackb(stats)["dialog:restored_dialogs"] >= 1
+
+            # Call operations on the restored dialog: unhold, then hold again.
+            assert service.mi("callops:unhold", callid=callid) == "OK"
+            events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
+                            and p["state"] == "ok", count=4)
+            assert service.mi("callops:hold", callid=callid) == "OK"
+            events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
+                            and p["state"] == "ok", count=6)
+        except BaseException:
+            a.kill()
+            b.kill()
+            raise
+        a_result = a.wait()
+        b_result = b.wait(None if a_result.returncode == 0 else 5.0)
+        _check(1, a_result, b_result)
+        # Three rounds: both re-INVITEs go out (`start`, in the proxy's order: caller first
+        # on hold, callee first on unhold), then both answers come (`ok`, as the parties
+        # answer).
+        seen = _hold_events(events, callid)
+        assert len(seen) == 12, events.describe("E_CALL_HOLD")
+        for i, (action, first, second) in enumerate((("hold", "caller", "callee"),
+                                                      ("unhold", "callee", "caller"),
+                                                      ("hold", "caller", "callee"))):
+            rnd = seen[4 * i:4 * i + 4]
+            assert rnd[:2] == [(first, action, "start"), (second, action, "start")], seen
+            assert sorted(rnd[2:]) == [("callee", action, "ok"), ("caller", action, "ok")], seen
+    # The proxy speaks for B toward A (B never sent a request: 1, 2, 3) and for A toward B
+    # (A's INVITE was 1: 2, 3, 4), each offer one o= version above the last one.
+    for result, first in ((a_result, 1), (b_result, 2)):
+        reinvites = [m for m in received(result, "INVITE") if ";tag=" in (m.header("To") or "")]
+        assert [_cseq(m) for m in reinvites] == [first, first + 1, first + 2], [
+            m.text for m in reinvites]
+        versions = [_origin_version(m) for m in reinvites]
+        assert versions == [versions[0], versions[0] + 1, versions[0] + 2], versions
+        assert ["a=inactive" in m.body for m in reinvites] == [True, False, True]
+    # A's BYE (its CSeq 2) reached B past the proxy's three re-INVITEs in A's sequence.
+    (bye,) = received(b_result, "BYE")
+    assert _cseq(bye) == 5, bye.text
+    assert callid not in {d["callid"] for d in service.mi("dialog:list")["Dialogs"]}
+    # The controller lets go of the ended call's snapshot.
+    _wait_replica(controller, 1, callid, lambda r: r is None)
+
+    # The restarted worker takes new calls.
+    uas, uac = _start_calls(sipp, service, 1, calls=5, rate=10)
+    uas_result, uac_result = _finish(uas, uac)
+    _check(5, uac_result, uas_result)
     assert service.mi("statistics:get", statistics=["dialog:active_dialogs"]) == {
         "dialog:active_dialogs": 0}
