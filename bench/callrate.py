@@ -110,6 +110,11 @@ class StepResult:
     clean: bool = False
     reasons: list[str] = field(default_factory=list)
     attempt: int = 1
+    worker_cpu_ms_per_call: float | None = None
+    """Multi-process runtimes (Ray): CPU per call of the worker processes alone, without the
+    runtime's own processes (GCS, raylet ...) that `cpu_ms_per_call` includes."""
+    load_generators: int = 1
+    """SIPp UACs that offered the rate together (one per worker port)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,44 +239,54 @@ def run_step(
 ) -> StepResult:
     """Offer `rate` calls/s for `duration` s through `system` (already started).
 
-    With `drain_s`, the proxy's CPU is also read for that long after SIPp ends: the work its
-    timers still do for the step's calls (transactions and dialogs expiring) shows there.
+    A system with several addresses (one per worker) gets one SIPp UAC per address, each at
+    an even share of the rate; their counts are added up. With `drain_s`, the proxy's CPU is
+    also read for that long after SIPp ends: the work its timers still do for the step's calls
+    (transactions and dialogs expiring) shows there.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    targets = system.addresses
     planned = max(1, round(rate * duration))
+    shares = split_calls(planned, len(targets))
     uas_port = proc.free_port("udp")
     uas = sipp.SippProcess(
         "uas", sipp.uas_command(sipp_binary, port=uas_port, stat_file="uas_stat.csv"), workdir
     )
-    uac: sipp.SippProcess | None = None
+    uacs: list[sipp.SippProcess] = []
     try:
         if not proc.wait_udp_bound(uas_port):
             raise RuntimeError(f"SIPp UAS did not bind {uas_port}:\n{uas.output_tail()}")
         pids = system.pids()
-        uac_port = proc.free_port("udp")
-        proxy_ports, loadgen_ports = {system.address[1]}, {uas_port, uac_port}
+        worker_pids = system.worker_pids()
+        uac_ports = [proc.free_port("udp") for _ in targets]
+        proxy_ports = {port for _, port in targets}
+        loadgen_ports = {uas_port, *uac_ports}
         drops0 = proc.udp_drops(proxy_ports)
         cpu0 = proc.cpu_seconds(pids)
+        wcpu0 = proc.cpu_seconds(worker_pids) if worker_pids is not None else 0.0
         busy0, total0 = proc.host_cpu_times()
         sampler = _Sampler(system)
         sampler.sample()
         sampler.start()
         t0 = time.monotonic()
-        uac = sipp.SippProcess(
-            "uac",
-            sipp.uac_command(
-                sipp_binary, uas=("127.0.0.1", uas_port), proxy=system.address,
-                local_port=uac_port, rate=rate, calls=planned,
-                stat_file="uac_stat.csv", recv_timeout_ms=recv_timeout_ms,
-                timeout_s=int(duration + 10 + 2 * recv_timeout_ms / 1000),
-            ),
-            workdir,
-        )
-        loadgen = [uac.pid, uas.pid]
+        for i, (target, port, calls) in enumerate(zip(targets, uac_ports, shares, strict=True)):
+            name = "uac" if len(targets) == 1 else f"uac{i}"
+            uacs.append(sipp.SippProcess(
+                name,
+                sipp.uac_command(
+                    sipp_binary, uas=("127.0.0.1", uas_port), proxy=target,
+                    local_port=port, rate=rate * calls / planned, calls=calls,
+                    stat_file=f"{name}_stat.csv", recv_timeout_ms=recv_timeout_ms,
+                    timeout_s=int(duration + 10 + 2 * recv_timeout_ms / 1000),
+                ),
+                workdir,
+            ))
+        loadgen = [u.pid for u in uacs] + [uas.pid]
         lg0 = proc.cpu_seconds(loadgen)
         lg_last = lg0
         lg_drops = 0
-        while uac.poll() is None:
+        deadline = t0 + duration + 30 + 4 * recv_timeout_ms / 1000
+        while any(u.poll() is None for u in uacs) and time.monotonic() < deadline:
             time.sleep(0.1)
             lg_last = proc.cpu_seconds(loadgen) or lg_last
             lg_drops = max(lg_drops, proc.udp_drops(loadgen_ports))
@@ -282,24 +297,29 @@ def run_step(
         proxy_drops = proc.udp_drops(proxy_ports) - drops0
         # The last reading of each counter before SIPp exits; the proxy is still alive.
         cpu1 = proc.cpu_seconds(pids)
+        wcpu1 = proc.cpu_seconds(worker_pids) if worker_pids is not None else 0.0
         busy1, total1 = proc.host_cpu_times()
         sampler.finish()
-        uac.wait()
+        for u in uacs:
+            if u.poll() is None:
+                u.stop()
+            u.wait()
     finally:
         uas.stop()
-        if uac is not None and uac.poll() is None:
-            uac.stop()
+        for u in uacs:
+            if u.poll() is None:
+                u.stop()
     drain_cpu = 0.0
     if drain_s > 0:
         time.sleep(drain_s)
         drain_cpu = proc.cpu_seconds(pids) - cpu1
     if progress is not None:
         progress(1.0)
-    uac_stats = sipp.stats_of(workdir / "uac_stat.csv")
+    uac_stats = sipp.sum_stats(sipp.stats_of(workdir / f"{u.name}_stat.csv") for u in uacs)
     uas_stats = sipp.stats_of(workdir / "uas_stat.csv")
     sends = (sipp.sends_per_call(sipp.UAC_SCENARIO.read_text())
              + sipp.sends_per_call(sipp.UAS_SCENARIO.read_text()))
-    return summarize_step(
+    step = summarize_step(
         offered_rate=rate,
         duration_s=duration,
         planned=planned,
@@ -319,6 +339,18 @@ def run_step(
         proxy_udp_drops=proxy_drops,
         loadgen_udp_drops=lg_drops,
     )
+    if worker_pids is not None and step.successful_calls:
+        step.worker_cpu_ms_per_call = round((wcpu1 - wcpu0) * 1000 / step.successful_calls, 4)
+    step.load_generators = len(uacs)
+    return step
+
+
+def split_calls(calls: int, parts: int) -> list[int]:
+    """`calls` spread as evenly as possible over `parts` load generators (the first ones get
+    one more when it does not divide)."""
+    parts = max(1, parts)
+    base, extra = divmod(calls, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 # --- the stepping -----------------------------------------------------------------------------
@@ -350,6 +382,9 @@ class SystemRun:
     idle_pss_kb: int = 0
     steps: list[StepResult] = field(default_factory=list)
     error: str | None = None
+    budget_stopped: bool = False
+    """The stepping stopped at the system's time budget, not at an unclean step: its highest
+    clean rate is a lower bound."""
 
     @property
     def max_clean_rate(self) -> float | None:
@@ -372,6 +407,7 @@ class SystemRun:
             "at_max_clean_rate": best.to_json() if best else None,
             "steps": [s.to_json() for s in self.steps],
             "error": self.error,
+            "budget_stopped": self.budget_stopped,
         }
 
     @classmethod
@@ -382,6 +418,7 @@ class SystemRun:
             idle_pss_kb=data.get("idle_pss_kb", 0),
             steps=[StepResult.from_json(s) for s in data.get("steps", [])],
             error=data.get("error"),
+            budget_stopped=bool(data.get("budget_stopped", False)),
         )
 
 
@@ -402,19 +439,26 @@ def run_system(
     drain_s: float = 0.0,
     on_step: StepHook | None = None,
     on_done: DoneHook | None = None,
+    budget_s: float | None = None,
 ) -> SystemRun:
     """Start `system`, step through `rates` until a step is not clean (after `retries` more
-    tries of that rate), stop it."""
+    tries of that rate), stop it. With `budget_s`, no step starts once the system has run that
+    long (one more step would pass it); the run says so (`budget_stopped`)."""
     run = SystemRun(system={"name": system.name, "label": system.label})
+    began = time.monotonic()
+    per_step = duration + 1.5 + drain_s
     try:
         system.start(workdir)
         run.system = system.describe()
-        time.sleep(settle_s)
+        time.sleep(max(settle_s, system.warmup_s))
         mem = proc.memory(system.pids())
         run.idle_rss_kb, run.idle_pss_kb = mem.rss_kb, mem.pss_kb
         for index, rate in enumerate(rates):
             clean = False
             for attempt in range(1, retries + 2):
+                if budget_s is not None and time.monotonic() - began + per_step > budget_s:
+                    run.budget_stopped = True
+                    break
                 progress = on_step(index, rate, attempt) if on_step else None
                 step = run_step(system, rate, duration,
                                 workdir / f"{system.name}-{rate:g}-{attempt}",
@@ -428,7 +472,7 @@ def run_system(
                     clean = True
                     break
                 time.sleep(settle_s)
-            if not clean:
+            if not clean or run.budget_stopped:
                 break
             time.sleep(settle_s)
     except Exception as exc:  # keep the other systems' results

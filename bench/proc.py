@@ -136,6 +136,36 @@ def free_port(kind: str = "udp") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(count: int) -> int:
+    """A base port with base .. base + count - 1 free for UDP and TCP on 127.0.0.1 right now,
+    taken below the kernel's ephemeral range (where port-0 binds land)."""
+    import random
+
+    def bindable(port: int) -> bool:
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        if all(bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def cmdline(pid: int) -> str:
+    """The command line of a process, arguments joined by spaces ('' when it is gone)."""
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def udp_ports_bound() -> set[int]:
     """Local ports of every IPv4 UDP socket (from /proc/net/udp)."""
     ports: set[int] = set()

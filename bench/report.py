@@ -14,11 +14,13 @@ from typing import Any
 from .callrate import SystemRun
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCHEMA = 1
+SCHEMA = 2  # 2: the parts beyond call rate (dialogs, callops, events, overload), `parts`
 
 # The numbers to beat (issue 4), with the load generator sharing the machine.
 TARGET_CPU_RATIO = 2.0  # switchboard CPU/call within 2x Kamailio's
 TARGET_CLEAN_RATE = 1500.0  # clean calls/s end to end
+TARGET_BYTES_PER_DIALOG = 3 * 1024  # per held dialog, its stored SDP included
+TARGET_WIRE_P99_MS = 5.0  # management command to the REFER / re-INVITE on the wire
 REFERENCE = "kamailio"
 SUBJECT = "switchboard"
 
@@ -84,7 +86,9 @@ def build_result(
     host: dict[str, Any],
     runs: Mapping[str, SystemRun],
     extra: dict[str, Any] | None = None,
+    parts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`parts`: the other parts' records by name (dialogs, callops, events, overload)."""
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "started": started,
@@ -92,12 +96,49 @@ def build_result(
         "mode": mode,
         "host": host,
         "settings": settings,
+        "parts": ["callrate", *(parts or {})] if runs else list(parts or {}),
         "callrate": {name: run.to_json() for name, run in runs.items()},
         "headline": headline(runs),
     }
+    for name, data in (parts or {}).items():
+        result[name] = data
+    result["targets"] = targets(result)
     if extra:
         result.update(extra)
     return result
+
+
+def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Where switchboard stands against each number to beat of issue 4: the value, the target
+    and whether it is met (None: not measured in this run)."""
+    from .dialogs import DialogsRun, best_estimate
+
+    head = result.get("headline", {})
+    cpu = head.get("cpu_ms_per_call", {})
+    mcr = head.get("subject_max_clean_rate")
+    out: dict[str, dict[str, Any]] = {
+        "cpu_within_2x_kamailio": {
+            "value": cpu.get("ratio"), "target": TARGET_CPU_RATIO,
+            "met": None if cpu.get("ratio") is None else cpu["ratio"] <= TARGET_CPU_RATIO,
+            "at_rate": head.get("common_rate")},
+        "clean_rate_1500": {
+            "value": mcr, "target": TARGET_CLEAN_RATE,
+            "met": None if mcr is None else mcr >= TARGET_CLEAN_RATE},
+    }
+    dialogs = result.get("dialogs", {}).get("runs", {}).get(SUBJECT)
+    per = best_estimate(DialogsRun.from_json(dialogs)) if dialogs else None
+    heap = result.get("dialogs", {}).get("heap", {}) or {}
+    out["bytes_per_dialog_3k"] = {
+        "value": per, "target": TARGET_BYTES_PER_DIALOG,
+        "met": None if per is None else per <= TARGET_BYTES_PER_DIALOG,
+        "core_heap_bytes_per_dialog": heap.get("heap_bytes_per_dialog")}
+    steady = [p for p in result.get("callops", {}).get("phases", []) if p.get("offered_rate")]
+    p99s = [p["wire"]["p99_ms"] for p in steady if p["wire"].get("p99_ms") is not None]
+    worst = max(p99s) if p99s else None
+    out["command_to_wire_p99_5ms"] = {
+        "value": worst, "target": TARGET_WIRE_P99_MS,
+        "met": None if worst is None else worst < TARGET_WIRE_P99_MS}
+    return out
 
 
 def runs_of(result: Mapping[str, Any]) -> dict[str, SystemRun]:
@@ -190,7 +231,9 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         if run.error:
             lines += [f"**Error:** `{run.error}`", ""]
         lines += [
-            f"Highest clean rate: **{_num(run.max_clean_rate)} calls/s**. "
+            f"Highest clean rate: **{_num(run.max_clean_rate)} calls/s**"
+            + (" (the system's time budget ended the stepping: a lower bound)"
+               if run.budget_stopped else "") + ". "
             f"Idle memory: PSS {_mb(run.idle_pss_kb)} MB, RSS {_mb(run.idle_rss_kb)} MB "
             f"({run.steps[0].proxy_processes if run.steps else '?'} processes).",
             "",
@@ -213,7 +256,16 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
                 f"| {_mb(s.pss_kb_peak)} | {_mb(s.rss_kb_peak)} | {verdict} |"
             )
         lines.append("")
+        workers = [(s.offered_rate, s.worker_cpu_ms_per_call) for s in run.steps
+                   if s.worker_cpu_ms_per_call is not None]
+        if workers:
+            lines += ["CPU ms/call above counts every process of the runtime (Ray's GCS, "
+                      "raylet, agents and the worker actors); the worker actors alone: "
+                      + ", ".join(f"{_num(r)}/s: {w:.3f}" for r, w in workers) + ". "
+                      f"Load offered by {run.steps[0].load_generators} SIPp UACs, one per "
+                      "worker port.", ""]
 
+    lines += parts_markdown(result)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     lines += [
@@ -231,8 +283,75 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def targets_markdown(result: Mapping[str, Any]) -> list[str]:
+    t = result.get("targets") or targets(result)
+    if not any(v.get("met") is not None for v in t.values()):
+        return []
+
+    def row(label: str, key: str, fmt: str) -> str:
+        v = t.get(key, {})
+        value = "—" if v.get("value") is None else fmt.format(v["value"])
+        return f"| {label} | {value} | {_met(v.get('met'))} |"
+
+    heap = t.get("bytes_per_dialog_3k", {}).get("core_heap_bytes_per_dialog")
+    rate = t.get("cpu_within_2x_kamailio", {}).get("at_rate")
+    lines = [
+        "## All the numbers to beat (issue 4)",
+        "",
+        "| target | switchboard | |",
+        "|---|---:|---|",
+        row(f"CPU per call within {TARGET_CPU_RATIO:g}x Kamailio's"
+            + (f" (at {rate:g} calls/s)" if rate else ""), "cpu_within_2x_kamailio",
+            "{:.2f}x"),
+        row(f"at least {TARGET_CLEAN_RATE:,.0f} clean calls/s", "clean_rate_1500", "{:,.0f}"),
+        row(f"at most {TARGET_BYTES_PER_DIALOG:,} bytes per held dialog (process PSS; marginal "
+            "at the largest size when measured)",
+            "bytes_per_dialog_3k", "{:,.0f}"),
+        row(f"command-to-wire p99 under {TARGET_WIRE_P99_MS:g} ms", "command_to_wire_p99_5ms",
+            "{:g} ms"),
+        "",
+    ]
+    if heap is not None:
+        lines += [f"The proxy core itself keeps {heap:,.0f} bytes per held dialog (Python heap "
+                  "counted by tracemalloc, SDP included; see Dialogs held).", ""]
+    return lines
+
+
+def parts_markdown(result: Mapping[str, Any]) -> list[str]:
+    """The sections of the parts beyond call rate that are in `result`."""
+    from . import callops, dialogs, events, overload
+
+    lines = targets_markdown(result)
+    if "dialogs" in result:
+        lines += dialogs.markdown(result["dialogs"])
+    if "callops" in result:
+        lines += callops.markdown(result["callops"])
+    if "events" in result:
+        sb = runs_of(result).get(SUBJECT)
+        without = ({s.offered_rate: s.cpu_ms_per_call for s in sb.steps
+                    if s.cpu_ms_per_call is not None} if sb else {})
+        lines += events.markdown(result["events"], without)
+    if "overload" in result:
+        lines += overload.markdown(result["overload"])
+    return lines
+
+
 def plot(result: Mapping[str, Any], stem: Path) -> list[Path]:
-    """Two PNGs next to `stem`: offered vs completed calls/s, and CPU ms per call."""
+    """PNGs next to `stem`: offered vs completed calls/s and CPU ms per call (when the
+    call-rate part ran), memory per dialog, the overload curve."""
+    from . import dialogs, overload
+
+    written: list[Path] = []
+    if result.get("callrate"):
+        written += _plot_callrate(result, stem)
+    if result.get("dialogs"):
+        written += dialogs.plot(result["dialogs"], stem)
+    if result.get("overload"):
+        written += overload.plot(result["overload"], stem)
+    return written
+
+
+def _plot_callrate(result: Mapping[str, Any], stem: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -25,6 +25,8 @@ from pathlib import Path
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 UAC_SCENARIO = SCENARIOS / "uac.xml"
 UAS_SCENARIO = SCENARIOS / "uas.xml"
+UAC_LONG_SCENARIO = SCENARIOS / "uac_long.xml"  # uac.xml with a <pause/> (-d) before the BYE
+UAC_OVERLOAD_SCENARIO = SCENARIOS / "uac_overload.xml"  # uac.xml that takes a 503 as an outcome
 RTD_NAME = "invite"  # the response-time timer in uac.xml: INVITE sent -> 200 OK received
 
 # Socket buffers for SIPp (the kernel caps them at net.core.{r,w}mem_max).
@@ -68,9 +70,11 @@ def uac_command(
     limit: int | None = None,
     recv_timeout_ms: int = 5000,
     timeout_s: int | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """SIPp UAC: `calls` calls at `rate` calls/s, every message sent to `proxy` (-rsa), the
-    Request-URI naming `uas`, so the proxy relays by Request-URI."""
+    Request-URI naming `uas`, so the proxy relays by Request-URI. `extra`: more options
+    (`-d` for the pause of long calls, `-trace_logs`)."""
     cmd = [
         binary, f"{uas[0]}:{uas[1]}",
         "-rsa", f"{proxy[0]}:{proxy[1]}",
@@ -88,11 +92,12 @@ def uac_command(
     ]
     if timeout_s is not None:
         cmd += ["-timeout", f"{timeout_s}s"]
-    return cmd
+    return cmd + list(extra)
 
 
 def uas_command(
-    binary: str, *, port: int, stat_file: str, scenario: Path = UAS_SCENARIO
+    binary: str, *, port: int, stat_file: str, scenario: Path = UAS_SCENARIO,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     return [
         binary,
@@ -102,6 +107,7 @@ def uas_command(
         "-buff_size", str(BUFF_SIZE),
         "-trace_stat", "-stf", stat_file, "-fd", "1",
         "-trace_err",
+        *extra,
     ]
 
 
@@ -236,6 +242,20 @@ def stats_of(path: Path) -> dict[str, str]:
         return parse_stat_csv(path.read_text(errors="replace"))
     except OSError:
         return {}
+
+
+def sum_stats(rows: Iterable[dict[str, str]]) -> dict[str, str]:
+    """Several SIPp instances' final rows as one: the integer columns added up (the others
+    from the first row). One row comes back as it is."""
+    rows = [r for r in rows if r]
+    if len(rows) <= 1:
+        return dict(rows[0]) if rows else {}
+    out = dict(rows[0])
+    for column in out:
+        values = [r.get(column, "").strip() for r in rows]
+        if all(v.lstrip("-").isdigit() for v in values):
+            out[column] = str(sum(int(v) for v in values))
+    return out
 
 
 def total(stats: Iterable[dict[str, str]], column: str) -> int:

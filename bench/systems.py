@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,11 @@ class System(ABC):
         return {"name": self.name, "label": self.label, "version": self.version(),
                 "command": self.cmd}
 
+    def worker_pids(self) -> list[int] | None:
+        """The processes doing the SIP work when the system has others besides (Ray's GCS,
+        raylet ...); None when all of `pids()` are."""
+        return None
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
@@ -74,12 +81,26 @@ class System(ABC):
         assert self.port is not None
         return ("127.0.0.1", self.port)
 
-    def start(self, workdir: Path, timeout: float = 30.0) -> None:
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every SIP address new calls may be sent to (one per worker of a multi-worker
+        system; the load is spread evenly over them)."""
+        return [self.address]
+
+    def pick_port(self) -> int:
+        return proc.free_port("udp")
+
+    start_timeout = 30.0
+    warmup_s = 0.5
+    """How long to leave a just-started system alone before measuring it."""
+
+    def start(self, workdir: Path, timeout: float | None = None) -> None:
         why = self.available()
         if why is not None:
             raise SystemError_(f"{self.name}: {why}")
+        timeout = timeout if timeout is not None else self.start_timeout
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = proc.free_port("udp")
+        self.port = self.pick_port()
         self.cmd = self.command(self.port)
         self.log_path = workdir / f"{self.name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -93,7 +114,7 @@ class System(ABC):
                 raise SystemError_(
                     f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
-            if sip_ping(self.address, wait=0.2):
+            if all(sip_ping(a, wait=0.2) for a in self.addresses):
                 return
         self.stop()
         raise SystemError_(f"{self.name} did not answer OPTIONS in {timeout:.0f} s:\n"
@@ -138,22 +159,52 @@ class Switchboard(System):
     name = "switchboard"
     label = "switchboard (local runtime)"
 
-    def __init__(self, python: str | None = None, profile_to: Path | None = None) -> None:
+    def __init__(self, python: str | None = None, profile_to: Path | None = None,
+                 extra_args: Sequence[str] = (), gc_watch_to: Path | None = None) -> None:
         super().__init__()
+        self.gc_watch_to = gc_watch_to
+        """When set, time every garbage collection (bench/_gcwatch.py) and write them there."""
         self.python = python or sys.executable
         self.mi_port: int | None = None
         self.profile_to = profile_to
         """When set, run under cProfile (CPU time) and write its statistics there on exit."""
+        self.extra_args = list(extra_args)
+        """More `serve` options (`--event-datagram udp:...`)."""
+        self._mi: Any = None
 
     def command(self, port: int) -> list[str]:
         self.mi_port = proc.free_port("tcp")
         if self.profile_to is not None:
             start = ["-m", "bench._profiled", str(self.profile_to), "switchboard"]
+        elif self.gc_watch_to is not None:
+            start = ["-m", "bench._gcwatch", str(self.gc_watch_to), "switchboard"]
         else:
             start = ["-m", "switchboard"]
         return [self.python, *start, "serve",
                 "--listen", f"udp:127.0.0.1:{port}",
-                "--mi-http", f"127.0.0.1:{self.mi_port}"]
+                "--mi-http", f"127.0.0.1:{self.mi_port}", *self.extra_args]
+
+    @property
+    def mi_url(self) -> str:
+        assert self.mi_port is not None
+        return f"http://127.0.0.1:{self.mi_port}/mi"
+
+    def mi(self, method: str, params: Any = None, timeout: float = 30.0) -> Any:
+        """Call an MI command over JSON-RPC (one kept-alive HTTP connection)."""
+        from .mi import MiClient
+
+        if self._mi is None or self._mi.url != self.mi_url:
+            self._mi = MiClient(self.mi_url)
+        return self._mi.call(method, params, timeout=timeout)
+
+    def statistics(self, *names: str) -> dict[str, int]:
+        return dict(self.mi("statistics:get", [list(names) or ["all"]]))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._mi is not None:
+            self._mi.close()
+            self._mi = None
+        super().stop(timeout)
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -170,17 +221,75 @@ class Switchboard(System):
         return f"{__version__} ({commit})" if commit else __version__
 
 
+class SwitchboardRay(Switchboard):
+    """switchboard's Ray runtime with N workers on a private, loopback-only Ray
+    (`bench/_ray_serve.py`). Worker i listens on the base port + i; the bench spreads new
+    calls evenly over the workers' ports, one SIPp UAC per port."""
+
+    start_timeout = 180.0
+    warmup_s = 5.0  # Ray is still busy for a few seconds after the workers answer
+
+    def __init__(self, workers: int, python: str | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        super().__init__(python=python, extra_args=extra_args)
+        self.workers = workers
+        self.name = f"switchboard-ray-{workers}"
+        self.label = f"switchboard (Ray runtime, {workers} worker{'s' if workers > 1 else ''})"
+
+    def pick_port(self) -> int:
+        # The workers' SIP ports and the MI's in one block below the ephemeral range: Ray
+        # binds many ports of its own while it starts, and one of them could otherwise be a
+        # port picked free a moment before.
+        base = proc.free_port_block(self.workers + 1)
+        self.mi_port = base + self.workers
+        return base
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        assert self.port is not None
+        return [("127.0.0.1", self.port + i) for i in range(self.workers)]
+
+    def command(self, port: int) -> list[str]:
+        if self.mi_port is None:
+            self.mi_port = proc.free_port("tcp")
+        return [self.python, "-m", "bench._ray_serve", "serve", "--runtime", "ray",
+                "--workers", str(self.workers),
+                "--listen", f"udp:127.0.0.1:{port}",
+                "--mi-http", f"127.0.0.1:{self.mi_port}", *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        return env
+
+    def worker_pids(self) -> list[int]:
+        """The worker actors' processes (the SIP work), without Ray's own."""
+        return [pid for pid in self.pids() if "WorkerActor" in proc.cmdline(pid)]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "workers": self.workers,
+                "ports": [p for _, p in self.addresses] if self.port else []}
+
+
 class Kamailio(System):
     """Kamailio from Debian's packages with bench/kamailio/kamailio.cfg."""
 
     name = "kamailio"
     label = "Kamailio (tm + rr + dialog)"
 
-    def __init__(self, children: int | None = None, shm_mb: int = 2048, pkg_mb: int = 64) -> None:
+    def __init__(self, children: int | None = None, shm_mb: int = 2048, pkg_mb: int = 64,
+                 ctl: bool = False) -> None:
         super().__init__()
         self.children = children or (os.cpu_count() or 2)
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
+        self.ctl = ctl
+        """Load ctl + kex (WITH_CTL in kamailio.cfg) so that `rpc()` (kamcmd) works."""
+        self.ctl_socket: Path | None = None
 
     def binary(self) -> str | None:
         candidates = ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio")
@@ -199,9 +308,90 @@ class Kamailio(System):
         binary = self.binary()
         mdir = module_dir()
         assert binary is not None and mdir is not None
-        return [binary, "-f", str(KAMAILIO_CFG), "-L", mdir,
-                "-l", f"udp:127.0.0.1:{port}", "-n", str(self.children),
-                "-m", str(self.shm_mb), "-M", str(self.pkg_mb), "-DD", "-E"]
+        cmd = [binary, "-f", str(KAMAILIO_CFG), "-L", mdir,
+               "-l", f"udp:127.0.0.1:{port}", "-n", str(self.children),
+               "-m", str(self.shm_mb), "-M", str(self.pkg_mb), "-DD", "-E"]
+        if self.ctl:
+            self.ctl_socket = Path(tempfile.mkdtemp(prefix="bench-kam-")) / "ctl.sock"
+            rpc_dir = self.ctl_socket.parent
+            cmd += ["-A", "WITH_CTL", "-A", f'CTL_SOCKET="unix:{self.ctl_socket}"',
+                    "-A", f'RPC_FIFO="{rpc_dir / "rpc.fifo"}"',
+                    "-A", f'RPC_REPLY_DIR="{rpc_dir}/"']
+            # Room in the ctl process's private memory for a dlg.list of 100,000 dialogs
+            # (only the pages a process touches count in its RSS/PSS).
+            cmd[cmd.index("-M") + 1] = str(max(self.pkg_mb, 1024))
+        return cmd
+
+    def rpc(self, *args: str, timeout: float = 60.0) -> str:
+        """`kamcmd` against this Kamailio's ctl socket (needs `ctl=True`); its output."""
+        if self.ctl_socket is None:
+            raise SystemError_("kamailio was started without its ctl socket")
+        kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+        out = subprocess.run([kamcmd, "-s", f"unix:{self.ctl_socket}", *args],
+                             capture_output=True, text=True, timeout=timeout, check=False)
+        if out.returncode != 0:
+            raise SystemError_(f"kamcmd {' '.join(args)}: {out.stderr.strip() or out.stdout}")
+        return out.stdout
+
+    def jsonrpc(self, method: str, timeout: float = 300.0) -> tuple[Any, int, float]:
+        """A JSON-RPC command through jsonrpcs' FIFO (needs `ctl=True`), for answers too big
+        for kamcmd (`dlg.list`): (result, bytes of the answer, seconds from sending the
+        request to the answer's last byte)."""
+        import json
+        import select
+
+        if self.ctl_socket is None:
+            raise SystemError_("kamailio was started without its RPC sockets")
+        rpc_dir = self.ctl_socket.parent
+        reply_name = f"reply_{uuid.uuid4().hex[:12]}"  # no dots or slashes: jsonrpcs refuses them
+        reply_path = rpc_dir / reply_name
+        os.mkfifo(reply_path, 0o600)
+        try:
+            request = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1,
+                                  "reply_name": reply_name}).encode() + b"\n"
+            # Our end of the reply FIFO is open (non-blocking) before Kamailio opens its end;
+            # the answer is over when Kamailio closes it (read gives b"" after some data).
+            fd = os.open(reply_path, os.O_RDONLY | os.O_NONBLOCK)
+            chunks: list[bytes] = []
+            try:
+                t0 = time.perf_counter()
+                with open(rpc_dir / "rpc.fifo", "wb") as fifo:
+                    fifo.write(request)
+                deadline = time.monotonic() + timeout
+                while True:
+                    if time.monotonic() >= deadline:
+                        raise SystemError_(f"jsonrpc {method}: no whole answer in {timeout:g} s")
+                    ready, _, _ = select.select([fd], [], [], 0.5)
+                    if not ready:
+                        continue
+                    data = os.read(fd, 1 << 20)
+                    if data:
+                        chunks.append(data)
+                    elif chunks:
+                        break  # Kamailio closed its end: the whole answer is here
+                    else:
+                        time.sleep(0.002)  # no writer yet
+                elapsed = time.perf_counter() - t0
+            finally:
+                os.close(fd)
+            body = b"".join(chunks)
+            answer = json.loads(body)
+            if "error" in answer:
+                raise SystemError_(f"jsonrpc {method}: {answer['error']}")
+            return answer.get("result"), len(body), elapsed
+        finally:
+            with contextlib.suppress(OSError):
+                reply_path.unlink()
+
+    def statistics(self, *names: str) -> dict[str, int]:
+        """Counters by `group:name` (`kamcmd stats.get_statistics`)."""
+        return parse_kamcmd_stats(self.rpc("stats.get_statistics", *(names or ("all",))))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.ctl_socket is not None:
+            shutil.rmtree(self.ctl_socket.parent, ignore_errors=True)
+            self.ctl_socket = None
 
     def cwd(self) -> Path:
         return Path("/tmp")
@@ -220,6 +410,26 @@ class Kamailio(System):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "children": self.children, "shm_mb": self.shm_mb,
                 "pkg_mb": self.pkg_mb, "config": str(KAMAILIO_CFG.relative_to(REPO))}
+
+
+def parse_kamcmd_stats(text: str) -> dict[str, int]:
+    """`group:name = value` lines of `kamcmd stats.get_statistics` → {name: value}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, eq, value = line.partition("=")
+        if eq and value.strip().lstrip("-").isdigit():
+            out[name.strip()] = int(value.strip())
+    return out
+
+
+def parse_kamcmd_struct(text: str) -> dict[str, str]:
+    """The `name: value` members of a flat `{ ... }` kamcmd answer (`core.shmmem`, `tm.stats`)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, colon, value = line.strip().partition(":")
+        if colon and name and not name.startswith("{"):
+            out[name.strip()] = value.strip()
+    return out
 
 
 def module_dir() -> str | None:
@@ -254,15 +464,28 @@ def ensure_kamailio(log: Any = print) -> bool:
     return False
 
 
-SYSTEMS: dict[str, type[System]] = {"switchboard": Switchboard, "kamailio": Kamailio}
+SYSTEMS: dict[str, type[System]] = {
+    "switchboard": Switchboard,
+    "switchboard-ray-1": SwitchboardRay,
+    "switchboard-ray-2": SwitchboardRay,
+    "kamailio": Kamailio,
+}
 
 
 def make_system(name: str, **options: Any) -> System:
     if name == "kamailio":
-        return Kamailio(children=options.get("kamailio_children"))
+        return Kamailio(children=options.get("kamailio_children"),
+                        ctl=bool(options.get("ctl", False)))
     if name == "switchboard":
-        return Switchboard()
+        return Switchboard(extra_args=options.get("extra_args", ()))
+    m = re.fullmatch(r"switchboard-ray-(\d+)", name)
+    if m and int(m.group(1)) >= 1:
+        return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()))
     raise SystemError_(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
+
+
+def known_system(name: str) -> bool:
+    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*", name) is not None
 
 
 # --- readiness probe --------------------------------------------------------------------------

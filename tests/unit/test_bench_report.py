@@ -369,14 +369,17 @@ def test_plots_are_written_when_matplotlib_is_there(tmp_path: Path) -> None:
 
 
 def test_quick_plan_fits_in_three_minutes() -> None:
-    plan = suite.make_plan(suite.parse_args(["--quick"]))
+    args = suite.parse_args(["--quick"])
+    plan, parts = suite.make_plan(args), suite.make_parts_plan(args)
     assert plan.systems == ("switchboard", "kamailio")
-    assert plan.worst_case_seconds() < 180
+    assert plan.worst_case_seconds() + parts.estimate_seconds(suite.PARTS) < 180
 
 
 def test_full_plan_fits_in_thirty_minutes() -> None:
-    plan = suite.make_plan(suite.parse_args([]))
-    assert plan.worst_case_seconds() < 30 * 60
+    args = suite.parse_args([])
+    plan, parts = suite.make_plan(args), suite.make_parts_plan(args)
+    assert plan.systems == ("switchboard", "switchboard-ray-1", "switchboard-ray-2", "kamailio")
+    assert plan.worst_case_seconds() + parts.estimate_seconds(suite.PARTS) < 30 * 60
 
 
 def test_rates_and_duration_can_be_given() -> None:
@@ -390,3 +393,293 @@ def test_rates_and_duration_can_be_given() -> None:
 def test_unknown_systems_are_refused() -> None:
     with pytest.raises(SystemExit):
         suite.make_plan(suite.parse_args(["--systems", "asterisk"]))
+
+
+# --- the parts beyond call rate: plans, SIPp sums, the user agents' parser ---------------------
+
+
+def test_only_picks_parts_in_the_suite_order() -> None:
+    assert suite.parse_parts("overload,callrate") == ("callrate", "overload")
+    assert suite.parse_parts(",".join(suite.PARTS)) == suite.PARTS
+    with pytest.raises(SystemExit):
+        suite.parse_parts("soak")
+
+
+def test_parts_plan_by_mode_and_options() -> None:
+    quick = suite.make_parts_plan(suite.parse_args(["--quick"]))
+    assert quick.dialog_sizes == (10_000,) and not quick.dialog_settle
+    full = suite.make_parts_plan(suite.parse_args([]))
+    assert full.dialog_sizes[-1] == 100_000 and full.dialog_settle
+    given = suite.make_parts_plan(suite.parse_args(
+        ["--quick", "--dialogs", "500,1000", "--dialogs-settle", "--max-rate", "900",
+         "--callops-rates", "20,40", "--long-calls", "0"]))
+    assert given.dialog_sizes == (500, 1000) and given.dialog_settle
+    assert given.max_rate == 900 and given.callops_rates == (20.0, 40.0)
+    assert given.callops_long_calls == 0
+
+
+def test_ray_systems_are_known_by_worker_count() -> None:
+    from bench import systems
+
+    assert systems.known_system("switchboard-ray-2") and systems.known_system("switchboard-ray-8")
+    assert not systems.known_system("switchboard-ray-0")
+    ray = systems.make_system("switchboard-ray-2")
+    ray.port = 20000
+    assert ray.addresses == [("127.0.0.1", 20000), ("127.0.0.1", 20001)]
+    assert "--workers" in ray.command(20000) and "bench._ray_serve" in ray.command(20000)
+
+
+def test_calls_are_split_evenly_over_load_generators() -> None:
+    assert callrate.split_calls(10, 1) == [10]
+    assert callrate.split_calls(11, 2) == [6, 5]
+    assert callrate.split_calls(2, 4) == [1, 1, 0, 0]
+
+
+def test_statistics_of_several_sipp_runs_add_up() -> None:
+    a = {"SuccessfulCall(C)": "10", "FailedCall(C)": "1", "ResponseTimeinvite(C)": "00:00:00"}
+    b = {"SuccessfulCall(C)": "5", "FailedCall(C)": "", "ResponseTimeinvite(C)": "00:00:01"}
+    total = sipp.sum_stats([a, {}, b])
+    assert sipp.stat_int(total, "SuccessfulCall(C)") == 15
+    assert total["ResponseTimeinvite(C)"] == "00:00:00"  # not a count: the first one's
+    assert sipp.sum_stats([a]) == a and sipp.sum_stats([]) == {}
+
+
+def test_kamcmd_answers_are_read() -> None:
+    from bench.systems import parse_kamcmd_stats, parse_kamcmd_struct
+
+    stats = parse_kamcmd_stats("dialog:active_dialogs = 50\ndialog:early_dialogs = 0\n")
+    assert stats == {"dialog:active_dialogs": 50, "dialog:early_dialogs": 0}
+    shm = parse_kamcmd_struct("{\n\ttotal: 268435456\n\treal_used: 2811496\n}\n")
+    assert shm["real_used"] == "2811496"
+
+
+def test_the_user_agents_read_what_the_proxy_sends() -> None:
+    from bench import party
+
+    msg = party.parse(
+        b"INVITE sip:b@127.0.0.1:5000 SIP/2.0\r\n"
+        b"v: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1, SIP/2.0/UDP 127.0.0.1:6000;branch=x\r\n"
+        b"Record-Route: <sip:127.0.0.1:5060;lr;x=\"a,b\">\r\n"
+        b"From: \"A, B\" <sip:a@127.0.0.1:6000>;tag=abc\r\nTo: <sip:b@127.0.0.1:5000>\r\n"
+        b"i: call-1\r\nCSeq: 7 INVITE\r\nContent-Length: 3\r\n\r\nv=0")
+    assert msg.method == "INVITE" and msg.call_id == "call-1" and msg.cseq == (7, "INVITE")
+    assert len(msg.all("via")) == 2
+    assert msg.all("record-route") == ['<sip:127.0.0.1:5060;lr;x="a,b">']
+    assert party.tag_of(msg.get("from") or "") == "abc" and party.tag_of("<sip:x>") == ""
+    assert party.uri_of('"A, B" <sip:a@h:1>;tag=1') == "sip:a@h:1"
+    assert party.user_of("sip:c@127.0.0.1:5") == "c"
+    resp = party.parse(b"SIP/2.0 202 Accepted\r\nCSeq: 2 REFER\r\n\r\n")
+    assert resp.method is None and resp.status == 202 and resp.body == b""
+
+
+# --- dialogs held ------------------------------------------------------------------------------
+
+
+def test_memory_per_dialog_over_idle_and_marginal() -> None:
+    from bench import dialogs
+
+    run = dialogs.DialogsRun(system={"name": "switchboard"}, idle_rss_kb=40_000,
+                             idle_pss_kb=30_000, idle_shm_used_bytes=None)
+    first = dialogs.DialogsPoint(target=10_000, dialogs=10_000, rss_kb=70_000, pss_kb=60_000)
+    dialogs.fill_in(first, run, None)
+    assert first.pss_delta_kb == 30_000
+    assert first.bytes_per_dialog == pytest.approx(3072.0)
+    assert first.marginal_bytes_per_dialog is None
+    second = dialogs.DialogsPoint(target=20_000, dialogs=20_000, rss_kb=90_000, pss_kb=80_000)
+    dialogs.fill_in(second, run, first)
+    assert second.marginal_bytes_per_dialog == pytest.approx(2048.0)
+    run.points = [first, second]
+    assert dialogs.best_estimate(run) == pytest.approx(2048.0)
+    assert dialogs.per_dialog(100, 0) is None
+    again = dialogs.DialogsRun.from_json(run.to_json())
+    assert again.points == run.points
+
+
+def test_kamailio_shared_memory_per_dialog() -> None:
+    from bench import dialogs
+
+    run = dialogs.DialogsRun(system={"name": "kamailio"}, idle_pss_kb=10_000,
+                             idle_shm_used_bytes=1_000_000)
+    point = dialogs.DialogsPoint(target=1000, dialogs=1000, pss_kb=12_000,
+                                 shm_used_bytes=3_000_000)
+    dialogs.fill_in(point, run, None)
+    assert point.shm_bytes_per_dialog == 2000.0
+
+
+# --- call operations -----------------------------------------------------------------------------
+
+
+def test_an_operation_is_timed_to_its_own_request_on_the_wire() -> None:
+    from bench.callops import Sample
+
+    hold = Sample("hold", "c1", sent_ns=1_000_000_000)
+    hold.arrived("REFER", 1_005_000_000)  # not what a hold sends
+    hold.arrived("INVITE", 999_000_000)  # before the command: an older one
+    assert hold.wire_ms is None
+    hold.arrived("INVITE", 1_001_500_000)
+    hold.arrived("INVITE", 1_002_000_000)
+    assert hold.wire_ms == pytest.approx(1.5) and hold.second_wire_ms == pytest.approx(2.0)
+    transfer = Sample("transfer", "c2", sent_ns=0)
+    transfer.arrived("REFER", 3_000_000)
+    assert transfer.wire_ms == pytest.approx(3.0)
+
+
+def test_a_phase_of_operations_sums_up() -> None:
+    from bench.callops import Sample, summarize_phase
+
+    samples = [Sample(op, f"c{i}", 0, wire_ms=float(i), reply_ms=float(i) + 0.5)
+               for i, op in enumerate(["hold", "unhold", "transfer"] * 34, start=1)]
+    samples.append(Sample("hold", "x", 0, error="404 Dialog not found"))
+    samples.append(Sample("hold", "y", 0))  # answered, never seen on the wire
+    phase = summarize_phase("steady 100/s", samples, 1.04, offered_rate=100, concurrency=1)
+    assert phase["ops_sent"] == 104 and phase["ops_ok"] == 103 and phase["ops_failed"] == 1
+    assert phase["errors"] == {"404 Dialog not found": 1}
+    assert phase["missing_on_wire"] == 1
+    assert phase["wire"]["count"] == 102
+    assert phase["wire"]["p50_ms"] == 51.0 and phase["wire"]["p99_ms"] == 101.0
+    assert phase["by_op"]["transfer"]["count"] == 34
+    assert phase["ops_per_s"] == pytest.approx(99.0)
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def test_events_delivered_against_expected() -> None:
+    from bench.events import EventStep, summarize
+
+    step = summarize(EventStep(offered_rate=500, duration_s=4, calls_ok=2000, received=7990,
+                               elapsed_s=4.1))
+    assert step.expected == 8000
+    assert step.delivered_pct == pytest.approx(99.88)
+    assert step.events_per_s == pytest.approx(1948.8)
+    assert summarize(EventStep(offered_rate=1, duration_s=1)).delivered_pct is None
+
+
+# --- overload ------------------------------------------------------------------------------------
+
+
+def test_shed_calls_are_counted_from_the_scenario_log() -> None:
+    from bench.overload import parse_shed_log
+
+    lines = ["shed 2 1040", "shed  1300", "other line", "shed 2 980", ""]
+    assert parse_shed_log(lines) == (3, 2, 1300.0)
+    assert parse_shed_log([]) == (0, 0, None)
+
+
+def test_an_overload_step_sums_up() -> None:
+    from bench.overload import OverloadStep, summarize
+
+    step = OverloadStep(phase="ramp", offered_rate=2000, duration_s=4, planned_calls=8000,
+                        elapsed_s=4.0)
+    uac = {"SuccessfulCall(C)": "7900", "FailedCall(C)": "100", "OutgoingCall(C)": "8000",
+           "Retransmissions(C)": "10"}
+    summarize(step, uac_stats=uac, uas_stats={"FailedCall(C)": "3"},
+              shed_lines=["shed 2 100"] * 900, rtts=[1.0, 2.0, 30.0])
+    assert step.shed == 900 and step.shed_with_retry_after == 900
+    assert step.completed == 7000 and step.completed_rate == 1750.0
+    assert step.failed == 103 and step.unfinished == 0
+    assert not step.clean and step.reasons[0] == "103 failed"
+    assert step.retrans_ratio == pytest.approx(10 / (7000 * 6 + 900 * 2), abs=1e-4)
+
+
+def test_overload_steps_and_recovery_verdict() -> None:
+    from bench.overload import plan_rates, recovery_verdict
+
+    assert plan_rates(1000, (1.0, 2.0), (0.5,)) == [
+        ("ramp", 1000.0), ("ramp", 2000.0), ("recovery", 500.0)]
+    clean = {"clean": True, "failed": 0, "unfinished": 0, "reasons": [], "last_shed_s": None,
+             "duration_s": 4}
+    early = {"clean": False, "failed": 0, "unfinished": 0, "reasons": ["12 shed (503)"],
+             "last_shed_s": 0.4, "duration_s": 4}
+    broken = {**early, "failed": 3, "reasons": ["3 failed", "12 shed (503)"]}
+    assert recovery_verdict([clean]) == "clean again"
+    assert recovery_verdict([early, clean]) == "clean again after 0.4 s of shedding"
+    assert recovery_verdict([broken]) == "**not clean**"
+    assert recovery_verdict([]) == "not measured"
+
+
+# --- soak ------------------------------------------------------------------------------------------
+
+
+def test_soak_flatness_fits_the_second_half() -> None:
+    from bench import soak
+
+    assert soak.slope([0, 1, 2], [1, 3, 5]) == pytest.approx(2.0)
+    assert soak.slope([1], [1]) is None
+    flat = [{"t_s": t, "rss_kb": 100 * 1024 + (t % 20)} for t in range(0, 181, 10)]
+    verdict = soak.flatness(flat, 180)
+    assert verdict["flat"] is True and verdict["samples"] == 10
+    leaking = [{"t_s": t, "rss_kb": (100 + t / 5) * 1024} for t in range(0, 181, 10)]
+    assert soak.flatness(leaking, 180)["flat"] is False
+    assert soak.flatness(flat[:1], 180)["flat"] is None
+
+
+# --- the report with every part ------------------------------------------------------------------
+
+
+def _parts() -> dict[str, object]:
+    point = {"target": 10_000, "dialogs": 10_000, "transactions": 0, "settled": True,
+             "pss_delta_kb": 50_000, "bytes_per_dialog": 5120.0,
+             "marginal_bytes_per_dialog": 2900.0, "list_s": 0.2, "list_bytes": 10_000_000,
+             "sip_stall_ms": 150.0}
+    phase = {"phase": "steady 100/s", "offered_rate": 100, "concurrency": 1, "seconds": 5,
+             "ops_sent": 500, "ops_ok": 500, "ops_failed": 0, "errors": {},
+             "missing_on_wire": 0, "ops_per_s": 100.0,
+             "wire": {"count": 500, "p50_ms": 0.4, "p90_ms": 0.7, "p99_ms": 3.5, "max_ms": 20},
+             "reply": {"count": 500, "p50_ms": 0.5, "p90_ms": 0.8, "p99_ms": 3.9,
+                       "max_ms": 21},
+             "by_op": {"hold": {"p99_ms": 3.0}}}
+    ostep = {"phase": "ramp", "offered_rate": 2000.0, "duration_s": 4, "completed_rate": 1500.0,
+             "completed": 6000, "shed": 2000, "shed_rate": 500.0, "shed_with_retry_after": 2000,
+             "last_shed_s": 3.9, "failed": 0, "unfinished": 0, "retrans_ratio": 0.0,
+             "rtt_p50_ms": 5.0, "rtt_p99_ms": 50.0, "proxy_cpu_pct": 95.0,
+             "loadgen_cpu_pct": 20.0, "other_cpu_pct": 0.0, "elapsed_s": 4.0, "clean": False,
+             "reasons": ["2000 shed (503)"]}
+    return {
+        "dialogs": {"settings": {"sizes": [10_000], "fill_rate": 1000, "settle": True},
+                    "runs": {"switchboard": {"system": {"name": "switchboard"},
+                                             "idle_pss_kb": 30_000, "points": [point]}},
+                    "heap": {"heap_bytes_per_dialog": 2400.0}},
+        "callops": {"settings": {"long_calls": 2000, "background_rate": 200,
+                                 "measured_calls": 50}, "background": {}, "phases": [phase]},
+        "events": {"settings": {"duration_s": 4}, "steps": []},
+        "overload": {"settings": {"max_rate": 1000, "duration_s": 4}, "steps": [ostep],
+                     "established": {"calls": 100, "completed": 100, "failed": 0}},
+    }
+
+
+def test_targets_cover_every_number_of_issue_four() -> None:
+    result = report.build_result(
+        started="s", finished="f", mode="full", settings={}, host={}, runs=_runs(),
+        parts=_parts())
+    assert result["parts"] == ["callrate", "dialogs", "callops", "events", "overload"]
+    t = result["targets"]
+    assert t["cpu_within_2x_kamailio"]["met"] is False
+    assert t["bytes_per_dialog_3k"]["value"] == 2900.0 and t["bytes_per_dialog_3k"]["met"]
+    assert t["bytes_per_dialog_3k"]["core_heap_bytes_per_dialog"] == 2400.0
+    assert t["command_to_wire_p99_5ms"] == {"value": 3.5, "target": 5.0, "met": True}
+
+
+def test_markdown_and_plots_of_every_part(tmp_path: Path) -> None:
+    result = report.build_result(
+        started="s", finished="f", mode="full", settings={}, host={}, runs=_runs(),
+        parts=_parts())
+    paths = report.write(result, tmp_path, "stamp")
+    text = paths["md"].read_text()
+    for heading in ("## All the numbers to beat (issue 4)", "## Dialogs held",
+                    "## Call operations under load", "## Events", "## Overload"):
+        assert heading in text
+    assert "2,900 bytes per held dialog against 3,072 — met" in text
+    assert "command-to-wire p99 (worst steady phase): 3.5 ms" in text
+    pngs = sorted(p.name for k, p in paths.items() if k.startswith("png"))
+    assert pngs == ["stamp-callrate.png", "stamp-cpu.png", "stamp-dialogs.png",
+                    "stamp-overload.png"]
+
+
+def test_parts_alone_make_a_report(tmp_path: Path) -> None:
+    result = report.build_result(started="s", finished="f", mode="quick", settings={},
+                                 host={}, runs={}, parts={"events": _parts()["events"]})
+    assert result["parts"] == ["events"]
+    paths = report.write(result, tmp_path, "stamp")
+    assert "## Events" in paths["md"].read_text()
+    assert not any(k.startswith("png") for k in paths)
