@@ -42,7 +42,13 @@ from ..transport.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (50_000, 20, 100)
+# Only the youngest generation is collected automatically, and in batches of 10,000 new
+# objects (a few milliseconds each). The older generations hold what lives for a while —
+# transactions waiting out their timers, dialogs — and a full collection of them stalls the
+# loop for hundreds of milliseconds under load; they are freed by reference counting anyway
+# (the call path makes no cycles), so a full collection runs only when the worker is idle
+# (`actors/overload.py`).
+GC_THRESHOLDS = (10_000, 1_000_000_000, 1_000_000_000)
 
 
 def _token() -> str:
@@ -177,10 +183,10 @@ async def build_worker(
             sender = MirroredEndpoint(endpoint, hep)
         worker.add_endpoint(sender)
     # What exists now lives as long as the process: keep the collector from scanning
-    # it again and again (the heap it walks is then only the calls in flight). The call
-    # path makes no reference cycles (transactions, timers and contexts let go of each
-    # other when they end), so the collector may run far less often than Python's
-    # default of every 700 allocations, which cost a quarter of the CPU per call.
+    # it again and again. The call path makes no reference cycles (transactions, timers
+    # and contexts let go of each other when they end; `tests/unit/sip/test_no_cycles.py`),
+    # so the collector may run far less often than Python's default of every 700
+    # allocations, which cost a quarter of the CPU per call.
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
