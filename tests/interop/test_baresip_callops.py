@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
@@ -28,6 +27,7 @@ import pytest
 from harness import SwitchboardServer
 from tests.interop.baresip import BaresipPeer
 from tests.interop.events import EventCollector, collecting
+from tests.interop.sip_trace import Traced, trace
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 
@@ -57,94 +57,11 @@ def sb(
     return switchboard_server("--event-datagram", events.socket)
 
 
-# ----------------------------------------------------------------------------- SIP traces
-
-# "<date> <time> <user> baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B", then
-# the message, up to the next log line.
-_TRACE_HEAD = re.compile(
-    r"^\S+ \S+ \S+ baresip\.native\.sip DEBUG (?P<dir>TX|RX) UDP (?P<src>\S+) -> (?P<dst>\S+)$"
-)
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
-
-
-@dataclass(frozen=True)
-class Traced:
-    """One SIP message from a peer's --sip-trace."""
-
-    direction: str  # "TX" | "RX"
-    src: str
-    dst: str
-    text: str
-
-    @property
-    def start_line(self) -> str:
-        return self.text.split("\n", 1)[0]
-
-    @property
-    def method(self) -> str | None:
-        """The request's method, or None for a response."""
-        first = self.start_line.split(" ", 1)[0]
-        return None if first == "SIP/2.0" else first
-
-    @property
-    def status(self) -> int | None:
-        if self.method is not None:
-            return None
-        return int(self.start_line.split(" ", 2)[1])
-
-    @property
-    def cseq(self) -> tuple[int, str]:
-        number, _, method = self.header("CSeq")[0].partition(" ")
-        return int(number), method.strip()
-
-    @property
-    def remote(self) -> str:
-        return self.dst if self.direction == "TX" else self.src
-
-    @property
-    def body(self) -> str:
-        return self.text.split("\n\n", 1)[1] if "\n\n" in self.text else ""
-
-    def header(self, name: str) -> list[str]:
-        head = self.text.split("\n\n", 1)[0]
-        out = []
-        for line in head.split("\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.strip().lower() == name.lower():
-                out.append(value.strip())
-        return out
-
-    def __str__(self) -> str:
-        return f"{self.direction} {self.start_line} (CSeq {' '.join(map(str, self.cseq))})"
-
-
-def _trace(p: BaresipPeer, call_id: str | None = None) -> list[Traced]:
-    """The SIP messages `p` sent and received (those of one Call-ID if given)."""
-    messages: list[Traced] = []
-    current: tuple[re.Match[str], list[str]] | None = None
-
-    def flush() -> None:
-        if current is not None:
-            head, lines = current
-            messages.append(
-                Traced(head["dir"], head["src"], head["dst"], "\n".join(lines).strip("\n"))
-            )
-
-    for line in p.stderr.splitlines():
-        head = _TRACE_HEAD.match(line)
-        if head is not None or _LOG_LINE.match(line):
-            flush()
-            current = (head, []) if head is not None else None
-        elif current is not None:
-            current[1].append(line)
-    flush()
-    if call_id is None:
-        return messages
-    return [m for m in messages if call_id in m.header("Call-ID")]
+# SIP traces: `sip_trace.trace(peer, call_id)` reads what a peer sent and received.
 
 
 def _requests(p: BaresipPeer, call_id: str, direction: str, method: str) -> list[Traced]:
-    return [m for m in _trace(p, call_id) if m.direction == direction and m.method == method]
+    return [m for m in trace(p, call_id) if m.direction == direction and m.method == method]
 
 
 def _sdp_direction(sdp: str) -> str:
@@ -161,7 +78,7 @@ def _sdp_version(sdp: str) -> int:
 
 def _final_reason(p: BaresipPeer, call_id: str) -> str:
     """`"200 <reason>"` of the 2xx `p` sent to the initial INVITE of `call_id`."""
-    for m in _trace(p, call_id):
+    for m in trace(p, call_id):
         if m.direction == "TX" and m.status == 200 and m.cseq[1] == "INVITE":
             return m.start_line.split(" ", 1)[1]
     raise AssertionError(f"{p.user} sent no 200 to an INVITE of {call_id}")
@@ -185,7 +102,7 @@ def _eventually(check: Callable[[], T], timeout: float = 3.0) -> T:
 
 def _assert_no_errors(p: BaresipPeer, call_id: str) -> None:
     """No error answer (>= 300) was sent or received by `p` in call `call_id`."""
-    bad = [str(m) for m in _trace(p, call_id) if m.status is not None and m.status >= 300]
+    bad = [str(m) for m in trace(p, call_id) if m.status is not None and m.status >= 300]
     assert not bad, f"{p.user}: error answers in {call_id}: {bad}"
 
 
@@ -252,10 +169,10 @@ def _settle(p: BaresipPeer, call_id: str, quiet: float = 0.3, timeout: float = 5
     """Wait until `p` has had no SIP traffic in `call_id` for `quiet` s (baresip may send a
     media-update re-INVITE right after the call is set up)."""
     deadline = time.monotonic() + timeout
-    last = len(_trace(p, call_id))
+    last = len(trace(p, call_id))
     while time.monotonic() < deadline:
         time.sleep(quiet)
-        now = len(_trace(p, call_id))
+        now = len(trace(p, call_id))
         if now == last:
             return
         last = now
@@ -560,10 +477,10 @@ def test_hold_and_unhold_from_mi(
             assert versions[-1] > versions[-2], (name, versions)
             answered = [
                 m
-                for m in _trace(p, callid)
+                for m in trace(p, callid)
                 if m.direction == "TX" and m.status == 200 and m.cseq in [r.cseq for r in reinvites]
             ]
-            assert len(answered) == 2, (name, [str(m) for m in _trace(p, callid)])
+            assert len(answered) == 2, (name, [str(m) for m in trace(p, callid)])
             _assert_no_errors(p, callid)
 
     _eventually(wire)
@@ -580,17 +497,17 @@ def _assert_cseq_increasing(p: BaresipPeer, callid: str) -> None:
     """Every request `p` received in the call has a higher CSeq than the one before it
     (ACKs reuse their INVITE's), i.e. its peer's and the proxy's requests share one rising
     sequence; and every request `p` sent got its answers with its own CSeq."""
-    trace = _trace(p, callid)
+    messages = trace(p, callid)
     received = [
-        m.cseq[0] for m in trace if m.direction == "RX" and m.method not in (None, "ACK", "CANCEL")
+        m.cseq[0] for m in messages if m.direction == "RX" and m.method not in (None, "ACK", "CANCEL")
     ]
     assert received == sorted(received) and len(set(received)) == len(received), (
         p.user,
-        [str(m) for m in trace if m.direction == "RX" and m.method],
+        [str(m) for m in messages if m.direction == "RX" and m.method],
     )
-    sent = {m.cseq for m in trace if m.direction == "TX" and m.method not in (None, "ACK")}
-    finals = {m.cseq for m in trace if m.direction == "RX" and m.status and m.status >= 200}
-    assert sent <= finals, (p.user, sorted(sent - finals), [str(m) for m in trace])
+    sent = {m.cseq for m in messages if m.direction == "TX" and m.method not in (None, "ACK")}
+    finals = {m.cseq for m in messages if m.direction == "RX" and m.status and m.status >= 200}
+    assert sent <= finals, (p.user, sorted(sent - finals), [str(m) for m in messages])
 
 
 @pytest.mark.parametrize("hangup_by", ["callee", "caller"])
@@ -639,7 +556,7 @@ def test_call_continues_after_mi_hold_and_unhold(
     def wire() -> None:
         (bye,) = _requests(byer, callid, "TX", "BYE")
         assert [
-            m.status for m in _trace(byer, callid) if m.direction == "RX" and m.cseq == bye.cseq
+            m.status for m in trace(byer, callid) if m.direction == "RX" and m.cseq == bye.cseq
         ] == [200], "BYE not answered 200"
         assert len(_requests(byee, callid, "RX", "BYE")) == 1
         for p in (alice, bob):

@@ -13,16 +13,15 @@ messages (captured stdout) and the proxy's output (report section).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from harness import SwitchboardServer
 from tests.interop.baresip import BaresipPeer
+from tests.interop.sip_trace import trace
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 
@@ -40,69 +39,7 @@ def _proxy_outlives_peers(switchboard: SwitchboardServer) -> None:
     """
 
 
-# One line of the peer's log starts each traced message: "<date> <time> <user>
-# baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B", then the message itself.
-_TRACE_HEAD = re.compile(
-    r"^\S+ \S+ \S+ baresip\.native\.sip DEBUG (?P<dir>TX|RX) UDP (?P<src>\S+) -> (?P<dst>\S+)$"
-)
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
-
-
-@dataclass(frozen=True)
-class Traced:
-    """One SIP message from a peer's --sip-trace."""
-
-    direction: str  # "TX" | "RX"
-    src: str
-    dst: str
-    text: str
-
-    @property
-    def start_line(self) -> str:
-        return self.text.split("\n", 1)[0]
-
-    @property
-    def method(self) -> str | None:
-        """The request's method, or None for a response."""
-        first = self.start_line.split(" ", 1)[0]
-        return None if first == "SIP/2.0" else first
-
-    @property
-    def remote(self) -> str:
-        return self.dst if self.direction == "TX" else self.src
-
-    def header(self, name: str) -> list[str]:
-        head = self.text.split("\n\n", 1)[0]
-        out = []
-        for line in head.split("\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.strip().lower() == name.lower():
-                out.append(value.strip())
-        return out
-
-
-def _trace(p: BaresipPeer, call_id: str | None = None) -> list[Traced]:
-    """The SIP messages `p` sent and received (those of one Call-ID if given)."""
-    messages: list[Traced] = []
-    current: tuple[re.Match[str], list[str]] | None = None
-
-    def flush() -> None:
-        if current is not None:
-            head, lines = current
-            text = "\n".join(lines).strip("\n")
-            messages.append(Traced(head["dir"], head["src"], head["dst"], text))
-
-    for line in p.stderr.splitlines():
-        head = _TRACE_HEAD.match(line)
-        if head is not None or _LOG_LINE.match(line):
-            flush()
-            current = (head, []) if head is not None else None
-        elif current is not None:
-            current[1].append(line)
-    flush()
-    if call_id is None:
-        return messages
-    return [m for m in messages if call_id in m.header("Call-ID")]
+# SIP traces: `sip_trace.trace(peer, call_id)` reads what a peer sent and received.
 
 
 def _assert_call_went_through_proxy(
@@ -112,7 +49,7 @@ def _assert_call_went_through_proxy(
     sent carried the proxy's Route; `sent` are the methods `p` must have sent."""
     proxy = f"127.0.0.1:{server.udp_port}"
     route = f"<sip:{proxy};lr>"
-    messages = _trace(p, call_id)
+    messages = trace(p, call_id)
     assert messages, f"no SIP trace of call {call_id} at {p.user}"
     strays = [m.start_line for m in messages if m.remote != proxy]
     assert not strays, f"{p.user} talked to someone other than the proxy {proxy}: {strays}"
@@ -275,7 +212,7 @@ def test_hold_resume_and_callee_hangup_through_proxy(
     _no_dialogs(switchboard)
 
     # bob's requests follow the route set from the INVITE's Record-Route: the proxy.
-    invites = [m for m in _trace(bob, call_id) if m.direction == "RX" and m.method == "INVITE"]
+    invites = [m for m in trace(bob, call_id) if m.direction == "RX" and m.method == "INVITE"]
     invite = invites[0]  # the initial one; re-INVITEs carry no Record-Route
     assert invite.header("Record-Route") == [f"<sip:127.0.0.1:{switchboard.udp_port};lr>"]
     _assert_call_went_through_proxy(alice, switchboard, call_id, {"INVITE", "ACK"})
@@ -300,7 +237,7 @@ def test_mi_end_dlg_tears_the_call_down(switchboard: SwitchboardServer, peer: Pe
 
     # The proxy's BYEs: one to each side, each from the proxy, and neither UA sent one.
     for p in (alice, bob):
-        byes = [m for m in _trace(p, dialed["call_id"]) if m.method == "BYE"]
+        byes = [m for m in trace(p, dialed["call_id"]) if m.method == "BYE"]
         assert [m.direction for m in byes] == ["RX"], [m.start_line for m in byes]
         assert byes[0].remote == f"127.0.0.1:{switchboard.udp_port}"
     _assert_call_went_through_proxy(alice, switchboard, dialed["call_id"], {"INVITE", "ACK"})
