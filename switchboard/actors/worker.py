@@ -24,6 +24,7 @@ from .overload import OverloadMonitor
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, dict[str, Any]], None]
+LIST_SLICE = 1000  # dialogs rendered for dialog:list between two turns of the loop
 
 
 class Worker:
@@ -145,10 +146,18 @@ class Worker:
         if message.error is not None:
             raise message.error
 
-    def list_dialogs(self, call_id: str | None = None,
-                     from_tag: str | None = None) -> list[dict[str, Any]]:
+    async def list_dialogs(self, call_id: str | None = None,
+                           from_tag: str | None = None) -> list[dict[str, Any]]:
+        """`dialog:list` objects; a long list is built in slices so calls keep flowing."""
+        if call_id is not None:
+            found = self.proxy.dialogs.by_call_id(call_id)
+            candidates = [found] if found is not None else []
+        else:
+            candidates = list(self.proxy.dialogs)
         out = []
-        for dialog in self.proxy.dialogs:
+        for index, dialog in enumerate(candidates):
+            if index and index % LIST_SLICE == 0:
+                await asyncio.sleep(0)  # let SIP traffic through between slices
             if not dialog.active:
                 continue
             if call_id is not None and dialog.call_id != call_id:

@@ -254,7 +254,7 @@ class LocalSwitchboard:
         self, callid: str | None = None, from_tag: str | None = None
     ) -> list[dict[str, Any]]:
         assert self.worker is not None
-        return self.worker.list_dialogs(callid, from_tag)
+        return await self.worker.list_dialogs(callid, from_tag)
 
     async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
         assert self.worker is not None

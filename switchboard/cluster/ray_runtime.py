@@ -441,7 +441,7 @@ class WorkerActor:
 
     async def list_dialogs(self, callid: str | None, from_tag: str | None) -> bytes:
         worker = await self._started()
-        return _pack(worker.list_dialogs(callid, from_tag))
+        return _pack(await worker.list_dialogs(callid, from_tag))
 
     async def end_dialog(self, key: str, extra_headers: bytes) -> bool:
         worker = await self._started()
