@@ -49,6 +49,7 @@ from .transaction import (
     State,
     TimerSettings,
     client_key,
+    response_address,
     server_key,
 )
 from .uri import SipUri, parse_name_addr
@@ -931,8 +932,6 @@ class Proxy:
                          local: Address) -> None:
         try:
             resp = build_response(req, status, reason, to_tag=self.rand())
-            from .transaction import response_address
-
             dest = response_address(req, source)
             self._send(Datagram(resp.to_bytes(), dest, local))
         except ParseError:
