@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -676,3 +676,28 @@ class Sipp:
         assert self.proc is not None, "start() first"
         self.result = self.snapshot()
         return self.result
+
+
+def dialogs(server: SwitchboardServer) -> list[dict[str, Any]]:
+    """The server's `dialog:list`."""
+    found = server.mi_result("dialog:list")["Dialogs"]
+    assert isinstance(found, list)
+    return found
+
+
+def wait_dialogs(
+    server: SwitchboardServer,
+    ok: Callable[[list[dict[str, Any]]], bool],
+    what: str,
+    timeout: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Poll `dialog:list` until `ok(dialogs)`: the UAs' events can run ahead of the proxy
+    (a caller's "established" comes before the proxy relays its ACK)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = dialogs(server)
+        if ok(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dialog:list: not {what} after {timeout} s: {found!r}")
+        time.sleep(0.05)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import SwitchboardServer
+from harness import SwitchboardServer, wait_dialogs
 from tests.interop.baresip import BaresipPeer
 from tests.interop.events import EventCollector, collecting
 from tests.interop.sip_trace import Traced, trace
@@ -120,32 +120,10 @@ def _register(
     return peers
 
 
-def _dialogs(sb: SwitchboardServer) -> list[dict[str, Any]]:
-    dialogs = sb.mi_result("dialog:list")["Dialogs"]
-    assert isinstance(dialogs, list)
-    return dialogs
-
-
-def _wait_dialogs(
-    sb: SwitchboardServer,
-    ok: Callable[[list[dict[str, Any]]], bool],
-    what: str,
-    timeout: float = 5.0,
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        dialogs = _dialogs(sb)
-        if ok(dialogs):
-            return dialogs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"dialog:list: not {what} after {timeout} s: {dialogs!r}")
-        time.sleep(0.05)
-
-
 def _confirmed(sb: SwitchboardServer, *call_ids: str) -> dict[str, dict[str, Any]]:
     """Wait until the dialogs are exactly `call_ids`, all confirmed; return them by Call-ID."""
     want = set(call_ids)
-    dialogs = _wait_dialogs(
+    dialogs = wait_dialogs(
         sb,
         lambda ds: {d["callid"] for d in ds} == want and all(d["state"] == CONFIRMED for d in ds),
         f"exactly {sorted(want)} confirmed",
@@ -274,7 +252,7 @@ def test_blind_transfer_from_mi(
 
     transferee.hangup(call=new_call["call"])
     carol.wait_event("closed", call=carol_in["call"])
-    _wait_dialogs(sb, lambda ds: ds == [], "empty")
+    wait_dialogs(sb, lambda ds: ds == [], "empty")
 
 
 # ----------------------------------------------------------------------------- attended
@@ -380,7 +358,7 @@ def test_attended_transfer_from_mi(
 
     alice.hangup(call=new_call["call"])
     carol.wait_event("closed", call=carol_new["call"])
-    _wait_dialogs(sb, lambda ds: ds == [], "empty")
+    wait_dialogs(sb, lambda ds: ds == [], "empty")
 
 
 # ----------------------------------------------------------------------------- hold / unhold
@@ -487,7 +465,7 @@ def test_hold_and_unhold_from_mi(
 
     bob.hangup(call=incoming["call"])
     alice.wait_event("closed", call=dialed["call"])
-    _wait_dialogs(sb, lambda ds: ds == [], "empty")
+    wait_dialogs(sb, lambda ds: ds == [], "empty")
 
 
 # ----------------------------------------------------------------------------- CSeq continuity
@@ -549,7 +527,7 @@ def test_call_continues_after_mi_hold_and_unhold(
         alice.hangup(call=dialed["call"])
     alice.wait_event("closed", call=dialed["call"])
     bob.wait_event("closed", call=incoming["call"])
-    _wait_dialogs(sb, lambda ds: ds == [], "empty")
+    wait_dialogs(sb, lambda ds: ds == [], "empty")
 
     byer, byee = (bob, alice) if hangup_by == "callee" else (alice, bob)
 

@@ -13,13 +13,12 @@ messages (captured stdout) and the proxy's output (report section).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from harness import SwitchboardServer
+from harness import SwitchboardServer, wait_dialogs
 from tests.interop.baresip import BaresipPeer
 from tests.interop.sip_trace import trace
 
@@ -73,32 +72,8 @@ def _registered_pair(
     return alice, bob
 
 
-def _dialogs(server: SwitchboardServer) -> list[dict[str, Any]]:
-    dialogs = server.mi_result("dialog:list")["Dialogs"]
-    assert isinstance(dialogs, list)
-    return dialogs
-
-
-def _wait_dialogs(
-    server: SwitchboardServer,
-    ok: Callable[[list[dict[str, Any]]], bool],
-    what: str,
-    timeout: float = 5.0,
-) -> list[dict[str, Any]]:
-    """Poll `dialog:list` until `ok(dialogs)`: the UAs' events can run ahead of the proxy
-    (alice's "established" comes before the proxy relays her ACK)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        dialogs = _dialogs(server)
-        if ok(dialogs):
-            return dialogs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"dialog:list: not {what} after {timeout} s: {dialogs!r}")
-        time.sleep(0.05)
-
-
 def _one_confirmed(server: SwitchboardServer, call_id: str) -> dict[str, Any]:
-    (dialog,) = _wait_dialogs(
+    (dialog,) = wait_dialogs(
         server,
         lambda ds: len(ds) == 1 and ds[0]["state"] == CONFIRMED,
         "exactly one dialog in state 4",
@@ -108,7 +83,7 @@ def _one_confirmed(server: SwitchboardServer, call_id: str) -> dict[str, Any]:
 
 
 def _no_dialogs(server: SwitchboardServer) -> None:
-    _wait_dialogs(server, lambda ds: ds == [], "empty")
+    wait_dialogs(server, lambda ds: ds == [], "empty")
 
 
 def _establish(alice: BaresipPeer, bob: BaresipPeer) -> tuple[dict[str, Any], dict[str, Any]]:
