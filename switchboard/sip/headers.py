@@ -84,6 +84,9 @@ class Via:
 
 # sent-protocol with white space around the slashes: SLASH = SWS "/" SWS (RFC 3261 §25.1),
 # as in RFC 4475 §3.1.1.1 `SIP  /   2.0 /UDP`. Only tried when the plain split fails.
+# RFC 3261 §25.1 `token`: methods, and each part of a Via sent-protocol.
+TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
+
 _SENT_PROTOCOL_LWS = re.compile(
     r"[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/]+)[ \t]+(.*)\Z", re.S
 )
@@ -94,12 +97,17 @@ def parse_via(text: str) -> Via:
     if not sep:
         # tolerate `SIP/2.0/UDP\thost`
         proto, sep, rest = text.strip().partition("\t")
-    parts = [p.strip() for p in proto.split("/")]
+    parts = [p.strip(" \t") for p in proto.split("/")]
     if len(parts) != 3:
         m = _SENT_PROTOCOL_LWS.match(text)
         if m is not None:
             parts, sep, rest = [m[1], m[2], m[3]], " ", m[4]
-    if not sep or len(parts) != 3 or parts[0].upper() != "SIP" or not parts[2]:
+    if (
+        not sep
+        or len(parts) != 3
+        or parts[0].upper() != "SIP"
+        or not all(TOKEN.match(part) for part in parts[1:])
+    ):
         raise ParseError(f"bad Via {text!r}")
     hostport, _, params_text = rest.strip().partition(";")
     host, port = _split_hostport(hostport.strip())

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from .errors import ParseError
-from .headers import CSeq, Via, canonical_name, header_key, parse_cseq, parse_via
+from .headers import TOKEN, CSeq, Via, canonical_name, header_key, parse_cseq, parse_via
 from .uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, split_header_values
 
 MAX_MESSAGE_SIZE: Final = 65535
@@ -27,7 +27,6 @@ SIP_VERSION: Final = "SIP/2.0"
 # Headers that may carry several comma-separated values on one line (RFC 3261 §7.3.1) and
 # that a proxy reads value by value.
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
 _KEYS: dict[str, str] = {}  # header name as written -> lookup key
 _TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
 
@@ -406,7 +405,7 @@ def parse_message(
     if len(parts) != 3:
         raise ParseError(f"bad request line {first!r}")
     method, uri, version = parts
-    if not _TOKEN.match(method):
+    if not TOKEN.match(method):
         raise ParseError(f"bad method {method!r}")
     if version.upper() != SIP_VERSION and check_body:
         raise ParseError(f"unsupported version {version!r}", 505, "Version Not Supported")
@@ -431,7 +430,7 @@ def _parse_header_lines(lines: list[str]) -> list[Header]:
         key = _KEYS.get(name)
         if key is None:
             bare = name.rstrip(" \t")
-            if not bare or not _TOKEN.match(bare):
+            if not bare or not TOKEN.match(bare):
                 raise ParseError(f"bad header line {line[:80]!r}")
             key = header_key(bare)
             if bare == name and len(_KEYS) < 4096:  # names seen on the wire, checked once

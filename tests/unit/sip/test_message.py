@@ -883,6 +883,8 @@ MALFORMED: dict[str, tuple[str, int]] = {
     "unterminated-ipv6-via.sip": ("vias", 400),
     # found by tests/fuzz/fuzz_parser.py: a CR in a Via host was kept and printed back
     "via-host-control-char.sip": ("vias", 400),
+    # found by the fuzz smoke test in CI: a CR inside the Via transport was kept
+    "via-transport-control-char.sip": ("vias", 400),
     "bad-ruri-port.sip": ("ruri", 400),
     "missing-call-id.sip": ("call_id", 400),
 }
