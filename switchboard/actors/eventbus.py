@@ -85,6 +85,11 @@ class EventBus:
             self.dropped += 1
             log.debug("event bus closed: dropped %s", event)
             return
+        if not self._table.sockets_for(event, self._clock()):
+            # Nobody listens (the common case: four state changes per call): queueing it
+            # would only wake the bus task to find no subscriber. A subscription counts
+            # from the moment `subscribe` returns, so nothing it was promised is lost.
+            return
         try:
             # A copy: the caller may reuse its dict once we return.
             self._mailbox.put_nowait(_Publish(event, dict(params)))

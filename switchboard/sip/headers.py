@@ -82,11 +82,11 @@ class Via:
         return f"SIP/2.0/{self.transport} {hostport}{format_params(self.params)}"
 
 
-# sent-protocol with white space around the slashes: SLASH = SWS "/" SWS (RFC 3261 §25.1),
-# as in RFC 4475 §3.1.1.1 `SIP  /   2.0 /UDP`. Only tried when the plain split fails.
 # RFC 3261 §25.1 `token`: methods, and each part of a Via sent-protocol.
 TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z")
 
+# sent-protocol with white space around the slashes: SLASH = SWS "/" SWS (RFC 3261 §25.1),
+# as in RFC 4475 §3.1.1.1 `SIP  /   2.0 /UDP`. Only tried when the plain split fails.
 _SENT_PROTOCOL_LWS = re.compile(
     r"[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/]+)[ \t]+(.*)\Z", re.S
 )

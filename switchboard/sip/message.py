@@ -110,6 +110,12 @@ class Message:
                 return
         self.headers.insert(0, (key, canonical_name(key), value))
 
+    def prepend_via(self, via: Via) -> None:
+        """Put our own Via on top, keeping its parsed value: the client transaction reads
+        the branch back at once, and parsing what we just printed would be wasted."""
+        self.prepend("via", str(via))
+        self._cache["via#top"] = via
+
     def append(self, key: str, value: str) -> None:
         self._forget(key)
         self.headers.append((key, canonical_name(key), value))

@@ -34,6 +34,7 @@ from .auth import DigestAuth
 from .callops import CallEvent, CallOps
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
 from .errors import ParseError
+from .headers import Via
 from .message import Request, Response, build_response, parse_message
 from .registrar import Location, aor_key
 from .routing import DROPPED, REPLIED, RequestContext
@@ -170,6 +171,10 @@ class Proxy:
             secret = "".join(rand() for _ in range(8)).encode()
             self.auth = DigestAuth(realm, dict(config.auth_users), secret)
         self._trust_cache: dict[str, bool] = {}
+        # Next-hop host names as written → the address to send to (None: unresolvable);
+        # parsing an IP literal again for every relayed message cost 2% of a call.
+        self._resolved: dict[str, str | None] = {}
+        self._own_routes: dict[str, bool] = {}
         self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill]
         self.callops = CallOps(self, config.callops_mode, config.match_param,
                                config.end_old_call)
@@ -227,7 +232,13 @@ class Proxy:
     def _on_request(self, req: Request, source: Address, local: Address, now: float) -> None:
         method = req.method
         # Mandatory headers (RFC 3261 §8.2, §16.3 step 1), parsed now so errors answer 400.
-        _ = req.call_id, req.from_, req.to
+        # A new request opens a dialog that keeps From and To whole; in a dialog only their
+        # tags are used, and what a proxy does not use it must leave alone (§16.3 step 1).
+        _ = req.call_id
+        if req.to_tag is None:
+            _ = req.from_, req.to
+        else:
+            _ = req.from_tag
         cseq = req.cseq
         if cseq.method != method:
             raise ParseError("CSeq method does not match the request method")
@@ -403,7 +414,7 @@ class Proxy:
                 ctx.own_rr += 1
             out.prepend("record-route", f"<{self._rr_uri(local_out)}>")
             ctx.own_rr += 1
-        out.prepend("via", self._via(local_out, self._branch(req)))
+        out.prepend_via(self._via(local_out, self._branch(req)))
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
         client = cls(out, dest, local_out, self._send, self.timers, self.config.timers,
                      self, ctx)
@@ -451,7 +462,7 @@ class Proxy:
             return
         # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
         branch = f"{_MAGIC}sl{zlib.crc32((req.top_via.branch or '').encode()):08x}"
-        out.prepend("via", self._via(local_out, branch))
+        out.prepend_via(self._via(local_out, branch))
         self.stats["core:fwd_requests"] += 1
         self._send(Datagram(out.to_bytes(), dest, local_out))
 
@@ -790,7 +801,7 @@ class Proxy:
         local = self._local_for(dest)
         if local is None:
             return None
-        req.prepend("via", self._via(local, f"{_MAGIC}{self.rand()}"))
+        req.prepend_via(self._via(local, f"{_MAGIC}{self.rand()}"))
         return req, dest, local
 
     def send_in_dialog(self, dialog: Dialog, target: Leg, peer: Leg, method: str,
@@ -844,7 +855,7 @@ class Proxy:
             resolved = self._resolve(hop) if hop is not None else None
             if resolved is not None and resolved.transport == txn.local.transport:
                 dest = resolved
-        ack.prepend("via", self._via(txn.local, f"{_MAGIC}{self.rand()}"))
+        ack.prepend_via(self._via(txn.local, f"{_MAGIC}{self.rand()}"))
         return Datagram(ack.to_bytes(), dest, txn.local)
 
     def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
@@ -1053,13 +1064,21 @@ class Proxy:
                     req.append("route", value)
         while True:
             routes = req.values("route")
-            if not routes:
+            if not routes or not self._own_route(routes[0]):
                 return
-            top = parse_name_addr(routes[0]).uri
-            if isinstance(top, SipUri) and self._is_own(top):
-                req.pop_first_value("route")
-            else:
-                return
+            req.pop_first_value("route")
+
+    def _own_route(self, value: str) -> bool:
+        """Whether a Route value names us. In-dialog requests carry our Record-Route back
+        as written, the same few strings over and over: each is parsed once."""
+        own = self._own_routes.get(value)
+        if own is None:
+            top = parse_name_addr(value).uri
+            own = isinstance(top, SipUri) and self._is_own(top)
+            if len(self._own_routes) > 4096:
+                self._own_routes.clear()
+            self._own_routes[value] = own
+        return own
 
     def _next_hop(self, req: Request) -> SipUri | None:
         """The URI the request goes to next, fixing up a strict-routing next hop (§16.6.6)."""
@@ -1080,16 +1099,27 @@ class Proxy:
         transport = uri.transport
         if transport not in ("udp", "tcp"):
             return None
-        host = uri.params.get("maddr") or uri.host
-        host = host.strip("[]")
+        name = uri.params.get("maddr") or uri.host
+        try:
+            host = self._resolved[name]
+        except KeyError:
+            host = self._resolve_host(name)
+            if len(self._resolved) > 65536:
+                self._resolved.clear()
+            self._resolved[name] = host
+        if host is None:
+            return None
+        return Address(transport, host, uri.port or 5060)
+
+    def _resolve_host(self, name: str) -> str | None:
+        """An IP literal as it is, a configured host name to its address, else None (no
+        DNS on the hot path)."""
+        host = name.strip("[]")
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            mapped = self._hosts.get(host.lower())
-            if mapped is None:
-                return None
-            host = mapped
-        return Address(transport, host, uri.port or 5060)
+            return self._hosts.get(host.lower())
+        return host
 
     def _local_for(self, dest: Address) -> Address | None:
         v6 = ":" in dest.host
@@ -1107,5 +1137,6 @@ class Proxy:
         return f"sip:{local.hostport}{suffix};lr"
 
     @staticmethod
-    def _via(local: Address, branch: str) -> str:
-        return f"SIP/2.0/{local.transport.upper()} {local.hostport};branch={branch}"
+    def _via(local: Address, branch: str) -> Via:
+        host = f"[{local.host}]" if ":" in local.host else local.host
+        return Via(local.transport.upper(), host, local.port, {"branch": branch})

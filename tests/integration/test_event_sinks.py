@@ -319,14 +319,26 @@ async def test_bus_publish_never_raises(
 
 @pytest.mark.asyncio
 async def test_bus_mailbox_full_drops_instead_of_blocking(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tcp_listener: TcpListener,
 ) -> None:
     bus = EventBus(mailbox_size=2)
+    await bus.subscribe("E_CALL_HOLD", f"tcp:127.0.0.1:{tcp_listener.port}", 10)
     with caplog.at_level(logging.WARNING, logger="switchboard.actors.eventbus"):
         for n in range(5):
             bus.publish("E_CALL_HOLD", {"n": n})
     assert bus.dropped == 3
     assert "mailbox full" in caplog.text
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_an_event_nobody_listens_to_is_not_queued() -> None:
+    bus = EventBus(mailbox_size=2)
+    for n in range(5):
+        bus.publish("E_CALL_HOLD", {"n": n})
+    # Nothing queued, nothing dropped, and no task woken for it.
+    assert bus.dropped == 0
+    assert bus._mailbox.empty() and bus._task is None
     await bus.close()
 
 
