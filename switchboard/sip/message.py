@@ -27,8 +27,12 @@ SIP_VERSION: Final = "SIP/2.0"
 # Headers that may carry several comma-separated values on one line (RFC 3261 §7.3.1) and
 # that a proxy reads value by value.
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_KEYS: dict[str, str] = {}  # header name as written -> lookup key
+# Header name as written -> (lookup key, the name itself): one string object per name
+# seen, shared by every message that writes it so (thousands of transactions keep their
+# messages for 32 s).
+_KEYS: dict[str, tuple[str, str]] = {}
 _TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
+_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)")  # as `Via.branch`: lower case
 
 REASONS: Final[dict[int, str]] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -240,6 +244,20 @@ class Message:
             top = self._cache["via#top"] = parse_via(values[0])
         return top
 
+    @property
+    def top_branch(self) -> str:
+        """The branch of the first Via ("" without one). A proxy matches every response to
+        its client transaction by the branch of its own Via on top (RFC 3261 §17.1.3): the
+        rest of that Via is ours and is popped unread."""
+        cache = self._cache
+        if "via" in cache or "via#top" in cache:
+            return self.top_via.branch or ""
+        raw = self.get("via")
+        if raw is None or "," in raw:
+            return self.top_via.branch or ""  # missing (raises) or several values: in full
+        m = _BRANCH.search(raw)
+        return m.group(1) if m else ""
+
     def addresses(self, key: str) -> list[NameAddr]:
         """Parsed values of Contact, Route, Record-Route, Path... (cached)."""
         cache_key = key + "#addr"
@@ -433,14 +451,16 @@ def _parse_header_lines(lines: list[str]) -> list[Header]:
         name, colon, value = line.partition(":")
         if not colon:
             raise ParseError(f"bad header line {line[:80]!r}")
-        key = _KEYS.get(name)
-        if key is None:
+        known = _KEYS.get(name)
+        if known is not None:
+            key, name = known
+        else:
             bare = name.rstrip(" \t")
             if not bare or not TOKEN.match(bare):
                 raise ParseError(f"bad header line {line[:80]!r}")
             key = header_key(bare)
             if bare == name and len(_KEYS) < 4096:  # names seen on the wire, checked once
-                _KEYS[name] = key
+                _KEYS[name] = (key, name)
             name = bare
         headers.append((key, name, value.strip()))
         if len(headers) > MAX_HEADERS:

@@ -274,14 +274,16 @@ class Proxy:
             else:
                 self._respond(txn, 483, now)
             return
-        if self._looped(req):
+        to_tag = req.to_tag
+        # Loops are looked for on requests outside a dialog (§16.3 step 4 is optional): an
+        # in-dialog request follows its route set, and Max-Forwards still bounds it.
+        if to_tag is None and self._looped(req):
             self._respond(txn, 482, now)
             return
         if req.get("proxy-require"):
             self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
             return
         self._preprocess_routes(req)
-        to_tag = req.to_tag
         links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
         if links:
             # Linked already: an answer of our own (404, 503 ...) must fail the transfer too.
@@ -524,8 +526,7 @@ class Proxy:
     # -- responses -------------------------------------------------------------------------
 
     def _on_response(self, resp: Response, now: float) -> None:
-        via = resp.top_via
-        client = self.client_txns.get(client_key(via.branch or "", resp.cseq.method))
+        client = self.client_txns.get(client_key(resp.top_branch, resp.cseq.method))
         if client is None:
             self._forward_response_statelessly(resp)
             return

@@ -187,6 +187,9 @@ class InviteServerTransaction(ServerTransaction):
             self.request.shrink()
             if status < 300:
                 self.state = State.ACCEPTED
+                # Accepted absorbs INVITE copies without answering them: the 2xx we sent is
+                # never resent by us (its retransmissions come from downstream).
+                self.last_response = None
                 self._arm("L", 64 * self.settings.t1, now, lambda _now: self._terminate())
                 return
             self.state = State.COMPLETED
@@ -321,11 +324,13 @@ class InviteClientTransaction(ClientTransaction):
             elif status < 300:
                 self.state = State.ACCEPTED
                 self._disarm("A", "B")
+                self.data = b""  # the INVITE is never retransmitted again
                 self._arm("M", 64 * self.settings.t1, now, lambda _now: self._terminate())
                 self.user.on_response(self, response, now)
             else:
                 self.state = State.COMPLETED
                 self._disarm("A", "B")
+                self.data = b""
                 self._send_ack(response)
                 if self.reliable:
                     self.user.on_response(self, response, now)

@@ -1014,3 +1014,21 @@ def test_framer_output_parses_as_a_stream_message() -> None:
     msg = parse_message(one, datagram=False)
     assert msg.body == b"SIP/2.0 100 Trying\r\n"
     assert msg.content_type == "message/sipfrag"
+
+
+@pytest.mark.parametrize(
+    ("vias", "branch"),
+    [
+        (["SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours.1"], "z9hG4bKours.1"),
+        (["SIP/2.0/UDP host ; branch = z9hG4bKx ;rport"], "z9hG4bKx"),
+        (["SIP/2.0/UDP host;rport", "SIP/2.0/UDP other;branch=z9hG4bKtheirs"], ""),
+        # several values on one line: parsed in full, so the second value's branch is not
+        # taken for the first's
+        (["SIP/2.0/UDP host;rport, SIP/2.0/UDP other;branch=z9hG4bKtheirs"], ""),
+        (["SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2"], "z9hG4bK1"),
+    ],
+)
+def test_top_branch_reads_the_first_via_only(vias: list[str], branch: str) -> None:
+    lines = "".join(f"Via: {v}\r\n" for v in vias)
+    msg = parse_message(f"SIP/2.0 200 OK\r\n{lines}CSeq: 1 BYE\r\n\r\n".encode())
+    assert msg.top_branch == branch == (msg.top_via.branch or "")
