@@ -15,6 +15,7 @@ so a CI run is deterministic (same examples every time) and the module takes ~10
 from __future__ import annotations
 
 import contextlib
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from switchboard.sip import CSeq, ParseError, Request, Response, Via, parse_message
 from switchboard.sip.framing import StreamFramer
 from switchboard.sip.headers import header_key
-from switchboard.sip.message import Header, Message
+from switchboard.sip.message import Header, Message, _head_end
 from switchboard.sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri
 
 DATA = Path(__file__).parents[2] / "data"
@@ -487,3 +488,17 @@ def test_framer_splits_a_stream_back_into_its_messages(
         i += 1
     assert out == msgs
     assert framer.feed(b"") == []
+
+
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+@BASE
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b"\r", b"\n", b"a", b" "]),
+                                          max_size=24).map(b"".join),
+       st.integers(min_value=0, max_value=4))
+def test_head_end_is_the_first_blank_line(data: bytes, start: int) -> None:
+    # The byte searches that replaced the regex find the same span, whatever mix of CRLF,
+    # bare LF and bare CR surrounds it.
+    m = _BLANK_LINE.search(data, start)
+    assert _head_end(data, start) == (None if m is None else (m.start(), m.end()))
