@@ -69,8 +69,16 @@ def client_key(branch: str, method: str) -> ClientKey:
     return (branch, "INVITE" if method == "ACK" else method)
 
 
+# A transaction runs at most two timers at once (RFC 3261 §17): one that retransmits
+# (A, E, G) and one that ends something — the timeout (B, F, H) or, after it is disarmed,
+# the wait that absorbs stray copies (D, I, J, K, L, M). Two slots instead of a dict per
+# transaction: thousands of finished ones wait out their timers at high call rates.
+_RETRANSMIT_TIMERS = frozenset("AEG")
+
+
 class _Base:
-    __slots__ = ("_timers", "local", "request", "send", "settings", "state", "timers")
+    __slots__ = ("_ender", "_retransmitter", "local", "request", "send", "settings", "state",
+                 "timers")
 
     state: State
 
@@ -87,7 +95,8 @@ class _Base:
         self.send = send
         self.timers = timers
         self.settings = settings
-        self._timers: dict[str, Timer] = {}
+        self._retransmitter: Timer | None = None
+        self._ender: Timer | None = None
 
     def _terminate(self) -> None:
         raise NotImplementedError
@@ -98,21 +107,25 @@ class _Base:
         self._terminate()
 
     def _arm(self, name: str, delay: float, now: float, fn: Callable[[float], None]) -> None:
-        old = self._timers.get(name)
+        timer = self.timers.call_at(now + delay, fn)
+        if name in _RETRANSMIT_TIMERS:
+            old, self._retransmitter = self._retransmitter, timer
+        else:
+            old, self._ender = self._ender, timer
         if old is not None:
             old.cancel()
-        self._timers[name] = self.timers.call_at(now + delay, fn)
 
     def _disarm(self, *names: str) -> None:
         for name in names:
-            t = self._timers.pop(name, None)
-            if t is not None:
-                t.cancel()
+            if name in _RETRANSMIT_TIMERS:
+                timer, self._retransmitter = self._retransmitter, None
+            else:
+                timer, self._ender = self._ender, None
+            if timer is not None:
+                timer.cancel()
 
     def _disarm_all(self) -> None:
-        for t in self._timers.values():
-            t.cancel()
-        self._timers.clear()
+        self._disarm("A", "B")
 
 
 class ServerTransaction(_Base):
