@@ -1,9 +1,11 @@
 """Overload control for one worker: admit only as many new calls as it can carry.
 
-Twice a second it looks at two signs — the share of a CPU the process used since the last
+Four times a second it looks at two signs — the share of a CPU the process used since the last
 look, and how late the loop ran this check (a loop busy with a backlog runs timers late). While
-either is high, the share of new INVITEs refused with 503 + Retry-After grows step by step;
-while both are low it shrinks again, so the worker settles near its capacity instead of
+either is high, the share of new INVITEs refused with 503 + Retry-After grows step by step
+(bigger steps the later the loop runs: a sudden surge must be cut before its backlog turns
+into retransmissions); while both are low it shrinks again (halving when the load is far
+below the line), so the worker settles near its capacity instead of
 refusing everything or nothing, and recovers by itself when the load drops. Calls already up
 are never refused.
 """
@@ -18,8 +20,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 0.5
+INTERVAL = 0.25
 STEP = 0.1
+MAX_STEPS = 5.0
 # A full garbage collection (the automatic ones are limited to the youngest generation, see
 # `cluster/local.py`) runs when the worker is idle, at most this often.
 IDLE_COLLECT_EVERY = 300.0
@@ -68,11 +71,18 @@ class OverloadMonitor:
         if cpu > self.cpu_high or lag > self.lag_high:
             self._strikes += 1
             if self._strikes >= 2:
-                self.shed = min(1.0, self.shed + STEP)
+                # The later the loop runs, the bigger the step (up to 5x): a sudden jump in
+                # load builds a backlog faster than 10 % more per look can drain,
+                # and every second of backlog turns into retransmissions.
+                step = STEP * max(1.0, min(MAX_STEPS, lag / self.lag_high))
+                self.shed = min(1.0, self.shed + step)
         else:
             self._strikes = 0
             if cpu < self.cpu_low and lag < self.lag_low:
-                self.shed = max(0.0, self.shed - STEP)
+                # Far below the line the surge is over: halve instead of stepping down, so
+                # callers are not turned away for seconds after it.
+                shed = self.shed / 2 if cpu < self.cpu_low / 2 else self.shed - STEP
+                self.shed = shed if shed >= STEP / 2 else 0.0
         if self.shed != before:
             self._set(self.shed)
             if before == 0.0 or self.shed == 0.0:

@@ -23,9 +23,29 @@ async def test_shedding_grows_while_high_and_shrinks_while_low() -> None:
         monitor.update(0.50, 0.01)
         assert shares == pytest.approx([0.1, 0.2, 0.1, 0.0])
         assert not monitor.overloaded
-        monitor.update(0.10, 0.30)
-        monitor.update(0.10, 0.30)
+        monitor.update(0.10, 0.15 + 1e-9)
+        monitor.update(0.10, 0.15 + 1e-9)
         assert shares[-1] == pytest.approx(0.1)  # a late loop alone counts too
+    finally:
+        monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_the_later_the_loop_the_bigger_the_step() -> None:
+    shares: list[float] = []
+    monitor = OverloadMonitor(shares.append)
+    try:
+        monitor.update(0.99, 0.45)
+        monitor.update(0.99, 0.45)  # 3x the lag threshold: three steps at once
+        monitor.update(0.99, 3.0)  # far behind: at most five steps
+        assert shares == pytest.approx([0.3, 0.8])
+        monitor.update(0.99, 3.0)
+        assert shares[-1] == pytest.approx(1.0)  # never past everything
+        monitor.update(0.80, 0.0)  # below the line, not far: one step down
+        assert shares[-1] == pytest.approx(0.9)
+        for _ in range(5):
+            monitor.update(0.30, 0.0)  # far below: the surge is over, halve
+        assert shares[-5:] == pytest.approx([0.45, 0.225, 0.1125, 0.05625, 0.0])
     finally:
         monitor.close()
 
