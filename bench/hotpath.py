@@ -23,7 +23,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from switchboard.cluster.local import GC_THRESHOLDS, proxy_config
+from switchboard.actors.overload import INTERVAL
+from switchboard.cluster.local import proxy_config
 from switchboard.config import Config
 from switchboard.sip.proxy import Proxy
 from switchboard.sip.wire import Address, Datagram
@@ -117,10 +118,12 @@ class Bench:
         self.proxy = Proxy(proxy_config(config, (PROXY,)), lambda: "r4nd0m")
         self.now = 1000.0
         self.clock = time.perf_counter
-        # The collector as the runtime sets it (cluster/local.py): young generation only.
+        # The collector as the runtime runs it (cluster/local.py, actors/overload.py): not
+        # automatic, the youngest generation collected every INTERVAL of the fake clock.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        gc.disable()
+        self.next_collect = self.now + INTERVAL
 
     def _feed(self, data: bytes, source: Address) -> tuple[list[Datagram], float]:
         proxy = self.proxy
@@ -162,6 +165,9 @@ class Bench:
         t0 = self.clock()
         self.proxy.handle_timers(self.now)
         self.proxy.outbox.clear()
+        if self.now >= self.next_collect:
+            self.next_collect += INTERVAL
+            gc.collect(0)
         return spent + self.clock() - t0
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 INTERVAL = 0.25
 STEP = 0.1
 MAX_STEPS = 5.0
-# A full garbage collection (the automatic ones are limited to the youngest generation, see
-# `cluster/local.py`) runs when the worker is idle, at most this often.
+# The garbage collector runs from here (automatic collection is off, `cluster/local.py`):
+# the youngest generation at every look, a full collection when the worker is idle, at most
+# this often.
 IDLE_COLLECT_EVERY = 300.0
 IDLE_CPU = 0.2
 
@@ -58,6 +59,8 @@ class OverloadMonitor:
         self.lag = now - due
         self._last_cpu, self._last_wall = cpu_now, now
         self.update(self.cpu, self.lag)
+        if not gc.isenabled():
+            gc.collect(0)  # what the last quarter second made and still holds
         if (self.cpu < IDLE_CPU and self.lag < self.lag_low
                 and now - self._last_collect > IDLE_COLLECT_EVERY):
             self._last_collect = now
