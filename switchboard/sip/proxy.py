@@ -444,6 +444,13 @@ class Proxy:
                 cseq_delta = legs[1].cseq_offset
                 if self._dirty is not None:
                     self._dirty.add(dialog)
+                invite = dialog.invite
+                if isinstance(invite, _Forward) and invite.final_sent:
+                    # The ACK of the initial 2xx: both INVITE transactions may end soon.
+                    dialog.invite = None
+                    invite.server.settle(now)
+                    if invite.client is not None:
+                        invite.client.settle(now)
         self._preprocess_routes(req)
         mf = req.max_forwards
         if mf is not None and mf <= 0:
@@ -585,7 +592,9 @@ class Proxy:
                 if ctx.timer_c is not None:
                     ctx.timer_c.cancel()
                 if dialog is not None and ctx.initial:
-                    dialog.invite = None
+                    # After a 2xx the context stays until the ACK comes through (`_on_ack`
+                    # settles its transactions then).
+                    dialog.invite = ctx if status < 300 else None
         self.stats["core:fwd_replies"] += 1
         ctx.server.respond(out, now)
         if first_final and ctx.links:

@@ -2,19 +2,27 @@
 
 Nothing here reads a clock. Callbacks get the `now` the driver passed in.
 
-A cancelled timer lets go of its callback at once, so what the callback refers to (a
-finished transaction, a call's context) is freed by reference counting instead of waiting in
-the heap until the deadline — timer C waits three minutes. The heap itself is compacted when
-cancelled entries outnumber live ones.
+Most timers of a proxy are long and cancelled before they fire: Timer B and F (32 s), timer C
+(three minutes), a dialog's lifetime (hours), the Accepted wait (RFC 6026). A heap keeps a
+cancelled entry until it reaches the top or the heap is rebuilt, and rebuilding a heap of
+hundreds of thousands of entries stalls the loop for tens of milliseconds. So timers due
+within `NEAR` seconds go into a heap, and later ones into a bucket per second (a dict, so a
+cancel removes the entry at once); a bucket moves into the heap when its second comes near.
+Cancelled entries in the heap are then at most `NEAR` seconds from leaving it by themselves.
+A cancelled timer lets go of its callback at once, so what the callback refers to (a finished
+transaction, a call's context) is freed by reference counting right away.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from itertools import count
 
 TimerCallback = Callable[[float], None]
+
+NEAR = 2.0  # seconds: timers due sooner go straight into the heap
 
 
 def _noop(_now: float) -> None:
@@ -22,13 +30,16 @@ def _noop(_now: float) -> None:
 
 
 class Timer:
-    __slots__ = ("callback", "cancelled", "queue", "when")
+    __slots__ = ("bucket", "callback", "cancelled", "queue", "seq", "when")
 
-    def __init__(self, when: float, callback: TimerCallback, queue: TimerQueue) -> None:
+    def __init__(self, when: float, seq: int, callback: TimerCallback, queue: TimerQueue
+                 ) -> None:
         self.when = when
+        self.seq = seq
         self.callback = callback
         self.cancelled = False
         self.queue: TimerQueue | None = queue
+        self.bucket: int | None = None  # the second it waits in, while not in the heap
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -37,54 +48,97 @@ class Timer:
             queue = self.queue
             if queue is not None:
                 self.queue = None
-                queue._cancelled += 1
+                queue._forget(self)
 
 
 class TimerQueue:
-    __slots__ = ("_cancelled", "_heap", "_seq")
+    __slots__ = ("_buckets", "_heap", "_keys", "_now", "_seq", "_size")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
+        self._now = -math.inf  # the latest `now` the driver gave (none yet: every timer is far)
+        self._buckets: dict[int, dict[Timer, None]] = {}
+        self._keys: list[int] = []  # heap of bucket seconds (stale ones skipped lazily)
         self._seq = count()
-        self._cancelled = 0
+        self._size = 0  # live timers
 
     def call_at(self, when: float, callback: TimerCallback) -> Timer:
-        timer = Timer(when, callback, self)
-        heap = self._heap
-        heapq.heappush(heap, (when, next(self._seq), timer))
-        if self._cancelled > 1024 and self._cancelled * 2 > len(heap):
-            self._compact()
+        timer = Timer(when, next(self._seq), callback, self)
+        self._size += 1
+        if when < self._now + NEAR:
+            heapq.heappush(self._heap, (when, timer.seq, timer))
+        else:
+            # Far from the earliest deadline: wait in a bucket until it is near.
+            second = math.floor(when)
+            bucket = self._buckets.get(second)
+            if bucket is None:
+                bucket = self._buckets[second] = {}
+                heapq.heappush(self._keys, second)
+            bucket[timer] = None
+            timer.bucket = second
         return timer
 
-    def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-        heapq.heapify(self._heap)
-        self._cancelled = 0
+    def _forget(self, timer: Timer) -> None:
+        self._size -= 1
+        second = timer.bucket
+        if second is None:
+            return  # in the heap: dropped when it reaches the top, at most NEAR from now
+        bucket = self._buckets[second]
+        del bucket[timer]
+        if not bucket:
+            del self._buckets[second]  # its key in `_keys` is skipped when reached
 
-    def next_deadline(self) -> float | None:
+    def _bring_near(self, horizon: float) -> None:
+        """Move the buckets of seconds before `horizon` into the heap."""
+        keys, buckets, heap = self._keys, self._buckets, self._heap
+        while keys and keys[0] < horizon:
+            second = heapq.heappop(keys)
+            bucket = buckets.pop(second, None)
+            if bucket is None:
+                continue  # emptied by cancels
+            for timer in bucket:
+                timer.bucket = None
+                heapq.heappush(heap, (timer.when, timer.seq, timer))
+
+    def _top(self) -> float | None:
+        """The earliest deadline in the heap, dropping cancelled entries on the way."""
         heap = self._heap
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
-            self._cancelled -= 1
         return heap[0][0] if heap else None
+
+    def next_deadline(self) -> float | None:
+        top = self._top()
+        keys, buckets = self._keys, self._buckets
+        while keys and keys[0] not in buckets:
+            heapq.heappop(keys)
+        if not keys:
+            return top
+        # A bucket's timers are due no earlier than its second.
+        if top is None or keys[0] < top:
+            self._bring_near(keys[0] + 1)
+            return self._top()
+        return top
 
     def run_due(self, now: float) -> int:
         """Fire every timer due at `now`; returns how many fired."""
         fired = 0
+        self._now = now
+        self._bring_near(now + NEAR)
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, timer = heapq.heappop(heap)
             if timer.cancelled:
-                self._cancelled -= 1
                 continue
             callback = timer.callback
             timer.cancelled = True
             timer.callback = _noop
             timer.queue = None
+            self._size -= 1
             fired += 1
             callback(now)
-            heap = self._heap  # a callback may have compacted it
+            self._bring_near(now + NEAR)  # a callback may have armed a timer far away
         return fired
 
     def __len__(self) -> int:
-        return len(self._heap) - self._cancelled
+        return self._size

@@ -460,6 +460,36 @@ def test_2xx_retransmissions_are_relayed_upstream() -> None:
     assert again.to_bytes() == first.to_bytes()
 
 
+def test_the_invite_transactions_end_t4_after_the_2xx_is_acked() -> None:
+    # Accepted waits 64*T1 for a 2xx ACK that may not come; once it came through, a copy
+    # can only be one already on its way: T4 covers it (the memory of 40,000 calls at
+    # 1,500 calls/s).
+    net = Net()
+    call = Call(net)
+    call.send_invite()
+    call.answer()
+    net.now = 1.0
+    one_request(net.send(ack_for_2xx(), ALICE), BOB)
+    invite_keys = {k for k in net.proxy.server_txns if k[3] == "INVITE"}
+    assert invite_keys and any(k[1] == "INVITE" for k in net.proxy.client_txns)
+    net.advance(1.0 + net.proxy.config.timers.t4 + 0.01)
+    assert not invite_keys & net.proxy.server_txns.keys()
+    assert not any(k[1] == "INVITE" for k in net.proxy.client_txns)
+    # A late copy of the 2xx is still relayed, statelessly, by its Via.
+    again = one_response(call.bob_replies(200, body=SDP), ALICE)
+    assert again.status == 200
+
+
+def test_without_the_ack_the_invite_transactions_wait_64_t1() -> None:
+    net = Net()
+    call = Call(net)
+    call.send_invite()
+    call.answer()
+    net.advance(net.proxy.config.timers.t4 + 1.0)
+    assert any(k[3] == "INVITE" for k in net.proxy.server_txns)
+    assert any(k[1] == "INVITE" for k in net.proxy.client_txns)
+
+
 def test_invite_retransmitted_downstream_until_a_provisional() -> None:
     net = Net()
     call = Call(net)
