@@ -53,8 +53,7 @@ REASONS: Final[dict[int, str]] = {
 
 Header = tuple[str, str, str]
 
-_SHARED = ("call-id", "cseq", "from", "to", "from#tag", "to#tag", "@ruri", "@ruri-text")
-_MISSING = object()
+_SHARED = frozenset(("call-id", "cseq", "from", "to", "from#tag", "to#tag", "@ruri", "@ruri-text"))
 
 
 class Message:
@@ -222,7 +221,9 @@ class Message:
             values = self.values("via")
             if not values:
                 raise ParseError("missing Via header")
-            hit = self._cache["via"] = [parse_via(v) for v in values]
+            top = self._cache.get("via#top")  # parsed already (every request's is)
+            hit = self._cache["via"] = [top if i == 0 and top is not None else parse_via(v)
+                                        for i, v in enumerate(values)]
         return hit
 
     @property
@@ -303,10 +304,8 @@ class Message:
         # every request it relays and reads these again): a change to the copy's header, or
         # a new Request-URI, replaces them there and leaves the original alone.
         cache = self._cache
-        for key in _SHARED:
-            value = cache.get(key, _MISSING)
-            if value is not _MISSING:
-                other._cache[key] = value
+        if cache:
+            other._cache = {k: v for k, v in cache.items() if k in _SHARED}
 
 
 class Request(Message):
