@@ -221,9 +221,8 @@ class Message:
             values = self.values("via")
             if not values:
                 raise ParseError("missing Via header")
-            top = self._cache.get("via#top")  # parsed already (every request's is)
-            hit = self._cache["via"] = [top if i == 0 and top is not None else parse_via(v)
-                                        for i, v in enumerate(values)]
+            top = self._cache.get("via#top") or parse_via(values[0])  # a request's is parsed
+            hit = self._cache["via"] = [top, *(parse_via(v) for v in values[1:])]
         return hit
 
     @property

@@ -28,7 +28,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .auth import DigestAuth
 from .callops import CallEvent, CallOps
@@ -104,6 +104,19 @@ _METHOD_STATS = {m: f"core:rcv_requests_{m.lower()}" for m in (
 _REPLY_STATS = {c: f"core:rcv_replies_{c}xx" for c in range(1, 7)}
 # What a proxy-originated request reports when it ends: (status, reason, now).
 FinalCallback = Callable[[int, str, float], None]
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
+    """Store `value` in a per-proxy memo of something derived from message text (a trusted
+    source, a next-hop address, our own Route): bounded, since the keys come off the wire."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 class _Forward:
@@ -995,9 +1008,7 @@ class Proxy:
                 trusted = False
             else:
                 trusted = any(ip in net for net in self._trusted)
-            if len(self._trust_cache) > 65536:
-                self._trust_cache.clear()
-            self._trust_cache[host] = trusted
+            _remember(self._trust_cache, host, trusted)
         return trusted
 
     def _allowed(self, host: str, now: float) -> bool:
@@ -1084,10 +1095,8 @@ class Proxy:
         own = self._own_routes.get(value)
         if own is None:
             top = parse_name_addr(value).uri
-            own = isinstance(top, SipUri) and self._is_own(top)
-            if len(self._own_routes) > 4096:
-                self._own_routes.clear()
-            self._own_routes[value] = own
+            own = _remember(self._own_routes, value,
+                            isinstance(top, SipUri) and self._is_own(top), limit=4096)
         return own
 
     def _next_hop(self, req: Request) -> SipUri | None:
@@ -1113,10 +1122,7 @@ class Proxy:
         try:
             host = self._resolved[name]
         except KeyError:
-            host = self._resolve_host(name)
-            if len(self._resolved) > 65536:
-                self._resolved.clear()
-            self._resolved[name] = host
+            host = _remember(self._resolved, name, self._resolve_host(name))
         if host is None:
             return None
         return Address(transport, host, uri.port or 5060)
@@ -1148,5 +1154,4 @@ class Proxy:
 
     @staticmethod
     def _via(local: Address, branch: str) -> Via:
-        host = f"[{local.host}]" if ":" in local.host else local.host
-        return Via(local.transport.upper(), host, local.port, {"branch": branch})
+        return Via(local.transport.upper(), local.uri_host, local.port, {"branch": branch})

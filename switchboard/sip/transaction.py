@@ -102,7 +102,14 @@ class _Base:
         raise NotImplementedError
 
     def settle(self, now: float) -> None:
-        """The final answer was acknowledged end to end (only INVITEs wait for that)."""
+        """The 2xx was acknowledged end to end: no copy of the INVITE or of the 2xx is still
+        coming but one already on its way. Wait T4 for those instead of 64*T1 (Timer L on
+        the server side, M on the client side: the same end slot), as Kamailio's wait timer
+        does; a later 2xx copy is relayed statelessly by its Via (RFC 3261 §16.11). Only
+        INVITE transactions are ever Accepted (RFC 6026); at 1,500 calls/s this is 40,000
+        fewer transactions held."""
+        if self.state is State.ACCEPTED:
+            self._arm("L", self.settings.t4, now, self._end)
 
     def _end(self, _now: float) -> None:
         """Timers D, J, K, L, M: the wait is over. A bound method, not a lambda: thousands
@@ -128,7 +135,7 @@ class _Base:
                 timer.cancel()
 
     def _disarm_all(self) -> None:
-        self._disarm("A", "B")
+        self._disarm("A", "B")  # a name for each slot: the retransmitter and the ender
 
 
 class ServerTransaction(_Base):
@@ -237,12 +244,6 @@ class InviteServerTransaction(ServerTransaction):
     def _timer_i(self, now: float) -> None:
         self._terminate()
 
-    def settle(self, now: float) -> None:
-        """The 2xx was acknowledged: the caller has it, so no INVITE copy is still coming
-        but one already on its way. Wait T4 for those instead of Timer L's 64*T1 (as
-        Kamailio's wait timer does): at 1,500 calls/s that is 40,000 fewer transactions held."""
-        if self.state is State.ACCEPTED:
-            self._arm("L", self.settings.t4, now, self._end)
 
 
 class NonInviteServerTransaction(ServerTransaction):
@@ -336,13 +337,6 @@ class InviteClientTransaction(ClientTransaction):
             self._transmit()
             self._a_interval *= 2
             self._arm("A", self._a_interval, now, self._timer_a)
-
-    def settle(self, now: float) -> None:
-        """The 2xx was acknowledged: the callee stops resending it, so wait T4 for a copy
-        already on its way instead of Timer M's 64*T1. A later copy is relayed statelessly
-        by its Via (RFC 3261 §16.11), as a proxy without the transaction would."""
-        if self.state is State.ACCEPTED:
-            self._arm("M", self.settings.t4, now, self._end)
 
     def _timer_b(self, now: float) -> None:
         if self.state is State.CALLING:

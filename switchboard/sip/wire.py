@@ -16,13 +16,16 @@ class Address(NamedTuple):
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{self.uri_host}:{self.port}"
+
+    @property
+    def uri_host(self) -> str:
+        """The host as a URI or Via writes it: an IPv6 address in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
     def hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{self.uri_host}:{self.port}"
 
     @property
     def reliable(self) -> bool:
