@@ -176,7 +176,8 @@ def markdown(result: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"{', '.join(_num(r) for r in settings.get('rates', []))} calls/s. "
         f"Host: {host.get('cpus')} CPUs, {host.get('cpu_model', '?')}, "
         f"Linux {host.get('kernel', '?')}, Python {host.get('python', '?')}, "
-        f"SIPp {host.get('sipp', '?')}. Load generator (SIPp UAC + UAS) on the same cores.",
+        f"SIPp {host.get('sipp', '?')}. Load generator (SIPp UAC + UAS) on the same cores. "
+        f"switchboard's SIP core: {host.get('switchboard_core', '?')}.",
         "",
     ]
     background = host.get("background_busy_pct")

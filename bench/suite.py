@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import switchboard
+
 from . import callops, callrate, dialogs, events, overload, proc, report, sipp, systems
 
 # Offered rates (calls/s) and seconds per step.
@@ -266,6 +268,8 @@ def host_info(sipp_binary: str) -> dict[str, Any]:
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # The servers the bench starts import the same install, with the same environment.
+        "switchboard_core": switchboard.BUILD,
         "sipp": sipp.sipp_version(sipp_binary),
         "hostname": platform.node(),
     }

@@ -760,7 +760,7 @@ _PROXY_OWNED_HEADERS = frozenset({
 })
 
 
-def _hold_headers(headers: Iterable[str] | str | None) -> tuple[list[tuple[str, str]],
+def _hold_headers(headers: Iterable[object] | str | None) -> tuple[list[tuple[str, str]],
                                                                   list[tuple[str, str]]]:
     """`headers` of callops:hold: one string for both legs, or [caller, callee] (spec §7.1).
     Each is `Name: value` lines; literal `\\r\\n` escapes are accepted as line breaks."""
@@ -777,7 +777,9 @@ def _hold_headers(headers: Iterable[str] | str | None) -> tuple[list[tuple[str, 
     return caller, callee
 
 
-def _header_lines(text: str) -> list[tuple[str, str]]:
+def _header_lines(text: object) -> list[tuple[str, str]]:
+    # `object`: the entries come from a management request and are checked here (a compiled
+    # build would otherwise refuse a non-string with a bare TypeError before this check).
     if not isinstance(text, str):
         raise CallOpsError.bad_param("headers", "must be a string")
     text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\r\n", "\n")

@@ -71,21 +71,29 @@ class Dialog:
         "lifetime_timer", "ops", "start_time", "state", "timeout_at", "to_uri",
     )
 
-    def __init__(self, dialog_id: str, invite: Request, source: Address, local: Address,
-                 now: float) -> None:
+    def __init__(self, dialog_id: str, call_id: str, from_uri: str, to_uri: str,
+                 state: DialogState, start_time: float, caller: Leg, callee: Leg,
+                 timeout_at: float | None = None) -> None:
         self.id = dialog_id
-        self.call_id = invite.call_id
-        self.from_uri = str(invite.from_.uri)
-        self.to_uri = str(invite.to.uri)
-        self.state = DialogState.UNCONFIRMED
-        self.start_time = now
-        self.timeout_at: float | None = None
+        self.call_id = call_id
+        self.from_uri = from_uri
+        self.to_uri = to_uri
+        self.state = state
+        self.start_time = start_time
+        self.timeout_at = timeout_at
         self.lifetime_timer: object | None = None  # the core's Timer for the lifetime
         self.invite: object | None = None  # the core's pending INVITE context, while any
         self.end_reason = ""
         self.ops: object | None = None  # call-operation state (callops.DialogOps), if any
+        self.caller = caller
+        self.callee = callee
+
+    @classmethod
+    def from_invite(cls, dialog_id: str, invite: Request, source: Address, local: Address,
+                    now: float) -> Dialog:
+        """The dialog an initial INVITE from `source` (received on `local`) starts."""
         contacts = invite.contacts
-        self.caller = Leg(
+        caller = Leg(
             tag=invite.from_tag or "",
             contact=str(contacts[0].uri) if contacts and contacts[0].uri else "",
             # Requests toward the caller follow the Record-Route entries that were already
@@ -96,7 +104,8 @@ class Dialog:
             address=source,
             local=local,
         )
-        self.callee = Leg()
+        return cls(dialog_id, invite.call_id, str(invite.from_.uri), str(invite.to.uri),
+                   DialogState.UNCONFIRMED, now, caller, Leg())
 
     # -- snapshots (state replicated off the worker) --------------------------------------
 
@@ -140,22 +149,15 @@ class Dialog:
             raise ValueError("not a dialog snapshot of this version")
         try:
             state = DialogState(_int(snap, "state"))
-            dialog = cls.__new__(cls)
-            dialog.id = _str(snap, "id")
-            dialog.call_id = _str(snap, "call_id")
-            dialog.from_uri = _str(snap, "from_uri")
-            dialog.to_uri = _str(snap, "to_uri")
-            dialog.state = state
-            dialog.start_time = now - max(0.0, elapsed) - _int(snap, "age_ms") / 1000
             lifetime = snap.get("lifetime_ms")
-            dialog.timeout_at = (None if lifetime is None else
-                                 now - max(0.0, elapsed) + _int(snap, "lifetime_ms") / 1000)
-            dialog.lifetime_timer = None
-            dialog.invite = None
-            dialog.end_reason = ""
-            dialog.ops = None
-            dialog.caller = _leg_from(snap.get("caller"))
-            dialog.callee = _leg_from(snap.get("callee"))
+            dialog = cls(
+                _str(snap, "id"), _str(snap, "call_id"), _str(snap, "from_uri"),
+                _str(snap, "to_uri"), state,
+                now - max(0.0, elapsed) - _int(snap, "age_ms") / 1000,
+                _leg_from(snap.get("caller")), _leg_from(snap.get("callee")),
+                None if lifetime is None else
+                now - max(0.0, elapsed) + _int(snap, "lifetime_ms") / 1000,
+            )
             hold = snap.get("hold")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad dialog snapshot: {exc}") from None

@@ -365,7 +365,7 @@ class Proxy:
         cseq_delta = 0
         if to_tag is None:
             if method == "INVITE":
-                dialog = Dialog(self.dialogs.new_id(), req, source, local, now)
+                dialog = Dialog.from_invite(self.dialogs.new_id(), req, source, local, now)
                 self.dialogs.add(dialog)
                 self.stats["dialog:processed_dialogs"] += 1
                 initial = True

@@ -160,6 +160,9 @@ class ServerTransaction(_Base):
         self.on_terminated = on_terminated
         self.to_tag: str | None = None  # the tag of a locally generated answer, if any
         self.owner: object = None  # the proxy's forwarding context for this request
+        self._begin()
+
+    def _begin(self) -> None:
         self.state = State.TRYING
 
     @property
@@ -188,8 +191,7 @@ class InviteServerTransaction(ServerTransaction):
 
     __slots__ = ("_g_interval",)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def _begin(self) -> None:
         self.state = State.PROCEEDING
         self._g_interval = self.settings.t1
 

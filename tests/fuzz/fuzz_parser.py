@@ -9,6 +9,10 @@ chunks: both must cut the same messages. Anything but `ParseError` escaping is a
 
     python tests/fuzz/fuzz_parser.py [libFuzzer flags] [CORPUS_DIR ...]
 
+The parser runs from its Python source (SWITCHBOARD_PURE=1), which atheris can instrument for
+coverage; `SWITCHBOARD_PURE=0 ... -runs=0 DIR` replays a corpus through the mypyc-compiled
+build instead.
+
 With no corpus directory, new inputs go to a temporary directory and the recorded messages
 in tests/data (and tests/data/malformed) are the seeds; named directories come first (the
 first one receives what libFuzzer finds), the seeds are added after them. See README.md.
@@ -17,6 +21,7 @@ first one receives what libFuzzer finds), the seeds are added after them. See RE
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import zlib
@@ -27,6 +32,12 @@ import atheris
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # runnable from anywhere without installing the package
     sys.path.insert(0, str(REPO))
+
+# Coverage needs Python bytecode to instrument: the source build unless told otherwise.
+os.environ.setdefault("SWITCHBOARD_PURE", "1")
+import switchboard  # noqa: E402
+
+print(f"fuzz_parser: SIP core {switchboard.BUILD}", file=sys.stderr)
 
 with atheris.instrument_imports(include=["switchboard.sip"]):
     from switchboard.sip.errors import ParseError
