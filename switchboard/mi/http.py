@@ -22,7 +22,7 @@ from aiohttp import web
 
 from switchboard.api import ControlApi
 from switchboard.mi.commands import REGISTRY
-from switchboard.mi.dispatch import dispatch
+from switchboard.mi.dispatch import dispatch_parts
 from switchboard.mi.registry import CommandContext, Registry
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,21 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
         )
     body = await request.read()
-    answer = await dispatch(body, request.app[_CONTEXT_KEY])
+    answer = await dispatch_parts(body, request.app[_CONTEXT_KEY])
     if answer is None:
         return web.Response(status=202)
-    return web.Response(status=200, body=answer, content_type="application/json")
+    if len(answer) == 1:
+        return web.Response(status=200, body=answer[0], content_type="application/json")
+    # A long answer goes out part by part; each write waits while the socket's buffer is
+    # full, so a slow reader holds up only itself.
+    response = web.StreamResponse(status=200)
+    response.content_type = "application/json"
+    response.content_length = sum(len(part) for part in answer)
+    await response.prepare(request)
+    for part in answer:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 async def _livez(request: web.Request) -> web.StreamResponse:

@@ -12,7 +12,14 @@ import pytest
 from switchboard import __version__
 from switchboard.api import CommandError
 from switchboard.mi.commands import REGISTRY, select_statistics
-from switchboard.mi.dispatch import dispatch, encode_response, handle_request
+from switchboard.mi.dispatch import (
+    ENCODE_SLICE,
+    dispatch,
+    encode_response,
+    encode_response_parts,
+    handle_request,
+)
+from switchboard.mi.http import start_mi_server
 from switchboard.mi.registry import CommandContext, Params, Registry
 
 DIALOG_A = {"ID": "3a1.5f2", "state": 4, "callid": "call-a", "caller_tag": "ta", "CALLEES": []}
@@ -228,6 +235,76 @@ def test_a_result_json_cannot_carry_becomes_a_server_error() -> None:
     assert json.loads(encoded) == error(
         -32000, "Server error", "Command handler returned null", request_id=3
     )
+
+
+def _many_dialogs(n: int) -> list[dict[str, Any]]:
+    return [{"ID": f"1.{i:x}", "state": 4, "callid": f"c-{i}", "caller_tag": f"t{i}",
+             "from_uri": "sip:ünïcode@example.com", "CALLEES": [{"tag": i}]}
+            for i in range(n)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", [ENCODE_SLICE, ENCODE_SLICE + 1, 2 * ENCODE_SLICE, 3 * ENCODE_SLICE + 7])
+async def test_a_long_result_in_parts_is_the_same_json(n: int) -> None:
+    for request_id in (7, "x", None, 2.5):
+        response = {"jsonrpc": "2.0",
+                    "result": {"Before": 1, "Dialogs": _many_dialogs(n), "After": []},
+                    "id": request_id}
+        parts = await encode_response_parts(response)
+        assert b"".join(parts) == encode_response(response)
+        assert (len(parts) > 1) == (n > ENCODE_SLICE)
+
+
+@pytest.mark.asyncio
+async def test_the_loop_turns_while_a_long_result_is_encoded() -> None:
+    import asyncio
+
+    turns = 0
+    stop = False
+
+    async def other_work() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    await encode_response_parts(
+        {"jsonrpc": "2.0", "result": {"Dialogs": _many_dialogs(5 * ENCODE_SLICE)}, "id": 1})
+    stop = True
+    await task
+    assert turns - before >= 4  # once between each two slices
+
+
+@pytest.mark.asyncio
+async def test_a_long_result_json_cannot_carry_becomes_a_server_error() -> None:
+    dialogs: list[Any] = _many_dialogs(2 * ENCODE_SLICE)
+    dialogs[-1] = {"bad": {1, 2}}
+    parts = await encode_response_parts(
+        {"jsonrpc": "2.0", "result": {"Dialogs": dialogs}, "id": 3})
+    assert json.loads(b"".join(parts)) == error(
+        -32000, "Server error", "Command handler returned null", request_id=3
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_long_answer_over_http_arrives_whole(api: FakeApi) -> None:
+    import aiohttp
+
+    api.dialogs = _many_dialogs(3 * ENCODE_SLICE + 1)
+    server = await start_mi_server(api, "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+            server.url, json={"jsonrpc": "2.0", "id": 1, "method": "dialog:list"}
+        ) as reply:
+            assert reply.status == 200
+            assert reply.content_type == "application/json"
+            body = await reply.json()
+    finally:
+        await server.close()
+    assert body == {"jsonrpc": "2.0", "result": {"Dialogs": api.dialogs}, "id": 1}
 
 
 # --- core commands -----------------------------------------------------------------------------
