@@ -11,7 +11,6 @@ checks a digest written here); otherwise, or with SWITCHBOARD_PURE=1, the Python
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,10 @@ if not _native.pure_requested():
     _native.write_stamp()
     core = [str(path.relative_to(Path(__file__).parent)) for path in _native.core_sources()]
     ext_modules = mypycify(core, opt_level="3", group_name="switchboard_core")
-elif os.path.exists(_native.STAMP):
-    os.remove(_native.STAMP)
+else:
+    # A source install: what an earlier build left in place must not shadow the source.
+    for old in [_native.STAMP, *_native.built_files(Path(__file__).parent)]:
+        if old.exists():
+            old.unlink()
 
 setup(ext_modules=ext_modules)

@@ -43,9 +43,10 @@ class MiClient:
                 self._conn.sock.settimeout(timeout)
         return self._conn
 
-    def timed_call(self, method: str, params: Any = None,
-                   timeout: float = 30.0) -> tuple[Any, float, int]:
-        """(result, seconds from sending to the whole answer read, answer size in bytes)."""
+    def timed_call(self, method: str, params: Any = None, timeout: float = 30.0,
+                   decode: bool = True) -> tuple[Any, float, int]:
+        """(result, seconds from sending to the whole answer read, answer size in bytes);
+        with `decode=False` the result is the answer's bytes (`decode_result` later)."""
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
             request["params"] = params
@@ -66,12 +67,7 @@ class MiClient:
             elapsed = time.perf_counter() - t0
             if reply.status != 200:
                 raise MiError(-1, f"MI at {self.url} answered HTTP {reply.status}")
-            answer = json.loads(data)
-            error = answer.get("error") if isinstance(answer, dict) else None
-            if isinstance(error, dict):
-                raise MiError(int(error.get("code", -32603)), str(error.get("message", "")),
-                              error.get("data"))
-            return answer.get("result"), elapsed, len(data)
+            return (decode_result(data) if decode else data), elapsed, len(data)
         raise AssertionError("unreachable")
 
     def call(self, method: str, params: Any = None, timeout: float = 30.0) -> Any:
@@ -81,3 +77,13 @@ class MiClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def decode_result(data: bytes) -> Any:
+    """The result of a JSON-RPC answer's bytes; its error raised as `MiError`."""
+    answer = json.loads(data)
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        raise MiError(int(error.get("code", -32603)), str(error.get("message", "")),
+                      error.get("data"))
+    return answer.get("result")

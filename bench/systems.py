@@ -275,6 +275,16 @@ class SwitchboardRay(Switchboard):
                 "ports": [p for _, p in self.addresses] if self.port else []}
 
 
+def decode_answer(body: bytes, method: str = "") -> Any:
+    """The result of a JSON-RPC answer's bytes; its error raised."""
+    import json
+
+    answer = json.loads(body)
+    if "error" in answer:
+        raise SystemError_(f"jsonrpc {method}: {answer['error']}")
+    return answer.get("result")
+
+
 class Kamailio(System):
     """Kamailio from Debian's packages with bench/kamailio/kamailio.cfg."""
 
@@ -333,10 +343,12 @@ class Kamailio(System):
             raise SystemError_(f"kamcmd {' '.join(args)}: {out.stderr.strip() or out.stdout}")
         return out.stdout
 
-    def jsonrpc(self, method: str, timeout: float = 300.0) -> tuple[Any, int, float]:
+    def jsonrpc(self, method: str, timeout: float = 300.0,
+                decode: bool = True) -> tuple[Any, int, float]:
         """A JSON-RPC command through jsonrpcs' FIFO (needs `ctl=True`), for answers too big
         for kamcmd (`dlg.list`): (result, bytes of the answer, seconds from sending the
-        request to the answer's last byte)."""
+        request to the answer's last byte). With `decode=False` the result is the answer's
+        bytes, to decode later (`decode_answer`)."""
         import json
         import select
 
@@ -375,10 +387,7 @@ class Kamailio(System):
             finally:
                 os.close(fd)
             body = b"".join(chunks)
-            answer = json.loads(body)
-            if "error" in answer:
-                raise SystemError_(f"jsonrpc {method}: {answer['error']}")
-            return answer.get("result"), len(body), elapsed
+            return (decode_answer(body, method) if decode else body), len(body), elapsed
         finally:
             with contextlib.suppress(OSError):
                 reply_path.unlink()

@@ -48,12 +48,19 @@ def write_stamp() -> None:
     STAMP.write_text(source_digest() + "\n")
 
 
+def _is_extension(path: Path) -> bool:
+    return any(path.name.endswith(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def built_files(project: Path) -> list[Path]:
+    """What an in-place build leaves in the source tree: the core's extension modules and
+    the library they share (at the top of `project`)."""
+    return ([p for p in CORE_DIR.iterdir() if _is_extension(p)]
+            + [p for p in project.glob("switchboard_core__mypyc*") if _is_extension(p)])
+
+
 def _has_extensions() -> bool:
-    return any(
-        path.name.endswith(suffix)
-        for path in CORE_DIR.iterdir()
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-    )
+    return any(_is_extension(path) for path in CORE_DIR.iterdir())
 
 
 def choose() -> tuple[bool, str]:
