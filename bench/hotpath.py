@@ -23,7 +23,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from switchboard.actors.overload import INTERVAL
+from switchboard.actors.overload import YOUNG_EVERY
 from switchboard.cluster.local import proxy_config
 from switchboard.config import Config
 from switchboard.sip.proxy import Proxy
@@ -119,11 +119,11 @@ class Bench:
         self.now = 1000.0
         self.clock = time.perf_counter
         # The collector as the runtime runs it (cluster/local.py, actors/overload.py): not
-        # automatic, the youngest generation collected every INTERVAL of the fake clock.
+        # automatic, the youngest generation collected every YOUNG_EVERY of the fake clock.
         gc.collect()
         gc.freeze()
         gc.disable()
-        self.next_collect = self.now + INTERVAL
+        self.next_collect = self.now + YOUNG_EVERY
 
     def _feed(self, data: bytes, source: Address) -> tuple[list[Datagram], float]:
         proxy = self.proxy
@@ -166,7 +166,7 @@ class Bench:
         self.proxy.handle_timers(self.now)
         self.proxy.outbox.clear()
         if self.now >= self.next_collect:
-            self.next_collect += INTERVAL
+            self.next_collect += YOUNG_EVERY
             gc.collect(0)
         return spent + self.clock() - t0
 

@@ -24,8 +24,12 @@ INTERVAL = 0.25
 STEP = 0.1
 MAX_STEPS = 5.0
 # The garbage collector runs from here (automatic collection is off, `cluster/local.py`):
-# the youngest generation at every look, a full collection when the worker is idle, at most
-# this often.
+# the youngest generation every YOUNG_EVERY seconds, a full collection when the worker is
+# idle, at most every IDLE_COLLECT_EVERY. A young collection walks every container made since
+# the last one that is still alive (transactions waiting out their timers): at 1,500 calls/s
+# one every 0.25 s took 10-16 ms, the p99 of call setup; every 50 ms it is a fifth of that,
+# for the same total work.
+YOUNG_EVERY = 0.05
 IDLE_COLLECT_EVERY = 300.0
 IDLE_CPU = 0.2
 
@@ -46,6 +50,13 @@ class OverloadMonitor:
         self._last_collect = self._last_wall
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._last_wall + INTERVAL, self._check, self._last_wall + INTERVAL)
+        self._young: asyncio.TimerHandle | None = self._loop.call_later(
+            YOUNG_EVERY, self._collect_young)
+
+    def _collect_young(self) -> None:
+        if not gc.isenabled():
+            gc.collect(0)  # what the last 50 ms made and still holds
+        self._young = self._loop.call_later(YOUNG_EVERY, self._collect_young)
 
     @property
     def overloaded(self) -> bool:
@@ -59,8 +70,6 @@ class OverloadMonitor:
         self.lag = now - due
         self._last_cpu, self._last_wall = cpu_now, now
         self.update(self.cpu, self.lag)
-        if not gc.isenabled():
-            gc.collect(0)  # what the last quarter second made and still holds
         if (self.cpu < IDLE_CPU and self.lag < self.lag_low
                 and now - self._last_collect > IDLE_COLLECT_EVERY):
             self._last_collect = now
@@ -98,3 +107,6 @@ class OverloadMonitor:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._young is not None:
+            self._young.cancel()
+            self._young = None
