@@ -4,10 +4,10 @@ Four times a second it looks at two signs — the share of a CPU the process use
 look, and how late the loop ran this check (a loop busy with a backlog runs timers late). While
 either is high, the share of new INVITEs refused with 503 + Retry-After grows step by step
 (bigger steps the later the loop runs: a sudden surge must be cut before its backlog turns
-into retransmissions); while both are low it shrinks again (halving when the load is far
-below the line), so the worker settles near its capacity instead of
-refusing everything or nothing, and recovers by itself when the load drops. Calls already up
-are never refused.
+into retransmissions); otherwise it shrinks again (a quarter step near the line, a step
+below it, halving when the load is far below), so the worker settles near its capacity
+instead of refusing everything or nothing, and recovers by itself when the load drops.
+Calls already up are never refused.
 """
 
 from __future__ import annotations
@@ -90,10 +90,18 @@ class OverloadMonitor:
                 self.shed = min(1.0, self.shed + step)
         else:
             self._strikes = 0
-            if cpu < self.cpu_low and lag < self.lag_low:
+            if lag < self.lag_low:
                 # Far below the line the surge is over: halve instead of stepping down, so
-                # callers are not turned away for seconds after it.
-                shed = self.shed / 2 if cpu < self.cpu_low / 2 else self.shed - STEP
+                # callers are not turned away for seconds after it. Between the lines, ease
+                # off by a quarter step: a load the worker can carry (at its clean rate it
+                # runs at ~90 % of a core) must not stay refused after a surge; if it is too
+                # much after all, the CPU crosses the high line and the share comes back.
+                if cpu < self.cpu_low / 2:
+                    shed = self.shed / 2
+                elif cpu < self.cpu_low:
+                    shed = self.shed - STEP
+                else:
+                    shed = self.shed - STEP / 4
                 self.shed = shed if shed >= STEP / 2 else 0.0
         if self.shed != before:
             self._set(self.shed)

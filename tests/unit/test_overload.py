@@ -20,11 +20,13 @@ async def test_shedding_grows_while_high_and_shrinks_while_low() -> None:
         monitor.update(0.99, 0.0)
         monitor.update(0.99, 0.0)
         assert shares == pytest.approx([0.1, 0.2])
-        monitor.update(0.85, 0.0)  # between the thresholds: holds
-        assert shares == pytest.approx([0.1, 0.2])
+        monitor.update(0.90, 0.0)  # between the lines: eases off by a quarter step
+        assert shares == pytest.approx([0.1, 0.2, 0.175])
+        monitor.update(0.90, 0.06)  # ... but not while the loop runs late
+        assert shares == pytest.approx([0.1, 0.2, 0.175])
         monitor.update(0.50, 0.01)
         monitor.update(0.50, 0.01)
-        assert shares == pytest.approx([0.1, 0.2, 0.1, 0.0])
+        assert shares == pytest.approx([0.1, 0.2, 0.175, 0.075, 0.0])
         assert not monitor.overloaded
         monitor.update(0.10, 0.15 + 1e-9)
         monitor.update(0.10, 0.15 + 1e-9)
