@@ -25,7 +25,7 @@ from .overload import OverloadMonitor
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, dict[str, Any]], None]
-LIST_SLICE = 1000  # dialogs rendered for dialog:list between two turns of the loop
+LIST_SLICE = 500  # dialogs rendered for dialog:list between two turns of the loop (~10 ms)
 TIMER_GRID = 0.01  # seconds: the core's timers run at most this late
 
 

@@ -31,9 +31,10 @@ HANDLER_FAILED: Final = "Command handler returned null"
 
 _MISSING: Final = object()
 
-# List items of a result encoded between two turns of the event loop. `dialog:list` of
-# 100,000 calls is ~100 MB of JSON: encoded in one go it held SIP up for over a second.
-ENCODE_SLICE: Final = 1000
+# List items of a result encoded between two turns of the event loop (~10 ms of work).
+# `dialog:list` of 100,000 calls is ~100 MB of JSON: encoded in one go it held SIP up for
+# over a second.
+ENCODE_SLICE: Final = 500
 
 
 def error_response(
@@ -125,29 +126,34 @@ def _long_lists(result: dict[str, Any]) -> bool:
 
 async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
     """The bytes of `encode_response`, in parts; a long list in the result is encoded a
-    slice at a time with the loop turning in between, so calls keep flowing meanwhile."""
+    slice at a time with the loop turning in between, so calls keep flowing meanwhile.
+
+    Consumes those lists: each slice is let go once encoded, so that freeing 100,000
+    dialogs' objects is spread over the same turns (all at once it stalled SIP ~0.4 s)."""
     result = response.get("result")
     if (list(response) != ["jsonrpc", "result", "id"] or not isinstance(result, dict)
             or not _long_lists(result)):
         return [encode_response(response)]
-    parts = ['{"jsonrpc":"2.0","result":{']
+    parts = [b'{"jsonrpc":"2.0","result":{']
     try:
         for index, (key, value) in enumerate(result.items()):
-            parts.append(("," if index else "") + _dumps(key) + ":")
+            parts.append((("," if index else "") + _dumps(key) + ":").encode())
             if not (isinstance(value, list) and len(value) > ENCODE_SLICE):
-                parts.append(_dumps(value))
+                parts.append(_dumps(value).encode())
                 continue
-            parts.append("[")
+            parts.append(b"[")
             for start in range(0, len(value), ENCODE_SLICE):
                 if start:
-                    parts.append(",")
+                    parts.append(b",")
                     await asyncio.sleep(0)
-                parts.append(_dumps(value[start:start + ENCODE_SLICE])[1:-1])
-            parts.append("]")
-        parts.append("}," + _dumps("id") + ":" + _dumps(response["id"]) + "}")
+                end = start + ENCODE_SLICE
+                parts.append(_dumps(value[start:end])[1:-1].encode())
+                value[start:end] = [None] * len(value[start:end])
+            parts.append(b"]")
+        parts.append(("}," + _dumps("id") + ":" + _dumps(response["id"]) + "}").encode())
     except (TypeError, ValueError):
         return [_encode_failed(response).encode()]
-    return [part.encode() for part in parts]
+    return parts
 
 
 async def dispatch(body: bytes | str, ctx: CommandContext) -> bytes | None:
