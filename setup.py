@@ -25,7 +25,7 @@ if not _native.pure_requested():
 
     _native.write_stamp()
     core = [str(path.relative_to(Path(__file__).parent)) for path in _native.core_sources()]
-    ext_modules = mypycify(core, opt_level="3", group_name="switchboard_core")
+    ext_modules = mypycify(core, opt_level="3", group_name=_native.GROUP)
 else:
     # A source install: what an earlier build left in place must not shadow the source.
     for old in [_native.STAMP, *_native.built_files(Path(__file__).parent)]:

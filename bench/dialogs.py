@@ -229,6 +229,7 @@ def list_dialogs(system: System, ping: bool = True) -> dict[str, Any]:
     pinger = Pinger(system.addresses[0]) if ping else None
     out: dict[str, Any] = {}
     raw: bytes | None = None
+    count: Callable[[bytes], int | None] = _kamailio_count
     if pinger is not None:
         pinger.start()
         time.sleep(0.1)
@@ -243,6 +244,7 @@ def list_dialogs(system: System, ping: bool = True) -> dict[str, Any]:
             finally:
                 client.close()
             out.update(list_s=round(elapsed, 3), list_bytes=size)
+            count = _switchboard_count
         elif isinstance(system, Kamailio):
             raw, size, elapsed = system.jsonrpc("dlg.list", timeout=600, decode=False)
             out.update(list_s=round(elapsed, 3), list_bytes=size)
@@ -257,19 +259,23 @@ def list_dialogs(system: System, ping: bool = True) -> dict[str, Any]:
             out["sip_pings"] = len(pinger.rtts_ms)
     if raw is not None:
         try:
-            if isinstance(system, Switchboard):
-                from .mi import decode_result
-
-                result = decode_result(raw)
-                out["list_count"] = len(result.get("Dialogs", []))
-            else:
-                from .systems import decode_answer
-
-                result = decode_answer(raw, "dlg.list")
-                out["list_count"] = len(result) if isinstance(result, list) else None
+            out["list_count"] = count(raw)
         except Exception as exc:
             out["list_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     return out
+
+
+def _switchboard_count(answer: bytes) -> int | None:
+    from .mi import decode_result
+
+    return len(decode_result(answer).get("Dialogs", []))
+
+
+def _kamailio_count(answer: bytes) -> int | None:
+    from .systems import decode_answer
+
+    result = decode_answer(answer, "dlg.list")
+    return len(result) if isinstance(result, list) else None
 
 
 # --- a run ----------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from types import ModuleType
 CORE_PACKAGE = "switchboard.sip"
 CORE_DIR = Path(__file__).parent / "sip"
 STAMP = CORE_DIR / "_native.sha256"
+# mypyc's name for the library the compiled modules share (`<GROUP>__mypyc.<suffix>`, at the
+# top of the install, beside the package).
+GROUP = "switchboard_core"
 
 
 def pure_requested() -> bool:
@@ -56,7 +59,7 @@ def built_files(project: Path) -> list[Path]:
     """What an in-place build leaves in the source tree: the core's extension modules and
     the library they share (at the top of `project`)."""
     return ([p for p in CORE_DIR.iterdir() if _is_extension(p)]
-            + [p for p in project.glob("switchboard_core__mypyc*") if _is_extension(p)])
+            + [p for p in project.glob(f"{GROUP}__mypyc*") if _is_extension(p)])
 
 
 def _has_extensions() -> bool:

@@ -118,10 +118,8 @@ def encode_response(response: dict[str, Any]) -> bytes:
     return text.encode()
 
 
-def _long_lists(result: dict[str, Any]) -> bool:
-    return any(
-        isinstance(value, list) and len(value) > ENCODE_SLICE for value in result.values()
-    )
+def _is_long(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > ENCODE_SLICE
 
 
 async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
@@ -132,13 +130,13 @@ async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
     dialogs' objects is spread over the same turns (all at once it stalled SIP ~0.4 s)."""
     result = response.get("result")
     if (list(response) != ["jsonrpc", "result", "id"] or not isinstance(result, dict)
-            or not _long_lists(result)):
+            or not any(_is_long(value) for value in result.values())):
         return [encode_response(response)]
     parts = [b'{"jsonrpc":"2.0","result":{']
     try:
         for index, (key, value) in enumerate(result.items()):
             parts.append((("," if index else "") + _dumps(key) + ":").encode())
-            if not (isinstance(value, list) and len(value) > ENCODE_SLICE):
+            if not _is_long(value):
                 parts.append(_dumps(value).encode())
                 continue
             parts.append(b"[")
@@ -146,11 +144,11 @@ async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
                 if start:
                     parts.append(b",")
                     await asyncio.sleep(0)
-                end = start + ENCODE_SLICE
-                parts.append(_dumps(value[start:end])[1:-1].encode())
-                value[start:end] = [None] * len(value[start:end])
+                chunk = value[start:start + ENCODE_SLICE]
+                parts.append(_dumps(chunk)[1:-1].encode())
+                value[start:start + len(chunk)] = [None] * len(chunk)
             parts.append(b"]")
-        parts.append(("}," + _dumps("id") + ":" + _dumps(response["id"]) + "}").encode())
+        parts.append(('},"id":' + _dumps(response["id"]) + "}").encode())
     except (TypeError, ValueError):
         return [_encode_failed(response).encode()]
     return parts

@@ -149,14 +149,13 @@ class Dialog:
             raise ValueError("not a dialog snapshot of this version")
         try:
             state = DialogState(_int(snap, "state"))
+            taken = now - max(0.0, elapsed)  # when the snapshot was taken, on our clock
             lifetime = snap.get("lifetime_ms")
             dialog = cls(
                 _str(snap, "id"), _str(snap, "call_id"), _str(snap, "from_uri"),
-                _str(snap, "to_uri"), state,
-                now - max(0.0, elapsed) - _int(snap, "age_ms") / 1000,
+                _str(snap, "to_uri"), state, taken - _int(snap, "age_ms") / 1000,
                 _leg_from(snap.get("caller")), _leg_from(snap.get("callee")),
-                None if lifetime is None else
-                now - max(0.0, elapsed) + _int(snap, "lifetime_ms") / 1000,
+                None if lifetime is None else taken + _int(snap, "lifetime_ms") / 1000,
             )
             hold = snap.get("hold")
         except (KeyError, TypeError, ValueError) as exc:

@@ -137,7 +137,6 @@ class TimerQueue:
             self._size -= 1
             fired += 1
             callback(now)
-            self._bring_near(now + NEAR)  # a callback may have armed a timer far away
         return fired
 
     def __len__(self) -> int:

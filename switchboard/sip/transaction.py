@@ -247,7 +247,6 @@ class InviteServerTransaction(ServerTransaction):
         self._terminate()
 
 
-
 class NonInviteServerTransaction(ServerTransaction):
     """§17.2.2."""
 

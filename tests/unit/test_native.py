@@ -54,7 +54,7 @@ def test_a_compiled_core_older_than_its_source_is_not_used(tmp_path: Path) -> No
     # A copy of the installed tree whose proxy.py changed after the build.
     shutil.copytree(REPO / "switchboard", tmp_path / "switchboard",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for shared in REPO.glob("switchboard_core__mypyc*"):
+    for shared in REPO.glob(f"{_native.GROUP}__mypyc*"):
         shutil.copy(shared, tmp_path)
     with open(tmp_path / "switchboard" / "sip" / "proxy.py", "a") as source:
         source.write("\n# edited after the build\n")
