@@ -31,6 +31,7 @@ lifetime = 43200                      # seconds
 domains = []
 record_route = true
 trusted = ["127.0.0.0/8", "::1/128"]  # may relay anywhere; others get 403 (no open relay)
+route_secret = ""                     # signs our Record-Route; "" = random at each start
 [script]
 path = ""
 [log]
@@ -42,7 +43,14 @@ capture_id = 1                        # HEP capture agent id (0..4294967295)
 [auth]
 realm = ""                            # "" = the first proxy domain, else the listen address
 users = {}                            # user = "password"; empty = no authentication
-invites = true                        # challenge INVITEs from untrusted sources too (407)
+invites = true                        # false: never challenge INVITEs (407)
+methods = ["*"]                       # new requests from untrusted sources challenged (407)
+algorithms = ["SHA-256", "MD5"]       # digest algorithms offered, preferred first
+nonce_ttl = 300                       # seconds a nonce may be used
+max_failures = 5                      # failed digests from one source before it is banned
+user_max_failures = 20                # ... for one user from any sources (0 = off)
+failure_window = 600                  # seconds a failure is counted
+ban_time = 900                        # seconds a banned source is ignored
 [limits]
 rate = 200                            # requests/s one untrusted source may send (0 = off)
 burst = 400
@@ -76,6 +84,9 @@ TRANSPORTS: Final[tuple[Transport, ...]] = ("udp", "tcp")
 RUNTIME_KINDS: Final[tuple[RuntimeKind, ...]] = ("local", "ray")
 CALLOPS_MODES: Final[tuple[CallopsMode, ...]] = ("param", "manual", "callid")
 
+# An RFC 3261 `Method` token, and the digest algorithms (RFC 8760) the proxy can check.
+_METHOD = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
 # A URI parameter name must survive unescaped in a Refer-To URI (RFC 3261 §25.1 `pname`).
 _URI_PARAM_NAME = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+\Z")
 
@@ -181,7 +192,16 @@ class AuthConfig:
 
     realm: str = ""  # "" = the first proxy domain, else the first listen address
     users: tuple[tuple[str, str], ...] = ()  # (user, password) pairs
-    invites: bool = True  # also challenge INVITEs from untrusted sources (407)
+    invites: bool = True  # false: INVITEs are never challenged (407)
+    # New requests from untrusted sources that must authenticate: "*" = every method but
+    # ACK and CANCEL (REGISTER is always challenged, with 401).
+    methods: tuple[str, ...] = ("*",)
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # offered, the preferred first
+    nonce_ttl: int = 300
+    max_failures: int = 5  # failed digests from one source within the window: banned
+    user_max_failures: int = 20  # failed digests for one user from any sources (0 = off)
+    failure_window: int = 600
+    ban_time: int = 900  # seconds a banned source's messages are dropped unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +225,9 @@ class DialogConfig:
 class ProxyConfig:
     domains: tuple[str, ...] = ()
     record_route: bool = True
-    # Sources that may relay anywhere (no open relay for the rest, issue 6).
+    # Sources that may relay anywhere (no open relay for the rest).
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    route_secret: str = ""  # key signing our Record-Route; "" = random at each start
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,12 +582,43 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
         config = dataclasses.replace(config, events=_read_events(r, top["events"]))
 
     if "auth" in top:
-        data = r.table(top["auth"], ("auth",), ("realm", "users", "invites"))
+        numbers = ("nonce_ttl", "max_failures", "user_max_failures", "failure_window",
+                   "ban_time")
+        data = r.table(top["auth"], ("auth",),
+                       ("realm", "users", "invites", "methods", "algorithms", *numbers))
         auth = config.auth
         if "realm" in data:
             auth = dataclasses.replace(auth, realm=r.str_(data, ("auth",), "realm"))
         if "invites" in data:
             auth = dataclasses.replace(auth, invites=r.bool_(data, ("auth",), "invites"))
+        if "methods" in data:
+            methods = r.str_list(data, ("auth",), "methods")
+            for index, method in enumerate(methods):
+                if method != "*" and not _METHOD.fullmatch(method):
+                    raise r.error(("auth", "methods", index),
+                                  f"not a SIP method or \"*\": {method!r}")
+            auth = dataclasses.replace(auth, methods=tuple(m.upper() for m in methods))
+        if "algorithms" in data:
+            algorithms = r.str_list(data, ("auth",), "algorithms")
+            for index, algorithm in enumerate(algorithms):
+                if algorithm not in DIGEST_ALGORITHMS:
+                    raise r.error(("auth", "algorithms", index),
+                                  f"{algorithm!r} is not one of {', '.join(DIGEST_ALGORITHMS)}")
+            if not algorithms:
+                raise r.error(("auth", "algorithms"), "needs at least one algorithm")
+            auth = dataclasses.replace(auth, algorithms=tuple(dict.fromkeys(algorithms)))
+        values = {key: r.int_(data, ("auth",), key, minimum=0) for key in numbers if key in data}
+        for key in ("nonce_ttl", "failure_window"):
+            if values.get(key) == 0:
+                raise r.error(("auth", key), "must be at least 1")
+        auth = dataclasses.replace(
+            auth,
+            nonce_ttl=values.get("nonce_ttl", auth.nonce_ttl),
+            max_failures=values.get("max_failures", auth.max_failures),
+            user_max_failures=values.get("user_max_failures", auth.user_max_failures),
+            failure_window=values.get("failure_window", auth.failure_window),
+            ban_time=values.get("ban_time", auth.ban_time),
+        )
         if "users" in data:
             users = data["users"]
             if not isinstance(users, dict):
@@ -592,7 +644,8 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
             )
 
     if "proxy" in top:
-        data = r.table(top["proxy"], ("proxy",), ("domains", "record_route", "trusted"))
+        data = r.table(top["proxy"], ("proxy",),
+                       ("domains", "record_route", "trusted", "route_secret"))
         proxy = config.proxy
         if "domains" in data:
             domains = r.str_list(data, ("proxy",), "domains")
@@ -613,6 +666,9 @@ def parse_config(text: str, *, source: str | None = None) -> Config:
                     raise r.error(("proxy", "trusted", index),
                                   f"not an IP network: {network!r}") from None
             proxy = dataclasses.replace(proxy, trusted=tuple(networks))
+        if "route_secret" in data:
+            proxy = dataclasses.replace(
+                proxy, route_secret=r.str_(data, ("proxy",), "route_secret"))
         config = dataclasses.replace(config, proxy=proxy)
 
     if "script" in top:
@@ -794,7 +850,7 @@ def dump_config(config: Config, *, show_secrets: bool = False) -> str:
                 continue
             if section.name == "hep" and item.name == "collector" and data is not None:
                 data = f"udp:{data}"
-            if section.name == "mi" and item.name == "token" and data and not show_secrets:
+            if (item.name in ("token", "route_secret") and data and not show_secrets):
                 lines.append(f'{item.name} = "<hidden>"  # set, not shown')
                 continue
             if section.name == "auth" and item.name == "users":

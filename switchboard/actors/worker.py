@@ -23,6 +23,9 @@ from .dialog import DialogActor, DialogMessage, EndDialog, Transfer, dialog_info
 from .overload import OverloadMonitor
 
 log = logging.getLogger(__name__)
+# Failed authentications and bans, one JSON object each with `--log-format json`: what
+# fail2ban and a SIEM read.
+security_log = logging.getLogger("switchboard.security")
 
 Publish = Callable[[str, dict[str, Any]], None]
 LIST_SLICE = 500  # dialogs rendered for dialog:list between two turns of the loop (~10 ms)
@@ -86,6 +89,16 @@ class Worker:
                 else:
                     self.publish(ev.name, ev.params)
             proxy.events.clear()
+        if proxy.security:
+            for failure in proxy.security:
+                security_log.warning(
+                    "%s from %s: failed authentication as %r%s", failure.method,
+                    failure.source, failure.user,
+                    ", source banned" if failure.banned else "",
+                    extra={"event": "source_banned" if failure.banned else "auth_failed",
+                           "source": failure.source, "user": failure.user,
+                           "method": failure.method})
+            proxy.security.clear()
         deadline = proxy.next_deadline()
         if deadline is None:
             return

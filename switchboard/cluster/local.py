@@ -34,6 +34,7 @@ from ..metrics import CallMetrics, Metrics
 from ..mi.http import MIServer, start_mi_server
 from ..script import load_script
 from ..sip.callops import CallOpsError
+from ..sip.guard import GuardSettings
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
 from ..transport.base import Endpoint, Receiver
@@ -92,6 +93,15 @@ def proxy_config(config: Config, listeners: tuple[Address, ...], worker_id: int 
         auth_realm=config.auth.realm,
         auth_users=config.auth.users,
         auth_invites=config.auth.invites,
+        auth_methods=config.auth.methods,
+        auth_algorithms=config.auth.algorithms,
+        auth_nonce_ttl=float(config.auth.nonce_ttl),
+        auth_guard=GuardSettings(
+            max_failures=config.auth.max_failures,
+            user_max_failures=config.auth.user_max_failures,
+            window=float(config.auth.failure_window),
+            ban_time=float(config.auth.ban_time)),
+        route_secret=config.proxy.route_secret,
         dialog_lifetime=float(config.dialog.lifetime),
         worker_id=worker_id,
         callops_mode=config.callops.mode,

@@ -23,6 +23,7 @@ confirmed dialog back into a fresh core of the same worker.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import zlib
 from collections import Counter
@@ -30,10 +31,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .auth import DigestAuth
+from .auth import DigestAuth, Verdict
 from .callops import CallEvent, CallOps
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
 from .errors import ParseError
+from .guard import AuthFailed, AuthGuard, GuardSettings
 from .headers import Via
 from .message import Request, Response, build_response, parse_message
 from .registrar import Location, aor_key
@@ -87,11 +89,20 @@ class ProxyConfig:
     # unanswered, as a flood deserves. 0 turns the limit off.
     rate_limit: float = 200.0
     rate_burst: float = 400.0
-    # Digest authentication (off without users): REGISTER always, and INVITEs from untrusted
-    # sources when `auth_invites`.
+    # Digest authentication (off without users): REGISTER always (401), and new requests
+    # from untrusted sources of the methods in `auth_methods` ("*": all but ACK and CANCEL;
+    # `auth_invites` false takes INVITE out) with 407.
     auth_realm: str = ""
     auth_users: tuple[tuple[str, str], ...] = ()
     auth_invites: bool = True
+    auth_methods: tuple[str, ...] = ("*",)
+    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    auth_nonce_ttl: float = 300.0
+    auth_guard: GuardSettings = field(default_factory=GuardSettings)
+    # The key our Record-Route entries are signed with, so an in-dialog request from an
+    # untrusted source is relayed only along a route we wrote ("" = random at start; set it
+    # so that a restarted proxy, or a sibling, still accepts the routes of live calls).
+    route_secret: str = ""
 
 
 Event = DialogStateChanged | CallEvent
@@ -108,6 +119,20 @@ FinalCallback = Callable[[int, str, float], None]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+
+
+_SIG_PARAM = "sb="  # our Record-Route's signature parameter
+_SIG_LEN = 16
+
+
+def _signature_of(value: str) -> tuple[str, str]:
+    """(the Route or URI text without our signature parameter, the signature or "")."""
+    at = value.find(";" + _SIG_PARAM)
+    if at < 0:
+        return value, ""
+    start = at + 1 + len(_SIG_PARAM)
+    end = start + _SIG_LEN
+    return value[:at] + value[end:], value[start:end]
 
 
 def _remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
@@ -178,11 +203,24 @@ class Proxy:
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
         self.auth: DigestAuth | None = None
+        self.guard: AuthGuard | None = None
         if config.auth_users:
             realm = config.auth_realm or (config.domains[0] if config.domains
                                           else config.listeners[0].host)
             secret = "".join(rand() for _ in range(8)).encode()
-            self.auth = DigestAuth(realm, dict(config.auth_users), secret)
+            self.auth = DigestAuth(realm, dict(config.auth_users), secret,
+                                   config.auth_nonce_ttl, config.auth_algorithms)
+            self.guard = AuthGuard(config.auth_guard)
+        methods = {m.upper() for m in config.auth_methods}
+        self._challenge_all = "*" in methods
+        self._challenge_methods = frozenset(methods - {"*"})
+        self._challenge_never = frozenset({"ACK", "CANCEL", "REGISTER"}
+                                          | (set() if config.auth_invites else {"INVITE"}))
+        # Failed authentications since the driver last looked (it logs them).
+        self.security: list[AuthFailed] = []
+        secret = (config.route_secret.encode() if config.route_secret
+                  else "".join(rand() for _ in range(8)).encode())
+        self._route_key = hashlib.sha256(secret).digest()  # blake2s takes 32 bytes of key
         self._trust_cache: dict[str, bool] = {}
         # Next-hop host names as written → the address to send to (None: unresolvable);
         # parsing an IP literal again for every relayed message cost 2% of a call.
@@ -211,6 +249,10 @@ class Proxy:
         self.timers.run_due(now)
 
     def receive(self, data: bytes, source: Address, local: Address, now: float) -> None:
+        guard = self.guard
+        if guard is not None and guard.banned_until and guard.is_banned(source.host, now):
+            self.stats["auth:banned_drops"] += 1  # a banned guesser learns nothing, not even "no"
+            return
         try:
             msg = parse_message(data, datagram=not source.reliable)
         except ParseError as exc:
@@ -296,7 +338,15 @@ class Proxy:
         if req.get("proxy-require"):
             self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
             return
-        self._preprocess_routes(req)
+        signature = self._preprocess_routes(req)
+        trusted = self._is_trusted(source.host)
+        if (to_tag is not None and not trusted and not self._in_known_dialog(req)
+                and not self._signed_for(req, signature)):
+            # Neither a dialog we track nor a route we wrote: a forged To tag must not be a
+            # way around authentication and the relay policy (RFC 3261 §12.2.2: 481).
+            self.stats["core:unknown_dialog_requests"] += 1
+            self._respond(txn, 481, now)
+            return
         links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
         if links:
             # Linked already: an answer of our own (404, 503 ...) must fail the transfer too.
@@ -324,16 +374,23 @@ class Proxy:
             self.stats["core:shed_requests"] += 1
             self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
             return
-        if (to_tag is None and method == "INVITE" and self.auth is not None
-                and self.config.auth_invites and not self._is_trusted(source.host)):
-            verdict = self.auth.check(req.get("proxy-authorization"), method, now)
+        authenticated: str | None = None
+        if (to_tag is None and self.auth is not None and not trusted
+                and self._challenged(method, req)):
+            verdict = self.auth.check(req.get("proxy-authorization"), method, req.uri, now)
             if verdict.user is None:
-                self.stats["auth:challenges"] += 1
-                self._respond(txn, 407, now, extra=[
-                    ("Proxy-Authenticate", self.auth.challenge(now, verdict.stale))])
+                self._challenge(txn, verdict, 407, "Proxy-Authenticate", source, method, now)
                 return
+            authenticated = verdict.user
             req.remove("proxy-authorization")  # our own credentials end here (§22.3)
-        if not route:
+        if route:
+            if (to_tag is None and not trusted and authenticated is None
+                    and not self._registered_caller(req, source, now)):
+                # A preloaded Route toward somebody else is relaying all the same.
+                self.stats["core:relay_denied"] += 1
+                self._respond(txn, 403, now, reason="Relaying Denied")
+                return
+        else:
             ruri = req.sip_ruri
             if method == "REGISTER" and self._serves_domain(ruri):
                 self._register(req, txn, source, local, now)
@@ -356,7 +413,8 @@ class Proxy:
                 else:
                     self._respond(txn, 404, now, reason="Not Found")
                 return
-            elif to_tag is None and not self._may_relay(req, ruri, source, now):
+            elif (to_tag is None and authenticated is None
+                  and not self._may_relay(req, ruri, source, now)):
                 self.stats["core:relay_denied"] += 1
                 self._respond(txn, 403, now, reason="Relaying Denied")
                 return
@@ -424,10 +482,11 @@ class Proxy:
         if self.config.record_route and req.to_tag is None and req.method != "REGISTER":
             # RFC 5658: two entries when the request changes socket, so each side sees the
             # address it can reach; the downstream-facing one on top.
+            signature = self._sign(req.call_id, req.from_tag or "")
             if local_out != local_in:
-                out.prepend("record-route", f"<{self._rr_uri(local_in)}>")
+                out.prepend("record-route", f"<{self._rr_uri(local_in, signature)}>")
                 ctx.own_rr += 1
-            out.prepend("record-route", f"<{self._rr_uri(local_out)}>")
+            out.prepend("record-route", f"<{self._rr_uri(local_out, signature)}>")
             ctx.own_rr += 1
         out.prepend_via(self._via(local_out, self._branch(req)))
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
@@ -450,6 +509,11 @@ class Proxy:
         # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
         cseq_delta = 0
+        signature = self._preprocess_routes(req)
+        if (not self._is_trusted(source.host) and not self._in_known_dialog(req)
+                and not self._signed_for(req, signature)):
+            self.stats["core:unknown_dialog_requests"] += 1  # an ACK gets no answer
+            return
         if dialog is not None:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None:
@@ -464,7 +528,6 @@ class Proxy:
                     invite.server.settle(now)
                     if invite.client is not None:
                         invite.client.settle(now)
-        self._preprocess_routes(req)
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             self.stats["core:drop_requests"] += 1  # §16.3 step 3; an ACK gets no 483
@@ -939,11 +1002,9 @@ class Proxy:
             self.stats["registrar:rejected_regs"] += 1
             return
         if self.auth is not None:
-            verdict = self.auth.check(req.get("authorization"), "REGISTER", now)
+            verdict = self.auth.check(req.get("authorization"), "REGISTER", req.uri, now)
             if verdict.user is None:
-                self.stats["auth:challenges"] += 1
-                self._respond(txn, 401, now, extra=[
-                    ("WWW-Authenticate", self.auth.challenge(now, verdict.stale))])
+                self._challenge(txn, verdict, 401, "WWW-Authenticate", source, "REGISTER", now)
                 return
             if verdict.user != to_uri.user:
                 # Authenticated, but as somebody else than the address being registered.
@@ -1034,11 +1095,67 @@ class Proxy:
         for registered users calling out from where they registered."""
         if self._serves_domain(ruri) or self._is_trusted(source.host):
             return True
+        return self._registered_caller(req, source, now)
+
+    def _registered_caller(self, req: Request, source: Address, now: float) -> bool:
+        """The From user is registered here, from the address this request comes from."""
         from_uri = req.from_.uri
         if isinstance(from_uri, SipUri) and from_uri.user:
             bindings = self.location.lookup(aor_key(from_uri), now)
             return any(b.source.host == source.host for b in bindings)
         return False
+
+    # -- who may do what: authentication, bans, our own signed routes ------------------------
+
+    def _challenged(self, method: str, req: Request) -> bool:
+        """Whether a new request of `method` from an untrusted source must authenticate."""
+        if method in self._challenge_never:
+            return False
+        if method == "OPTIONS":
+            ruri = req.ruri
+            if isinstance(ruri, SipUri) and not ruri.user and self._is_own(ruri):
+                return False  # a keep-alive ping of the proxy itself names nobody
+        return self._challenge_all or method in self._challenge_methods
+
+    def _challenge(self, txn: ServerTransaction, verdict: Verdict, status: int, header: str,
+                   source: Address, method: str, now: float) -> None:
+        """Answer missing or wrong credentials: count a wrong guess (and drop the request
+        when that bans its source), else challenge with every algorithm we offer."""
+        assert self.auth is not None
+        if verdict.failed and self.guard is not None:
+            self.stats["auth:failures"] += 1
+            banned = self.guard.failed(source.host, verdict.claimed, now,
+                                       may_ban=not self._is_trusted(source.host))
+            self.security.append(AuthFailed(source.host, verdict.claimed, method, banned))
+            if banned:
+                self.stats["auth:bans"] += 1
+                self._server_terminated(txn)
+                return
+        self.stats["auth:challenges"] += 1
+        self._respond(txn, status, now, extra=[
+            (header, value) for value in self.auth.challenges(now, verdict.stale)])
+
+    def _in_known_dialog(self, req: Request) -> bool:
+        """An in-dialog request whose Call-ID and tags are those of a dialog we track."""
+        dialog = self.dialogs.by_call_id(req.call_id)
+        if dialog is None:
+            return False
+        legs = dialog.leg_of(req.from_tag)
+        return legs is not None and (legs[1].tag is None or legs[1].tag == req.to_tag)
+
+    def _sign(self, call_id: str, tag: str) -> str:
+        """The signature our Record-Route carries for the dialog (Call-ID, caller's tag)."""
+        data = f"{call_id}\0{tag}".encode("utf-8", "surrogateescape")
+        return hashlib.blake2s(data, key=self._route_key, digest_size=8).hexdigest()
+
+    def _signed_for(self, req: Request, signature: str) -> bool:
+        """Our route was signed for this request's dialog: the caller's tag is its From tag
+        (caller to callee) or its To tag (the other way)."""
+        if not signature:
+            return False
+        call_id = req.call_id
+        return any(tag is not None and signature == self._sign(call_id, tag)
+                   for tag in (req.from_tag, req.to_tag))
 
     def _serves_domain(self, uri: SipUri) -> bool:
         """A registrar domain of ours: a configured domain or any of our addresses."""
@@ -1072,10 +1189,13 @@ class Proxy:
     def _branch(self, req: Request) -> str:
         return f"{_MAGIC}{self._loop_hash(req)}.{self.rand()}"
 
-    def _preprocess_routes(self, req: Request) -> None:
-        """§16.4: undo a strict router's rewrite, then pop the Route entries that are us."""
+    def _preprocess_routes(self, req: Request) -> str:
+        """§16.4: undo a strict router's rewrite, then pop the Route entries that are us.
+        Answers the signature our popped entries carried ("" if none)."""
+        signature = ""
         ruri = req.ruri
         if isinstance(ruri, SipUri) and self._is_own(ruri) and ruri.has_param("lr"):
+            signature = _signature_of(req.uri)[1]
             routes = req.values("route")
             if routes:
                 last = routes[-1]
@@ -1085,13 +1205,18 @@ class Proxy:
                     req.append("route", value)
         while True:
             routes = req.values("route")
-            if not routes or not self._own_route(routes[0]):
-                return
+            if not routes:
+                return signature
+            unsigned, sig = _signature_of(routes[0])
+            if not self._own_route(unsigned):
+                return signature
+            signature = signature or sig
             req.pop_first_value("route")
 
     def _own_route(self, value: str) -> bool:
-        """Whether a Route value names us. In-dialog requests carry our Record-Route back
-        as written, the same few strings over and over: each is parsed once."""
+        """Whether a Route value (its signature cut) names us. In-dialog requests carry
+        our Record-Route back as written, the same few strings over and over: each is
+        parsed once."""
         own = self._own_routes.get(value)
         if own is None:
             top = parse_name_addr(value).uri
@@ -1148,9 +1273,9 @@ class Proxy:
         return fallback
 
     @staticmethod
-    def _rr_uri(local: Address) -> str:
+    def _rr_uri(local: Address, signature: str) -> str:
         suffix = ";transport=tcp" if local.transport == "tcp" else ""
-        return f"sip:{local.hostport}{suffix};lr"
+        return f"sip:{local.hostport}{suffix};lr;{_SIG_PARAM}{signature}"
 
     @staticmethod
     def _via(local: Address, branch: str) -> Via:

@@ -23,16 +23,21 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def credentials(challenge: str, method: str, uri: str, user: str = "alice",
-                password: str = "s3cret", nc: str = "00000001") -> str:
+                password: str = "s3cret", nc: str = "00000001", algorithm: str = "MD5") -> str:
     params = parse_credentials(challenge)
     assert params is not None
     realm, nonce = params["realm"], params["nonce"]
-    ha1 = md5(f"{user}:{realm}:{password}")
-    ha2 = md5(f"{method}:{uri}")
-    response = md5(f"{ha1}:{nonce}:{nc}:abc:auth:{ha2}")
+    h = sha256 if algorithm == "SHA-256" else md5
+    ha1 = h(f"{user}:{realm}:{password}")
+    ha2 = h(f"{method}:{uri}")
+    response = h(f"{ha1}:{nonce}:{nc}:abc:auth:{ha2}")
     return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", qop=auth, nc={nc}, cnonce="abc", algorithm=MD5')
+            f'response="{response}", qop=auth, nc={nc}, cnonce="abc", algorithm={algorithm}')
 
 
 def proxy(**config: object) -> Proxy:
@@ -125,5 +130,77 @@ def test_a_nonce_from_another_process_is_refused() -> None:
     mine = DigestAuth("example.org", dict(USERS), b"one")
     theirs = DigestAuth("example.org", dict(USERS), b"two")
     value = credentials(theirs.challenge(0.0), "REGISTER", "sip:example.org")
-    assert mine.check(value, "REGISTER", 0.0).user is None
-    assert theirs.check(value, "REGISTER", 0.0).user == "alice"
+    verdict = mine.check(value, "REGISTER", "sip:example.org", 0.0)
+    assert verdict.user is None and verdict.failed  # a nonce we never made is a guess
+    assert theirs.check(value, "REGISTER", "sip:example.org", 0.0).user == "alice"
+
+
+# -- replay (RFC 7616 §3.3, §5.12): nonces are remembered and counted ---------------------------
+
+
+def test_both_algorithms_are_offered_sha256_first_with_one_nonce() -> None:
+    challenge = final(proxy(), register())
+    values = challenge.get_all("www-authenticate")
+    assert [parse_credentials(v)["algorithm"] for v in values] == ["SHA-256", "MD5"]  # type: ignore[index]
+    assert len({parse_credentials(v)["nonce"] for v in values}) == 1  # type: ignore[index]
+
+
+def test_sha256_credentials_are_accepted() -> None:
+    p = proxy()
+    www = final(p, register()).get_all("www-authenticate")[0]
+    ok = final(p, register((
+        f"Authorization: {credentials(www, 'REGISTER', 'sip:example.org', algorithm='SHA-256')}",),
+        branch="z9hG4bKr2", cseq=2))
+    assert ok.status == 200
+
+
+def test_a_captured_register_cannot_be_replayed() -> None:
+    p = proxy()
+    www = final(p, register()).get("www-authenticate") or ""
+    header = f"Authorization: {credentials(www, 'REGISTER', 'sip:example.org')}"
+    assert final(p, register((header,), branch="z9hG4bKr2", cseq=2)).status == 200
+    # The same header from somebody else, with another Contact, a second later.
+    replay = register((header,), branch="z9hG4bKevil", cseq=3).replace(
+        b"<sip:alice@198.51.100.8:5070>", b"<sip:alice@203.0.113.66:5060>")
+    p.receive(replay, Address("udp", "203.0.113.66", 5060), PROXY, 1.0)
+    answer = parse_message(p.outbox[-1].data)
+    p.outbox.clear()
+    assert isinstance(answer, Response) and answer.status == 401
+    assert "stale=true" in (answer.get("www-authenticate") or "")
+    contacts = p.location.lookup("alice@example.org", 1.0)
+    assert [b.contact for b in contacts] == ["sip:alice@198.51.100.8:5070"]
+
+
+def test_the_nonce_count_must_go_up() -> None:
+    p = proxy()
+    www = final(p, register()).get("www-authenticate") or ""
+    for cseq, nc, status in ((2, "00000001", 200), (3, "00000002", 200), (4, "00000002", 401)):
+        value = credentials(www, "REGISTER", "sip:example.org", nc=nc)
+        got = final(p, register((f"Authorization: {value}",), branch=f"z9hG4bKn{cseq}",
+                                cseq=cseq))
+        assert got.status == status, nc
+
+
+def test_credentials_are_bound_to_the_request_uri() -> None:
+    p = proxy()
+    www = final(p, register()).get("www-authenticate") or ""
+    other = credentials(www, "REGISTER", "sip:other.example.org")
+    got = final(p, register((f"Authorization: {other}",), branch="z9hG4bKr2", cseq=2))
+    assert got.status == 401
+    assert p.statistics()["auth:failures"] == 1
+
+
+def test_a_nonce_is_forgotten_after_its_time() -> None:
+    auth = DigestAuth("example.org", dict(USERS), b"k", nonce_ttl=10)
+    value = credentials(auth.challenge(0.0), "REGISTER", "sip:example.org")
+    verdict = auth.check(value, "REGISTER", "sip:example.org", 11.0)
+    assert verdict.user is None and verdict.stale and not verdict.failed
+
+
+def test_the_nonce_table_is_bounded() -> None:
+    auth = DigestAuth("example.org", dict(USERS), b"k", max_nonces=3)
+    first = credentials(auth.challenge(0.0), "REGISTER", "sip:example.org")
+    for _ in range(3):
+        auth.challenge(0.0)
+    # Pushed out by newer ones: stale (answered with a fresh nonce), never accepted.
+    assert auth.check(first, "REGISTER", "sip:example.org", 0.0).stale

@@ -8,6 +8,7 @@ sends on to the other side by hand, and asserts on every datagram in between.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,8 +30,24 @@ P1 = Address("udp", "127.0.0.1", 5070)  # an upstream proxy
 P2 = Address("udp", "127.0.0.1", 5080)  # a downstream proxy
 ALICE_CONTACT = "sip:alice@127.0.0.1:5061"
 BOB_CONTACT = "sip:bob@127.0.0.1:5062"
+ROUTE_SECRET = "test-secret"
+
+
+def signed(rr: str, call_id: str = "call-1@alice", tag: str = "alice-tag",
+           secret: str = ROUTE_SECRET) -> str:
+    """Our Record-Route entry as the proxy writes it: signed for the dialog's Call-ID and
+    caller's tag with a keyed BLAKE2s, so that it cannot be forged."""
+    key = hashlib.sha256(secret.encode()).digest()
+    sig = hashlib.blake2s(f"{call_id}\0{tag}".encode(), key=key, digest_size=8).hexdigest()
+    return f"{rr[:-1]};sb={sig}>"
+
+
+# As a UA sends our Record-Route back (unsigned: the sources here are trusted), and as the
+# proxy writes it.
 OUR_RR = "<sip:127.0.0.1:5060;lr>"
 OUR_RR_TCP = "<sip:127.0.0.1:5060;transport=tcp;lr>"
+RR_SIGNED = signed(OUR_RR)
+RR_TCP_SIGNED = signed(OUR_RR_TCP)
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 MALFORMED = sorted((Path(__file__).parents[2] / "data" / "malformed").glob("*.sip"))
 
@@ -150,6 +167,7 @@ class Net:
     """One proxy, a fake clock, and helpers to feed it and collect what it sends."""
 
     def __init__(self, **config: Any) -> None:
+        config.setdefault("route_secret", ROUTE_SECRET)
         self.proxy = Proxy(
             ProxyConfig(listeners=(PROXY_UDP, PROXY_TCP), **config),
             counter(),
@@ -289,7 +307,7 @@ def test_invite_is_answered_100_and_forwarded_with_our_via_and_record_route() ->
     assert ours.branch is not None and ours.branch.startswith("z9hG4bK")
     assert ours.branch != "z9hG4bKa-inv"
     assert alices.branch == "z9hG4bKa-inv"
-    assert fwd.get_all("record-route") == [OUR_RR]
+    assert fwd.get_all("record-route") == [RR_SIGNED]
     assert fwd.body == SDP
     assert fwd.get("contact") == f"<{ALICE_CONTACT}>"
     assert fwd.to_tag is None and fwd.from_tag == "alice-tag"
@@ -302,7 +320,7 @@ def test_existing_record_route_stays_below_ours() -> None:
                   record_routes=["<sip:127.0.0.1:5070;lr>"])
     out = parsed(net.send(data, P1))
     fwd = out[1][1]
-    assert fwd.get_all("record-route") == [OUR_RR, "<sip:127.0.0.1:5070;lr>"]
+    assert fwd.get_all("record-route") == [RR_SIGNED, "<sip:127.0.0.1:5070;lr>"]
     assert [v.port for v in fwd.vias] == [5060, 5070, 5061]
     assert out[0][0] == P1  # the 100 goes to the previous hop
 
@@ -317,7 +335,7 @@ def test_basic_call_relays_responses_ack_and_bye() -> None:
     assert ringing.status == 180
     assert [v.branch for v in ringing.vias] == ["z9hG4bKa-inv"]  # our Via removed
     assert ringing.to_tag == "bob-tag"
-    assert ringing.get_all("record-route") == [OUR_RR]
+    assert ringing.get_all("record-route") == [RR_SIGNED]
 
     ok = call.answer()
     assert ok.status == 200
@@ -866,7 +884,7 @@ def test_register_over_tcp_reuses_the_connection() -> None:
     fwd = parse_message(out[1].data)
     assert isinstance(fwd, Request)
     assert fwd.uri == "sip:bob@127.0.0.1:5062;transport=tcp"
-    assert fwd.get_all("record-route") == [OUR_RR_TCP, OUR_RR]
+    assert fwd.get_all("record-route") == [RR_TCP_SIGNED, RR_SIGNED]
 
 
 def test_unresolvable_contact_is_reached_at_the_register_source() -> None:
@@ -969,13 +987,13 @@ def test_udp_to_tcp_doubles_record_route() -> None:
     assert out[1].local == PROXY_TCP
     fwd = parse_message(out[1].data)
     assert isinstance(fwd, Request)
-    assert fwd.get_all("record-route") == [OUR_RR_TCP, OUR_RR]
+    assert fwd.get_all("record-route") == [RR_TCP_SIGNED, RR_SIGNED]
     assert fwd.top_via.transport == "TCP"
 
     ok = parse_message(reply(fwd, 200, contact="sip:bob@127.0.0.1:5062;transport=tcp", body=SDP))
     assert isinstance(ok, Response)
     at_alice = one_response(net.send(ok.to_bytes(), BOB_TCP, PROXY_TCP), ALICE)
-    assert at_alice.get_all("record-route") == [OUR_RR_TCP, OUR_RR]
+    assert at_alice.get_all("record-route") == [RR_TCP_SIGNED, RR_SIGNED]
     # Alice's route set is the RR list reversed: she puts our UDP entry first.
     ack = one_request(net.send(ack_for_2xx(ruri="sip:bob@127.0.0.1:5062;transport=tcp",
                                            routes=[OUR_RR, OUR_RR_TCP]), ALICE), BOB_TCP)
@@ -1000,7 +1018,7 @@ def test_tcp_in_and_tcp_out_records_route_once() -> None:
     out = net.send(data, alice_tcp, PROXY_TCP)
     assert [d.dest for d in out] == [alice_tcp, BOB_TCP]  # the 100 goes back over the connection
     fwd = parse_message(out[1].data)
-    assert fwd.get_all("record-route") == [OUR_RR_TCP]
+    assert fwd.get_all("record-route") == [RR_TCP_SIGNED]
 
 
 def test_received_and_rport_are_stamped_and_used() -> None:
