@@ -14,6 +14,7 @@ from switchboard.config import (
     HostPort,
     ListenSocket,
     apply_overrides,
+    dump_config,
     load_config,
     parse_config,
     parse_host_port,
@@ -322,3 +323,41 @@ def test_proxy_trusted_networks_are_validated() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config('[proxy]\ntrusted = ["10.0.0.0/8", "bogus"]\n')
     assert info.value.key == "proxy.trusted[1]" and info.value.line == 2
+
+
+def test_security_keys() -> None:
+    config = parse_config(
+        '[auth]\nusers = {alice = "pw"}\nmethods = ["invite", "MESSAGE"]\n'
+        'algorithms = ["MD5"]\nnonce_ttl = 60\nmax_failures = 3\nuser_max_failures = 0\n'
+        'failure_window = 120\nban_time = 30\n[proxy]\nroute_secret = "k3y"\n')
+    auth = config.auth
+    assert auth.methods == ("INVITE", "MESSAGE")
+    assert auth.algorithms == ("MD5",)
+    assert (auth.nonce_ttl, auth.max_failures, auth.user_max_failures, auth.failure_window,
+            auth.ban_time) == (60, 3, 0, 120, 30)
+    assert config.proxy.route_secret == "k3y"
+    defaults = parse_config("")
+    assert defaults.auth.methods == ("*",)
+    assert defaults.auth.algorithms == ("SHA-256", "MD5")
+    assert (defaults.auth.max_failures, defaults.auth.ban_time) == (5, 900)
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    ('[auth]\nmethods = ["IN VITE"]\n', "auth.methods[0]", "not a SIP method"),
+    ('[auth]\nalgorithms = ["SHA-1"]\n', "auth.algorithms[0]", "is not one of"),
+    ("[auth]\nalgorithms = []\n", "auth.algorithms", "at least one"),
+    ("[auth]\nnonce_ttl = 0\n", "auth.nonce_ttl", "at least 1"),
+    ("[auth]\nban_time = -1\n", "auth.ban_time", ""),
+    ("[proxy]\nroute_secret = 5\n", "proxy.route_secret", ""),
+])
+def test_bad_security_values(text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert info.value.key == key
+    assert problem in str(info.value)
+
+
+def test_the_route_secret_is_not_printed() -> None:
+    text = dump_config(parse_config('[proxy]\nroute_secret = "k3y"\n'))
+    assert "k3y" not in text and "route_secret" in text
+    assert parse_config(dump_config(parse_config(""))) == Config()
