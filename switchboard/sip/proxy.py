@@ -969,7 +969,9 @@ class Proxy:
                      "dialog:failed_dialogs", "core:rcv_requests", "core:rcv_replies",
                      "core:fwd_requests", "core:fwd_replies", "core:drop_requests",
                      "core:drop_replies", "core:err_requests", "core:bad_msg_hdr",
-                     "tm:UAS_transactions", "tm:UAC_transactions", "tm:retransmissions"):
+                     "tm:UAS_transactions", "tm:UAC_transactions", "tm:retransmissions",
+                     "core:relay_denied", "core:unknown_dialog_requests", "auth:challenges",
+                     "auth:failures", "auth:bans", "auth:banned_drops"):
             stats.setdefault(name, 0)
         return stats
 
