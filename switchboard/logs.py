@@ -10,6 +10,8 @@ JSON: `{"ts": "...Z", "level": "info", "logger": "...", "event": ..., "message":
 (the context keys; `event` is left out there).
 Both formats mask `Authorization` / `Proxy-Authorization` values at every level and cut SDP
 bodies from records at INFO and above, in messages as in their reprs (`b'...\\r\\nv=0...'`).
+Both write every line as text any UTF-8 stream takes: a byte of wire text that is not UTF-8
+(a lone surrogate, as the SIP parser decodes it) shows as `\\xNN` (`switchboard.readout`).
 This module knows log records, not SIP.
 """
 
@@ -22,12 +24,16 @@ import re
 import sys
 from typing import Any, Final, Literal, TextIO
 
+from .readout import json_text, plain_text
+
 LogFormat = Literal["json", "text"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("json", "text")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 # What a record may carry in `extra=`, in the order the formats show it.
-CONTEXT_KEYS: Final = ("call_id", "dialog_id", "worker", "node", "branch", "leg")
+CONTEXT_KEYS: Final = (
+    "call_id", "dialog_id", "worker", "node", "branch", "leg", "source", "user", "method",
+)
 
 # A header value runs to the end of its line: a real line break or an escaped one in a repr.
 _AUTH = re.compile(
@@ -83,7 +89,7 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return json_text(json.dumps(out, ensure_ascii=False, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -91,6 +97,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return plain_text(super().format(record))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = _message(record)

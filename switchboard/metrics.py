@@ -9,6 +9,10 @@ prometheus-client's global one) and renders the exposition for the `/metrics` ha
 
 Snapshots are plain dicts and lists, so a cluster runtime can add up its workers' snapshots and
 serve one scrape for the whole cluster. Nothing here knows HTTP, SIP messages or actors.
+
+No label value is text from a message: the build labels are ours, the others come from fixed
+lists, and the per-method and per-class ones from statistic names matching `[a-z]+` / `[1-6]`
+(the core counts by name only the methods it knows), so a scrape is always valid UTF-8.
 """
 
 from __future__ import annotations

@@ -61,11 +61,17 @@ class DialogActor:
 
 
 def _text(sdp: bytes | None) -> str:
+    # An SDP is bytes (a body is never decoded by the core): text for a reader, so a byte
+    # that is not UTF-8 becomes U+FFFD.
     return sdp.decode("utf-8", "replace") if sdp else ""
 
 
 def dialog_info(dialog: Dialog, to_wall: Callable[[float], float]) -> dict[str, Any]:
-    """The OpenSIPS `dialog:list` object for one dialog (fields that apply to a proxy)."""
+    """The OpenSIPS `dialog:list` object for one dialog (fields that apply to a proxy).
+
+    URIs, tags, contacts and route sets are the dialog's wire text as it is, with any byte
+    that is not UTF-8 still a lone surrogate: the MI's encoder writes those as `\\xNN`, a
+    cluster's msgpack carries them as they are (`switchboard.readout`)."""
     start = to_wall(dialog.start_time)
     timeout = to_wall(dialog.timeout_at) if dialog.timeout_at is not None else 0.0
     caller, callee = dialog.caller, dialog.callee

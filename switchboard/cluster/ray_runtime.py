@@ -67,7 +67,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack  # type: ignore[import-untyped]  # no stubs, no py.typed
 import ray
 import ray.actor
 import ray.exceptions
@@ -83,6 +82,8 @@ from ..events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from ..events.sinks import parse_sink
 from ..metrics import Metrics, SetupTimes
 from ..mi.http import MIServer, start_mi_server
+from ..readout import pack as _pack
+from ..readout import unpack as _unpack
 from ..script import ScriptError
 from ..sip.callops import CallOpsError, ops_of
 from ..sip.dialog import worker_of
@@ -118,15 +119,6 @@ MAX_ROUTED: Final = 10_000
 # The method a subscribed actor handle is called with: `on_events(events)`, a list of
 # (event, params) pairs in the order they were raised.
 ACTOR_SINK_METHOD: Final = "on_events"
-
-
-def _pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
 
 
 # -- what the driver tells the actors (msgpack) ----------------------------------------------

@@ -6,6 +6,9 @@ Text in, text out: parse one request, validate it (-32700 / -32600), find the co
 "Server error" and is logged, never propagated. A notification (no `id`) gets no response,
 unless the request could not even be parsed or validated (OpenSIPS answers those with
 `"id": null`). Transports (`http`) decide how "no response" looks on the wire.
+
+Answers carry wire text (`dialog:list`): a byte that is not UTF-8 comes out as `\\xNN`
+(`switchboard.readout`), so every answer is valid UTF-8 and valid JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any, Final
 
 from switchboard.api import (
@@ -23,6 +27,7 @@ from switchboard.api import (
     CommandError,
 )
 from switchboard.mi.registry import CommandContext, match_recipe
+from switchboard.readout import json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,10 @@ def _reject_constant(name: str) -> Any:
 
 
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    # A float the answer could not carry back (`1e400` parses as infinity) is no id either.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
 async def handle_request(body: bytes | str, ctx: CommandContext) -> dict[str, Any] | None:
@@ -115,7 +123,7 @@ def encode_response(response: dict[str, Any]) -> bytes:
         text = _dumps(response)
     except (TypeError, ValueError):
         text = _encode_failed(response)
-    return text.encode()
+    return json_bytes(text)
 
 
 def _is_long(value: Any) -> bool:
@@ -135,9 +143,9 @@ async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
     parts = [b'{"jsonrpc":"2.0","result":{']
     try:
         for index, (key, value) in enumerate(result.items()):
-            parts.append((("," if index else "") + _dumps(key) + ":").encode())
+            parts.append(json_bytes(("," if index else "") + _dumps(key) + ":"))
             if not _is_long(value):
-                parts.append(_dumps(value).encode())
+                parts.append(json_bytes(_dumps(value)))
                 continue
             parts.append(b"[")
             for start in range(0, len(value), ENCODE_SLICE):
@@ -145,12 +153,12 @@ async def encode_response_parts(response: dict[str, Any]) -> list[bytes]:
                     parts.append(b",")
                     await asyncio.sleep(0)
                 chunk = value[start:start + ENCODE_SLICE]
-                parts.append(_dumps(chunk)[1:-1].encode())
+                parts.append(json_bytes(_dumps(chunk)[1:-1]))
                 value[start:start + len(chunk)] = [None] * len(chunk)
             parts.append(b"]")
-        parts.append(('},"id":' + _dumps(response["id"]) + "}").encode())
+        parts.append(json_bytes('},"id":' + _dumps(response["id"]) + "}"))
     except (TypeError, ValueError):
-        return [_encode_failed(response).encode()]
+        return [json_bytes(_encode_failed(response))]
     return parts
 
 

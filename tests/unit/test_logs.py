@@ -105,6 +105,49 @@ def test_no_sdp_or_credentials_at_info(formatter: logging.Formatter) -> None:
     assert "m=audio 4000" in debug.replace("\\r\\n", "\r\n")
 
 
+def test_json_line_carries_a_security_events_source_user_and_method() -> None:
+    rec = record("digest failed", event="auth_failed", source="udp:127.0.0.66:5060",
+                 user="alice", method="REGISTER")
+    out = json.loads(JsonFormatter().format(rec))
+    assert (out["source"], out["user"], out["method"]) == ("udp:127.0.0.66:5060", "alice",
+                                                           "REGISTER")
+    assert list(out)[-3:] == ["source", "user", "method"]
+    line = TextFormatter().format(rec)
+    assert line.endswith("source=udp:127.0.0.66:5060 user=alice method=REGISTER")
+
+
+def test_wire_bytes_that_are_not_utf8_leave_every_line_valid_utf8() -> None:
+    """The parser keeps such a byte as a lone surrogate; a log line shows it as \\xNN."""
+    user = "jos\udce9\udcff"  # what b"jos\xe9\xff" parses to
+    try:
+        raise ValueError(f"bad From {user}")
+    except ValueError:
+        import sys
+
+        rec = record("refused %s", f"sip:{user}@h", level=logging.WARNING, user=user,
+                     call_id="c\udc80", method="INVITE")
+        rec.exc_info = sys.exc_info()
+    line = JsonFormatter().format(rec)
+    line.encode("utf-8")
+    out = json.loads(line)
+    assert out["message"] == "refused sip:jos\\xe9\\xff@h"
+    assert (out["user"], out["call_id"]) == ("jos\\xe9\\xff", "c\\x80")
+    assert "bad From jos\\xe9\\xff" in out["exc"]
+    text = TextFormatter().format(rec)
+    text.encode("utf-8")
+    assert "refused sip:jos\\xe9\\xff@h" in text and "user=jos\\xe9\\xff" in text
+    # Through a handler onto a strict UTF-8 stream, as in production.
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    for formatter in (JsonFormatter(), TextFormatter()):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handler.emit(rec)
+    stream.flush()
+    written = stream.buffer.getvalue().decode("utf-8")  # type: ignore[attr-defined]
+    assert json.loads(written.splitlines()[0])["user"] == "jos\\xe9\\xff"
+    assert "user=jos\\xe9\\xff" in written
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     for text in ("v=0 is a value", "X-Authorization-Hint: keep", "dialog 1.2f confirmed"):
         assert redact(text) == text

@@ -139,6 +139,25 @@ def test_per_method_and_per_class_statistics_become_labels() -> None:
     assert classes == {"1xx": 40, "2xx": 30}
 
 
+def test_no_label_value_is_text_from_a_message() -> None:
+    """Label values come from fixed lists; a statistic name holding wire text (none does:
+    the core counts only the methods it knows by name) would not become one, and the
+    exposition stays ASCII."""
+    stats = dict(STATS, **{"core:rcv_requests_invite": 30, "core:rcv_requests_x\udcff": 5,
+                           "core:rcv_requests_\u00e9": 5, "tm:7xx_transactions": 1})
+    text = render(stats)
+    assert text.isascii()
+    received = {
+        dict(labels)["method"]: v
+        for (name, labels), v in scrape(text).items()
+        if name == "switchboard_sip_requests_received_total"
+    }
+    assert received == {"INVITE": 30, "other": 50}
+    for family in metric_families(stats, SetupTimes(), build_labels("local")):
+        for sample in family.samples:
+            assert all(value.isascii() for value in sample.labels.values()), sample
+
+
 def test_setup_histogram_is_cumulative_and_mergeable() -> None:
     setup = SetupTimes()
     for seconds in (0.003, 0.2, 0.2, 3.0, 500.0):
