@@ -6,7 +6,9 @@ length u16 (header included) | data`, all big-endian (sipcapture HEP spec; `hep-
 every SIP message sent or received goes through (`MirroredEndpoint` and `mirrored_receiver`
 wrap an endpoint and a receiver, so nothing changes when capture is off). It never fails the
 caller: a packet it cannot encode or send is counted and dropped. This module knows addresses
-and bytes, not SIP.
+and bytes, not SIP: the payload is the message's bytes as they went, never decoded, so a byte
+that is not UTF-8 reaches the collector as it was. Only the addresses are read; one HEP cannot
+carry (a host that is not an IP literal) makes the packet one of those dropped.
 """
 
 from __future__ import annotations
@@ -65,11 +67,15 @@ def encode_hep3(
     """One HEP3 packet carrying `payload` (a SIP message) sent from `source` to `dest`.
 
     Both hosts must be IP literals; when either is IPv6 both are sent as IPv6 (an IPv4
-    address as `::ffff:a.b.c.d`). Raises ValueError for a host that is not an IP address or
-    a packet longer than HEP's 16-bit length allows.
+    address as `::ffff:a.b.c.d`). Raises ValueError for a host that is not an IP address, a
+    port outside 0..65535, or a packet longer than HEP's 16-bit length allows.
     """
     src = ipaddress.ip_address(source.host)
     dst = ipaddress.ip_address(dest.host)
+    for port in (source.port, dest.port):
+        # struct would raise its own error, which `HepMirror.mirror` must not let through.
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"HEP cannot carry port {port!r}")
     if src.version == 4 and dst.version == 4:
         family, src_kind, dst_kind = AF_INET, IPV4_SRC, IPV4_DST
     else:

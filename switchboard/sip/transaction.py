@@ -11,6 +11,7 @@ runs. Transport reliability decides which timers exist (§17.1.1.2, §17.1.2.2, 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -446,4 +447,16 @@ def response_address(request: Request, source: Address) -> Address:
         if "rport" in via.params:
             return source
         return Address(source.transport, source.host, via.port or 5060)
-    return Address(source.transport, via.params["maddr"] or source.host, via.port or 5060)
+    return Address(source.transport, _maddr(via.params["maddr"], source), via.port or 5060)
+
+
+def _maddr(value: str | None, source: Address) -> str:
+    """A Via `maddr` as the host to answer to, when it is an IP address of the family the
+    request came in on; the source address otherwise. The core never looks a name up, and
+    the socket that answers sends only to its own family."""
+    host = (value or "").strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return source.host
+    return str(ip) if (ip.version == 6) == (":" in source.host) else source.host

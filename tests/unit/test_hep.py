@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+from pathlib import Path
 
 import pytest
 
 from switchboard import hep
 from switchboard.config import ConfigError, HostPort, apply_overrides, parse_config
 from switchboard.hep import HepMirror, MirroredEndpoint, encode_hep3, mirrored_receiver
+from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
 
+DATA = Path(__file__).resolve().parents[1] / "data"
 INVITE = b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\nCall-ID: abc\r\nContent-Length: 0\r\n\r\n"
 A = Address("udp", "127.0.0.1", 5062)
 B = Address("udp", "10.1.2.3", 5060)
@@ -106,6 +109,45 @@ def test_what_cannot_be_encoded_raises() -> None:
     # The largest payload that fits is accepted.
     overhead = len(encode_hep3(b"", A, B, 0.0))
     assert len(encode_hep3(b"x" * (0xFFFF - overhead), A, B, 0.0)) == 0xFFFF
+
+
+def test_a_port_hep_cannot_carry_is_a_value_error() -> None:
+    # struct's own error would escape `HepMirror.mirror`, which only drops ValueErrors.
+    for port in (-1, 65_536):
+        with pytest.raises(ValueError, match="port"):
+            encode_hep3(INVITE, A, B._replace(port=port), 0.0)
+
+
+def test_bytes_that_are_not_utf8_go_to_the_collector_as_they_were() -> None:
+    message = (DATA / "readout" / "invite-bad-utf8-from-uri.sip").read_bytes()
+    assert by_type(encode_hep3(message, A, B, 1.0))[hep.PAYLOAD] == message
+
+
+@pytest.mark.parametrize(
+    ("maddr", "host"),
+    [
+        (b"evil.example.com", "127.0.0.1"),  # a name: never looked up
+        (b"\xff\xfe", "127.0.0.1"),  # not text at all
+        (b"[::1]", "127.0.0.1"),  # the other family than the socket that answers
+        (b"192.0.2.7", "192.0.2.7"),  # an IPv4 address, as RFC 3261 §18.2.2 says
+    ],
+)
+def test_the_core_answers_only_addresses_a_socket_and_hep_can_take(maddr: bytes,
+                                                                   host: str) -> None:
+    """A Via `maddr` used to become the answer's address as written: with uvloop, sending to
+    a name or to the other family raises, and the worker stopped sending anything."""
+    proxy = Proxy(ProxyConfig(listeners=(Address("udp", "127.0.0.1", 5060),)),
+                  lambda: "r1")
+    request = (b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n"
+               b"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK-m;maddr=" + maddr + b"\r\n"
+               b"Max-Forwards: 0\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+               b"Call-ID: maddr\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    proxy.receive(request, A, Address("udp", "127.0.0.1", 5060), 1.0)
+    (answer,) = proxy.outbox
+    assert answer.data.startswith(b"SIP/2.0 ")  # the proxy answers it itself
+    assert answer.dest == Address("udp", host, 5062)
+    assert by_type(encode_hep3(answer.data, answer.local, answer.dest, 1.0))[hep.PAYLOAD] \
+        == answer.data
 
 
 # --- the mirror on a real loopback socket --------------------------------------------------
