@@ -5,9 +5,11 @@ Every test starts `switchboard serve` with digest users alice and bob, every met
 untrusted source challenged, failed digests counted and punished, and only 127.0.0.1
 trusted. alice's phone (a fake UA of ours) is registered from 127.0.0.1; bob exists but is
 offline. A "catcher" on 127.0.0.99 stands for a host outside our network (a premium-rate
-number's carrier): nothing an attacker sends may reach it, nor alice's phone. While each
-attack runs, 200 calls between two SIPp instances on 127.0.0.1 go through the proxy, and all
-of them must complete: the defences must not touch legitimate traffic.
+number's carrier): nothing an attacker sends may reach it, nor alice's phone — not even
+from a UA outside that was legitimately called and so holds a real dialog and the proxy's
+signed Record-Route. While each attack runs, 200 calls between two SIPp instances on
+127.0.0.1 go through the proxy, and all of them must complete: the defences must not touch
+legitimate traffic.
 
 SIPVicious binds every address whatever its `-b` says; the shim in attackers/shim
 (sitecustomize) makes it send from 127.0.0.66 and records what it sends and receives.
@@ -31,6 +33,7 @@ from typing import Any
 
 import pytest
 from interop.attackers.targets import (
+    Caller,
     Catcher,
     Phone,
     SipMessage,
@@ -501,16 +504,17 @@ def sipsak(s: Stage, name: str, request: bytes, source: str = ATTACKER) -> Sipsa
     return SipsakRun(name, args, done.returncode, output)
 
 
-def _forged(method: str, uri: str, *, to_tag: str | None, route: str = "",
-            to: str = "") -> bytes:
-    call_id = f"forged-{os.urandom(6).hex()}"
+def _forged(method: str, uri: str, *, to_tag: str | None, route: str = "", to: str = "",
+            from_: str = f"sip:mallory@{ATTACKER}", from_tag: str = "", call_id: str = "",
+            cseq: int = 0) -> bytes:
+    """A request as an attacker writes it (no Via: sipsak adds its own)."""
     headers = [
-        ("From", f"<sip:mallory@{ATTACKER}>;tag={os.urandom(4).hex()}"),
+        ("From", f"<{from_}>;tag={from_tag or os.urandom(4).hex()}"),
         ("To", f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")),
-        ("Call-ID", call_id),
-        ("CSeq", f"{'2' if to_tag else '1'} {method}"),
+        ("Call-ID", call_id or f"forged-{os.urandom(6).hex()}"),
+        ("CSeq", f"{cseq or (2 if to_tag else 1)} {method}"),
         ("Max-Forwards", "70"),
-        ("Contact", f"<sip:mallory@{ATTACKER}>"),
+        ("Contact", f"<{from_}>"),
     ]
     if route:
         headers.insert(0, ("Route", route))
@@ -551,6 +555,45 @@ def test_forged_in_dialog_and_preloaded_route_requests_reach_nobody(
     }
     with legitimate_calls(s):
         runs = [sipsak(s, name, request) for name, request in cases.items()]
+    s.assert_nothing_got_through()
+    wrong = [r for r in runs if r.final is None or r.final < 400]
+    assert not wrong, (
+        "expected a final answer >= 400 to each:\n"
+        + "\n".join(f"{r.name}: sipsak exit {r.returncode}, answers {r.statuses}" for r in runs)
+        + "".join(f"\n--- sipsak {r.name} ---\n{r.output[-2000:]}" for r in wrong))
+
+
+def test_a_callee_cannot_reuse_its_call_to_relay_elsewhere(stage: Callable[..., Stage]) -> None:
+    """A trusted caller calls a UA outside (127.0.0.98, untrusted): that UA learns the call's
+    Call-ID, tags and the proxy's signed Record-Route. With them, sipsak from its address
+    sends an INVITE and a MESSAGE "in the dialog" but to a premium-rate number at the catcher,
+    while the call is up and again after it ended: none is relayed. Its real in-dialog
+    request (a BYE to the caller) still is."""
+    s = stage()
+    outsider_host = "127.0.0.98"
+    callee = Phone("outsider", "", s.proxy, host=outsider_host)
+    caller = Caller(s.proxy)
+    s.closers += [callee.close, caller.close]
+    with legitimate_calls(s):
+        caller.call(callee.contact)
+        invite = callee.requests("INVITE")[0]
+        routes = invite.all("record-route")
+        assert routes and all(";lr" in r for r in routes), invite.raw
+        dialog = {"from_": callee.contact, "from_tag": caller.to_tag,
+                  "to": caller.contact, "to_tag": caller.from_tag,
+                  "call_id": caller.call_id, "route": ", ".join(routes)}
+        premium = f"sip:0044123@{s.catcher.uri_host}"
+        runs = [sipsak(s, f"reuse-live-{m.lower()}", _forged(m, premium, cseq=10 + n, **dialog),
+                       source=outsider_host)
+                for n, m in enumerate(("INVITE", "MESSAGE"))]
+        bye = sipsak(s, "callee-bye", _forged("BYE", caller.contact, cseq=20, **dialog),
+                     source=outsider_host)
+        runs += [sipsak(s, f"reuse-ended-{m.lower()}",
+                        _forged(m, premium, cseq=30 + n, **dialog), source=outsider_host)
+                 for n, m in enumerate(("INVITE", "MESSAGE"))]
+    assert bye.final == 200 and caller.requests("BYE"), (
+        f"the callee's own BYE did not reach the caller: {bye.statuses}\n{bye.output[-2000:]}\n"
+        + caller.describe())
     s.assert_nothing_got_through()
     wrong = [r for r in runs if r.final is None or r.final < 400]
     assert not wrong, (

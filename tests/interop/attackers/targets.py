@@ -189,7 +189,10 @@ class _UdpPeer:
         with self._cond:
             got = list(self.received)
         lines = [f"{self.name} on {self.address[0]}:{self.address[1]}: {len(got)} messages"]
-        lines += [f"  from {m.source}: {m.raw[:600]!r}" for m in got[:20]]
+        lines += [f"  from {m.source}: {m.raw[:600]!r}" for m in got[:6]]
+        if len(got) > 6:
+            lines.append(f"  ... and {len(got) - 6} more: "
+                         + ", ".join(m.first_line for m in got[6:20]))
         return "\n".join(lines)
 
 
@@ -283,6 +286,63 @@ class Phone(_UdpPeer):
             f"{self.name}: REGISTER answered {answer.first_line if answer else None!r}\n"
             f"{answer.raw.decode(errors='replace') if answer else ''}")
         return answer
+
+
+class Caller(Phone):
+    """A UA that places one call through the proxy (INVITE, ACK; BYE when told) and, like a
+    phone, answers 200 to whatever the other side sends it."""
+
+    def __init__(self, proxy: tuple[str, int], host: str = "127.0.0.1") -> None:
+        super().__init__("carol", "", proxy, host)
+        self.call_id = ""
+        self.from_tag = ""
+        self.to_tag = ""
+        self.target = ""
+        self.remote_target = ""
+        self.route_set: list[str] = []
+        self._cseq = 0
+
+    def _send(self, method: str, uri: str, to_tag: str = "", body: bytes = b"") -> str:
+        self._cseq += 0 if method == "ACK" else 1
+        branch = f"z9hG4bK-{method.lower()}-{secrets.token_hex(6)}"
+        lines = [f"{method} {uri} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {self.address[0]}:{self.address[1]};branch={branch};rport"]
+        lines += [f"Route: {r}" for r in self.route_set]
+        lines += ["Max-Forwards: 70", f"From: <{self.contact}>;tag={self.from_tag}",
+                  f"To: <{self.target}>" + (f";tag={to_tag}" if to_tag else ""),
+                  f"Call-ID: {self.call_id}", f"CSeq: {self._cseq} {method}",
+                  f"Contact: <{self.contact}>"]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        self.sock.sendto(("\r\n".join(lines) + "\r\n\r\n").encode() + body, self.proxy)
+        return branch
+
+    def _final(self, branch: str, timeout: float) -> SipMessage:
+        answer = self.wait_for(
+            lambda m: m.is_response and m.status >= 200 and branch_of(m) == branch, timeout)
+        assert answer is not None, f"{self.name}: no final answer\n{self.describe()}"
+        return answer
+
+    def call(self, target: str, timeout: float = 5.0) -> SipMessage:
+        """INVITE `target`, ACK its 200; returns the 200 (asserted)."""
+        self.call_id = f"call-{secrets.token_hex(6)}@{self.address[0]}"
+        self.from_tag = secrets.token_hex(4)
+        self.target = target
+        ip = self.address[0]
+        sdp = (f"v=0\r\no=carol 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+               "m=audio 4002 RTP/AVP 0\r\n").encode()
+        ok = self._final(self._send("INVITE", target, body=sdp), timeout)
+        assert ok.status == 200, f"the call to {target} was answered {ok.first_line!r}"
+        match = re.search(r";\s*tag=([^;>\s]+)", ok.get("to"))
+        self.to_tag = match.group(1) if match else ""
+        self.remote_target = ok.get("contact").strip("<>")
+        self.route_set = list(reversed(ok.all("record-route")))  # RFC 3261 §12.1.2
+        self._send("ACK", self.remote_target, self.to_tag)  # the INVITE's CSeq number
+        return ok
+
+    def hang_up(self, timeout: float = 5.0) -> SipMessage:
+        return self._final(self._send("BYE", self.remote_target, self.to_tag), timeout)
 
 
 def branch_of(msg: SipMessage) -> str:
