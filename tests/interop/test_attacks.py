@@ -535,7 +535,8 @@ def test_forged_in_dialog_and_preloaded_route_requests_reach_nobody(
     """Toll fraud with sipsak from 127.0.0.66: an INVITE to an outside number with a made-up
     To tag (alone, and with a Route to the proxy itself), the same toward alice, BYE and
     MESSAGE with made-up tags, and MESSAGEs with a preloaded Route to the outside host: each
-    gets a final answer of 400 or more and none reaches the catcher or alice's phone."""
+    gets a final answer of 400 or more and none reaches the catcher or alice's phone. ACKs
+    with made-up tags (sent by SIPp, `-i 127.0.0.66`) reach nobody either."""
     s = stage()
     outside = f"sip:0044123@{s.catcher.uri_host}"
     alice = f"sip:alice@{HOST}:{s.server.udp_port}"
@@ -553,8 +554,18 @@ def test_forged_in_dialog_and_preloaded_route_requests_reach_nobody(
         "message-to-alice-preloaded-route-outside": _forged("MESSAGE", alice, to_tag=None,
                                                             route=outside_route),
     }
+    acks = {  # an ACK is never answered, and sipsak waits 35 s for an answer: SIPp sends these
+        "ack-forged-tag-outside": (outside, "X-No-Route: 1"),
+        "ack-forged-tag-route-to-proxy": (outside, f"Route: {own_route}"),
+        "ack-forged-tag-alice": (alice, "X-No-Route: 1"),
+    }
     with legitimate_calls(s):
         runs = [sipsak(s, name, request) for name, request in cases.items()]
+        for name, (target, route) in acks.items():
+            ack = s.sipp(name, "forged_ack.xml", remote=f"{HOST}:{s.server.udp_port}",
+                         local_port=free_port(), keys={"target": target, "route": route},
+                         extra_args=("-i", ATTACKER)).wait()
+            assert ack.returncode == 0, ack.describe()
     s.assert_nothing_got_through()
     wrong = [r for r in runs if r.final is None or r.final < 400]
     assert not wrong, (
