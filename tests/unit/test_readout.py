@@ -292,3 +292,27 @@ def test_a_snapshot_through_msgpack_restores_a_dialog_that_relays_the_same_bytes
     assert len(to_alice) == 1
     assert to_alice[0].startswith(b"BYE sip:\xe9\xff\xc3@127.0.0.1:5061 SIP/2.0\r\n")
     assert b"\r\nTo: <sip:jos\xe9\xff@127.0.0.1:5061>;tag=alice-tag\r\n" in to_alice[0]
+
+
+# -- what the flow fuzzer found in the core (tests/fuzz/fuzz_flows.py) ---------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="proxy.py _on_ack hashes the Via branch with a strict "
+                   "UTF-8 encode: UnicodeEncodeError escapes Proxy.receive")
+def test_an_ack_with_a_non_utf8_branch_is_relayed_statelessly() -> None:
+    proxy = Proxy(ProxyConfig(listeners=(PROXY,)), counter())
+    proxy.receive((DATA / "ack-bad-utf8-branch.sip").read_bytes(), ALICE, PROXY, 1.0)
+    (relayed,) = proxy.outbox
+    assert relayed.dest == BOB
+    assert b";branch=z9hG4bK\xff\xfe\r\n" in relayed.data
+
+
+@pytest.mark.xfail(strict=True, reason="proxy.py _forward_response_statelessly sends to the "
+                   "next Via's host as written: with uvloop, sendto a name raises and the "
+                   "worker never sends again")
+def test_a_stray_response_is_never_sent_to_a_name() -> None:
+    proxy = Proxy(ProxyConfig(listeners=(PROXY,)), counter())
+    stray = (DATA / "resp-180-stray-via-hostname.sip").read_bytes()
+    proxy.receive(stray, Address("udp", "127.0.0.66", 5099), PROXY, 1.0)
+    assert [d.dest for d in proxy.outbox] == []
+    assert proxy.statistics()["core:drop_replies"] == 1
