@@ -32,6 +32,7 @@ from .refer import (
     check_text,
     parse_destination,
     parse_replaces,
+    sendable,
     sipfrag_status,
 )
 from .sdp import origin_version, set_direction, with_origin_version
@@ -791,7 +792,8 @@ def _header_lines(text: object) -> list[tuple[str, str]]:
         name = name.strip()
         if (not colon or not name
                 or not all(c.isascii() and (c.isalnum() or c in "-._!%*+`'~") for c in name)
-                or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)):
+                or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)
+                or not sendable(value)):
             raise CallOpsError.bad_param("headers", f"not a header line: {line!r}")
         # By key, so the compact forms (`l:`, `i:`, `v:` ...) cannot sneak past either: a
         # second Content-Length would let the rest of the body be read as another message.

@@ -28,7 +28,9 @@ def _escape(text: str, keep: frozenset[str]) -> str:
         if ch in keep:
             out.append(ch)
         else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+            # A byte that is not UTF-8 (a Call-ID or tag as the parser kept it, a lone
+            # surrogate) is escaped as that byte, so the Replaces it ends up in matches.
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
     return "".join(out)
 
 
@@ -41,9 +43,25 @@ def escape_header_value(text: str) -> str:
 
 
 def check_text(value: str, what: str) -> None:
-    """No control characters (CR/LF above all) in anything we put in a header."""
+    """No control characters (CR/LF above all) in anything we put in a header, and no
+    character without bytes to send."""
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise LocalProtocolError(f"{what} contains a control character")
+    if not sendable(value):
+        raise LocalProtocolError(f"{what} contains a lone surrogate")
+
+
+def sendable(value: str) -> bool:
+    """Whether `value` has bytes to send: no lone surrogate but those the parser makes of
+    bytes that are not UTF-8 (U+DC80..U+DCFF, `surrogateescape`), which go out as those
+    bytes. A management request can send any other one as a JSON escape."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_destination(destination: str) -> SipUri:
