@@ -55,7 +55,7 @@ from .transaction import (
     response_address,
     server_key,
 )
-from .uri import SipUri, parse_name_addr
+from .uri import SipUri, Uri, parse_name_addr, parse_uri
 from .wire import Address, Datagram
 
 ALLOW = (
@@ -133,6 +133,13 @@ def _signature_of(value: str) -> tuple[str, str]:
     start = at + 1 + len(_SIG_PARAM)
     end = start + _SIG_LEN
     return value[:at] + value[end:], value[start:end]
+
+
+def _target(uri: Uri | None) -> str:
+    """A remote target as signatures and comparisons see it: scheme, user, host, port."""
+    if not isinstance(uri, SipUri):
+        return str(uri) if uri is not None else ""
+    return f"{uri.scheme}:{uri.user or ''}@{uri.host.lower()}:{uri.port or 0}"
 
 
 def _remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
@@ -340,13 +347,15 @@ class Proxy:
             return
         signature = self._preprocess_routes(req)
         trusted = self._is_trusted(source.host)
-        if (to_tag is not None and not trusted and not self._in_known_dialog(req)
-                and not self._signed_for(req, signature)):
-            # Neither a dialog we track nor a route we wrote: a forged To tag must not be a
-            # way around authentication and the relay policy (RFC 3261 §12.2.2: 481).
-            self.stats["core:unknown_dialog_requests"] += 1
-            self._respond(txn, 481, now)
-            return
+        if to_tag is not None and not trusted:
+            refused = self._in_dialog_refusal(req, signature)
+            if refused:
+                # A forged To tag, or a real dialog's identity aimed at somebody else than
+                # its other party, must not be a way around authentication and the relay
+                # policy.
+                self.stats["core:unknown_dialog_requests"] += 1
+                self._respond(txn, refused, now)
+                return
         links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
         if links:
             # Linked already: an answer of our own (404, 503 ...) must fail the transfer too.
@@ -482,7 +491,8 @@ class Proxy:
         if self.config.record_route and req.to_tag is None and req.method != "REGISTER":
             # RFC 5658: two entries when the request changes socket, so each side sees the
             # address it can reach; the downstream-facing one on top.
-            signature = self._sign(req.call_id, req.from_tag or "")
+            # The callee's route set: requests along it go to the caller's Contact.
+            signature = self._sign(req.call_id, req.from_tag or "", self._contact_target(req))
             if local_out != local_in:
                 out.prepend("record-route", f"<{self._rr_uri(local_in, signature)}>")
                 ctx.own_rr += 1
@@ -510,8 +520,7 @@ class Proxy:
         dialog = self.dialogs.by_call_id(req.call_id)
         cseq_delta = 0
         signature = self._preprocess_routes(req)
-        if (not self._is_trusted(source.host) and not self._in_known_dialog(req)
-                and not self._signed_for(req, signature)):
+        if not self._is_trusted(source.host) and self._in_dialog_refusal(req, signature):
             self.stats["core:unknown_dialog_requests"] += 1  # an ACK gets no answer
             return
         if dialog is not None:
@@ -655,6 +664,8 @@ class Proxy:
             ctx.timer_c_due = now + self.config.timers.timer_c
         out = response.copy()
         out.pop_first_value("via")
+        if ctx.own_rr and status > 100 and status < 300:
+            self._resign_record_route(out, response.call_id, response.from_tag or "")
         if ctx.cseq_delta:
             out.set("cseq", f"{response.cseq.number - ctx.cseq_delta} {response.cseq.method}")
         first_final = False
@@ -713,6 +724,8 @@ class Proxy:
             return
         out = resp.copy()
         out.pop_first_value("via")
+        if 100 < resp.status < 300 and resp.has("record-route"):
+            self._resign_record_route(out, resp.call_id, resp.from_tag or "")
         nxt = vias[1]
         host = nxt.params.get("received") or nxt.host.strip("[]")
         rport = nxt.params.get("rport")
@@ -1137,27 +1150,63 @@ class Proxy:
         self._respond(txn, status, now, extra=[
             (header, value) for value in self.auth.challenges(now, verdict.stale)])
 
-    def _in_known_dialog(self, req: Request) -> bool:
-        """An in-dialog request whose Call-ID and tags are those of a dialog we track."""
+    def _in_dialog_refusal(self, req: Request, signature: str) -> int:
+        """0 when an in-dialog request from an untrusted source may be relayed, else the
+        status to refuse it with. In a dialog we track (its Call-ID and both tags) it must
+        go to the other party's remote target (403 otherwise: a party of a real call may
+        not send "in" it to a premium number). Outside one, our own route must be on it,
+        signed for this dialog and this target (481 otherwise, RFC 3261 §12.2.2)."""
         dialog = self.dialogs.by_call_id(req.call_id)
-        if dialog is None:
-            return False
-        legs = dialog.leg_of(req.from_tag)
-        return legs is not None and (legs[1].tag is None or legs[1].tag == req.to_tag)
+        if dialog is not None:
+            legs = dialog.leg_of(req.from_tag)
+            if legs is not None and legs[1].tag in (None, req.to_tag):
+                receiver = legs[1].contact
+                if not receiver or _target(req.ruri) == _target(parse_uri(receiver)):
+                    return 0
+                return 403
+        return 0 if self._signed_for(req, signature) else 481
 
-    def _sign(self, call_id: str, tag: str) -> str:
-        """The signature our Record-Route carries for the dialog (Call-ID, caller's tag)."""
-        data = f"{call_id}\0{tag}".encode("utf-8", "surrogateescape")
+    def _sign(self, call_id: str, tag: str, target: str) -> str:
+        """The signature our Record-Route carries: the dialog (Call-ID, caller's tag) and
+        the remote target that requests along this route go to."""
+        data = f"{call_id}\0{tag}\0{target}".encode("utf-8", "surrogateescape")
         return hashlib.blake2s(data, key=self._route_key, digest_size=8).hexdigest()
 
     def _signed_for(self, req: Request, signature: str) -> bool:
-        """Our route was signed for this request's dialog: the caller's tag is its From tag
-        (caller to callee) or its To tag (the other way)."""
+        """Our route was signed for this request's dialog and Request-URI: the caller's tag
+        is its From tag (caller to callee) or its To tag (the other way)."""
         if not signature:
             return False
-        call_id = req.call_id
-        return any(tag is not None and signature == self._sign(call_id, tag)
+        call_id, target = req.call_id, _target(req.ruri)
+        return any(tag is not None and signature == self._sign(call_id, tag, target)
                    for tag in (req.from_tag, req.to_tag))
+
+    def _contact_target(self, msg: Request | Response) -> str:
+        try:
+            contacts = msg.contacts
+        except ParseError:
+            return ""
+        return _target(contacts[0].uri) if contacts and contacts[0].uri is not None else ""
+
+    def _resign_record_route(self, out: Response, call_id: str, from_tag: str) -> None:
+        """§16.7 step 4 lets a proxy rewrite its own Record-Route in a response: the
+        caller's route set (from the 2xx) is signed for the callee's Contact, the target of
+        the caller's in-dialog requests."""
+        values = out.values("record-route")
+        signature = ""
+        changed = []
+        for value in values:
+            unsigned, sig = _signature_of(value)
+            if sig and self._own_route(unsigned):
+                if not signature:
+                    signature = self._sign(call_id, from_tag, self._contact_target(out))
+                value = f"{unsigned[:-1]};{_SIG_PARAM}{signature}>" if unsigned.endswith(
+                    ">") else f"{unsigned};{_SIG_PARAM}{signature}"
+            changed.append(value)
+        if signature:
+            out.remove("record-route")
+            for value in changed:
+                out.append("record-route", value)
 
     def _serves_domain(self, uri: SipUri) -> bool:
         """A registrar domain of ours: a configured domain or any of our addresses."""

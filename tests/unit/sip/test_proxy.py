@@ -34,11 +34,17 @@ ROUTE_SECRET = "test-secret"
 
 
 def signed(rr: str, call_id: str = "call-1@alice", tag: str = "alice-tag",
-           secret: str = ROUTE_SECRET) -> str:
-    """Our Record-Route entry as the proxy writes it: signed for the dialog's Call-ID and
-    caller's tag with a keyed BLAKE2s, so that it cannot be forged."""
+           target: str = "sip:alice@127.0.0.1:5061", secret: str = ROUTE_SECRET) -> str:
+    """Our Record-Route entry as the proxy writes it: signed with a keyed BLAKE2s for the
+    dialog (Call-ID, caller's tag) and the remote target requests along it go to (scheme,
+    user, host, port), so that it cannot be forged or aimed elsewhere."""
     key = hashlib.sha256(secret.encode()).digest()
-    sig = hashlib.blake2s(f"{call_id}\0{tag}".encode(), key=key, digest_size=8).hexdigest()
+    scheme, _, rest = target.partition(":")
+    user, _, hostport = rest.rpartition("@")
+    host, _, port = hostport.partition(";")[0].partition(":")
+    canonical = f"{scheme}:{user}@{host.lower()}:{port or 0}"
+    data = f"{call_id}\0{tag}\0{canonical}".encode()
+    sig = hashlib.blake2s(data, key=key, digest_size=8).hexdigest()
     return f"{rr[:-1]};sb={sig}>"
 
 
@@ -46,8 +52,9 @@ def signed(rr: str, call_id: str = "call-1@alice", tag: str = "alice-tag",
 # proxy writes it.
 OUR_RR = "<sip:127.0.0.1:5060;lr>"
 OUR_RR_TCP = "<sip:127.0.0.1:5060;transport=tcp;lr>"
-RR_SIGNED = signed(OUR_RR)
+RR_SIGNED = signed(OUR_RR)  # in the INVITE toward Bob: requests from Bob go to Alice
 RR_TCP_SIGNED = signed(OUR_RR_TCP)
+RR_BACK = signed(OUR_RR, target=BOB_CONTACT)  # in Bob's answers toward Alice
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 MALFORMED = sorted((Path(__file__).parents[2] / "data" / "malformed").glob("*.sip"))
 
@@ -335,7 +342,7 @@ def test_basic_call_relays_responses_ack_and_bye() -> None:
     assert ringing.status == 180
     assert [v.branch for v in ringing.vias] == ["z9hG4bKa-inv"]  # our Via removed
     assert ringing.to_tag == "bob-tag"
-    assert ringing.get_all("record-route") == [RR_SIGNED]
+    assert ringing.get_all("record-route") == [RR_BACK]
 
     ok = call.answer()
     assert ok.status == 200
@@ -993,7 +1000,9 @@ def test_udp_to_tcp_doubles_record_route() -> None:
     ok = parse_message(reply(fwd, 200, contact="sip:bob@127.0.0.1:5062;transport=tcp", body=SDP))
     assert isinstance(ok, Response)
     at_alice = one_response(net.send(ok.to_bytes(), BOB_TCP, PROXY_TCP), ALICE)
-    assert at_alice.get_all("record-route") == [RR_TCP_SIGNED, RR_SIGNED]
+    bob_tcp = "sip:bob@127.0.0.1:5062;transport=tcp"
+    assert at_alice.get_all("record-route") == [signed(OUR_RR_TCP, target=bob_tcp),
+                                                signed(OUR_RR, target=bob_tcp)]
     # Alice's route set is the RR list reversed: she puts our UDP entry first.
     ack = one_request(net.send(ack_for_2xx(ruri="sip:bob@127.0.0.1:5062;transport=tcp",
                                            routes=[OUR_RR, OUR_RR_TCP]), ALICE), BOB_TCP)

@@ -105,30 +105,54 @@ def call_through(p: Proxy) -> Request:
     return at_alice
 
 
-def test_the_untrusted_party_of_a_known_dialog_may_send_in_it() -> None:
+CALLER_CONTACT = "sip:alice@127.0.0.1:5061"  # the caller's Contact (sip_request's default)
+
+
+def in_dialog(method: str, ruri: str, rr: str, branch: str) -> bytes:
+    """A request from the callee (Alice, untrusted) in the call `call_through` made."""
+    return sip_request(method, ruri, branch=branch, cseq=9, from_tag="alice-tag2",
+                       to_tag="alice-tag", from_uri="sip:alice@x", to_uri="sip:carol@example.net",
+                       routes=(rr,), contact=None, via=via(ALICE, branch))
+
+
+def test_the_untrusted_party_of_a_known_dialog_may_send_in_it_to_the_other_party_only() -> None:
     p = proxy()
     at_alice = call_through(p)
-    assert at_alice.get_all("record-route") == [signed(OUR_RR, tag="alice-tag", secret=SECRET)]
-    bye = sip_request("BYE", "sip:alice@198.51.100.20:5061", branch="z9hG4bKb", cseq=9,
-                      from_tag="alice-tag2", to_tag="alice-tag", from_uri="sip:alice@x",
-                      to_uri="sip:carol@example.net", routes=(OUR_RR,), contact=None,
-                      via=via(ALICE, "z9hG4bKb"))
-    assert [m.method for m in relayed(send(p, bye, ALICE))] == ["BYE"]
+    rr = signed(OUR_RR, tag="alice-tag", target=CALLER_CONTACT, secret=SECRET)
+    assert at_alice.get_all("record-route") == [rr]
+    # Aimed at a premium number with the real call's identity: refused.
+    for method in ("INVITE", "MESSAGE"):
+        out = send(p, in_dialog(method, OUTSIDE, rr, f"z9hG4bK{method}"), ALICE)
+        assert relayed(out) == [] and finals(out) == [403], method
+    out = send(p, in_dialog("BYE", CALLER_CONTACT, rr, "z9hG4bKb"), ALICE)
+    assert [m.method for m in relayed(out)] == ["BYE"]
 
 
 def test_a_route_we_signed_relays_after_the_dialog_is_forgotten() -> None:
     at_alice = call_through(proxy())
     rr = at_alice.get_all("record-route")[0]
     restarted = proxy()  # same route secret, empty dialog table
-    bye = sip_request("BYE", "sip:carol@198.51.100.20:5060", branch="z9hG4bKb", cseq=9,
-                      from_tag="alice-tag2", to_tag="alice-tag", routes=(rr,), contact=None,
-                      via=via(ALICE, "z9hG4bKb"))
+    bye = in_dialog("BYE", CALLER_CONTACT, rr, "z9hG4bKb")
     assert [m.method for m in relayed(send(restarted, bye, ALICE))] == ["BYE"]
-    # Another Call-ID, or another secret: the signature does not fit, nothing is relayed.
+    # Another Call-ID, another target, or another secret: the signature does not fit.
     other_call = bye.replace(b"call-1@alice", b"call-2@evil").replace(b"z9hG4bKb", b"z9hG4bKc")
     assert finals(send(restarted, other_call, ALICE)) == [481]
+    elsewhere = in_dialog("INVITE", OUTSIDE, rr, "z9hG4bKd")
+    assert finals(send(restarted, elsewhere, ALICE)) == [481]
     stranger = proxy(route_secret="another")
     assert finals(send(stranger, bye, ALICE)) == [481]
+
+
+def test_the_callers_route_is_signed_for_the_callees_contact() -> None:
+    p = proxy()
+    inv = invite(ruri="sip:alice@198.51.100.8:5070", from_uri="sip:carol@example.net",
+                 via=via(CARRIER, "z9hG4bKc1"))
+    at_alice = relayed(send(p, inv, CARRIER))[0]
+    out = send(p, reply(at_alice, 200, to_tag="alice-tag2",
+                        contact="sip:alice@198.51.100.8:5070"), ALICE)
+    (ok,) = [m for _, m in out if isinstance(m, Response)]
+    assert ok.get_all("record-route") == [
+        signed(OUR_RR, tag="alice-tag", target="sip:alice@198.51.100.8:5070", secret=SECRET)]
 
 
 # -- every new request is challenged, and every user answered alike -------------------------------
