@@ -45,7 +45,7 @@ realm = ""                            # "" = the first proxy domain, else the li
 users = {}                            # user = "password"; empty = no authentication
 invites = true                        # false: never challenge INVITEs (407)
 methods = ["*"]                       # new requests from untrusted sources challenged (407)
-algorithms = ["SHA-256", "MD5"]       # digest algorithms offered, preferred first
+algorithms = ["MD5", "SHA-256"]       # digest algorithms offered, preferred first
 nonce_ttl = 300                       # seconds a nonce may be used
 max_failures = 5                      # failed digests from one source before it is banned
 user_max_failures = 20                # ... for one user from any sources (0 = off)
@@ -196,7 +196,9 @@ class AuthConfig:
     # New requests from untrusted sources that must authenticate: "*" = every method but
     # ACK and CANCEL (REGISTER is always challenged, with 401).
     methods: tuple[str, ...] = ("*",)
-    algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # offered, the preferred first
+    # Offered in this order. MD5 first by default: SIPp 3.6 and many older phones read only
+    # the first challenge and know no SHA-256; put SHA-256 first where every client has it.
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     nonce_ttl: int = 300
     max_failures: int = 5  # failed digests from one source within the window: banned
     user_max_failures: int = 20  # failed digests for one user from any sources (0 = off)

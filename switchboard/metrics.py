@@ -154,6 +154,16 @@ _COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("evi:dropped_events", "events_dropped", "Events not delivered to a subscriber."),
     ("hep:sent_packets", "hep_packets_sent", "HEP capture packets sent."),
     ("hep:dropped_packets", "hep_packets_dropped", "SIP packets the HEP mirror could not send."),
+    ("auth:challenges", "auth_challenges", "Digest challenges sent (401 and 407)."),
+    ("auth:failures", "auth_failures", "Wrong digest credentials received."),
+    ("auth:bans", "auth_bans", "Sources banned after failed digests."),
+    ("auth:banned_drops", "auth_banned_messages_dropped",
+     "SIP messages dropped unanswered because their source is banned."),
+    ("core:relay_denied", "relay_denied", "New requests refused as relaying (403)."),
+    ("core:unknown_dialog_requests", "unknown_dialog_requests",
+     "In-dialog requests from untrusted sources outside any dialog or route of ours."),
+    ("core:rate_limited", "rate_limited_requests",
+     "Requests dropped by the per-source rate limit."),
 )
 _GAUGES: Final[tuple[tuple[str, str, str], ...]] = (
     ("tm:inuse_transactions", "transactions", "SIP transactions in progress."),

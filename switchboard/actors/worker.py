@@ -70,7 +70,10 @@ class Worker:
             for dgram in proxy.outbox:
                 endpoint = endpoints.get(dgram.local)
                 if endpoint is not None:
-                    endpoint.send(dgram.data, dgram.dest)
+                    try:
+                        endpoint.send(dgram.data, dgram.dest)
+                    except Exception:  # one bad destination must not stop every send after it
+                        log.exception("sending to %s failed", dgram.dest)
             proxy.outbox.clear()
         if proxy.events:
             for ev in proxy.events:

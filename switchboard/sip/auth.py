@@ -37,6 +37,13 @@ def _sha256(text: str) -> str:
 ALGORITHMS: dict[str, Callable[[str], str]] = {"SHA-256": _sha256, "MD5": _md5}
 
 
+def _same(a: str, b: str) -> bool:
+    """A constant-time comparison that takes any text off the wire (compare_digest refuses
+    `str` that is not ASCII)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"),
+                               b.encode("utf-8", "surrogateescape"))
+
+
 def parse_credentials(value: str) -> dict[str, str] | None:
     """`Digest username="a", realm="r", ...` → its parameters (names lower-cased)."""
     scheme, _, rest = value.strip().partition(" ")
@@ -68,7 +75,7 @@ _NONE = Verdict(None)
 
 class DigestAuth:
     def __init__(self, realm: str, users: Mapping[str, str], secret: bytes,
-                 nonce_ttl: float = 300.0, algorithms: Sequence[str] = ("SHA-256", "MD5"),
+                 nonce_ttl: float = 300.0, algorithms: Sequence[str] = ("MD5", "SHA-256"),
                  max_nonces: int = 65536) -> None:
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown or not algorithms:
@@ -88,7 +95,8 @@ class DigestAuth:
         self._serial = 0
 
     def _mac(self, stamp: str) -> str:
-        return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:24]
+        return hmac.new(self._secret, stamp.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()[:24]
 
     def _forget_old(self, now: float) -> None:
         nonces = self._nonces
@@ -133,8 +141,7 @@ class DigestAuth:
         nonce = params.get("nonce", "")
         stamp, _, mac = nonce.rpartition(".")
         if (ha1 is None or algorithm not in self.algorithms
-                or not hmac.compare_digest(mac, self._mac(stamp))
-                or params.get("uri") != uri):
+                or not _same(mac, self._mac(stamp)) or params.get("uri") != uri):
             return failed
         digest = ALGORITHMS[algorithm]
         ha2 = digest(f"{method}:{uri}")
@@ -146,7 +153,7 @@ class DigestAuth:
             expected = digest(f"{ha1}:{nonce}:{nc_text}:{params.get('cnonce', '')}:auth:{ha2}")
         else:
             return failed
-        if not hmac.compare_digest(expected, params.get("response", "")):
+        if not _same(expected, params.get("response", "")):
             return failed
         # The password is right; now the nonce must be live and this use of it new.
         entry = self._nonces.get(nonce)

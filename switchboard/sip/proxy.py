@@ -96,7 +96,7 @@ class ProxyConfig:
     auth_users: tuple[tuple[str, str], ...] = ()
     auth_invites: bool = True
     auth_methods: tuple[str, ...] = ("*",)
-    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    auth_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     auth_nonce_ttl: float = 300.0
     auth_guard: GuardSettings = field(default_factory=GuardSettings)
     # The key our Record-Route entries are signed with, so an in-dialog request from an
@@ -555,7 +555,8 @@ class Proxy:
             self.stats["core:drop_requests"] += 1
             return
         # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
-        branch = f"{_MAGIC}sl{zlib.crc32((req.top_via.branch or '').encode()):08x}"
+        top_branch = (req.top_via.branch or "").encode("utf-8", "surrogateescape")
+        branch = f"{_MAGIC}sl{zlib.crc32(top_branch):08x}"
         out.prepend_via(self._via(local_out, branch))
         self.stats["core:fwd_requests"] += 1
         self._send(Datagram(out.to_bytes(), dest, local_out))
@@ -727,11 +728,12 @@ class Proxy:
         if 100 < resp.status < 300 and resp.has("record-route"):
             self._resign_record_route(out, resp.call_id, resp.from_tag or "")
         nxt = vias[1]
-        host = nxt.params.get("received") or nxt.host.strip("[]")
+        # The next hop as an address: `received` is one; a host name is not looked up.
+        host = self._resolve_host(nxt.params.get("received") or nxt.host)
         rport = nxt.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (nxt.port or 5060)
-        dest = Address(nxt.transport.lower(), host, port)
-        local = self._local_for(dest)
+        dest = Address(nxt.transport.lower(), host or "", port)
+        local = self._local_for(dest) if host is not None and 0 < port < 65536 else None
         if local is None:
             self.stats["core:drop_replies"] += 1
             return

@@ -338,7 +338,7 @@ def test_security_keys() -> None:
     assert config.proxy.route_secret == "k3y"
     defaults = parse_config("")
     assert defaults.auth.methods == ("*",)
-    assert defaults.auth.algorithms == ("SHA-256", "MD5")
+    assert defaults.auth.algorithms == ("MD5", "SHA-256")
     assert (defaults.auth.max_failures, defaults.auth.ban_time) == (5, 900)
 
 

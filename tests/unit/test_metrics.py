@@ -53,6 +53,13 @@ STATS = {
     "callops:hold_fail": 0,
     "callops:unhold_ok": 3,
     "callops:unhold_fail": 1,
+    "auth:challenges": 30,
+    "auth:failures": 12,
+    "auth:bans": 2,
+    "auth:banned_drops": 40,
+    "core:relay_denied": 6,
+    "core:unknown_dialog_requests": 8,
+    "core:rate_limited": 9,
 }
 
 
@@ -103,6 +110,14 @@ def test_statistics_become_the_ecosystem_metric_names() -> None:
     assert value("transfers_total", result="fail") == 1
     assert value("hold_operations_total", op="hold", result="ok") == 4
     assert value("hold_operations_total", op="unhold", result="fail") == 1
+    # What docs/security.md says an attack shows.
+    assert value("auth_challenges_total") == 30
+    assert value("auth_failures_total") == 12
+    assert value("auth_bans_total") == 2
+    assert value("auth_banned_messages_dropped_total") == 40
+    assert value("relay_denied_total") == 6
+    assert value("unknown_dialog_requests_total") == 8
+    assert value("rate_limited_requests_total") == 9
     # Counters end in _total, gauges do not; no label carries a Call-ID or anything unbounded.
     for name, labels in samples:
         assert name.startswith("switchboard_")

@@ -315,8 +315,8 @@ def test_a_snapshot_through_msgpack_restores_a_dialog_that_relays_the_same_bytes
 
 def test_an_attended_transfer_escapes_a_non_utf8_call_id_and_tag_as_their_bytes() -> None:
     """Replaces names the other call by its Call-ID and tags as they were on the wire; the
-    escaping used to raise UnicodeEncodeError out of the call operation (found by the flow
-    fuzzer: a From tag with a byte that is not UTF-8 in the call being replaced)."""
+    escaping used to raise UnicodeEncodeError out of the call operation (the flow fuzzer's
+    attended transfer with such a byte in the From tag of the call being replaced)."""
     proxy = answered(BAD_FROM)
     answered(BAD_CALL_ID, proxy)
     del proxy.outbox[:]
@@ -360,8 +360,6 @@ def test_text_without_bytes_from_a_management_request_is_refused_before_anything
 # -- what the flow fuzzer found in the core (tests/fuzz/fuzz_flows.py) ---------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="proxy.py _on_ack hashes the Via branch with a strict "
-                   "UTF-8 encode: UnicodeEncodeError escapes Proxy.receive")
 def test_an_ack_with_a_non_utf8_branch_is_relayed_statelessly() -> None:
     proxy = Proxy(ProxyConfig(listeners=(PROXY,)), counter())
     proxy.receive((DATA / "ack-bad-utf8-branch.sip").read_bytes(), ALICE, PROXY, 1.0)
@@ -370,9 +368,6 @@ def test_an_ack_with_a_non_utf8_branch_is_relayed_statelessly() -> None:
     assert b";branch=z9hG4bK\xff\xfe\r\n" in relayed.data
 
 
-@pytest.mark.xfail(strict=True, reason="proxy.py _forward_response_statelessly sends to the "
-                   "next Via's host as written: with uvloop, sendto a name raises and the "
-                   "worker never sends again")
 def test_a_stray_response_is_never_sent_to_a_name() -> None:
     proxy = Proxy(ProxyConfig(listeners=(PROXY,)), counter())
     stray = (DATA / "resp-180-stray-via-hostname.sip").read_bytes()
@@ -381,8 +376,6 @@ def test_a_stray_response_is_never_sent_to_a_name() -> None:
     assert proxy.statistics()["core:drop_replies"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="auth.py compares the nonce's MAC and the response with "
-                   "hmac.compare_digest on str: TypeError for anything not ASCII")
 def test_credentials_that_are_not_ascii_are_a_failed_guess() -> None:
     proxy = Proxy(ProxyConfig(listeners=(PROXY,), auth_users=(("alice", "secret"),)),
                   counter())

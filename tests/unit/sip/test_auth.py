@@ -138,8 +138,12 @@ def test_a_nonce_from_another_process_is_refused() -> None:
 # -- replay (RFC 7616 §3.3, §5.12): nonces are remembered and counted ---------------------------
 
 
-def test_both_algorithms_are_offered_sha256_first_with_one_nonce() -> None:
+def test_both_algorithms_are_offered_in_the_configured_order_with_one_nonce() -> None:
     challenge = final(proxy(), register())
+    values = challenge.get_all("www-authenticate")
+    assert [parse_credentials(v)["algorithm"] for v in values] == ["MD5", "SHA-256"]  # type: ignore[index]
+    assert len({parse_credentials(v)["nonce"] for v in values}) == 1  # type: ignore[index]
+    challenge = final(proxy(auth_algorithms=("SHA-256", "MD5")), register())
     values = challenge.get_all("www-authenticate")
     assert [parse_credentials(v)["algorithm"] for v in values] == ["SHA-256", "MD5"]  # type: ignore[index]
     assert len({parse_credentials(v)["nonce"] for v in values}) == 1  # type: ignore[index]
@@ -147,7 +151,7 @@ def test_both_algorithms_are_offered_sha256_first_with_one_nonce() -> None:
 
 def test_sha256_credentials_are_accepted() -> None:
     p = proxy()
-    www = final(p, register()).get_all("www-authenticate")[0]
+    www = final(p, register()).get_all("www-authenticate")[1]
     ok = final(p, register((
         f"Authorization: {credentials(www, 'REGISTER', 'sip:example.org', algorithm='SHA-256')}",),
         branch="z9hG4bKr2", cseq=2))
