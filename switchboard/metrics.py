@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import (
 )
 
 from . import __version__
+from .sip.dialog import DialogState
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ class CallMetrics:
 
     def observe(self, name: str, params: Mapping[str, Any]) -> None:
         if name == "E_DLG_STATE_CHANGED":
-            # First entry into confirmed (3 = 2xx seen, 4 = ACKed) from unconfirmed or early.
+            # First entry into confirmed (2xx seen, or ACKed) from unconfirmed or early.
             old, new = params.get("old_state"), params.get("new_state")
-            if isinstance(old, int) and isinstance(new, int) and old < 3 <= new < 5:
+            if old in _NOT_ANSWERED and new in _ANSWERED:
                 started = self._start_time_of(str(params.get("id")))
                 if started is not None:
                     self.setup.observe(max(0.0, self._now() - started))
@@ -140,6 +141,8 @@ class CallMetrics:
 # --- statistics → metric families ----------------------------------------------------------
 
 # (statistic, metric name without prefix and `_total`, help)
+_NOT_ANSWERED: Final = frozenset({DialogState.UNCONFIRMED, DialogState.EARLY})
+_ANSWERED: Final = frozenset({DialogState.CONFIRMED_NA, DialogState.CONFIRMED})
 _COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("dialog:processed_dialogs", "dialogs_created", "Dialogs created (initial INVITEs relayed)."),
     ("dialog:failed_dialogs", "dialogs_failed", "Dialogs that ended without being answered."),

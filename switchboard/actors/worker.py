@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..sip.callops import CallOpsError
-from ..sip.dialog import Dialog, DialogStateChanged
+from ..sip.dialog import Dialog, DialogState, DialogStateChanged
 from ..sip.proxy import Proxy
 from ..sip.wire import Address
 from ..transport.base import Endpoint
@@ -84,10 +84,10 @@ class Worker:
                         "callid": ev.call_id,
                         "from_tag": ev.from_tag,
                         "to_tag": ev.to_tag,
-                        "old_state": ev.old_state,
-                        "new_state": ev.new_state,
+                        "old_state": int(ev.old_state),
+                        "new_state": int(ev.new_state),
                     })
-                    if ev.new_state == 5:
+                    if ev.new_state is DialogState.DELETED:
                         self.actors.pop(ev.dialog_id, None)
                 else:
                     self.publish(ev.name, ev.params)

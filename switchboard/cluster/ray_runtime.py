@@ -85,7 +85,7 @@ from ..mi.http import MIServer, start_mi_server
 from ..readout import pack as _pack
 from ..readout import unpack as _unpack
 from ..script import ScriptError
-from ..sip.callops import CallOpsError, ops_of
+from ..sip.callops import CallOpsError
 from ..sip.dialog import worker_of
 from ..sip.wire import Address
 from .local import BuiltWorker, build_worker, parse_extra_headers
@@ -482,7 +482,8 @@ class WorkerActor:
         when the call is not here."""
         worker = await self._started()
         dialog = worker.proxy.dialogs.by_call_id(callid)
-        previous = ops_of(dialog).transfer_callid if dialog is not None else None
+        previous = (worker.proxy.callops.ops_of(dialog).transfer_callid if dialog is not None
+                    else None)
         if not worker.proxy.callops.expect_replacing(callid, initiator_callid):
             return _pack(None)
         worker.flush()

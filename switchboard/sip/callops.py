@@ -16,7 +16,7 @@ Where the reference module misbehaves (spec §10), this follows its documentatio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
@@ -88,16 +88,9 @@ class CallOpsError(Exception):
 
 
 @dataclass(slots=True)
-class _LegOps:
-    """What a leg has pending from the proxy: its hold mask and an in-flight re-INVITE."""
-
-    hold_mask: int = 0
-    reinvite_pending: bool = False
-
-
-@dataclass(slots=True)
 class DialogOps:
-    """Call-operation state of one dialog (the reference's dialog values, typed)."""
+    """Transfer state of one dialog (the reference's dialog values, typed). The hold state
+    is media state of each leg and lives on the `Leg`."""
 
     transfer_leg: str = ""  # "" = idle: a dialog may be transferred again (spec §10.1 fixed)
     last_leg: str = ""  # the leg of the latest transfer, for NOTIFYs that come after its end
@@ -113,15 +106,9 @@ class DialogOps:
     final_notify: bool = False  # the transferee's last NOTIFY (subscription terminated) came
     end_timer: Timer | None = None
     guard_timer: Timer | None = None  # gives up on a transfer whose new call never comes
-    caller: _LegOps = field(default_factory=_LegOps)
-    callee: _LegOps = field(default_factory=_LegOps)
 
 
-def ops_of(dialog: Dialog) -> DialogOps:
-    ops = dialog.ops
-    if not isinstance(ops, DialogOps):
-        ops = dialog.ops = DialogOps()
-    return ops
+_IDLE = DialogOps()  # read only: what a dialog without call operations looks like
 
 
 def leg_name(dialog: Dialog, leg: Leg) -> str:
@@ -178,13 +165,30 @@ class CallOps:
         self._awaiting_replaces: dict[str, str] = {}
         # Set by a cluster runtime; None in one process, where every dialog is local.
         self.remote: RemoteDialogs | None = None
+        # Dialog id -> its transfer state, from the first operation until the dialog leaves
+        # the table.
+        self._ops: dict[str, DialogOps] = {}
+        proxy.dialogs.on_remove.append(self._forget)
+
+    def _forget(self, dialog: Dialog) -> None:
+        self._ops.pop(dialog.id, None)
+
+    def _peek(self, dialog: Dialog) -> DialogOps:
+        """The transfer state of `dialog` to read (a shared idle one when it has none)."""
+        return self._ops.get(dialog.id, _IDLE)
+
+    def ops_of(self, dialog: Dialog) -> DialogOps:
+        ops = self._ops.get(dialog.id)
+        if ops is None:
+            ops = self._ops[dialog.id] = DialogOps()
+        return ops
 
     # -- events -------------------------------------------------------------------------------
 
     def _transfer_event(self, dialog: Dialog, state: str, status: str = "",
                         destination: str | None = None, transfer_callid: str | None = None,
                         leg: str | None = None) -> None:
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         self.proxy.events.append(CallEvent("E_CALL_TRANSFER", {
             "callid": dialog.call_id,
             "leg": leg if leg is not None else (ops.transfer_leg or ops.last_leg or "unknown"),
@@ -227,7 +231,7 @@ class CallOps:
         dialog = self._dialog(call_id)
         target, peer = self._legs(dialog, leg)
         self._require_confirmed(dialog)
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         if ops.transfer_leg:
             raise CallOpsError(491, "Request Pending")
         if self.mode == "param":
@@ -267,7 +271,7 @@ class CallOps:
             now + NEW_CALL_TIMEOUT, partial(self._new_call_overdue, dialog, leg))
 
     def _new_call_overdue(self, dialog: Dialog, leg: str, now: float) -> None:
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         ops.guard_timer = None
         if ops.transfer_leg == leg and not ops.linked and dialog.active:
             self._transfer_event(dialog, "fail", "408 Request Timeout")
@@ -275,7 +279,7 @@ class CallOps:
             ops.subscription_active = False
 
     def _refer_answered(self, dialog: Dialog, status: int, reason: str, now: float) -> None:
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         if status < 300 or not ops.transfer_leg:
             return
         self._transfer_event(dialog, "fail", f"{status} {reason}")
@@ -315,7 +319,7 @@ class CallOps:
         dialog = self._dialog(call_id)
         target, peer = self._legs(dialog, leg)
         self._require_confirmed(dialog)
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         if ops.transfer_leg:
             raise CallOpsError(491, "Request Pending")
         try:
@@ -323,7 +327,7 @@ class CallOps:
         except LocalProtocolError as exc:
             raise CallOpsError.bad_param("destination", str(exc)) from None
         if other is not None:
-            ops_of(other).transfer_callid = dialog.call_id
+            self.ops_of(other).transfer_callid = dialog.call_id
         self._start_transfer(dialog, ops, target, peer, leg, refer_to,
                              str(parse_destination(destination)), now)
         if other is None:
@@ -333,7 +337,7 @@ class CallOps:
     def _await_replaces(self, replaced_callid: str, dialog: Dialog) -> None:
         for key, call_id in list(self._awaiting_replaces.items()):
             d = self.proxy.dialogs.by_call_id(call_id)
-            if d is None or not d.active or ops_of(d).replaces is None:
+            if d is None or not d.active or self._peek(d).replaces is None:
                 del self._awaiting_replaces[key]
         self._awaiting_replaces[replaced_callid] = dialog.call_id
 
@@ -384,12 +388,12 @@ class CallOps:
             return False
         if leg is not None:
             check_text(leg, "leg")
-            ops_of(old).transfer_leg = ops_of(old).last_leg = leg
+            self.ops_of(old).transfer_leg = self.ops_of(old).last_leg = leg
         self._link(old, req.call_id, req.uri, links)
         return True
 
     def _link(self, old: Dialog, new_callid: str, destination: str, links: list[object]) -> None:
-        ops = ops_of(old)
+        ops = self.ops_of(old)
         ops.transfer_callid = new_callid
         ops.linked = True
         if ops.guard_timer is not None:
@@ -420,7 +424,7 @@ class CallOps:
             replaced_leg = "caller"
         else:
             return False
-        r_ops = ops_of(replaced)
+        r_ops = self.ops_of(replaced)
         initiator_id = r_ops.transfer_callid
         initiator = self.proxy.dialogs.by_call_id(initiator_id) if initiator_id else None
         if initiator is not None and initiator.active and initiator is not replaced:
@@ -454,7 +458,7 @@ class CallOps:
         dialog = self.proxy.dialogs.by_call_id(call_id)
         if dialog is None or not dialog.active:
             return False
-        ops_of(dialog).transfer_callid = initiator_callid
+        self.ops_of(dialog).transfer_callid = initiator_callid
         return True
 
     def _resolve_remote(self, key: str) -> list[tuple[Dialog, str | None]]:
@@ -476,14 +480,14 @@ class CallOps:
                 found.append((replaced, "callee"))
             elif (from_tag, to_tag) == (replaced.callee.tag, replaced.caller.tag):
                 found.append((replaced, "caller"))
-            initiator = self.proxy.dialogs.by_call_id(ops_of(replaced).transfer_callid)
+            initiator = self.proxy.dialogs.by_call_id(self._peek(replaced).transfer_callid)
             if found and initiator is not None and initiator.active:
                 found.insert(0, (initiator, None))
         waiting = self.proxy.dialogs.by_call_id(self._awaiting_replaces.get(call_id, ""))
-        if waiting is not None and waiting.active and ops_of(waiting).replaces == (
+        if waiting is not None and waiting.active and self._peek(waiting).replaces == (
                 call_id, to_tag, from_tag):
             del self._awaiting_replaces[call_id]
-            ops_of(waiting).replaces = None
+            self.ops_of(waiting).replaces = None
             found.insert(0, (waiting, None))
         return found
 
@@ -492,7 +496,7 @@ class CallOps:
         found = self._resolve_remote(key)
         for dialog, leg in found:
             if leg is not None:
-                ops_of(dialog).transfer_leg = ops_of(dialog).last_leg = leg
+                self.ops_of(dialog).transfer_leg = self.ops_of(dialog).last_leg = leg
             self._link(dialog, new_callid, destination, [])
         return bool(found)
 
@@ -504,13 +508,13 @@ class CallOps:
         if kind == "replaces":
             call_id = value.split(";", 1)[0]
             for candidate in (self.proxy.dialogs.by_call_id(call_id), *(
-                    d for d in self.proxy.dialogs if ops_of(d).transfer_callid == new_callid)):
+                    d for d in self.proxy.dialogs if self._peek(d).transfer_callid == new_callid)):
                 if candidate is not None and candidate not in dialogs:
                     dialogs.append(candidate)
         else:
             dialogs = [d for d, _ in self._resolve_remote(key)]
         for dialog in dialogs:
-            if dialog.active and ops_of(dialog).transfer_callid == new_callid:
+            if dialog.active and self._peek(dialog).transfer_callid == new_callid:
                 self._conclude(dialog, new_callid, destination, status, reason, ok, now)
 
     def _link_untracked(self, req: Request, rep: Replaces, links: list[object]) -> bool:
@@ -520,7 +524,7 @@ class CallOps:
         initiator = self.proxy.dialogs.by_call_id(call_id) if call_id else None
         if initiator is None or not initiator.active or initiator.call_id == req.call_id:
             return False
-        ops = ops_of(initiator)
+        ops = self.ops_of(initiator)
         if ops.replaces != (rep.call_id, rep.to_tag, rep.from_tag):
             return False
         del self._awaiting_replaces[rep.call_id]
@@ -549,7 +553,7 @@ class CallOps:
 
     def _conclude(self, dialog: Dialog, new_callid: str, destination: str, status: int,
                   reason: str, ok: bool, now: float) -> None:
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         text = f"{status} {reason}".strip()
         self._transfer_event(dialog, "ok" if ok else "fail", text,
                              destination=destination, transfer_callid=new_callid)
@@ -566,7 +570,7 @@ class CallOps:
                         now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
 
     def _end_old(self, dialog: Dialog, now: float) -> None:
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         if ops.end_timer is not None:
             ops.end_timer.cancel()
             ops.end_timer = None
@@ -580,8 +584,8 @@ class CallOps:
         """Answer the NOTIFYs of a subscription our REFER created; True when handled."""
         if req.method != "NOTIFY" or self.mode == "manual":
             return False
-        ops = dialog.ops
-        if not isinstance(ops, DialogOps) or not ops.subscription_active:
+        ops = self._ops.get(dialog.id)
+        if ops is None or not ops.subscription_active:
             return False
         if ops.notify_leg is not sender:
             return False
@@ -592,7 +596,7 @@ class CallOps:
         event = (req.get("event") or "").split(";", 1)[0].strip().lower()
         if event != "refer":
             return False
-        ops = ops_of(dialog)
+        ops = self.ops_of(dialog)
         status = sipfrag_status(req.body)
         if status is None:
             reply(400, "Bad Request")
@@ -630,7 +634,6 @@ class CallOps:
         if dialog.state is not DialogState.CONFIRMED:
             raise CallOpsError(410, "Dialog not ready")
         extra = _hold_headers(headers)
-        ops = ops_of(dialog)
         caller_mask, callee_mask = _HOLD_MASKS[leg]
         order = (("caller", dialog.caller, dialog.callee, caller_mask, extra[0]),
                  ("callee", dialog.callee, dialog.caller, callee_mask, extra[1]))
@@ -638,16 +641,15 @@ class CallOps:
             order = order[::-1]
         plans: list[tuple[str, Leg, Leg, int, bytes, int | None, list[tuple[str, str]]]] = []
         for name, target, peer, mask, hdrs in order:
-            leg_ops: _LegOps = getattr(ops, name)
             if hold:
-                new_mask = leg_ops.hold_mask | mask
-                if leg_ops.hold_mask == new_mask:
+                new_mask = target.hold_mask | mask
+                if target.hold_mask == new_mask:
                     continue
             else:
-                new_mask = leg_ops.hold_mask & ~mask if leg not in (None, "both") else 0
-                if leg_ops.hold_mask == new_mask:
+                new_mask = target.hold_mask & ~mask if leg not in (None, "both") else 0
+                if target.hold_mask == new_mask:
                     continue  # not on hold, or held only in the direction that stays held
-            if leg_ops.reinvite_pending:
+            if target.reinvite_pending:
                 raise CallOpsError(491, "Request Pending")
             offer = self._offer(target, peer, new_mask)
             if offer is None:
@@ -697,37 +699,35 @@ class CallOps:
                   body: bytes, extra: list[tuple[str, str]], action: str, now: float,
                   attempt: int) -> bool:
         """Send one hold/unhold offer; False (and a `fail` event) if it could not go."""
-        ops = ops_of(dialog)
-        leg_ops: _LegOps = getattr(ops, name)
         headers = [("Contact", f"<{peer.contact}>"), ("Content-Type", "application/sdp"),
                    *extra]
 
         base = peer.sdp  # what `body` was built from
 
         def answered(status: int, reason: str, t: float) -> None:
-            leg_ops.reinvite_pending = False
+            target.reinvite_pending = False
             if status == 491 and attempt < 3 and dialog.active:
                 # Glare (RFC 3261 §14.1): retry after a random wait; 2.1-4 s when we speak
                 # for the Call-ID's owner (the caller), 0-2 s otherwise.
                 wait = self.proxy.random_fraction() * 2.0
                 if peer is dialog.caller:
                     wait = 2.1 + wait * 0.95
-                leg_ops.reinvite_pending = True
+                target.reinvite_pending = True
                 self.proxy.timers.call_at(t + wait, lambda t2: self._retry(
                     dialog, name, target, peer, mask, base, body, extra, action, t2,
                     attempt + 1))
                 return
             ok = status < 300
             if ok:
-                leg_ops.hold_mask = mask
+                target.hold_mask = mask
             self._hold_event(dialog, name, action, "ok" if ok else "fail")
 
         if attempt == 0:
             self._hold_event(dialog, name, action, "start")
-        leg_ops.reinvite_pending = True
+        target.reinvite_pending = True
         if not self.proxy.send_in_dialog(dialog, target, peer, "INVITE", headers, body,
                                          answered, now):
-            leg_ops.reinvite_pending = False
+            target.reinvite_pending = False
             self._hold_event(dialog, name, action, "fail")
             return False
         return True
@@ -736,7 +736,7 @@ class CallOps:
                base: bytes | None, body: bytes, extra: list[tuple[str, str]], action: str,
                now: float, attempt: int) -> None:
         if not dialog.active:
-            getattr(ops_of(dialog), name).reinvite_pending = False
+            target.reinvite_pending = False
             self._hold_event(dialog, name, action, "fail")
             return
         version: int | None = None

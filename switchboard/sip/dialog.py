@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ParseError
 from .message import Request, Response
+from .timers import Timer
 from .wire import Address
 
 
@@ -41,8 +42,8 @@ class DialogStateChanged:
     call_id: str
     from_tag: str
     to_tag: str
-    old_state: int
-    new_state: int
+    old_state: DialogState
+    new_state: DialogState
 
 
 Emit = Callable[[DialogStateChanged], None]
@@ -63,12 +64,16 @@ class Leg:
     # peer's sequence; requests relayed toward it later are shifted by this much.
     cseq_offset: int = 0
     sdp_version_sent: int = 0  # highest o= version we offered this leg ourselves
+    # Media state the proxy set with its own re-INVITEs (call operations' hold): what the leg
+    # must stop doing (SEND_OFF / RECV_OFF bits), and whether such an offer is in flight.
+    hold_mask: int = 0
+    reinvite_pending: bool = False
 
 
 class Dialog:
     __slots__ = (
-        "call_id", "callee", "caller", "end_reason", "from_uri", "id", "invite",
-        "lifetime_timer", "ops", "start_time", "state", "timeout_at", "to_uri",
+        "call_id", "callee", "caller", "end_reason", "from_uri", "id", "lifetime_timer",
+        "start_time", "state", "timeout_at", "to_uri",
     )
 
     def __init__(self, dialog_id: str, call_id: str, from_uri: str, to_uri: str,
@@ -81,10 +86,8 @@ class Dialog:
         self.state = state
         self.start_time = start_time
         self.timeout_at = timeout_at
-        self.lifetime_timer: object | None = None  # the core's Timer for the lifetime
-        self.invite: object | None = None  # the core's pending INVITE context, while any
+        self.lifetime_timer: Timer | None = None
         self.end_reason = ""
-        self.ops: object | None = None  # call-operation state (callops.DialogOps), if any
         self.caller = caller
         self.callee = callee
 
@@ -132,12 +135,8 @@ class Dialog:
         }
         if self.timeout_at is not None:
             snap["lifetime_ms"] = round((self.timeout_at - now) * 1000)
-        # callops imports this module: its types are looked up here, not at import time.
-        from .callops import DialogOps
-
-        ops = self.ops
-        if isinstance(ops, DialogOps) and (ops.caller.hold_mask or ops.callee.hold_mask):
-            snap["hold"] = [ops.caller.hold_mask, ops.callee.hold_mask]
+        if self.caller.hold_mask or self.callee.hold_mask:
+            snap["hold"] = [self.caller.hold_mask, self.callee.hold_mask]
         return snap
 
     @classmethod
@@ -164,10 +163,7 @@ class Dialog:
             if not (isinstance(hold, list) and len(hold) == 2
                     and all(isinstance(m, int) and 0 <= m < 256 for m in hold)):
                 raise ValueError("bad dialog snapshot: hold")
-            from .callops import ops_of
-
-            ops = ops_of(dialog)
-            ops.caller.hold_mask, ops.callee.hold_mask = hold
+            dialog.caller.hold_mask, dialog.callee.hold_mask = hold
         return dialog
 
     @property
@@ -192,7 +188,7 @@ class Dialog:
             self.caller.sdp = self.callee.sdp = None
         emit(
             DialogStateChanged(self.id, self.call_id, self.caller.tag, self.callee.tag,
-                               int(old), int(new))
+                               old, new)
         )
 
     # -- what the proxy relays -----------------------------------------------------------
@@ -356,13 +352,15 @@ def _leg_from(data: Any) -> Leg:
 class DialogTable:
     """Dialogs of one worker, by id and by Call-ID."""
 
-    __slots__ = ("_by_callid", "_by_id", "_next", "worker_id")
+    __slots__ = ("_by_callid", "_by_id", "_next", "on_remove", "worker_id")
 
     def __init__(self, worker_id: int, first_seq: int) -> None:
         self.worker_id = worker_id
         self._next = first_seq
         self._by_id: dict[str, Dialog] = {}
         self._by_callid: dict[str, Dialog] = {}
+        # Told when a dialog leaves the table: what layers above keep per dialog goes too.
+        self.on_remove: list[Callable[[Dialog], None]] = []
 
     def new_id(self) -> str:
         """`<worker>.<seq>` in hex: safe in a URI parameter, and names the owning worker.
@@ -378,9 +376,12 @@ class DialogTable:
         self._by_callid[dialog.call_id] = dialog
 
     def remove(self, dialog: Dialog) -> None:
-        self._by_id.pop(dialog.id, None)
+        if self._by_id.pop(dialog.id, None) is None:
+            return
         if self._by_callid.get(dialog.call_id) is dialog:
             del self._by_callid[dialog.call_id]
+        for listener in self.on_remove:
+            listener(dialog)
 
     def by_id(self, dialog_id: str) -> Dialog | None:
         return self._by_id.get(dialog_id)

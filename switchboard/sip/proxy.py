@@ -242,6 +242,13 @@ class Proxy:
         # the ids of dialogs whose snapshot went out (their end must be reported).
         self._dirty: set[Dialog] | None = None
         self._replicated: set[str] = set()
+        # Dialog id -> its initial INVITE's context, from the INVITE until the 2xx is ACKed
+        # (or the INVITE fails): what CANCEL, end_dialog and the ACK need of it.
+        self._invites: dict[str, _Forward] = {}
+        self.dialogs.on_remove.append(self._forget_invite)
+
+    def _forget_invite(self, dialog: Dialog) -> None:
+        self._invites.pop(dialog.id, None)
 
     def random_fraction(self) -> float:
         """A number in [0, 1) from the injected randomness (glare back-off)."""
@@ -462,7 +469,7 @@ class Proxy:
         ctx.links = links
         txn.owner = ctx
         if initial and dialog is not None:
-            dialog.invite = ctx
+            self._invites[dialog.id] = ctx
         self._forward(req, ctx, local, now, dest_binding.source if dest_binding else None)
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
@@ -530,10 +537,10 @@ class Proxy:
                 cseq_delta = legs[1].cseq_offset
                 if self._dirty is not None:
                     self._dirty.add(dialog)
-                invite = dialog.invite
-                if isinstance(invite, _Forward) and invite.final_sent:
+                invite = self._invites.get(dialog.id)
+                if invite is not None and invite.final_sent:
                     # The ACK of the initial 2xx: both INVITE transactions may end soon.
-                    dialog.invite = None
+                    del self._invites[dialog.id]
                     invite.server.settle(now)
                     if invite.client is not None:
                         invite.client.settle(now)
@@ -679,10 +686,10 @@ class Proxy:
                 self.stats[f"tm:{status // 100}xx_transactions"] += 1
                 if ctx.timer_c is not None:
                     ctx.timer_c.cancel()
-                if dialog is not None and ctx.initial:
+                if dialog is not None and ctx.initial and status >= 300:
                     # After a 2xx the context stays until the ACK comes through (`_on_ack`
                     # settles its transactions then).
-                    dialog.invite = ctx if status < 300 else None
+                    self._invites.pop(dialog.id, None)
         self.stats["core:fwd_replies"] += 1
         ctx.server.respond(out, now)
         if first_final and ctx.links:
@@ -763,9 +770,8 @@ class Proxy:
     def _dialog_ended(self, dialog: Dialog, now: float) -> None:
         if self._dirty is not None:
             self._dirty.add(dialog)
-        timer = dialog.lifetime_timer
-        if isinstance(timer, Timer):
-            timer.cancel()
+        if dialog.lifetime_timer is not None:
+            dialog.lifetime_timer.cancel()
         self.timers.call_at(now + self.config.deleted_linger,
                             lambda _t: self.dialogs.remove(dialog))
 
@@ -835,7 +841,7 @@ class Proxy:
         if ctx.timer_c is not None:
             ctx.timer_c.cancel()
         if dialog is not None and ctx.initial and dialog.active:
-            dialog.invite = None
+            self._invites.pop(dialog.id, None)
             dialog.delete("failed", self.events.append)
             self.stats["dialog:failed_dialogs"] += 1
             self._dialog_ended(dialog, now)
@@ -848,8 +854,8 @@ class Proxy:
             return False
         extra = list(extra_headers)
         if dialog.state in (DialogState.UNCONFIRMED, DialogState.EARLY):
-            ctx = dialog.invite
-            if isinstance(ctx, _Forward) and not ctx.final_sent:
+            ctx = self._invites.get(dialog.id)
+            if ctx is not None and not ctx.final_sent:
                 self._cancel_branch(ctx, now)
                 return True
             return False

@@ -1038,7 +1038,7 @@ def test_manual_mode_blind_replace_links_the_new_call() -> None:
     assert net.events() == []
     new = net.proxy.dialogs.by_call_id("call-2@alice")
     assert new is not None
-    ctx = new.invite  # the relayed INVITE, as the routing script holds it
+    ctx = net.proxy._invites[new.id]  # the relayed INVITE, as the routing script holds it
     assert net.callops.blind_replace(ctx.server.request, ctx.links, "call-1@alice", None)
     assert net.events() == [transfer_event("call-1@alice", "caller", "call-2@alice", CAROL_URI,
                                            "start")]
@@ -1058,7 +1058,7 @@ def test_blind_replace_with_a_leg_and_unknown_calls() -> None:
     at_carol = msgs(net.send(new_invite(CAROL_URI), ALICE))[1][1]
     new = net.proxy.dialogs.by_call_id("call-2@alice")
     assert new is not None
-    ctx = new.invite
+    ctx = net.proxy._invites[new.id]
     req = ctx.server.request
     assert not net.callops.blind_replace(req, ctx.links, "nosuch@x", "caller")
     assert not net.callops.blind_replace(req, ctx.links, "call-2@alice", "caller")  # itself
@@ -1079,7 +1079,7 @@ def test_blind_replace_without_a_leg_or_transfer_says_unknown() -> None:
     net.send(new_invite(CAROL_URI), ALICE)
     new = net.proxy.dialogs.by_call_id("call-2@alice")
     assert new is not None
-    ctx = new.invite
+    ctx = net.proxy._invites[new.id]
     assert net.callops.blind_replace(ctx.server.request, ctx.links, "call-1@alice", None)
     assert net.events() == [transfer_event("call-1@alice", "unknown", "call-2@alice", CAROL_URI,
                                            "start")]
@@ -1091,7 +1091,7 @@ def test_blind_replace_refuses_a_leg_with_a_line_break() -> None:
     net.send(new_invite(CAROL_URI), ALICE)
     new = net.proxy.dialogs.by_call_id("call-2@alice")
     assert new is not None
-    ctx = new.invite
+    ctx = net.proxy._invites[new.id]
     with pytest.raises(Exception, match="control character"):
         net.callops.blind_replace(ctx.server.request, ctx.links, "call-1@alice", "x\r\ny")
 

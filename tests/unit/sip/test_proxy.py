@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.dialog import DialogStateChanged
+from switchboard.sip.dialog import DialogState, DialogStateChanged
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address, Datagram
 
@@ -390,14 +390,14 @@ def test_dialog_states_are_reported_with_tags_and_counted() -> None:
     assert net.stats()["dialog:active_dialogs"] == 0
 
     call.ring()
-    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", 1, 2)]
+    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", DialogState.UNCONFIRMED, DialogState.EARLY)]
     assert net.stats()["dialog:early_dialogs"] == 1
     call.answer()
-    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", 2, 3)]
+    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", DialogState.EARLY, DialogState.CONFIRMED_NA)]
     assert net.stats()["dialog:active_dialogs"] == 1
     assert net.stats()["dialog:early_dialogs"] == 0
     call.ack()
-    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", 3, 4)]
+    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", DialogState.CONFIRMED_NA, DialogState.CONFIRMED)]
     assert net.stats()["dialog:active_dialogs"] == 1
     # A second ACK changes nothing.
     net.send(ack_for_2xx(), ALICE)
@@ -406,7 +406,7 @@ def test_dialog_states_are_reported_with_tags_and_counted() -> None:
     bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
                       routes=[OUR_RR], contact=None)
     at_bob = one_request(net.send(bye, ALICE), BOB)
-    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", 4, 5)]
+    assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", DialogState.CONFIRMED, DialogState.DELETED)]
     assert net.stats()["dialog:active_dialogs"] == 0
     one_response(net.send(reply(at_bob, 200, to_tag=None, contact=None), BOB), ALICE)
     net.run_all_timers()
