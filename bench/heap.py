@@ -53,6 +53,7 @@ def _value(line: str) -> str:
 
 class Driver:
     def __init__(self) -> None:
+        from switchboard.sip.callops import CallOps
         from switchboard.sip.proxy import Proxy, ProxyConfig
         from switchboard.sip.wire import Address
 
@@ -63,6 +64,7 @@ class Driver:
         counter = iter(range(1, 1 << 62))
         self.proxy = Proxy(ProxyConfig(listeners=(self.local,)),
                            lambda: f"{next(counter):x}", first_seq=1 << 8)
+        CallOps(self.proxy)  # as `serve` runs it: call operations on top
         self.now = 1000.0
 
     def _take(self) -> list[Any]:

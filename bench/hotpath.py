@@ -26,6 +26,7 @@ from collections.abc import Callable
 from switchboard.actors.overload import YOUNG_EVERY
 from switchboard.cluster.local import proxy_config
 from switchboard.config import Config
+from switchboard.sip.callops import CallOps
 from switchboard.sip.proxy import Proxy
 from switchboard.sip.wire import Address, Datagram
 
@@ -116,6 +117,7 @@ class Bench:
     def __init__(self) -> None:
         config = Config()
         self.proxy = Proxy(proxy_config(config, (PROXY,)), lambda: "r4nd0m")
+        CallOps(self.proxy)  # as `serve` runs it: call operations on top
         self.now = 1000.0
         self.clock = time.perf_counter
         # The collector as the runtime runs it (cluster/local.py, actors/overload.py): not

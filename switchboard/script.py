@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .sip.routing import RequestContext as RequestContext
+from .sip.routing import install_script as install_script
 
 log = logging.getLogger(__name__)
 

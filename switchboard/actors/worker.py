@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..sip.callops import CallOpsError
+from ..sip.callops import CallOps, CallOpsError
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
 from ..sip.proxy import Proxy
 from ..sip.wire import Address
@@ -33,8 +33,9 @@ TIMER_GRID = 0.01  # seconds: the core's timers run at most this late
 
 
 class Worker:
-    def __init__(self, proxy: Proxy, publish: Publish) -> None:
+    def __init__(self, proxy: Proxy, callops: CallOps, publish: Publish) -> None:
         self.proxy = proxy
+        self.callops = callops
         self.publish = publish
         self.endpoints: dict[Address, Endpoint] = {}
         self.actors: dict[str, DialogActor] = {}
@@ -137,7 +138,7 @@ class Worker:
 
     def _handle(self, dialog: Dialog, message: DialogMessage) -> None:
         now = self._loop.time()
-        callops = self.proxy.callops
+        callops = self.callops
         try:
             if isinstance(message, EndDialog):
                 self.proxy.end_dialog(dialog.id, now, message.extra_headers)

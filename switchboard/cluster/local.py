@@ -32,8 +32,8 @@ from ..config import Config, ListenSocket
 from ..hep import HepMirror, MirroredEndpoint, mirrored_receiver
 from ..metrics import CallMetrics, Metrics
 from ..mi.http import MIServer, start_mi_server
-from ..script import load_script
-from ..sip.callops import CallOpsError
+from ..script import install_script, load_script
+from ..sip.callops import CallOps, CallOpsError
 from ..sip.guard import GuardSettings
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
@@ -172,8 +172,9 @@ async def build_worker(
             _token,
             first_seq=int.from_bytes(os.urandom(3), "big") << 4,
         )
+        callops = CallOps(proxy)
         if config.script.path:
-            proxy.request_hook = load_script(config.script.path)
+            install_script(proxy, callops, load_script(config.script.path))
     except BaseException:
         for endpoint in endpoints:
             endpoint.close()
@@ -187,7 +188,7 @@ async def build_worker(
 
     # The core's clock is the loop's (Worker.now).
     call_metrics = CallMetrics(start_time_of, asyncio.get_running_loop().time)
-    worker = Worker(proxy, call_metrics.wrap(publish))
+    worker = Worker(proxy, callops, call_metrics.wrap(publish))
     worker_box.append(worker)
     for endpoint in endpoints:
         sender: Endpoint = endpoint

@@ -382,7 +382,7 @@ class WorkerActor:
                        else s for s in sockets]
         built = await build_worker(self.spec.config, self._publish, sockets=sockets,
                                    worker_id=self.index)
-        built.worker.proxy.callops.remote = _ToController(self._send)
+        built.worker.callops.remote = _ToController(self._send)
         built.worker.proxy.track_changes()
         self.built = built
         return built.worker
@@ -455,7 +455,7 @@ class WorkerActor:
         """`RemoteDialogs` calls of other workers for dialogs of this one, in the order their
         workers made them (msgpack list of [LINK | ANSWER, args])."""
         worker = await self._started()
-        callops = worker.proxy.callops
+        callops = worker.callops
         for kind, args in _unpack(batch):
             try:
                 if kind == LINK:
@@ -473,7 +473,7 @@ class WorkerActor:
         """[to-tag, from-tag, default destination] of `leg` of the call `callid` here, for an
         attended transfer run on another worker (nil when the call is not here)."""
         worker = await self._started()
-        found = worker.proxy.callops.replaces_for(callid, leg)
+        found = worker.callops.replaces_for(callid, leg)
         return _pack(list(found) if found is not None else None)
 
     async def expect_replacing(self, callid: str, initiator_callid: str) -> bytes:
@@ -482,9 +482,9 @@ class WorkerActor:
         when the call is not here."""
         worker = await self._started()
         dialog = worker.proxy.dialogs.by_call_id(callid)
-        previous = (worker.proxy.callops.ops_of(dialog).transfer_callid if dialog is not None
+        previous = (worker.callops.ops_of(dialog).transfer_callid if dialog is not None
                     else None)
-        if not worker.proxy.callops.expect_replacing(callid, initiator_callid):
+        if not worker.callops.expect_replacing(callid, initiator_callid):
             return _pack(None)
         worker.flush()
         return _pack(previous)

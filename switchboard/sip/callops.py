@@ -15,16 +15,18 @@ Where the reference module misbehaves (spec §10), this follows its documentatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote
 
-from .dialog import Dialog, DialogState, Leg, worker_of
+from .dialog import Dialog, DialogState, DialogTable, Leg, worker_of
 from .errors import LocalProtocolError, ParseError
+from .events import CallEvent as CallEvent
 from .headers import header_key
 from .message import Request
+from .proxy import CallHooks, Event, FinalCallback, NewCallLink, ProxyConfig, Reply
 from .refer import (
     Replaces,
     attended_refer_to,
@@ -36,11 +38,8 @@ from .refer import (
     sipfrag_status,
 )
 from .sdp import origin_version, set_direction, with_origin_version
-from .timers import Timer
+from .timers import Timer, TimerQueue
 from .uri import SipUri
-
-if TYPE_CHECKING:
-    from .proxy import Proxy, _Forward
 
 MODES = ("param", "manual", "callid")
 # What the MI answers when a request could not be built or sent (spec §9.3).
@@ -61,16 +60,6 @@ NEW_CALL_TIMEOUT = 64.0
 # After a successful transfer, end the old call once the transferee's final NOTIFY came,
 # or after this long if it never does.
 END_OLD_CALL_GRACE = 2.0
-
-
-# How the proxy lets callops answer a request it intercepted: reply(status, reason).
-Reply = Callable[[int, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    name: str
-    params: dict[str, Any]
 
 
 class CallOpsError(Exception):
@@ -115,6 +104,26 @@ def leg_name(dialog: Dialog, leg: Leg) -> str:
     return "caller" if leg is dialog.caller else "callee"
 
 
+class ProxyPort(Protocol):
+    """What call operations use of the proxy core below them (`proxy.Proxy` is one): its
+    dialogs, timers and event list, and in-dialog requests sent as one party to the other."""
+
+    config: ProxyConfig
+    dialogs: DialogTable
+    timers: TimerQueue
+    events: list[Event]
+    callops: CallHooks
+
+    def send_in_dialog(self, dialog: Dialog, target: Leg, peer: Leg, method: str,
+                       headers: Iterable[tuple[str, str]], body: bytes,
+                       on_final: FinalCallback | None, now: float) -> bool: ...
+
+    def end_dialog(self, key: str, now: float, extra_headers: Iterable[tuple[str, str]] = (),
+                   reason: str = "terminated") -> bool: ...
+
+    def random_fraction(self) -> float: ...
+
+
 class RemoteDialogs(Protocol):
     """How a cluster runtime reaches dialogs that other workers own (issue 5).
 
@@ -130,36 +139,55 @@ class RemoteDialogs(Protocol):
 
 
 class _RemoteLink:
-    """A new call linked to a dialog on another worker."""
+    """A new call linked to a dialog on another worker: its answer goes there."""
 
-    __slots__ = ("destination", "key", "new_callid")
+    __slots__ = ("destination", "key", "new_callid", "remote")
 
-    def __init__(self, key: str, new_callid: str, destination: str) -> None:
+    def __init__(self, remote: RemoteDialogs, key: str, new_callid: str,
+                 destination: str) -> None:
+        self.remote = remote
         self.key = key
         self.new_callid = new_callid
         self.destination = destination
+
+    def answered(self, status: int, reason: str, local: bool, now: float) -> None:
+        ok = status < 300 and not local
+        self.remote.answer(self.key, self.new_callid, self.destination, status, reason, ok)
 
 
 class _Link:
     """A new call linked to an old dialog: its final answer decides ok / fail."""
 
-    __slots__ = ("destination", "dialog", "new_callid")
+    __slots__ = ("callops", "destination", "dialog", "new_callid")
 
-    def __init__(self, dialog: Dialog, new_callid: str, destination: str) -> None:
+    def __init__(self, callops: CallOps, dialog: Dialog, new_callid: str,
+                 destination: str) -> None:
+        self.callops = callops
         self.dialog = dialog
         self.new_callid = new_callid
         self.destination = destination
 
+    def answered(self, status: int, reason: str, local: bool, now: float) -> None:
+        """Spec §4.4: the new call's final answer ends the transfer."""
+        ok = status < 300 and not local
+        self.callops.conclude(self.dialog, self.new_callid, self.destination, status, reason,
+                              ok, now)
+
 
 class CallOps:
-    def __init__(self, proxy: Proxy, mode: str = "param", match_param: str = "osid",
-                 end_old_call: bool = True) -> None:
+    """The call operations of one proxy core, attached on top of it: the proxy calls its
+    `CallHooks` methods; the driver and the management side call the operations."""
+
+    def __init__(self, proxy: ProxyPort, mode: str | None = None, match_param: str | None = None,
+                 end_old_call: bool | None = None) -> None:
+        config = proxy.config
+        mode = config.callops_mode if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"unknown callops mode {mode!r}")
         self.proxy = proxy
         self.mode = mode
-        self.match_param = match_param
-        self.end_old_call = end_old_call
+        self.match_param = config.match_param if match_param is None else match_param
+        self.end_old_call = config.end_old_call if end_old_call is None else end_old_call
         # Replaced Call-ID -> Call-ID of the dialog whose attended REFER names it, for replaced
         # calls the proxy does not track.
         self._awaiting_replaces: dict[str, str] = {}
@@ -169,6 +197,7 @@ class CallOps:
         # the table.
         self._ops: dict[str, DialogOps] = {}
         proxy.dialogs.on_remove.append(self._forget)
+        proxy.callops = self
 
     def _forget(self, dialog: Dialog) -> None:
         self._ops.pop(dialog.id, None)
@@ -343,10 +372,10 @@ class CallOps:
 
     # -- the new call ------------------------------------------------------------------------
 
-    def on_initial_invite(self, req: Request) -> list[object]:
+    def on_initial_invite(self, req: Request) -> list[NewCallLink]:
         """Link a new INVITE to the dialog(s) it transfers (spec §4), before any retargeting
         or relaying: the match parameter is taken out of the Request-URI here."""
-        links: list[object] = []
+        links: list[NewCallLink] = []
         replaces = req.get("replaces")
         if replaces is not None and self._link_attended(req, replaces, links):
             return links
@@ -376,10 +405,10 @@ class CallOps:
             self._link(old, req.call_id, req.uri, links)
         elif self.remote is not None:
             self.remote.link(key, req.call_id, req.uri)
-            links.append(_RemoteLink(key, req.call_id, req.uri))
+            links.append(_RemoteLink(self.remote, key, req.call_id, req.uri))
         return links
 
-    def blind_replace(self, req: Request, links: list[object], call_id: str,
+    def blind_replace(self, req: Request, links: list[NewCallLink], call_id: str,
                       leg: str | None) -> bool:
         """The script's `call_blind_replace(callid[, leg])` (manual mode, spec §6). Finds
         ended dialogs too, while they are still kept, as the reference does."""
@@ -392,7 +421,8 @@ class CallOps:
         self._link(old, req.call_id, req.uri, links)
         return True
 
-    def _link(self, old: Dialog, new_callid: str, destination: str, links: list[object]) -> None:
+    def _link(self, old: Dialog, new_callid: str, destination: str,
+              links: list[NewCallLink]) -> None:
         ops = self.ops_of(old)
         ops.transfer_callid = new_callid
         ops.linked = True
@@ -400,9 +430,9 @@ class CallOps:
             ops.guard_timer.cancel()
             ops.guard_timer = None
         self._transfer_event(old, "start", "", destination=destination)
-        links.append(_Link(old, new_callid, destination))
+        links.append(_Link(self, old, new_callid, destination))
 
-    def _link_attended(self, req: Request, value: str, links: list[object]) -> bool:
+    def _link_attended(self, req: Request, value: str, links: list[NewCallLink]) -> bool:
         try:
             rep = parse_replaces(value)
         except ParseError:
@@ -416,7 +446,7 @@ class CallOps:
             # The replaced call (and maybe the transferred one) lives on another worker.
             key = f"replaces:{rep.call_id};{rep.to_tag};{rep.from_tag}"
             self.remote.link(key, req.call_id, req.uri)
-            links.append(_RemoteLink(key, req.call_id, req.uri))
+            links.append(_RemoteLink(self.remote, key, req.call_id, req.uri))
             return True
         if rep.from_tag == replaced.caller.tag and rep.to_tag == replaced.callee.tag:
             replaced_leg = "callee"
@@ -432,7 +462,7 @@ class CallOps:
         elif initiator_id and initiator is None and self.remote is not None:
             key = f"callid:{initiator_id}"
             self.remote.link(key, req.call_id, req.uri)
-            links.append(_RemoteLink(key, req.call_id, req.uri))
+            links.append(_RemoteLink(self.remote, key, req.call_id, req.uri))
         r_ops.transfer_leg = replaced_leg
         self._link(replaced, req.call_id, req.uri, links)
         return True
@@ -515,9 +545,9 @@ class CallOps:
             dialogs = [d for d, _ in self._resolve_remote(key)]
         for dialog in dialogs:
             if dialog.active and self._peek(dialog).transfer_callid == new_callid:
-                self._conclude(dialog, new_callid, destination, status, reason, ok, now)
+                self.conclude(dialog, new_callid, destination, status, reason, ok, now)
 
-    def _link_untracked(self, req: Request, rep: Replaces, links: list[object]) -> bool:
+    def _link_untracked(self, req: Request, rep: Replaces, links: list[NewCallLink]) -> bool:
         """An INVITE replacing a call we do not track, asked for by our own attended REFER
         (the transfer_fromtag / transfer_totag recipe): link the transferred dialog."""
         call_id = self._awaiting_replaces.get(rep.call_id)
@@ -534,24 +564,10 @@ class CallOps:
             # The replaced call is not ours: it may live on another worker of the cluster.
             key = f"replaces:{rep.call_id};{rep.to_tag};{rep.from_tag}"
             self.remote.link(key, req.call_id, req.uri)
-            links.append(_RemoteLink(key, req.call_id, req.uri))
+            links.append(_RemoteLink(self.remote, key, req.call_id, req.uri))
         return True
 
-    def on_new_call_answer(self, ctx: _Forward, status: int, reason: str, local: bool,
-                           now: float) -> None:
-        """The final answer to a linked new call went upstream (spec §4.4)."""
-        ok = status < 300 and not local
-        for link in ctx.links:
-            if isinstance(link, _RemoteLink):
-                if self.remote is not None:
-                    self.remote.answer(link.key, link.new_callid, link.destination, status,
-                                       reason, ok)
-            elif isinstance(link, _Link):
-                self._conclude(link.dialog, link.new_callid, link.destination, status, reason,
-                               ok, now)
-        ctx.links.clear()
-
-    def _conclude(self, dialog: Dialog, new_callid: str, destination: str, status: int,
+    def conclude(self, dialog: Dialog, new_callid: str, destination: str, status: int,
                   reason: str, ok: bool, now: float) -> None:
         ops = self.ops_of(dialog)
         text = f"{status} {reason}".strip()

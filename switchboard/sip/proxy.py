@@ -29,17 +29,16 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .auth import DigestAuth, Verdict
-from .callops import CallEvent, CallOps
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
 from .errors import ParseError
+from .events import CallEvent
 from .guard import AuthFailed, AuthGuard, GuardSettings
 from .headers import Via
 from .message import Request, Response, build_response, parse_message
 from .registrar import Location, aor_key
-from .routing import DROPPED, REPLIED, RequestContext
 from .timers import Timer, TimerQueue
 from .transaction import (
     ClientTransaction,
@@ -107,6 +106,51 @@ class ProxyConfig:
 
 Event = DialogStateChanged | CallEvent
 
+# What a routing script decided about a request (`request_hook`).
+RELAY = "relay"
+REPLIED = "replied"
+DROPPED = "dropped"
+# How a layer above answers a request it took over: reply(status, reason).
+Reply = Callable[[int, str], None]
+
+
+class NewCallLink(Protocol):
+    """A new call linked to a call it transfers (by the call operations above): told of the
+    new call's final answer, `local` when the proxy gave it itself."""
+
+    def answered(self, status: int, reason: str, local: bool, now: float) -> None: ...
+
+
+class CallHooks(Protocol):
+    """Where the call operations (`callops.CallOps`, the layer above) see the proxy's
+    traffic. The proxy calls these and knows nothing else of them."""
+
+    def on_initial_invite(self, req: Request) -> list[NewCallLink]:
+        """Links of a new INVITE to the calls it transfers (may rewrite its Request-URI)."""
+        ...
+
+    def on_in_dialog_request(self, req: Request, dialog: Dialog, sender: Leg, reply: Reply,
+                             now: float) -> bool:
+        """True when the request was answered here and goes no further."""
+        ...
+
+
+class _NoCallOps:
+    """The plain proxy: no call operations above it."""
+
+    def on_initial_invite(self, req: Request) -> list[NewCallLink]:
+        return []
+
+    def on_in_dialog_request(self, req: Request, dialog: Dialog, sender: Leg, reply: Reply,
+                             now: float) -> bool:
+        return False
+
+
+# The routing script's hook, bound by the layer above (`routing.install_script`): called once
+# per new request after Route processing; answers what it decided and the links it made.
+RequestHook = Callable[[Request, ServerTransaction, Address, float],
+                       tuple[str, list[NewCallLink]]]
+
 # Statistic names by method and by reply class, made once (labels stay bounded: any other
 # method counts only in the total).
 _METHOD_STATS = {m: f"core:rcv_requests_{m.lower()}" for m in (
@@ -169,7 +213,7 @@ class _Forward:
         self.timer_c: Timer | None = None
         self.timer_c_due = 0.0
         self.cseq_delta = 0  # CSeq shift applied toward the receiving leg (callops)
-        self.links: list[object] = []  # old dialogs this new call transfers (callops)
+        self.links: list[NewCallLink] = []  # calls this new call transfers
 
 
 class _Local:
@@ -234,10 +278,10 @@ class Proxy:
         self._resolved: dict[str, str | None] = {}
         self._own_routes: dict[str, bool] = {}
         self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill]
-        self.callops = CallOps(self, config.callops_mode, config.match_param,
-                               config.end_old_call)
-        # The routing script's hook (`switchboard.script`); None is the plain proxy.
-        self.request_hook: Callable[[RequestContext], None] | None = None
+        # The call operations above, once one attaches itself (`callops.CallOps`).
+        self.callops: CallHooks = _NoCallOps()
+        # The routing script's hook (`routing.install_script`); None is the plain proxy.
+        self.request_hook: RequestHook | None = None
         # Dialogs changed since the last `take_dirty` (None: nobody replicates them), and
         # the ids of dialogs whose snapshot went out (their end must be reported).
         self._dirty: set[Dialog] | None = None
@@ -370,14 +414,13 @@ class Proxy:
             placeholder.links = links
             txn.owner = placeholder
         if self.request_hook is not None:
-            script = RequestContext(self, req, txn, source, now)
-            self.request_hook(script)
-            if script.action == DROPPED:
+            action, script_links = self.request_hook(req, txn, source, now)
+            if action == DROPPED:
                 self._server_terminated(txn)
                 return
-            if script.action == REPLIED:
+            if action == REPLIED:
                 return
-            links.extend(script.links)
+            links.extend(script_links)
             if links and txn.owner is None:
                 placeholder = _Forward(txn, None, False)
                 placeholder.links = links
@@ -693,7 +736,7 @@ class Proxy:
         self.stats["core:fwd_replies"] += 1
         ctx.server.respond(out, now)
         if first_final and ctx.links:
-            self.callops.on_new_call_answer(ctx, status, response.reason, False, now)
+            self._tell_links(ctx, status, response.reason, False, now)
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
         owner = txn.owner
@@ -1011,7 +1054,14 @@ class Proxy:
         txn.respond(resp, now)
         ctx = txn.owner
         if status >= 200 and isinstance(ctx, _Forward) and ctx.links:
-            self.callops.on_new_call_answer(ctx, status, resp.reason, True, now)
+            self._tell_links(ctx, status, resp.reason, True, now)
+
+    @staticmethod
+    def _tell_links(ctx: _Forward, status: int, reason: str, local: bool, now: float) -> None:
+        """The final answer to a new call that transfers others went upstream."""
+        links, ctx.links = ctx.links, []
+        for link in links:
+            link.answered(status, reason, local, now)
 
     def _answer_options(self, txn: ServerTransaction, now: float) -> None:
         self._respond(txn, 200, now, extra=[("Allow", ALLOW), ("Accept", "application/sdp"),

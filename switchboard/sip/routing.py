@@ -9,36 +9,49 @@ callops module, with its return codes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from .callops import CallOpsError
+from .callops import CallOps, CallOpsError
 from .errors import LocalProtocolError
 from .message import REASONS, Request
+from .proxy import DROPPED as DROPPED
+from .proxy import RELAY as RELAY
+from .proxy import REPLIED as REPLIED
+from .proxy import NewCallLink, Proxy
+from .transaction import ServerTransaction
 from .wire import Address
 
-if TYPE_CHECKING:
-    from .proxy import Proxy
-    from .transaction import ServerTransaction
+# A routing script's function: what it decides goes into the context it is given.
+Script = Callable[["RequestContext"], None]
 
-RELAY = "relay"
-REPLIED = "replied"
-DROPPED = "dropped"
+
+def install_script(proxy: Proxy, callops: CallOps | None, script: Script) -> None:
+    """Make `script` the proxy's routing script, with `callops` for its call functions."""
+
+    def hook(request: Request, txn: ServerTransaction, source: Address,
+             now: float) -> tuple[str, list[NewCallLink]]:
+        context = RequestContext(proxy, callops, request, txn, source, now)
+        script(context)
+        return context.action, context.links
+
+    proxy.request_hook = hook
 
 
 class RequestContext:
     """One request in the hands of the routing script."""
 
-    __slots__ = ("_now", "_proxy", "_txn", "action", "links", "request", "source")
+    __slots__ = ("_callops", "_now", "_proxy", "_txn", "action", "links", "request", "source")
 
-    def __init__(self, proxy: Proxy, request: Request, txn: ServerTransaction, source: Address,
-                 now: float) -> None:
+    def __init__(self, proxy: Proxy, callops: CallOps | None, request: Request,
+                 txn: ServerTransaction, source: Address, now: float) -> None:
         self._proxy = proxy
+        self._callops = callops
         self._txn = txn
         self._now = now
         self.request = request
         self.source = source
         self.action = RELAY
-        self.links: list[object] = []  # old dialogs linked by call_blind_replace
+        self.links: list[NewCallLink] = []  # calls linked by call_blind_replace
 
     # -- what the request is ---------------------------------------------------------------
 
@@ -100,10 +113,10 @@ class RequestContext:
     def call_transfer(self, leg: str, destination: str) -> int:
         """Blind-transfer `leg` of this request's dialog; 1 on success, -1 otherwise."""
         dialog = self._proxy.dialogs.by_call_id(self.request.call_id)
-        if dialog is None or not dialog.active:
+        if dialog is None or not dialog.active or self._callops is None:
             return -1
         try:
-            self._proxy.callops.transfer(dialog.call_id, leg.lower(), destination, self._now)
+            self._callops.transfer(dialog.call_id, leg.lower(), destination, self._now)
         except CallOpsError:
             return -1
         return 1
@@ -111,9 +124,9 @@ class RequestContext:
     def call_blind_replace(self, callid: str, leg: str | None = None) -> int:
         """Link this new call to the call `callid` it transfers (manual mode): 1 linked,
         -2 no such call, -1 not an initial INVITE."""
-        if self.request.method != "INVITE" or not self.is_initial:
+        if self.request.method != "INVITE" or not self.is_initial or self._callops is None:
             return -1
-        linked = self._proxy.callops.blind_replace(self.request, self.links, callid, leg)
+        linked = self._callops.blind_replace(self.request, self.links, callid, leg)
         return 1 if linked else -2
 
     def call_transfer_notify(self) -> int:
@@ -122,8 +135,8 @@ class RequestContext:
         if self.request.method != "NOTIFY":
             return -2
         dialog = self._proxy.dialogs.by_call_id(self.request.call_id)
-        if dialog is None:
+        if dialog is None or self._callops is None:
             return -1
-        handled = self._proxy.callops.handle_notify(
+        handled = self._callops.handle_notify(
             self.request, dialog, lambda status, reason: self.reply(status, reason), self._now)
         return 0 if handled else -2

@@ -92,7 +92,7 @@ with atheris.instrument_imports(include=["switchboard"]):
     from switchboard.mi.dispatch import dispatch_parts
     from switchboard.mi.registry import CommandContext
     from switchboard.readout import pack, unpack
-    from switchboard.sip.callops import CallEvent, CallOpsError
+    from switchboard.sip.callops import CallEvent, CallOps, CallOpsError
     from switchboard.sip.dialog import Dialog, DialogStateChanged, Leg
     from switchboard.sip.errors import ParseError
     from switchboard.sip.message import Message, Request, Response, parse_message
@@ -252,6 +252,7 @@ class World:
     def __init__(self) -> None:
         numbers = iter(range(1, 1 << 30))
         self.proxy = Proxy(CONFIG, lambda: f"r{next(numbers)}")
+        CallOps(self.proxy)
         self.proxy.track_changes()
         self.now = START
         self.uas = {name: UA(name, port) for name, port in
@@ -431,6 +432,7 @@ def check_snapshots(world: World) -> None:
         # Restored from msgpack, the dialog holds what the original holds (so relays the
         # same bytes), and a proxy can end it.
         fresh = Proxy(CONFIG, _counter())
+        CallOps(fresh)
         dialog = fresh.restore_dialog(again, world.now)
         if dialog is None:
             raise FlowFailure(f"a confirmed dialog did not restore: {again!r}")

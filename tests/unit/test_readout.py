@@ -38,7 +38,7 @@ from switchboard.mi.http import MIServer, start_mi_server
 from switchboard.mi.registry import CommandContext
 from switchboard.readout import json_bytes, json_text, pack, plain_text, unpack
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallOpsError
+from switchboard.sip.callops import CallOps, CallOpsError
 from switchboard.sip.dialog import Dialog, DialogStateChanged
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.refer import parse_replaces
@@ -61,7 +61,9 @@ def counter() -> Callable[[], str]:
 def answered(name: str, proxy: Proxy | None = None) -> Proxy:
     """A proxy with the recorded INVITE `name` from Alice relayed to Bob, answered 200 and
     ACKed."""
-    proxy = proxy or Proxy(ProxyConfig(listeners=(PROXY,)), counter())
+    if proxy is None:
+        proxy = Proxy(ProxyConfig(listeners=(PROXY,)), counter())
+        CallOps(proxy)
     proxy.track_changes()
     del proxy.outbox[:]
     proxy.receive((DATA / name).read_bytes(), ALICE, PROXY, 100.0)

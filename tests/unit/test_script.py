@@ -3,6 +3,7 @@ callops script functions in manual mode, on the sans-IO proxy with a fake clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ from unit.sip.test_proxy import (
     sip_request,
 )
 
-from switchboard.script import RequestContext, ScriptError, load_script
+from switchboard.script import RequestContext, ScriptError, install_script, load_script
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallEvent
+from switchboard.sip.callops import CallEvent, CallOps
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "manual_mode.py"
 
@@ -28,6 +29,11 @@ def write(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "script.py"
     path.write_text(body)
     return path
+
+
+def install(net: Net, script: Callable[[RequestContext], None]) -> None:
+    """The script on the test proxy, with call operations on top, as `serve` wires it."""
+    install_script(net.proxy, CallOps(net.proxy), script)
 
 
 def test_a_script_without_on_request_is_refused(tmp_path: Path) -> None:
@@ -42,10 +48,10 @@ def test_a_script_that_does_not_import_is_refused(tmp_path: Path) -> None:
 
 def test_reply_answers_statefully_and_nothing_is_relayed(tmp_path: Path) -> None:
     net = Net()
-    net.proxy.request_hook = load_script(write(tmp_path, (
+    install(net, load_script(write(tmp_path, (
         "def on_request(req):\n"
         "    if req.method == 'MESSAGE':\n"
-        "        req.reply(405, 'Not Here')\n")))
+        "        req.reply(405, 'Not Here')\n"))))
     out = net.send(sip_request("MESSAGE", BOB_CONTACT, branch="z9hG4bKm1"), ALICE)
     d, msg = one(out, ALICE)
     assert isinstance(msg, Response)
@@ -62,7 +68,7 @@ def test_no_decision_relays(tmp_path: Path) -> None:
     def hook(req: RequestContext) -> None:
         seen.append(req.method)
 
-    net.proxy.request_hook = hook
+    install(net, hook)
     out = net.send(invite(), ALICE)
     assert seen == ["INVITE"]
     assert [d.dest for d in out] == [ALICE, BOB]  # 100 Trying up, INVITE down
@@ -70,18 +76,18 @@ def test_no_decision_relays(tmp_path: Path) -> None:
 
 def test_drop_sends_nothing_and_leaves_no_transaction(tmp_path: Path) -> None:
     net = Net()
-    net.proxy.request_hook = load_script(write(tmp_path, (
-        "def on_request(req):\n    req.drop()\n")))
+    install(net, load_script(write(tmp_path, (
+        "def on_request(req):\n    req.drop()\n"))))
     assert net.send(sip_request("OPTIONS", BOB_CONTACT, branch="z9hG4bKo1"), ALICE) == []
     assert net.proxy.server_txns == {}
 
 
 def test_a_script_that_raises_answers_500_and_the_proxy_goes_on(tmp_path: Path) -> None:
     net = Net()
-    net.proxy.request_hook = load_script(write(tmp_path, (
+    install(net, load_script(write(tmp_path, (
         "def on_request(req):\n"
         "    if req.method == 'OPTIONS':\n"
-        "        raise RuntimeError('boom')\n")))
+        "        raise RuntimeError('boom')\n"))))
     _, msg = one(net.send(sip_request("OPTIONS", BOB_CONTACT, branch="z9hG4bKo2"), ALICE))
     assert isinstance(msg, Response) and msg.status == 500
     out = net.send(invite(), ALICE)
@@ -98,7 +104,7 @@ def _confirmed_call(net: Net) -> None:
 
 def test_example_manual_mode_transfer_links_and_answers_notify() -> None:
     net = Net(callops_mode="manual")
-    net.proxy.request_hook = load_script(EXAMPLE)
+    install(net, load_script(EXAMPLE))
     _confirmed_call(net)
     net.events()
     # Bob asks, in-band, for Alice to be moved to Carol.

@@ -150,11 +150,8 @@ class Net:
     def __init__(self, **config: Any) -> None:
         config.setdefault("route_secret", ROUTE_SECRET)
         self.proxy = Proxy(ProxyConfig(listeners=(PROXY_UDP, PROXY_TCP), **config), counter())
+        self.callops = CallOps(self.proxy)
         self.now = 100.0
-
-    @property
-    def callops(self) -> CallOps:
-        return self.proxy.callops
 
     def send(self, data: bytes, source: UA | Address) -> list[Datagram]:
         address = source.address if isinstance(source, UA) else source
