@@ -2,10 +2,11 @@
 `check-config` validates a configuration file.
 
 Flags and behaviour are the contract of DESIGN.md §3. `serve` builds the `Config` (file, then
-flags), runs the local runtime under uvloop, logs one `ready` line and stops cleanly on
-SIGINT/SIGTERM. `mi` follows `opensips-cli -x mi`: when every argument is `name=value` they
-are named params, otherwise positional. The runtimes are imported only when `serve` runs, so
-`mi` starts fast and without them.
+flags; the options that override a key are made from the configuration schema), runs the
+local runtime under uvloop, logs one `ready` line and stops cleanly on SIGINT/SIGTERM. `mi`
+follows `opensips-cli -x mi`: when every argument is `name=value` they are named params,
+otherwise positional. The runtimes are imported only when `serve` runs, so `mi` starts fast
+and without them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from switchboard.config import (
     apply_overrides,
     dump_config,
     load_config,
+    serve_flags,
 )
-from switchboard.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from switchboard.config.kinds import Choice, FilePath, Int, Kind
+from switchboard.logs import setup_logging
 from switchboard.script import ScriptError
 
 log = logging.getLogger("switchboard")
@@ -55,6 +58,28 @@ def main() -> None:
     """switchboard: a SIP call controller (transfer, hold, events) with an OpenSIPS-style MI."""
 
 
+def _override_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`serve`'s options that override a key, as the configuration schema declares them."""
+    for override in reversed(serve_flags()):
+        flag = override.flag
+        command = click.option(flag.name, flag.param, help=flag.help, metavar=flag.metavar,
+                               **_click_type(override.setting.kind))(command)
+    return command
+
+
+def _click_type(kind: Kind[Any]) -> dict[str, Any]:
+    # click checks what it can before the configuration is read, and lists the choices.
+    if kind.repeated:
+        return {"multiple": True}
+    if isinstance(kind, Choice):
+        return {"type": click.Choice(kind.choices, case_sensitive=not kind.fold_case)}
+    if isinstance(kind, Int):
+        return {"type": click.IntRange(min=kind.minimum, max=kind.maximum)}
+    if isinstance(kind, FilePath):
+        return {"type": click.Path(exists=True, dir_okay=False)}
+    return {}
+
+
 @main.command()
 @click.option(
     "--config",
@@ -62,83 +87,18 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="TOML configuration file.",
 )
-@click.option(
-    "--listen",
-    multiple=True,
-    metavar="udp|tcp:IP:PORT",
-    help="SIP socket to listen on (repeatable; replaces [listen] sockets).",
-)
-@click.option("--mi-http", metavar="IP:PORT", help='MI HTTP address ("" disables the MI).')
-@click.option("--runtime", type=click.Choice(["local", "ray"]), help="Runtime (default local).")
-@click.option("--ray-address", metavar="ADDR", help="Ray cluster address for --runtime ray.")
-@click.option(
-    "--workers", type=click.IntRange(min=0), metavar="N", help="Worker count; 0 = one per CPU."
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["param", "manual", "callid"]),
-    help="How a transferred call is linked back to the old one.",
-)
-@click.option("--match-param", metavar="NAME", help="Refer-To URI parameter for --mode param.")
-@click.option(
-    "--event-datagram",
-    multiple=True,
-    metavar="udp:IP:PORT",
-    help="Send every event to this socket (repeatable; static subscription).",
-)
-@click.option(
-    "--script", type=click.Path(exists=True, dir_okay=False), help="Routing script (Python file)."
-)
-@click.option(
-    "--hep",
-    metavar="udp:IP:PORT",
-    help='Send a HEP v3 copy of every SIP message to this collector ("" disables).',
-)
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log as text or JSON lines.")
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    help="Lowest level logged (default info; env SWITCHBOARD_LOG_LEVEL).",
-)
-def serve(
-    config_path: str | None,
-    listen: tuple[str, ...],
-    mi_http: str | None,
-    runtime: str | None,
-    ray_address: str | None,
-    workers: int | None,
-    mode: str | None,
-    match_param: str | None,
-    event_datagram: tuple[str, ...],
-    script: str | None,
-    hep: str | None,
-    log_format: str | None,
-    log_level: str | None,
-) -> None:
+@_override_options
+def serve(config_path: str | None, **flags: Any) -> None:
     """Run a switchboard node until SIGINT or SIGTERM."""
     env_level = os.environ.get("SWITCHBOARD_LOG_LEVEL")
     try:
         config = load_config(config_path)
-        if env_level and log_level is None:
+        if env_level and flags["log_level"] is None:
             try:
                 config = apply_overrides(config, log_level=env_level)
             except ConfigError as exc:
                 raise ConfigError("SWITCHBOARD_LOG_LEVEL", exc.problem) from None
-        config = apply_overrides(
-            config,
-            listen=listen,
-            mi_http=mi_http,
-            runtime=runtime,
-            ray_address=ray_address,
-            workers=workers,
-            mode=mode,
-            match_param=match_param,
-            event_datagram=event_datagram,
-            script=script,
-            hep=hep,
-            log_format=log_format,
-            log_level=log_level,
-        )
+        config = apply_overrides(config, **flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     setup_logging(config.log.format, config.log.level)
