@@ -232,23 +232,18 @@ class Int(Kind[int]):
 
 
 class TextList(Kind[tuple[_T, ...]]):
-    """An array of strings, each turned into an item by `item`. `at_least_one` is the
-    problem an empty array has (None: it may be empty); `unique` drops repeated items."""
+    """An array of strings, each turned into an item by `item` and written back as `str(item)`.
+    `at_least_one` is the problem an empty array has (None: it may be empty); `unique` drops
+    repeated items."""
 
     repeated = True
 
     def __init__(
-        self,
-        item: Callable[[str], _T],
-        *,
-        at_least_one: str | None = None,
-        unique: bool = False,
-        show: Callable[[_T], str] = str,
+        self, item: Callable[[str], _T], *, at_least_one: str | None = None, unique: bool = False
     ) -> None:
         self.item = item
         self.at_least_one = at_least_one
         self.unique = unique
-        self.show = show
 
     def read(self, value: object, path: Path) -> tuple[_T, ...]:
         if not isinstance(value, list):
@@ -270,7 +265,7 @@ class TextList(Kind[tuple[_T, ...]]):
         return self.read(list(value) if isinstance(value, tuple | list) else value, ())
 
     def toml(self, value: tuple[_T, ...]) -> str:
-        return "[" + ", ".join(_string(self.show(v)) for v in value) + "]"
+        return "[" + ", ".join(_string(str(v)) for v in value) + "]"
 
 
 class Users(Kind[tuple[tuple[str, str], ...]]):
@@ -307,8 +302,8 @@ class Table(Kind[_D]):
             if key not in known:
                 raise Invalid(f"unknown key (known here: {', '.join(known)})", (*path, key))
         for f, _ in declared:
-            no_default = f.default is dataclasses.MISSING
-            if no_default and f.default_factory is dataclasses.MISSING and f.name not in value:
+            required = f.default is f.default_factory is dataclasses.MISSING
+            if required and f.name not in value:
                 raise Invalid("missing", (*path, f.name), missing=True)
         make: Callable[..., _D] = self.cls
         return make(**{f.name: s.kind.read(value[f.name], (*path, f.name))
