@@ -201,7 +201,7 @@ def test_checker_catches_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     _write(tmp_path, "switchboard/sip/message.py", "from .. import config\n")
     _write(tmp_path, "switchboard/actors/dialog.py", "import ray\nimport asyncio\n")
-    _write(tmp_path, "switchboard/cluster/ray_runtime.py", "import ray\n")
+    _write(tmp_path, "switchboard/cluster/ray_runtime/controller.py", "import ray\n")
     _write(tmp_path, "switchboard/cluster/ray/__init__.py", "from ray import serve\n")
     _write(tmp_path, "switchboard/cluster/local.py", "from ray.util import queue\n")
 

@@ -1,0 +1,597 @@
+"""The controller actor of the `ray` runtime: its control plane and its Python API.
+
+The controller ("controller" in namespace "switchboard", detached, restarted by Ray) places
+the `WorkerActor`s and keeps what no single worker knows: the directory (Call-ID → worker,
+fed by the workers' E_DLG_STATE_CHANGED events; a dialog id names its worker), the routing of
+operations by Call-ID or dialog id, the fan-out and merge of `dialog:list` and statistics,
+the event bus (the workers' events delivered to the socket subscribers exactly as in one
+process, and in batches to the Python ones, `sinks`), and the latest snapshot of every
+confirmed dialog per worker, which a restarted worker gets its calls back from (the directory
+then points at them again). Its public methods are the Python API (DESIGN.md §3):
+`ray.get_actor("controller", namespace="switchboard")`.
+
+Calls linked across workers. A transfer's new call may reach another worker than the old
+one: that worker's core calls its `RemoteDialogs` (`link`, `answer`), which rides in its
+ordered batch stream; the controller routes it to the owner (`id:` keys by the dialog id's
+prefix, `callid:` keys by the directory, `replaces:` keys to every other worker) through one
+ordered queue per target worker. An attended transfer whose two calls live on different
+workers is orchestrated by `call_transfer`: the second call's owner gives the Replaces tags
+(`CallOps.replaces_for`), the first call's owner sends the REFER with them (the "untracked
+second call" recipe), and the second call's owner is told to expect the replacing INVITE
+(`CallOps.expect_replacing`).
+
+Knows nothing of SIP: the workers own every socket and every dialog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import ray
+import ray.actor
+import ray.exceptions
+
+from ...actors.eventbus import DEFAULT_EXPIRE, EventBus
+from ...api import INVALID_PARAMS, SERVER_ERROR, CommandError
+from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
+from ...events.sinks import parse_sink
+from ...metrics import SetupTimes
+from ...readout import pack as _pack
+from ...readout import unpack as _unpack
+from ...sip.dialog import worker_of
+from ..local import parse_extra_headers
+from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error
+from .context import CALL_TIMEOUT, await_ref, restarted
+from .sinks import PythonSink, sink_key
+from .worker import WorkerActor
+
+# The runtime logs under one name, its package's (what a log filter names).
+log = logging.getLogger(__package__)
+
+# How long placing and starting the workers may take before `serve` gives up (a cluster
+# without the CPUs asked for would otherwise wait forever).
+START_TIMEOUT: Final = 60.0
+# New Call-IDs the controller remembers having routed a link for (see `_routed`).
+MAX_ROUTED: Final = 10_000
+
+
+def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise CommandError.invalid_params(f"{name}: expected a string")
+
+
+
+class Controller:
+    """The control plane of a switchboard on Ray; its public methods are the Python API.
+
+    Operations take the same parameters and raise the same `CommandError`s as the management
+    commands of the same name (`callops:transfer` is `call_transfer`, `dialog:list` is
+    `list_dialogs`, `dialog:end_dlg` is `end_dialog`, `evi:subscribe` is `subscribe`).
+    """
+
+    def __init__(self, spec: bytes) -> None:
+        self.spec = ServiceSpec.unpack(spec)
+        self.events = EventBus()
+        self.workers: list[Any] = []
+        self.info: list[dict[str, Any]] = []
+        # Call-ID -> index of the worker that owns the dialog, from E_DLG_STATE_CHANGED.
+        self.directory: dict[str, int] = {}
+        self.started_wall = time.time()
+        # Python subscribers (actor handles, callables) by `sink_key`.
+        self._python_sinks: dict[str, PythonSink] = {}
+        # `RemoteDialogs` calls waiting for their target worker (one call in flight each).
+        self._remote_out: dict[int, list[tuple[str, Any]]] = {}
+        self._remote_sending: set[int] = set()
+        # New Call-IDs a worker linked through here (most recent last, bounded).
+        self._routed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Attended transfers across workers started here: first Call-ID -> (the replaces
+        # key, the worker of the second call); and new Call-IDs this controller linked to
+        # the second call itself -> the same (see `_follow_attended`).
+        self._attended: dict[str, tuple[str, int]] = {}
+        self._relayed: dict[str, tuple[str, int]] = {}
+        # The latest snapshot of every replicated dialog, per worker: dialog id -> (Call-ID,
+        # msgpack snapshot, wall time it was sent at).
+        self.replicas: dict[int, dict[str, tuple[str, bytes, float]]] = {}
+        self._error: dict[str, Any] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
+            self._starting = asyncio.ensure_future(self._start())
+
+    async def _started(self) -> None:
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+        if self._error is not None:
+            raise CommandError(SERVER_ERROR, "Server error",
+                               f"switchboard did not start: {self._error['message']}")
+
+    async def _start(self) -> None:
+        try:
+            await asyncio.wait_for(self._place_workers(), START_TIMEOUT)
+        except TimeoutError:
+            self._error = {"kind": "", "message": (
+                f"the workers were not placed and started within {START_TIMEOUT:g} s "
+                f"(does the cluster have the CPUs for {len(self.workers)} workers?)")}
+        except Exception as exc:
+            log.exception("switchboard controller: start failed")
+            self._error = start_error(exc)["error"]
+        if self._error is not None:
+            await self._kill_workers()
+
+    async def _place_workers(self) -> None:
+        for event, socket in self.spec.subscriptions:
+            await self.events.subscribe(event, socket, None)
+        context = ray.get_runtime_context()
+        me = context.current_actor
+        rebind = restarted()
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        count = self.spec.workers or max(1, int(cpus))
+        # One CPU each while they fit, an even share when more workers than CPUs are asked
+        # for (rounded down: Ray counts resources in units of 1/10000).
+        share = 1.0 if count <= cpus else math.floor(cpus / count * 10_000) / 10_000
+        spec = self.spec.pack()
+        remote_worker: Any = ray.remote(WorkerActor)
+        for index in range(count):
+            self.workers.append(remote_worker.options(
+                max_restarts=-1,
+                num_cpus=share,
+                scheduling_strategy="SPREAD",
+            ).remote(index, spec, me, rebind))
+        replies = await asyncio.gather(*(w.ready.remote() for w in self.workers))
+        info = [_unpack(r) for r in replies]
+        for index, reply in enumerate(info):
+            if "error" in reply:
+                error = reply["error"]
+                self._error = {**error, "message": f"worker {index}: {error['message']}"}
+                return
+        self.info = info
+
+    async def _kill_workers(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                ray.kill(worker)
+        self.workers = []
+
+    # -- driver and workers ------------------------------------------------------------------
+
+    async def ready(self) -> bytes:
+        """Wait until started: `{"workers": [...], "started_at": t}` or `{"error": {...}}`."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+        if self._error is not None:
+            return _pack({"error": self._error})
+        return _pack({"workers": self.info, "started_at": self.started_wall})
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """Each worker: index, node id and IP, pid, listeners ([transport, host, port])."""
+        return list(self.info)
+
+    def worker_handles(self) -> list[Any]:
+        """The worker actors' handles, by index (for tests and tools)."""
+        return list(self.workers)
+
+    def started_at(self) -> float:
+        return self.started_wall
+
+    async def publish(self, index: int, batch: bytes) -> None:
+        """A worker's events and `RemoteDialogs` calls, in the order it made them (msgpack
+        list of [event, params] / [LINK | ANSWER, args])."""
+        directory = self.directory
+        for kind, payload in _unpack(batch):
+            if kind in (LINK, ANSWER):
+                self._route(index, kind, payload)
+                continue
+            if kind == SNAPSHOTS:
+                self._keep_snapshots(index, payload)
+                continue
+            if kind == E_DLG_STATE_CHANGED:
+                callid = payload.get("callid")
+                if payload.get("new_state") == 5:
+                    if directory.get(callid) == index:
+                        del directory[callid]
+                    pending = self._attended.get(callid)
+                    if pending is not None and pending not in self._relayed.values():
+                        del self._attended[callid]
+                else:
+                    directory[callid] = index
+            elif kind == E_CALL_TRANSFER and self._attended:
+                self._follow_attended(payload)
+            self.events.publish(kind, payload)
+            if self._python_sinks:
+                self._to_python(kind, payload)
+
+    async def worker_restarted(self, index: int, info: bytes) -> None:
+        """Ray restarted worker `index`, it restored the dialogs kept here and listens again:
+        the directory knows those dialogs and nothing else of it."""
+        for callid in [c for c, owner in self.directory.items() if owner == index]:
+            del self.directory[callid]
+        for callid, _, _ in self.replicas.get(index, {}).values():
+            self.directory[callid] = index
+        if 0 <= index < len(self.info):
+            self.info[index] = _unpack(info)
+
+    def _keep_snapshots(self, index: int, payload: list[Any]) -> None:
+        taken, snapshots, dropped = payload
+        kept = self.replicas.setdefault(index, {})
+        for dialog_id, callid, snapshot in snapshots:
+            kept[str(dialog_id)] = (str(callid), bytes(snapshot), float(taken))
+        for dialog_id in dropped:
+            kept.pop(str(dialog_id), None)
+
+    async def snapshots(self, index: int) -> bytes:
+        """The snapshots kept of worker `index`'s dialogs, for it to restore after a restart
+        (msgpack list of [msgpack snapshot, wall time sent])."""
+        return _pack([[snapshot, taken]
+                      for _, snapshot, taken in self.replicas.get(index, {}).values()])
+
+    def replicated(self, index: int) -> list[dict[str, Any]]:
+        """The snapshots kept of worker `index`'s dialogs, decoded (`Dialog.snapshot`
+        dicts), for tests and tools."""
+        return [_unpack(snapshot) for _, snapshot, _ in self.replicas.get(index, {}).values()]
+
+    async def stop(self) -> None:
+        """Close every worker's sockets and the event sinks; the actors stay until killed."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(*(w.stop.remote() for w in self.workers), return_exceptions=True),
+                5.0,
+            )
+        await self._kill_workers()
+        await self.events.close()
+        self._python_sinks.clear()
+
+    # -- dialogs linked across workers ---------------------------------------------------------
+
+    def _route(self, origin: int, kind: str, args: list[Any]) -> None:
+        """Hand a worker's `RemoteDialogs` call to the worker(s) that may own the dialog."""
+        if kind == LINK:
+            self._routed[str(args[1])] = None
+            if len(self._routed) > MAX_ROUTED:
+                self._routed.popitem(last=False)
+        for target in self._owners(str(args[0]), origin):
+            self._tell(target, kind, args)
+
+    def _owners(self, key: str, origin: int) -> list[int]:
+        kind, _, value = key.partition(":")
+        others = [i for i in range(len(self.workers)) if i != origin]
+        if kind == "id":
+            owner = worker_of(value)
+            return [owner] if owner in others else []
+        if kind == "callid":
+            owner = self.directory.get(value)
+            if owner is not None and owner != origin:
+                return [owner]
+        # A Call-ID the directory does not know (yet), or a Replaces: the owner of the
+        # replaced call and the worker whose attended REFER awaits it may be any other.
+        return others
+
+    def _tell(self, target: int, kind: str, args: list[Any]) -> None:
+        self._remote_out.setdefault(target, []).append((kind, args))
+        if target not in self._remote_sending:
+            self._remote_sending.add(target)
+            asyncio.get_running_loop().create_task(self._send_remote(target))
+
+    async def _send_remote(self, target: int) -> None:
+        try:
+            while batch := self._remote_out.get(target):
+                self._remote_out[target] = []
+                try:
+                    await asyncio.wait_for(
+                        await_ref(self.workers[target].remote_calls.remote(_pack(batch))),
+                        CALL_TIMEOUT)
+                except Exception as exc:  # restarting: its dialogs are gone anyway
+                    log.warning("worker %d: %d remote dialog calls lost: %s", target,
+                                len(batch), exc)
+        finally:
+            self._remote_sending.discard(target)
+
+    def _follow_attended(self, params: dict[str, Any]) -> None:
+        """Link the second call of a cross-worker attended transfer when the replacing INVITE
+        reached the first call's worker: its core links the first call (the untracked-call
+        recipe) but tells nobody else (`CallOps._link_untracked` does not call
+        `RemoteDialogs`), so the controller does it from the first call's events — once, and
+        only when no worker linked that new call through here already."""
+        pending = self._attended.get(str(params.get("callid")))
+        if pending is None:
+            return
+        new_callid = str(params.get("transfer_callid") or "")
+        destination = str(params.get("destination") or "")
+        state = params.get("state")
+        if state == "start" and new_callid:
+            if new_callid not in self._routed and new_callid not in self._relayed:
+                self._relayed[new_callid] = pending
+                self._tell(pending[1], LINK, [pending[0], new_callid, destination])
+        elif state in ("ok", "fail"):
+            relayed = self._relayed.pop(new_callid, None) if new_callid else None
+            if relayed is not None:
+                code, _, reason = str(params.get("status") or "").partition(" ")
+                self._tell(relayed[1], ANSWER, [relayed[0], new_callid, destination,
+                                                int(code) if code.isdigit() else 0, reason,
+                                                state == "ok"])
+            del self._attended[str(params.get("callid"))]
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _ask(self, index: int, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        try:
+            return await asyncio.wait_for(call(self.workers[index]), CALL_TIMEOUT)
+        except (ray.exceptions.RayActorError, TimeoutError) as exc:
+            raise CommandError(SERVER_ERROR, "Server error",
+                               f"worker {index} is not available") from exc
+
+    async def _fan_out(self, call: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+        """Ask every worker; one that is down (restarting) is left out, with a warning."""
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(call(w), CALL_TIMEOUT) for w in self.workers),
+            return_exceptions=True)
+        out = []
+        for index, reply in enumerate(replies):
+            if isinstance(reply, ray.exceptions.RayActorError | TimeoutError):
+                log.warning("worker %d did not answer: %s", index, reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                out.append(reply)
+        return out
+
+    async def _locate(self, key: str, hints: list[int | None]) -> int | None:
+        """The worker with a live dialog `key` (dialog id or Call-ID): the hinted ones first
+        (the directory, the dialog id's prefix), then all the others at once."""
+        tried: set[int] = set()
+        for hint in hints:
+            if hint is None or hint in tried or not 0 <= hint < len(self.workers):
+                continue
+            tried.add(hint)
+            if await self._ask(hint, lambda w: w.find.remote(key)):
+                return hint
+        rest = [i for i in range(len(self.workers)) if i not in tried]
+        found = await asyncio.gather(
+            *(self._ask(i, lambda w: w.find.remote(key)) for i in rest), return_exceptions=True)
+        for index, answer in zip(rest, found, strict=True):
+            if answer is True:
+                return index
+        return None
+
+    async def _operate(self, callid: str, op: dict[str, Any]) -> None:
+        await self._started()
+        index = await self._locate(callid, [self.directory.get(callid)])
+        if index is None:
+            raise CommandError.dialog_not_found()
+        await self._operate_on(index, callid, op)
+
+    async def _operate_on(self, index: int, callid: str, op: dict[str, Any]) -> None:
+        payload = _pack(op)
+        answer = _unpack(await self._ask(index, lambda w: w.operate.remote(callid, payload)))
+        if answer.get("missing"):  # ended in between
+            raise CommandError.dialog_not_found()
+        if "error" in answer:
+            code, message, data = answer["error"]
+            raise CommandError(code, message, data)
+
+    async def _attended_transfer(self, callid: str, op: dict[str, Any]) -> None:
+        """`call_transfer` with a `transfer_callid`: on the worker of `callid` when both calls
+        are there (or the second is nowhere), across the two workers otherwise. Refuses what
+        the one-process runtime refuses, in the same order."""
+        transfer_callid: str = op["transfer_callid"]
+        transfer_leg: str | None = op["transfer_leg"]
+        await self._started()
+        if transfer_leg is None and not (
+                op["transfer_fromtag"] and op["transfer_totag"] and op["destination"]):
+            raise CommandError.invalid_params(
+                "transfer_destination: transfer_fromtag, transfer_totag and "
+                "transfer_destination go together")
+        second = await self._locate(transfer_callid, [self.directory.get(transfer_callid)])
+        if transfer_leg is not None:
+            if second is None:
+                raise CommandError(404, "Transfer dialog not found")
+            if transfer_leg not in ("caller", "callee"):
+                raise CommandError.invalid_params(
+                    f"transfer_leg: must be caller or callee, not {transfer_leg!r}")
+        first = await self._locate(callid, [self.directory.get(callid)])
+        if first is None:
+            raise CommandError.dialog_not_found()
+        if second is None or second == first:
+            await self._operate_on(first, callid, op)
+            return
+        if transfer_leg is not None:
+            # The second call's worker gives the Replaces tags; the first call's worker then
+            # REFERs with them as for a call it does not track (spec §3.2 recipe).
+            found = _unpack(await self._ask(
+                second, lambda w: w.replaces_for.remote(transfer_callid, transfer_leg)))
+            if found is None:
+                raise CommandError(404, "Transfer dialog not found")
+            to_tag, from_tag, default_destination = found
+            op = {**op, "transfer_leg": None,
+                  "destination": op["destination"] or default_destination,
+                  "transfer_fromtag": from_tag, "transfer_totag": to_tag}
+        key = f"replaces:{transfer_callid};{op['transfer_totag']};{op['transfer_fromtag']}"
+        # Both before the REFER goes: the transferee may send its INVITE at once.
+        previous = _unpack(await self._ask(
+            second, lambda w: w.expect_replacing.remote(transfer_callid, callid)))
+        self._attended[callid] = (key, second)
+        try:
+            await self._operate_on(first, callid, op)
+        except BaseException:
+            self._attended.pop(callid, None)
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await self._ask(second, lambda w: w.expect_replacing.remote(
+                        transfer_callid, previous))
+            raise
+
+    # -- the Python API (and what the driver's ControlApi calls) ----------------------------
+
+    async def list_dialogs(
+        self, callid: str | None = None, from_tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Live dialogs of every worker as `dialog:list` objects, worker by worker."""
+        _check_str("callid", callid, optional=True)
+        _check_str("from_tag", from_tag, optional=True)
+        await self._started()
+        replies = await self._fan_out(lambda w: w.list_dialogs.remote(callid, from_tag))
+        return [dialog for reply in replies for dialog in _unpack(reply)]
+
+    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
+        """End a dialog given its dialog id or Call-ID; 404 when there is no such dialog."""
+        _check_str("dialog_id", dialog_id)
+        _check_str("extra_hdrs", extra_headers, optional=True)
+        extra = _pack(parse_extra_headers(extra_headers))
+        await self._started()
+        index = await self._locate(dialog_id, [worker_of(dialog_id),
+                                               self.directory.get(dialog_id)])
+        if index is None or not await self._ask(
+                index, lambda w: w.end_dialog.remote(dialog_id, extra)):
+            raise CommandError.dialog_not_found()
+
+    async def call_transfer(
+        self,
+        callid: str,
+        leg: str,
+        destination: str | None = None,
+        transfer_callid: str | None = None,
+        transfer_leg: str | None = None,
+        transfer_fromtag: str | None = None,
+        transfer_totag: str | None = None,
+    ) -> None:
+        """REFER `leg` of `callid`: blind to `destination` or attended (as callops:transfer),
+        also when `transfer_callid` lives on another worker than `callid`."""
+        _check_str("callid", callid)
+        _check_str("leg", leg)
+        if leg not in ("caller", "callee"):
+            raise CommandError.invalid_params(f"leg: must be caller or callee, not {leg!r}")
+        op = {"op": "transfer", "leg": leg, "destination": destination,
+              "transfer_callid": transfer_callid, "transfer_leg": transfer_leg,
+              "transfer_fromtag": transfer_fromtag, "transfer_totag": transfer_totag}
+        for name in ("destination", "transfer_callid", "transfer_leg", "transfer_fromtag",
+                     "transfer_totag"):
+            _check_str(name, op[name], optional=True)
+        if transfer_callid is None:
+            await self._operate(callid, op)
+        else:
+            await self._attended_transfer(callid, op)
+
+    async def call_hold(self, callid: str, leg: str | None = None,
+                        headers: list[str] | str | None = None) -> None:
+        """Put one leg or both of `callid` on hold (as callops:hold)."""
+        await self._operate(callid, self._hold_op("hold", callid, leg, headers))
+
+    async def call_unhold(self, callid: str, leg: str | None = None,
+                          headers: list[str] | str | None = None) -> None:
+        """Resume legs put on hold (as callops:unhold)."""
+        await self._operate(callid, self._hold_op("unhold", callid, leg, headers))
+
+    @staticmethod
+    def _hold_op(kind: str, callid: str, leg: str | None,
+                 headers: list[str] | str | None) -> dict[str, Any]:
+        _check_str("callid", callid)
+        _check_str("leg", leg, optional=True)
+        if headers is not None and not isinstance(headers, str) and not (
+                isinstance(headers, list | tuple) and all(isinstance(h, str) for h in headers)):
+            raise CommandError.invalid_params("headers: expected a string or a list of strings")
+        return {"op": kind, "leg": leg,
+                "headers": list(headers) if isinstance(headers, tuple) else headers}
+
+    async def metrics(self) -> dict[str, Any]:
+        """`{"statistics": ..., "setup": [counts, total]}`: every statistic summed over the
+        workers (as `statistics`) and their call-setup histograms merged (for `/metrics`)."""
+        await self._started()
+        total: dict[str, int] = {}
+        setup = SetupTimes()
+        for reply in await self._fan_out(lambda w: w.metrics.remote()):
+            snapshot = _unpack(reply)
+            for name, value in snapshot["statistics"].items():
+                total[name] = total.get(name, 0) + int(value)
+            counts, seconds = snapshot["setup"]
+            setup.merge(SetupTimes(counts=[int(c) for c in counts], total=float(seconds)))
+        now = time.monotonic()
+        dropped = self.events.dropped + sum(s.dropped for s in self._python_sinks.values())
+        total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + dropped
+        total["evi:subscriptions"] = len(self.events.subscriptions()) + sum(
+            len(s.events(now)) for s in self._python_sinks.values())
+        return {"statistics": dict(sorted(total.items())), "setup": [setup.counts, setup.total]}
+
+    async def statistics(self) -> dict[str, int]:
+        """Every statistic summed over the workers, as `statistics:get all` shows them."""
+        snapshot = await self.metrics()
+        stats: dict[str, int] = snapshot["statistics"]
+        return stats
+
+    async def health(self) -> list[str]:
+        """What keeps the service from taking calls (empty when every worker answers)."""
+        if self._starting is None or not self._starting.done():
+            return ["starting"]
+        if self._error is not None:
+            return [f"did not start: {self._error['message']}"]
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(w.ready.remote(), 2.0) for w in self.workers),
+            return_exceptions=True)
+        return [f"worker {i} does not answer" for i, a in enumerate(answers)
+                if isinstance(a, BaseException) or "error" in _unpack(a)]
+
+    async def subscribe(self, event: str, socket: Any, expire: int = DEFAULT_EXPIRE) -> None:
+        """Send `event` from every worker to `socket` for `expire` seconds; 0 removes the
+        subscription (as evi:subscribe). `socket` is a sink string (`udp:IP:PORT`,
+        `tcp:IP:PORT`), an actor handle (its `on_events(events)` gets lists of (event,
+        params) pairs) or a callable (`socket(event, params)`, run in the controller)."""
+        if not isinstance(event, str) or not event:
+            raise CommandError.invalid_params("Empty value for parameter 'event'")
+        python = not isinstance(socket, str) and (
+            isinstance(socket, ray.actor.ActorHandle) or callable(socket))
+        if not python:
+            _check_str("socket", socket)
+        if not isinstance(expire, int) or isinstance(expire, bool):
+            raise CommandError(INVALID_PARAMS, "Invalid params", "expire: expected an integer")
+        if event not in KNOWN_EVENTS:
+            raise CommandError(400, "Bad parameter value", f"Unknown event '{event}'")
+        if expire < 0:
+            raise CommandError.invalid_params("Negative expire value")
+        if python:
+            await self._started()
+            self._subscribe_python(event, socket, expire)
+            return
+        try:
+            address = parse_sink(socket)
+        except ValueError as exc:
+            raise CommandError.invalid_params(str(exc)) from None
+        await self._started()
+        try:
+            await self.events.subscribe(event, str(address), expire)
+        except ValueError as exc:
+            raise CommandError.invalid_params(str(exc)) from None
+
+    def _subscribe_python(self, event: str, target: Any, expire: int) -> None:
+        key = sink_key(target)
+        sink = self._python_sinks.get(key)
+        if expire == 0:
+            if sink is not None:
+                sink.expiry.pop(event, None)
+                if not sink.expiry:
+                    del self._python_sinks[key]
+            return
+        if sink is None or sink.gone:
+            sink = self._python_sinks[key] = PythonSink(key, target)
+        sink.target = target  # the latest one (a callable subscribed again may be new)
+        sink.expiry[event] = time.monotonic() + expire
+
+    def _to_python(self, event: str, params: dict[str, Any]) -> None:
+        now = time.monotonic()
+        for key, sink in list(self._python_sinks.items()):
+            if sink.gone or not sink.events(now):
+                del self._python_sinks[key]
+            elif sink.expiry.get(event, 0.0) > now:
+                sink.push(event, params)
+
+    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
+        """`ControlApi.subscribe_event`: the same as `subscribe`."""
+        await self.subscribe(event, socket, expire)
+

@@ -1,0 +1,229 @@
+"""The driver of the `ray` runtime: what `serve` starts and returns, in the calling process.
+
+`serve(config)` starts Ray (or joins the cluster at `runtime.ray_address`), creates the
+controller actor and waits until its workers are bound. What it returns, `RaySwitchboard`,
+implements `ControlApi` by calling the controller (a `CommandError` the controller raised
+comes back as one) and runs the MI HTTP server (with `/metrics` over every worker's
+statistics), so `switchboard mi` works as with the local runtime. Stopping it removes the
+controller and its workers, and leaves Ray if `serve` started it.
+
+Talks to the controller only through its actor handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import threading
+import time
+from typing import Any, Final
+
+import ray
+import ray.exceptions
+
+from ...api import SERVER_ERROR, CommandError
+from ...config import Config
+from ...metrics import Metrics, SetupTimes
+from ...mi.http import MIServer, start_mi_server
+from ...readout import unpack as _unpack
+from ...sip.wire import Address
+from .codec import ServiceSpec, raise_start_error
+from .context import await_ref
+from .controller import START_TIMEOUT, Controller
+
+# The runtime logs under one name, its package's (what a log filter names).
+log = logging.getLogger(__package__)
+
+NAMESPACE: Final = "switchboard"
+CONTROLLER: Final = "controller"
+
+
+def controller_handle() -> Any:
+    """The running controller's handle (ValueError when there is none)."""
+    return ray.get_actor(CONTROLLER, namespace=NAMESPACE)
+
+
+class RaySwitchboard:
+    """The driver's side of a switchboard on Ray: `ControlApi` over the controller, the MI."""
+
+    def __init__(self, config: Config, controller: Any, ready: dict[str, Any],
+                 owns_ray: bool) -> None:
+        self.config = config
+        self.controller = controller
+        self.workers: list[dict[str, Any]] = ready["workers"]
+        self.mi: MIServer | None = None
+        self._setup = SetupTimes()
+        self._started_wall = float(ready["started_at"])
+        self._owns_ray = owns_ray
+        self._stopped = False
+
+    @property
+    def listeners(self) -> list[Address]:
+        return [Address(t, h, p) for w in self.workers for t, h, p in w["listeners"]]
+
+    async def start_mi(self) -> None:
+        mi = self.config.mi
+        if mi.http is not None:
+            metrics = Metrics(self._scrape, lambda: self._setup, runtime="ray")
+            self.mi = await start_mi_server(self, mi.http.host, mi.http.port,
+                                            token=mi.token or None, metrics=metrics.exposition,
+                                            ready=self.readiness)
+
+    async def _scrape(self) -> dict[str, int]:
+        """The statistics of a `/metrics` scrape; keeps the merged call-setup histogram."""
+        snapshot = await self._call(self.controller.metrics.remote())
+        counts, total = snapshot["setup"]
+        self._setup = SetupTimes(counts=[int(c) for c in counts], total=float(total))
+        stats: dict[str, int] = snapshot["statistics"]
+        return stats
+
+    async def stop(self) -> None:
+        """Stop the MI, the workers and the controller; leave Ray if `serve` started it."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.mi is not None:
+            await self.mi.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(await_ref(self.controller.stop.remote()), 10.0)
+        with contextlib.suppress(Exception):
+            ray.kill(self.controller)
+        if self._owns_ray:
+            ray.shutdown()
+
+    async def readiness(self) -> list[str]:
+        """What keeps the service from taking calls (`/readyz`); empty when it is ready."""
+        if self._stopped:
+            return ["stopping"]
+        try:
+            problems: list[str] = await asyncio.wait_for(
+                await_ref(self.controller.health.remote()), 5.0)
+        except Exception as exc:
+            return [f"the controller does not answer: {type(exc).__name__}"]
+        return problems
+
+    async def _call(self, ref: Any) -> Any:
+        try:
+            return await ref
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, CommandError):
+                raise CommandError(cause.code, cause.message, cause.data) from None
+            raise
+        except ray.exceptions.RayActorError:
+            raise CommandError(SERVER_ERROR, "Server error",
+                               "the switchboard controller is not available") from None
+
+    # -- ControlApi ---------------------------------------------------------------------------
+
+    async def list_dialogs(
+        self, callid: str | None = None, from_tag: str | None = None
+    ) -> list[dict[str, Any]]:
+        dialogs: list[dict[str, Any]] = await self._call(
+            self.controller.list_dialogs.remote(callid, from_tag))
+        return dialogs
+
+    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
+        await self._call(self.controller.end_dialog.remote(dialog_id, extra_headers))
+
+    async def call_transfer(
+        self,
+        callid: str,
+        leg: str,
+        destination: str | None = None,
+        transfer_callid: str | None = None,
+        transfer_leg: str | None = None,
+        transfer_fromtag: str | None = None,
+        transfer_totag: str | None = None,
+    ) -> None:
+        await self._call(self.controller.call_transfer.remote(
+            callid, leg, destination, transfer_callid, transfer_leg, transfer_fromtag,
+            transfer_totag))
+
+    async def call_hold(self, callid: str, leg: str | None = None,
+                        headers: list[str] | str | None = None) -> None:
+        await self._call(self.controller.call_hold.remote(callid, leg, headers))
+
+    async def call_unhold(self, callid: str, leg: str | None = None,
+                          headers: list[str] | str | None = None) -> None:
+        await self._call(self.controller.call_unhold.remote(callid, leg, headers))
+
+    async def statistics(self) -> dict[str, int]:
+        stats: dict[str, int] = await self._call(self.controller.statistics.remote())
+        return stats
+
+    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
+        await self._call(self.controller.subscribe_event.remote(event, socket, expire))
+
+    def uptime_seconds(self) -> float:
+        return max(0.0, time.time() - self._started_wall)
+
+    def started_at(self) -> float:
+        return self._started_wall
+
+
+
+def _connect(config: Config) -> bool:
+    """Join the cluster at `runtime.ray_address` ("auto" = the local `ray start` one), or
+    start a local Ray when there is none. True when this call started or joined Ray (and
+    `stop` must leave it); False when the process was connected already."""
+    if ray.is_initialized():
+        return False
+    main = threading.current_thread() is threading.main_thread()
+    # ray.init installs its own SIGTERM handler (sys.exit); keep the caller's (the CLI's
+    # clean shutdown) in force.
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        ray.init(address=config.runtime.ray_address or None, namespace=NAMESPACE)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+async def serve(config: Config) -> RaySwitchboard:
+    """Start switchboard on Ray with `config`; returns the driver's running instance.
+
+    Raises OSError when a worker cannot bind its sockets or a switchboard already runs in
+    the cluster, ScriptError for a routing script that does not load.
+    """
+    owns_ray = _connect(config)
+    try:
+        try:
+            controller_handle()
+        except ValueError:
+            pass
+        else:
+            raise OSError(errno.EEXIST, (
+                f"a switchboard controller already runs in Ray namespace {NAMESPACE!r}; "
+                f"stop it first (ray.kill(ray.get_actor({CONTROLLER!r}, "
+                f"namespace={NAMESPACE!r})))"))
+        remote_controller: Any = ray.remote(Controller)
+        controller = remote_controller.options(
+            name=CONTROLLER,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=-1,
+            num_cpus=0,
+        ).remote(ServiceSpec.from_config(config).pack())
+        try:
+            ready = _unpack(await asyncio.wait_for(
+                await_ref(controller.ready.remote()), START_TIMEOUT + 30))
+            if "error" in ready:
+                raise_start_error(ready["error"])
+            sb = RaySwitchboard(config, controller, ready, owns_ray)
+            await sb.start_mi()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.kill(controller)
+            raise
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
+    log.info("switchboard on Ray: %d workers, controller %r in namespace %r",
+             len(sb.workers), CONTROLLER, NAMESPACE)
+    return sb

@@ -1,0 +1,327 @@
+"""The worker actor of the `ray` runtime: one worker's SIP sockets, proxy core and dialogs.
+
+Worker `i` runs the same worker as the local runtime (`local.build_worker`: proxy core,
+endpoints, call metrics, HEP capture), in its own actor's event loop, bound to every
+configured listen socket at port + i, with `worker_id=i` (dialog ids start `<i hex>.`). It
+record-routes itself, so a dialog's SIP traffic never crosses actors (DESIGN.md §1.1, §1.4).
+
+Toward the controller it sends one ordered stream of msgpack batches (one actor call in
+flight: under load a batch carries whatever came meanwhile): its events, its core's
+`RemoteDialogs` calls (`link`, `answer`) for dialogs of other workers, and the snapshots of
+its dialogs. From the controller it takes call operations, the `RemoteDialogs` calls of other
+workers for its own dialogs (`remote_calls`, run as `CallOps.remote_link` / `remote_answer`),
+and the two steps of an attended transfer whose first call lives elsewhere
+(`replaces_for`, `expect_replacing`).
+
+A worker that dies is restarted by Ray (`max_restarts=-1`) and gets its confirmed dialogs
+back. Its core tracks which dialogs changed (`Proxy.track_changes`: a set add on the message
+path, nothing encoded there); every `SNAPSHOT_INTERVAL` the worker takes the changed ones
+(`Proxy.take_dirty`) and sends their msgpack snapshots, with the ids of ended ones, in its
+ordered batch stream. A restarted worker asks the controller for its snapshots before it
+binds its sockets and restores them (`Proxy.restore_dialog`) before it serves the first
+message. What is lost in a crash is what had not reached the controller yet (docs/ray.md).
+
+Knows nothing of the other workers: the controller routes between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import ray
+
+from ...actors.worker import Worker
+from ...readout import pack as _pack
+from ...readout import unpack as _unpack
+from ...sip.callops import CallOpsError
+from ..local import BuiltWorker, build_worker
+from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, decode_operation, start_error
+from .context import CALL_TIMEOUT, MAX_PENDING_EVENTS, await_ref, node_ip, restarted
+
+# The runtime logs under one name, its package's (what a log filter names).
+log = logging.getLogger(__package__)
+
+# A restarted actor may find its ports still held by the process it replaces for a moment.
+REBIND_TIMEOUT: Final = 10.0
+# How often a worker sends the snapshots of the dialogs that changed (`codec.SNAPSHOTS`).
+SNAPSHOT_INTERVAL: Final = 0.2
+
+
+class _ToController:
+    """A worker's `RemoteDialogs` (sip.callops): each call goes to the controller in the
+    worker's ordered batch stream, behind the events raised before it."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Callable[[str, Any], None]) -> None:
+        self._send = send
+
+    def link(self, key: str, new_callid: str, destination: str) -> None:
+        self._send(LINK, [key, new_callid, destination])
+
+    def answer(self, key: str, new_callid: str, destination: str, status: int, reason: str,
+               ok: bool) -> None:
+        self._send(ANSWER, [key, new_callid, destination, status, reason, ok])
+
+
+class WorkerActor:
+    """One worker: its SIP sockets, its proxy core and its dialogs, in this actor's loop.
+
+    Ray runs an async actor's `__init__` inside the actor's event loop, so binding starts
+    there; a restarted actor (Ray re-runs `__init__`) comes back on the same ports with the
+    confirmed dialogs the controller kept snapshots of.
+    """
+
+    def __init__(self, index: int, spec: bytes, controller: Any, rebind: bool = False) -> None:
+        self.index = index
+        self.spec = ServiceSpec.unpack(spec)
+        self.controller = controller
+        self.restarted = restarted()
+        self.rebind = rebind or self.restarted
+        self.built: BuiltWorker | None = None
+        self.dropped = 0
+        self._outbox: list[tuple[str, Any]] = []
+        self._sending = False
+        self._replicator: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[Worker] | None = None
+        with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
+            self._starting = asyncio.ensure_future(self._start())
+
+    async def _started(self) -> Worker:
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        return await asyncio.shield(self._starting)
+
+    async def _start(self) -> Worker:
+        loop = asyncio.get_running_loop()
+        # Asked before the sockets are bound: once they are, messages of the old dialogs may
+        # come in, and they must find their dialogs.
+        stored = await self._stored_snapshots() if self.restarted else []
+        deadline = loop.time() + (REBIND_TIMEOUT if self.rebind else 0.0)
+        while True:
+            try:
+                worker = await self._bind()
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        if self.restarted:
+            restored = self._restore(worker, stored)  # no await before: nothing served yet
+            log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs restored",
+                        self.index, restored, len(stored))
+        self._replicator = loop.create_task(self._replicate(worker))
+        if self.restarted:
+            with contextlib.suppress(Exception):
+                await self.controller.worker_restarted.remote(self.index, self._describe(worker))
+        return worker
+
+    # -- replication of the dialogs' state ----------------------------------------------------
+
+    async def _stored_snapshots(self) -> list[tuple[dict[str, Any], float]]:
+        """What the controller kept of this worker's dialogs: (snapshot, wall time taken)."""
+        try:
+            data = await asyncio.wait_for(
+                await_ref(self.controller.snapshots.remote(self.index)), CALL_TIMEOUT)
+            return [(_unpack(snapshot), float(taken)) for snapshot, taken in _unpack(data)]
+        except Exception:
+            log.exception("worker %d: the snapshots of its dialogs could not be fetched; "
+                          "it starts without them", self.index)
+            return []
+
+    def _restore(self, worker: Worker, stored: list[tuple[dict[str, Any], float]]) -> int:
+        proxy = worker.proxy
+        now, wall = worker.now(), time.time()
+        restored = 0
+        left_out: list[str] = []
+        for snapshot, taken in stored:
+            try:
+                if proxy.restore_dialog(snapshot, now, max(0.0, wall - taken)) is not None:
+                    restored += 1
+                    continue
+            except ValueError as exc:
+                log.warning("worker %d: a dialog snapshot was not restored: %s", self.index, exc)
+            dialog_id = snapshot.get("id") if isinstance(snapshot, dict) else None
+            if isinstance(dialog_id, str):
+                left_out.append(dialog_id)
+        if left_out:  # the controller need not keep them any longer
+            self._send(SNAPSHOTS, [wall, [], left_out])
+        worker.flush()  # arms the loop timer for the restored lifetimes
+        return restored
+
+    async def _replicate(self, worker: Worker) -> None:
+        """Every SNAPSHOT_INTERVAL: the snapshots of the dialogs that changed, and the ids of
+        those that ended, to the controller (behind the events raised before them)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            try:
+                self._push_snapshots(worker)
+            except Exception:
+                log.exception("worker %d: dialog snapshots failed", self.index)
+
+    def _push_snapshots(self, worker: Worker) -> None:
+        snapshots, dropped = worker.proxy.take_dirty(worker.now())
+        if snapshots or dropped:
+            self._send(SNAPSHOTS, [time.time(),
+                                   [[s["id"], s["call_id"], _pack(s)] for s in snapshots],
+                                   dropped])
+
+    def _describe(self, worker: Worker) -> bytes:
+        return _pack({
+            "index": self.index,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": node_ip(),
+            "pid": os.getpid(),
+            "listeners": [[a.transport, a.host, a.port] for a in worker.endpoints],
+        })
+
+    async def _bind(self) -> Worker:
+        sockets = self.spec.sockets(self.index)
+        if any(s.host in ("0.0.0.0", "::") for s in sockets):
+            # Via and Record-Route need an address peers can reach: this node's.
+            host = node_ip()
+            sockets = [dataclasses.replace(s, host=host) if s.host in ("0.0.0.0", "::")
+                       else s for s in sockets]
+        built = await build_worker(self.spec.config, self._publish, sockets=sockets,
+                                   worker_id=self.index)
+        built.worker.callops.remote = _ToController(self._send)
+        built.worker.proxy.track_changes()
+        self.built = built
+        return built.worker
+
+    # -- events and remote dialog calls toward the controller ------------------------------
+
+    def _publish(self, event: str, params: dict[str, Any]) -> None:
+        self._send(event, dict(params))
+
+    def _send(self, kind: str, payload: Any) -> None:
+        if len(self._outbox) >= MAX_PENDING_EVENTS:
+            self.dropped += 1
+            if kind in (LINK, ANSWER, SNAPSHOTS):
+                log.warning("worker %d: %s %r dropped, the controller is behind", self.index,
+                            kind, payload)
+            return
+        self._outbox.append((kind, payload))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send_events())
+
+    async def _send_events(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                try:
+                    await self.controller.publish.remote(self.index, _pack(batch))
+                except Exception as exc:  # the controller is restarting or gone
+                    self.dropped += len(batch)
+                    log.warning("worker %d: %d events lost: %s", self.index, len(batch), exc)
+        finally:
+            self._sending = False
+
+    # -- what the controller asks ------------------------------------------------------------
+
+    async def ready(self) -> bytes:
+        """Start (if not yet) and describe this worker; an `error` entry when it cannot."""
+        try:
+            worker = await self._started()
+        except Exception as exc:
+            return _pack(start_error(exc))
+        return self._describe(worker)
+
+    async def find(self, key: str) -> bool:
+        """Whether a live dialog has this dialog id or Call-ID here."""
+        worker = await self._started()
+        return worker.find_dialog(key) is not None
+
+    async def list_dialogs(self, callid: str | None, from_tag: str | None) -> bytes:
+        worker = await self._started()
+        return _pack(await worker.list_dialogs(callid, from_tag))
+
+    async def end_dialog(self, key: str, extra_headers: bytes) -> bool:
+        worker = await self._started()
+        return worker.end_dialog(key, [(str(n), str(v)) for n, v in _unpack(extra_headers)])
+
+    async def operate(self, callid: str, op: bytes) -> bytes:
+        """Run a call operation; `{"missing": true}` when the call is not here."""
+        worker = await self._started()
+        dialog = worker.proxy.dialogs.by_call_id(callid)
+        if dialog is None or not dialog.active:
+            return _pack({"missing": True})
+        try:
+            worker.operate(callid, decode_operation(_unpack(op)))
+        except CallOpsError as exc:
+            return _pack({"error": [exc.code, exc.message, exc.data]})
+        return _pack({"ok": True})
+
+    async def remote_calls(self, batch: bytes) -> None:
+        """`RemoteDialogs` calls of other workers for dialogs of this one, in the order their
+        workers made them (msgpack list of [LINK | ANSWER, args])."""
+        worker = await self._started()
+        callops = worker.callops
+        for kind, args in _unpack(batch):
+            try:
+                if kind == LINK:
+                    key, new_callid, destination = args
+                    callops.remote_link(str(key), str(new_callid), str(destination))
+                elif kind == ANSWER:
+                    key, new_callid, destination, status, reason, ok = args
+                    callops.remote_answer(str(key), str(new_callid), str(destination),
+                                          int(status), str(reason), bool(ok), worker.now())
+            except Exception:  # one bad call must not keep the others from their dialogs
+                log.exception("worker %d: remote %s %r failed", self.index, kind, args)
+        worker.flush()
+
+    async def replaces_for(self, callid: str, leg: str) -> bytes:
+        """[to-tag, from-tag, default destination] of `leg` of the call `callid` here, for an
+        attended transfer run on another worker (nil when the call is not here)."""
+        worker = await self._started()
+        found = worker.callops.replaces_for(callid, leg)
+        return _pack(list(found) if found is not None else None)
+
+    async def expect_replacing(self, callid: str, initiator_callid: str) -> bytes:
+        """The call `initiator_callid` (elsewhere) is being transferred onto `callid` here;
+        answers what was expected before (to put it back should the transfer be refused), nil
+        when the call is not here."""
+        worker = await self._started()
+        dialog = worker.proxy.dialogs.by_call_id(callid)
+        previous = (worker.callops.ops_of(dialog).transfer_callid if dialog is not None
+                    else None)
+        if not worker.callops.expect_replacing(callid, initiator_callid):
+            return _pack(None)
+        worker.flush()
+        return _pack(previous)
+
+    def _statistics(self) -> dict[str, int]:
+        assert self.built is not None
+        stats = self.built.statistics()
+        stats["evi:dropped_events"] = self.dropped
+        return stats
+
+    async def statistics(self) -> bytes:
+        await self._started()
+        return _pack(self._statistics())
+
+    async def metrics(self) -> bytes:
+        """Statistics and the call-setup histogram ([counts, total]) in one answer."""
+        await self._started()
+        assert self.built is not None
+        setup = self.built.call_metrics.setup
+        return _pack({"statistics": self._statistics(),
+                      "setup": [list(setup.counts), setup.total]})
+
+    async def stop(self) -> None:
+        if self._replicator is not None:
+            self._replicator.cancel()
+            self._replicator = None
+        if self.built is not None:
+            self.built.close()
+            self.built = None
+
