@@ -49,7 +49,7 @@ from ...sip.dialog import worker_of
 from ..local import parse_extra_headers
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error
 from .context import CALL_TIMEOUT, await_ref, restarted
-from .sinks import PythonSink, sink_key
+from .sinks import PythonSinks
 from .worker import WorkerActor
 
 # The runtime logs under one name, its package's (what a log filter names).
@@ -86,8 +86,8 @@ class Controller:
         # Call-ID -> index of the worker that owns the dialog, from E_DLG_STATE_CHANGED.
         self.directory: dict[str, int] = {}
         self.started_wall = time.time()
-        # Python subscribers (actor handles, callables) by `sink_key`.
-        self._python_sinks: dict[str, PythonSink] = {}
+        # Python subscribers (actor handles, callables).
+        self._python_sinks = PythonSinks()
         # `RemoteDialogs` calls waiting for their target worker (one call in flight each).
         self._remote_out: dict[int, list[tuple[str, Any]]] = {}
         self._remote_sending: set[int] = set()
@@ -208,7 +208,7 @@ class Controller:
                 self._follow_attended(payload)
             self.events.publish(kind, payload)
             if self._python_sinks:
-                self._to_python(kind, payload)
+                self._python_sinks.publish(kind, payload)
 
     async def worker_restarted(self, index: int, info: bytes) -> None:
         """Ray restarted worker `index`, it restored the dialogs kept here and listens again:
@@ -514,10 +514,10 @@ class Controller:
             counts, seconds = snapshot["setup"]
             setup.merge(SetupTimes(counts=[int(c) for c in counts], total=float(seconds)))
         now = time.monotonic()
-        dropped = self.events.dropped + sum(s.dropped for s in self._python_sinks.values())
+        dropped = self.events.dropped + self._python_sinks.dropped()
         total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + dropped
-        total["evi:subscriptions"] = len(self.events.subscriptions()) + sum(
-            len(s.events(now)) for s in self._python_sinks.values())
+        total["evi:subscriptions"] = (len(self.events.subscriptions())
+                                      + self._python_sinks.subscriptions(now))
         return {"statistics": dict(sorted(total.items())), "setup": [setup.counts, setup.total]}
 
     async def statistics(self) -> dict[str, int]:
@@ -557,7 +557,7 @@ class Controller:
             raise CommandError.invalid_params("Negative expire value")
         if python:
             await self._started()
-            self._subscribe_python(event, socket, expire)
+            self._python_sinks.subscribe(event, socket, expire)
             return
         try:
             address = parse_sink(socket)
@@ -568,28 +568,6 @@ class Controller:
             await self.events.subscribe(event, str(address), expire)
         except ValueError as exc:
             raise CommandError.invalid_params(str(exc)) from None
-
-    def _subscribe_python(self, event: str, target: Any, expire: int) -> None:
-        key = sink_key(target)
-        sink = self._python_sinks.get(key)
-        if expire == 0:
-            if sink is not None:
-                sink.expiry.pop(event, None)
-                if not sink.expiry:
-                    del self._python_sinks[key]
-            return
-        if sink is None or sink.gone:
-            sink = self._python_sinks[key] = PythonSink(key, target)
-        sink.target = target  # the latest one (a callable subscribed again may be new)
-        sink.expiry[event] = time.monotonic() + expire
-
-    def _to_python(self, event: str, params: dict[str, Any]) -> None:
-        now = time.monotonic()
-        for key, sink in list(self._python_sinks.items()):
-            if sink.gone or not sink.events(now):
-                del self._python_sinks[key]
-            elif sink.expiry.get(event, 0.0) > now:
-                sink.push(event, params)
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         """`ControlApi.subscribe_event`: the same as `subscribe`."""

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from typing import Any, Final
 
 import ray
@@ -28,19 +29,19 @@ log = logging.getLogger(__package__)
 ACTOR_SINK_METHOD: Final = "on_events"
 
 
-def sink_key(sink: Any) -> str:
+def _sink_key(sink: Any) -> str:
     """What names a Python subscriber, so that subscribing it again renews (or, with expire
     0, removes) its subscription: the actor's id, or the callable's qualified name."""
     if isinstance(sink, ray.actor.ActorHandle):
         actor_id = getattr(sink, "_actor_id", None)
         return f"actor:{actor_id.hex() if actor_id is not None else id(sink)}"
     if isinstance(sink, functools.partial):
-        return f"{sink_key(sink.func)}{sink.args!r}{sorted(sink.keywords.items())!r}"
+        return f"{_sink_key(sink.func)}{sink.args!r}{sorted(sink.keywords.items())!r}"
     name = getattr(sink, "__qualname__", None) or type(sink).__qualname__
     return f"python:{getattr(sink, '__module__', None) or '?'}.{name}"
 
 
-class PythonSink:
+class _PythonSink:
     """A Python subscriber: an actor handle, called `on_events(events)` with a list of
     (event, params) pairs, or a callable, called `sink(event, params)` in the controller's
     loop (an awaitable it returns is awaited before the next event). Events go in order, one
@@ -98,3 +99,50 @@ class PythonSink:
                 self.dropped += 1
                 log.exception("event subscriber %s failed on %s", self.key, event)
 
+
+
+class PythonSinks:
+    """The Python subscribers of a controller, by `_sink_key`: the same one subscribed again
+    renews its subscription, `expire` 0 removes it (as `evi:subscribe` does a socket's)."""
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self) -> None:
+        self._sinks: dict[str, _PythonSink] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._sinks)
+
+    def subscribe(self, event: str, target: Any, expire: int) -> None:
+        key = _sink_key(target)
+        sink = self._sinks.get(key)
+        if expire == 0:
+            if sink is not None:
+                sink.expiry.pop(event, None)
+                if not sink.expiry:
+                    del self._sinks[key]
+            return
+        if sink is None or sink.gone:
+            sink = self._sinks[key] = _PythonSink(key, target)
+        sink.target = target  # the latest one (a callable subscribed again may be new)
+        sink.expiry[event] = time.monotonic() + expire
+
+    def publish(self, event: str, params: dict[str, Any]) -> None:
+        """Hand `event` to every subscriber of it; forget those gone or expired."""
+        now = time.monotonic()
+        for key, sink in list(self._sinks.items()):
+            if sink.gone or not sink.events(now):
+                del self._sinks[key]
+            elif sink.expiry.get(event, 0.0) > now:
+                sink.push(event, params)
+
+    def dropped(self) -> int:
+        """Events the subscribers did not get (queue full, a subscriber failed or gone)."""
+        return sum(s.dropped for s in self._sinks.values())
+
+    def subscriptions(self, now: float) -> int:
+        """Live (subscriber, event) subscriptions at `now` (time.monotonic())."""
+        return sum(len(s.events(now)) for s in self._sinks.values())
+
+    def clear(self) -> None:
+        self._sinks.clear()
