@@ -381,10 +381,14 @@ class Controller:
     async def _attended_transfer(self, callid: str, op: dict[str, Any]) -> None:
         """`call_transfer` with a `transfer_callid`: on the worker of `callid` when both calls
         are there (or the second is nowhere), across the two workers otherwise. Refuses what
-        the one-process runtime refuses, in the same order."""
+        `CallOps.attended_transfer` refuses, in its order."""
         transfer_callid: str = op["transfer_callid"]
         transfer_leg: str | None = op["transfer_leg"]
         await self._started()
+        # The refusals callops makes before it looks the first call up. A worker's callops
+        # sees the operation only when the first call is on that worker, and sees only that
+        # worker's calls: with the first call nowhere, or the second on another worker, these
+        # refusals are made here or not at all.
         if transfer_leg is None and not (
                 op["transfer_fromtag"] and op["transfer_totag"] and op["destination"]):
             raise CommandError.invalid_params(
