@@ -45,7 +45,7 @@ from ...events.sinks import parse_sink
 from ...metrics import SetupTimes
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
-from ...sip.dialog import worker_of
+from ...sip.dialog import DialogState, worker_of
 from ..local import parse_extra_headers
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error
 from .context import CALL_TIMEOUT, await_ref, restarted
@@ -196,7 +196,7 @@ class Controller:
                 continue
             if kind == E_DLG_STATE_CHANGED:
                 callid = payload.get("callid")
-                if payload.get("new_state") == 5:
+                if payload.get("new_state") == DialogState.DELETED:
                     if directory.get(callid) == index:
                         del directory[callid]
                     pending = self._attended.get(callid)
