@@ -23,21 +23,22 @@ confirmed dialog back into a fresh core of the same worker.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from .auth import DigestAuth, Verdict
+from .addressing import SIG_PARAM, Addressing, rr_uri, signature_of
+from .addressing import target as target_key
+from .addressing import via as our_via
+from .auth import Verdict
 from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
 from .errors import ParseError
 from .events import CallEvent
-from .guard import AuthFailed, AuthGuard, GuardSettings
-from .headers import Via
+from .guard import AuthFailed, GuardSettings
 from .message import Request, Response, build_response, parse_message
+from .policy import Policy
 from .registrar import Location, aor_key
 from .timers import Timer, TimerQueue
 from .transaction import (
@@ -54,7 +55,7 @@ from .transaction import (
     response_address,
     server_key,
 )
-from .uri import SipUri, Uri, parse_name_addr, parse_uri
+from .uri import SipUri, parse_name_addr, parse_uri
 from .wire import Address, Datagram
 
 ALLOW = (
@@ -161,39 +162,6 @@ _REPLY_STATS = {c: f"core:rcv_replies_{c}xx" for c in range(1, 7)}
 FinalCallback = Callable[[int, str, float], None]
 
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-_SIG_PARAM = "sb="  # our Record-Route's signature parameter
-_SIG_LEN = 16
-
-
-def _signature_of(value: str) -> tuple[str, str]:
-    """(the Route or URI text without our signature parameter, the signature or "")."""
-    at = value.find(";" + _SIG_PARAM)
-    if at < 0:
-        return value, ""
-    start = at + 1 + len(_SIG_PARAM)
-    end = start + _SIG_LEN
-    return value[:at] + value[end:], value[start:end]
-
-
-def _target(uri: Uri | None) -> str:
-    """A remote target as signatures and comparisons see it: scheme, user, host, port."""
-    if not isinstance(uri, SipUri):
-        return str(uri) if uri is not None else ""
-    return f"{uri.scheme}:{uri.user or ''}@{uri.host.lower()}:{uri.port or 0}"
-
-
-def _remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
-    """Store `value` in a per-proxy memo of something derived from message text (a trusted
-    source, a next-hop address, our own Route): bounded, since the keys come off the wire."""
-    if len(memo) >= limit:
-        memo.clear()
-    memo[key] = value
-    return value
-
 
 class _Forward:
     """One relayed request: its server transaction, its client branch, its dialog."""
@@ -246,38 +214,22 @@ class Proxy:
         self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
         self.stats: Counter[str] = Counter()
         self._send = self.outbox.append
-        self._own = {(a.host.lower(), a.port) for a in config.listeners}
-        self._domains = {d.lower() for d in config.domains}
-        self._hosts = dict(config.hosts)
-        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in config.trusted)
+        self.addressing = Addressing(config.listeners, config.domains, config.hosts)
         # Set by the driver when it cannot keep up: this share of new INVITEs is refused
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
-        self.auth: DigestAuth | None = None
-        self.guard: AuthGuard | None = None
-        if config.auth_users:
-            realm = config.auth_realm or (config.domains[0] if config.domains
-                                          else config.listeners[0].host)
-            secret = "".join(rand() for _ in range(8)).encode()
-            self.auth = DigestAuth(realm, dict(config.auth_users), secret,
-                                   config.auth_nonce_ttl, config.auth_algorithms)
-            self.guard = AuthGuard(config.auth_guard)
-        methods = {m.upper() for m in config.auth_methods}
-        self._challenge_all = "*" in methods
-        self._challenge_methods = frozenset(methods - {"*"})
-        self._challenge_never = frozenset({"ACK", "CANCEL", "REGISTER"}
-                                          | (set() if config.auth_invites else {"INVITE"}))
+        realm = config.auth_realm or (config.domains[0] if config.domains
+                                      else config.listeners[0].host)
+        self.policy = Policy(
+            trusted=config.trusted, rate=config.rate_limit, burst=config.rate_burst,
+            route_secret=config.route_secret, rand=rand, auth_realm=realm,
+            auth_users=config.auth_users, auth_methods=config.auth_methods,
+            auth_invites=config.auth_invites, auth_algorithms=config.auth_algorithms,
+            auth_nonce_ttl=config.auth_nonce_ttl, auth_guard=config.auth_guard)
+        self.auth = self.policy.auth
+        self.guard = self.policy.guard
         # Failed authentications since the driver last looked (it logs them).
         self.security: list[AuthFailed] = []
-        secret = (config.route_secret.encode() if config.route_secret
-                  else "".join(rand() for _ in range(8)).encode())
-        self._route_key = hashlib.sha256(secret).digest()  # blake2s takes 32 bytes of key
-        self._trust_cache: dict[str, bool] = {}
-        # Next-hop host names as written → the address to send to (None: unresolvable);
-        # parsing an IP literal again for every relayed message cost 2% of a call.
-        self._resolved: dict[str, str | None] = {}
-        self._own_routes: dict[str, bool] = {}
-        self._buckets: dict[str, list[float]] = {}  # host -> [tokens, last refill]
         # The call operations above, once one attaches itself (`callops.CallOps`).
         self.callops: CallHooks = _NoCallOps()
         # The routing script's hook (`routing.install_script`); None is the plain proxy.
@@ -320,7 +272,7 @@ class Proxy:
         try:
             stats = self.stats
             if isinstance(msg, Request):
-                if self.config.rate_limit and not self._allowed(source.host, now):
+                if self.config.rate_limit and not self.policy.allowed(source.host, now):
                     stats["core:rate_limited"] += 1
                     return
                 stats["core:rcv_requests"] += 1
@@ -382,7 +334,7 @@ class Proxy:
         method = req.method
         mf = req.max_forwards
         if mf is not None and mf <= 0:
-            if method == "OPTIONS" and self._is_own(req.sip_ruri):
+            if method == "OPTIONS" and self.addressing.is_own(req.sip_ruri):
                 self._answer_options(txn, now)
             else:
                 self._respond(txn, 483, now)
@@ -396,8 +348,8 @@ class Proxy:
         if req.get("proxy-require"):
             self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
             return
-        signature = self._preprocess_routes(req)
-        trusted = self._is_trusted(source.host)
+        signature = self.addressing.preprocess_routes(req)
+        trusted = self.policy.is_trusted(source.host)
         if to_tag is not None and not trusted:
             refused = self._in_dialog_refusal(req, signature)
             if refused:
@@ -435,7 +387,7 @@ class Proxy:
             return
         authenticated: str | None = None
         if (to_tag is None and self.auth is not None and not trusted
-                and self._challenged(method, req)):
+                and self.policy.challenged(method, req, self.addressing.is_own)):
             verdict = self.auth.check(req.get("proxy-authorization"), method, req.uri, now)
             if verdict.user is None:
                 self._challenge(txn, verdict, 407, "Proxy-Authenticate", source, method, now)
@@ -451,7 +403,7 @@ class Proxy:
                 return
         else:
             ruri = req.sip_ruri
-            if method == "REGISTER" and self._serves_domain(ruri):
+            if method == "REGISTER" and self.addressing.serves_domain(ruri):
                 self._register(req, txn, source, local, now)
                 return
             # Registered users are found wherever the Request-URI points, so a UA that
@@ -462,11 +414,11 @@ class Proxy:
                 # on it; an in-dialog request is never moved to another of the user's devices.
                 target = str(ruri)
                 dest_binding = next((b for b in bindings if b.contact == target), None)
-                if dest_binding is None and (to_tag is None or self._is_own(ruri)):
+                if dest_binding is None and (to_tag is None or self.addressing.is_own(ruri)):
                     dest_binding = bindings[0]
             if dest_binding is not None:
                 req.uri = dest_binding.contact
-            elif self._is_own(ruri):
+            elif self.addressing.is_own(ruri):
                 if method == "OPTIONS":
                     self._answer_options(txn, now)
                 else:
@@ -522,8 +474,8 @@ class Proxy:
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
         if ctx.cseq_delta:
             out.set("cseq", f"{req.cseq.number + ctx.cseq_delta} {req.method}")
-        next_hop = self._next_hop(out)
-        dest = self._resolve(next_hop) if next_hop is not None else None
+        next_hop = self.addressing.next_hop(out)
+        dest = self.addressing.resolve(next_hop) if next_hop is not None else None
         if dest is None and via_binding is not None:
             dest = via_binding
         elif (via_binding is not None and dest is not None
@@ -533,7 +485,7 @@ class Proxy:
             self._respond(ctx.server, 503, now, reason="Unresolvable destination")
             self._fail_initial(ctx, now)
             return
-        local_out = self._local_for(dest)
+        local_out = self.addressing.local_for(dest)
         if local_out is None:
             self._respond(ctx.server, 503, now, reason="No socket for transport")
             self._fail_initial(ctx, now)
@@ -542,13 +494,13 @@ class Proxy:
             # RFC 5658: two entries when the request changes socket, so each side sees the
             # address it can reach; the downstream-facing one on top.
             # The callee's route set: requests along it go to the caller's Contact.
-            signature = self._sign(req.call_id, req.from_tag or "", self._contact_target(req))
+            signature = self.policy.sign(req.call_id, req.from_tag or "", self._contact_target(req))
             if local_out != local_in:
-                out.prepend("record-route", f"<{self._rr_uri(local_in, signature)}>")
+                out.prepend("record-route", f"<{rr_uri(local_in, signature)}>")
                 ctx.own_rr += 1
-            out.prepend("record-route", f"<{self._rr_uri(local_out, signature)}>")
+            out.prepend("record-route", f"<{rr_uri(local_out, signature)}>")
             ctx.own_rr += 1
-        out.prepend_via(self._via(local_out, self._branch(req)))
+        out.prepend_via(our_via(local_out, self._branch(req)))
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
         client = cls(out, dest, local_out, self._send, self.timers, self.config.timers,
                      self, ctx)
@@ -569,8 +521,8 @@ class Proxy:
         # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
         cseq_delta = 0
-        signature = self._preprocess_routes(req)
-        if not self._is_trusted(source.host) and self._in_dialog_refusal(req, signature):
+        signature = self.addressing.preprocess_routes(req)
+        if not self.policy.is_trusted(source.host) and self._in_dialog_refusal(req, signature):
             self.stats["core:unknown_dialog_requests"] += 1  # an ACK gets no answer
             return
         if dialog is not None:
@@ -595,19 +547,19 @@ class Proxy:
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
         if cseq_delta:
             out.set("cseq", f"{req.cseq.number + cseq_delta} ACK")
-        next_hop = self._next_hop(out)
-        if next_hop is None or (not out.values("route") and self._is_own(next_hop)):
+        next_hop = self.addressing.next_hop(out)
+        if next_hop is None or (not out.values("route") and self.addressing.is_own(next_hop)):
             self.stats["core:drop_requests"] += 1
             return
-        dest = self._resolve(next_hop)
-        local_out = self._local_for(dest) if dest is not None else None
+        dest = self.addressing.resolve(next_hop)
+        local_out = self.addressing.local_for(dest) if dest is not None else None
         if dest is None or local_out is None:
             self.stats["core:drop_requests"] += 1
             return
         # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
         top_branch = (req.top_via.branch or "").encode("utf-8", "surrogateescape")
         branch = f"{_MAGIC}sl{zlib.crc32(top_branch):08x}"
-        out.prepend_via(self._via(local_out, branch))
+        out.prepend_via(our_via(local_out, branch))
         self.stats["core:fwd_requests"] += 1
         self._send(Datagram(out.to_bytes(), dest, local_out))
 
@@ -770,7 +722,8 @@ class Proxy:
     def _forward_response_statelessly(self, resp: Response) -> None:
         vias = resp.vias
         top = vias[0]
-        if (top.host.strip("[]").lower(), top.port or 5060) not in self._own or len(vias) < 2:
+        own = self.addressing.own
+        if (top.host.strip("[]").lower(), top.port or 5060) not in own or len(vias) < 2:
             self.stats["core:drop_replies"] += 1
             return
         out = resp.copy()
@@ -779,11 +732,11 @@ class Proxy:
             self._resign_record_route(out, resp.call_id, resp.from_tag or "")
         nxt = vias[1]
         # The next hop as an address: `received` is one; a host name is not looked up.
-        host = self._resolve_host(nxt.params.get("received") or nxt.host)
+        host = self.addressing.resolve_host(nxt.params.get("received") or nxt.host)
         rport = nxt.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (nxt.port or 5060)
         dest = Address(nxt.transport.lower(), host or "", port)
-        local = self._local_for(dest) if host is not None and 0 < port < 65536 else None
+        local = self.addressing.local_for(dest) if host is not None and 0 < port < 65536 else None
         if local is None:
             self.stats["core:drop_replies"] += 1
             return
@@ -870,7 +823,7 @@ class Proxy:
         for leg in (dialog.caller, dialog.callee):
             # Our sockets may have moved (port 0, another node): the one facing the leg now.
             if leg.local not in listeners:
-                leg.local = (self._local_for(leg.address) if leg.address is not None
+                leg.local = (self.addressing.local_for(leg.address) if leg.address is not None
                              else None) or listeners[0]
         self.dialogs.add(dialog)
         self._replicated.add(dialog.id)
@@ -942,16 +895,16 @@ class Proxy:
         for name, value in extra:
             headers.append((name.lower(), name, value))
         req = Request(method, uri, headers, body)
-        hop = self._next_hop(req)
-        dest = self._resolve(hop) if hop is not None else None
+        hop = self.addressing.next_hop(req)
+        dest = self.addressing.resolve(hop) if hop is not None else None
         if dest is None:
             dest = target.address
         if dest is None:
             return None
-        local = self._local_for(dest)
+        local = self.addressing.local_for(dest)
         if local is None:
             return None
-        req.prepend_via(self._via(local, f"{_MAGIC}{self.rand()}"))
+        req.prepend_via(our_via(local, f"{_MAGIC}{self.rand()}"))
         return req, dest, local
 
     def send_in_dialog(self, dialog: Dialog, target: Leg, peer: Leg, method: str,
@@ -1001,11 +954,11 @@ class Proxy:
         ack = Request("ACK", uri, headers)
         dest = txn.dest
         if not req.has("route"):
-            hop = self._next_hop(ack)
-            resolved = self._resolve(hop) if hop is not None else None
+            hop = self.addressing.next_hop(ack)
+            resolved = self.addressing.resolve(hop) if hop is not None else None
             if resolved is not None and resolved.transport == txn.local.transport:
                 dest = resolved
-        ack.prepend_via(self._via(txn.local, f"{_MAGIC}{self.rand()}"))
+        ack.prepend_via(our_via(txn.local, f"{_MAGIC}{self.rand()}"))
         return Datagram(ack.to_bytes(), dest, txn.local)
 
     def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
@@ -1133,40 +1086,10 @@ class Proxy:
             req.prepend("via", str(via))
             req._cache["via"] = vias  # the same parsed values, first one updated
 
-    def _is_trusted(self, host: str) -> bool:
-        trusted = self._trust_cache.get(host)
-        if trusted is None:
-            try:
-                ip = ipaddress.ip_address(host)
-            except ValueError:
-                trusted = False
-            else:
-                trusted = any(ip in net for net in self._trusted)
-            _remember(self._trust_cache, host, trusted)
-        return trusted
-
-    def _allowed(self, host: str, now: float) -> bool:
-        """Per-source token bucket for untrusted sources (issue 6)."""
-        if self._is_trusted(host):
-            return True
-        rate, burst = self.config.rate_limit, self.config.rate_burst
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            if len(self._buckets) > 65536:  # forget sources quiet for a minute
-                self._buckets = {h: b for h, b in self._buckets.items() if now - b[1] < 60}
-            bucket = self._buckets[host] = [burst, now]
-        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
-        return True
-
     def _may_relay(self, req: Request, ruri: SipUri, source: Address, now: float) -> bool:
         """A new request toward a domain we do not serve: only for trusted sources and
         for registered users calling out from where they registered."""
-        if self._serves_domain(ruri) or self._is_trusted(source.host):
+        if self.addressing.serves_domain(ruri) or self.policy.is_trusted(source.host):
             return True
         return self._registered_caller(req, source, now)
 
@@ -1180,16 +1103,6 @@ class Proxy:
 
     # -- who may do what: authentication, bans, our own signed routes ------------------------
 
-    def _challenged(self, method: str, req: Request) -> bool:
-        """Whether a new request of `method` from an untrusted source must authenticate."""
-        if method in self._challenge_never:
-            return False
-        if method == "OPTIONS":
-            ruri = req.ruri
-            if isinstance(ruri, SipUri) and not ruri.user and self._is_own(ruri):
-                return False  # a keep-alive ping of the proxy itself names nobody
-        return self._challenge_all or method in self._challenge_methods
-
     def _challenge(self, txn: ServerTransaction, verdict: Verdict, status: int, header: str,
                    source: Address, method: str, now: float) -> None:
         """Answer missing or wrong credentials: count a wrong guess (and drop the request
@@ -1198,7 +1111,7 @@ class Proxy:
         if verdict.failed and self.guard is not None:
             self.stats["auth:failures"] += 1
             banned = self.guard.failed(source.host, verdict.claimed, now,
-                                       may_ban=not self._is_trusted(source.host))
+                                       may_ban=not self.policy.is_trusted(source.host))
             self.security.append(AuthFailed(source.host, verdict.claimed, method, banned))
             if banned:
                 self.stats["auth:bans"] += 1
@@ -1219,32 +1132,17 @@ class Proxy:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None and legs[1].tag in (None, req.to_tag):
                 receiver = legs[1].contact
-                if not receiver or _target(req.ruri) == _target(parse_uri(receiver)):
+                if not receiver or target_key(req.ruri) == target_key(parse_uri(receiver)):
                     return 0
                 return 403
-        return 0 if self._signed_for(req, signature) else 481
-
-    def _sign(self, call_id: str, tag: str, target: str) -> str:
-        """The signature our Record-Route carries: the dialog (Call-ID, caller's tag) and
-        the remote target that requests along this route go to."""
-        data = f"{call_id}\0{tag}\0{target}".encode("utf-8", "surrogateescape")
-        return hashlib.blake2s(data, key=self._route_key, digest_size=8).hexdigest()
-
-    def _signed_for(self, req: Request, signature: str) -> bool:
-        """Our route was signed for this request's dialog and Request-URI: the caller's tag
-        is its From tag (caller to callee) or its To tag (the other way)."""
-        if not signature:
-            return False
-        call_id, target = req.call_id, _target(req.ruri)
-        return any(tag is not None and signature == self._sign(call_id, tag, target)
-                   for tag in (req.from_tag, req.to_tag))
+        return 0 if self.policy.signed_for(req, signature) else 481
 
     def _contact_target(self, msg: Request | Response) -> str:
         try:
             contacts = msg.contacts
         except ParseError:
             return ""
-        return _target(contacts[0].uri) if contacts and contacts[0].uri is not None else ""
+        return target_key(contacts[0].uri) if contacts and contacts[0].uri is not None else ""
 
     def _resign_record_route(self, out: Response, call_id: str, from_tag: str) -> None:
         """§16.7 step 4 lets a proxy rewrite its own Record-Route in a response: the
@@ -1254,35 +1152,23 @@ class Proxy:
         signature = ""
         changed = []
         for value in values:
-            unsigned, sig = _signature_of(value)
-            if sig and self._own_route(unsigned):
+            unsigned, sig = signature_of(value)
+            if sig and self.addressing.own_route(unsigned):
                 if not signature:
-                    signature = self._sign(call_id, from_tag, self._contact_target(out))
-                value = f"{unsigned[:-1]};{_SIG_PARAM}{signature}>" if unsigned.endswith(
-                    ">") else f"{unsigned};{_SIG_PARAM}{signature}"
+                    signature = self.policy.sign(call_id, from_tag, self._contact_target(out))
+                value = f"{unsigned[:-1]};{SIG_PARAM}{signature}>" if unsigned.endswith(
+                    ">") else f"{unsigned};{SIG_PARAM}{signature}"
             changed.append(value)
         if signature:
             out.remove("record-route")
             for value in changed:
                 out.append("record-route", value)
 
-    def _serves_domain(self, uri: SipUri) -> bool:
-        """A registrar domain of ours: a configured domain or any of our addresses."""
-        host = uri.host.strip("[]").lower()
-        return host in self._domains or any(host == h for h, _ in self._own)
-
-    def _is_own(self, uri: SipUri) -> bool:
-        host = uri.host.strip("[]").lower()
-        if host in self._domains:
-            return True
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        return (host, port) in self._own
-
     def _looped(self, req: Request) -> bool:
         """§16.3 step 4: our Via with the branch hash this request would get again."""
         mine = None
         for via in req.vias:
-            if (via.host.strip("[]").lower(), via.port or 5060) in self._own:
+            if (via.host.strip("[]").lower(), via.port or 5060) in self.addressing.own:
                 if mine is None:
                     mine = self._loop_hash(req)
                 branch = via.branch or ""
@@ -1297,95 +1183,3 @@ class Proxy:
 
     def _branch(self, req: Request) -> str:
         return f"{_MAGIC}{self._loop_hash(req)}.{self.rand()}"
-
-    def _preprocess_routes(self, req: Request) -> str:
-        """§16.4: undo a strict router's rewrite, then pop the Route entries that are us.
-        Answers the signature our popped entries carried ("" if none)."""
-        signature = ""
-        ruri = req.ruri
-        if isinstance(ruri, SipUri) and self._is_own(ruri) and ruri.has_param("lr"):
-            signature = _signature_of(req.uri)[1]
-            routes = req.values("route")
-            if routes:
-                last = routes[-1]
-                req.uri = str(parse_name_addr(last).uri)
-                req.remove("route")
-                for value in routes[:-1]:
-                    req.append("route", value)
-        while True:
-            routes = req.values("route")
-            if not routes:
-                return signature
-            unsigned, sig = _signature_of(routes[0])
-            if not self._own_route(unsigned):
-                return signature
-            signature = signature or sig
-            req.pop_first_value("route")
-
-    def _own_route(self, value: str) -> bool:
-        """Whether a Route value (its signature cut) names us. In-dialog requests carry
-        our Record-Route back as written, the same few strings over and over: each is
-        parsed once."""
-        own = self._own_routes.get(value)
-        if own is None:
-            top = parse_name_addr(value).uri
-            own = _remember(self._own_routes, value,
-                            isinstance(top, SipUri) and self._is_own(top), limit=4096)
-        return own
-
-    def _next_hop(self, req: Request) -> SipUri | None:
-        """The URI the request goes to next, fixing up a strict-routing next hop (§16.6.6)."""
-        routes = req.values("route")
-        if routes:
-            top = parse_name_addr(routes[0]).uri
-            if not isinstance(top, SipUri):
-                return None
-            if not top.has_param("lr"):
-                req.pop_first_value("route")
-                req.append("route", f"<{req.uri}>")
-                req.uri = str(top)
-            return top
-        ruri = req.ruri
-        return ruri if isinstance(ruri, SipUri) else None
-
-    def _resolve(self, uri: SipUri) -> Address | None:
-        transport = uri.transport
-        if transport not in ("udp", "tcp"):
-            return None
-        name = uri.params.get("maddr") or uri.host
-        try:
-            host = self._resolved[name]
-        except KeyError:
-            host = _remember(self._resolved, name, self._resolve_host(name))
-        if host is None:
-            return None
-        return Address(transport, host, uri.port or 5060)
-
-    def _resolve_host(self, name: str) -> str | None:
-        """An IP literal as it is, a configured host name to its address, else None (no
-        DNS on the hot path)."""
-        host = name.strip("[]")
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return self._hosts.get(host.lower())
-        return host
-
-    def _local_for(self, dest: Address) -> Address | None:
-        v6 = ":" in dest.host
-        fallback = None
-        for listener in self.config.listeners:
-            if listener.transport == dest.transport:
-                if (":" in listener.host) == v6:
-                    return listener
-                fallback = fallback or listener
-        return fallback
-
-    @staticmethod
-    def _rr_uri(local: Address, signature: str) -> str:
-        suffix = ";transport=tcp" if local.transport == "tcp" else ""
-        return f"sip:{local.hostport}{suffix};lr;{_SIG_PARAM}{signature}"
-
-    @staticmethod
-    def _via(local: Address, branch: str) -> Via:
-        return Via(local.transport.upper(), local.uri_host, local.port, {"branch": branch})
