@@ -52,9 +52,10 @@ def target(uri: Uri | None) -> str:
 
 
 def rr_uri(local: Address, signature: str) -> str:
-    """Our Record-Route URI on socket `local`, with the route's signature."""
+    """Our Record-Route URI on socket `local`, with the route's signature if any."""
     suffix = ";transport=tcp" if local.transport == "tcp" else ""
-    return f"sip:{local.hostport}{suffix};lr;{SIG_PARAM}{signature}"
+    signed = f";{SIG_PARAM}{signature}" if signature else ""
+    return f"sip:{local.hostport}{suffix};lr{signed}"
 
 
 def via(local: Address, branch: str) -> Via:

@@ -493,8 +493,10 @@ class Proxy:
         if self.config.record_route and req.to_tag is None and req.method != "REGISTER":
             # RFC 5658: two entries when the request changes socket, so each side sees the
             # address it can reach; the downstream-facing one on top.
-            # The callee's route set: requests along it go to the caller's Contact.
-            signature = self.policy.sign(req.call_id, req.from_tag or "", self._contact_target(req))
+            # The callee's route set: requests along it go to the caller's Contact. A trusted
+            # next hop needs no signature to come back through us.
+            signature = "" if self.policy.is_trusted(dest.host) else self.policy.sign(
+                req.call_id, req.from_tag or "", self._contact_target(req))
             if local_out != local_in:
                 out.prepend("record-route", f"<{rr_uri(local_in, signature)}>")
                 ctx.own_rr += 1
@@ -667,8 +669,9 @@ class Proxy:
             ctx.timer_c_due = now + self.config.timers.timer_c
         out = response.copy()
         out.pop_first_value("via")
-        if ctx.own_rr and status > 100 and status < 300:
-            self._resign_record_route(out, response.call_id, response.from_tag or "")
+        if (ctx.own_rr and 100 < status < 300
+                and not self.policy.is_trusted(ctx.server.reply_to.host)):
+            self._resign_record_route(out, response)
         if ctx.cseq_delta:
             out.set("cseq", f"{response.cseq.number - ctx.cseq_delta} {response.cseq.method}")
         first_final = False
@@ -726,10 +729,6 @@ class Proxy:
         if (top.host.strip("[]").lower(), top.port or 5060) not in own or len(vias) < 2:
             self.stats["core:drop_replies"] += 1
             return
-        out = resp.copy()
-        out.pop_first_value("via")
-        if 100 < resp.status < 300 and resp.has("record-route"):
-            self._resign_record_route(out, resp.call_id, resp.from_tag or "")
         nxt = vias[1]
         # The next hop as an address: `received` is one; a host name is not looked up.
         host = self.addressing.resolve_host(nxt.params.get("received") or nxt.host)
@@ -740,6 +739,11 @@ class Proxy:
         if local is None:
             self.stats["core:drop_replies"] += 1
             return
+        out = resp.copy()
+        out.pop_first_value("via")
+        if (100 < resp.status < 300 and resp.has("record-route")
+                and not self.policy.is_trusted(dest.host)):
+            self._resign_record_route(out, resp)  # as the first one went up statefully
         self.stats["core:fwd_replies"] += 1
         self._send(Datagram(out.to_bytes(), dest, local))
 
@@ -1144,25 +1148,25 @@ class Proxy:
             return ""
         return target_key(contacts[0].uri) if contacts and contacts[0].uri is not None else ""
 
-    def _resign_record_route(self, out: Response, call_id: str, from_tag: str) -> None:
+    def _resign_record_route(self, out: Response, response: Response) -> None:
         """§16.7 step 4 lets a proxy rewrite its own Record-Route in a response: the
         caller's route set (from the 2xx) is signed for the callee's Contact, the target of
-        the caller's in-dialog requests."""
+        the caller's in-dialog requests. `out` is the copy of `response` that goes upstream
+        (`response` has its Contact parsed already, for the dialog)."""
         values = out.values("record-route")
         signature = ""
         changed = []
         for value in values:
-            unsigned, sig = signature_of(value)
-            if sig and self.addressing.own_route(unsigned):
+            unsigned = signature_of(value)[0]
+            if self.addressing.own_route(unsigned):
                 if not signature:
-                    signature = self.policy.sign(call_id, from_tag, self._contact_target(out))
+                    signature = self.policy.sign(response.call_id, response.from_tag or "",
+                                                 self._contact_target(response))
                 value = f"{unsigned[:-1]};{SIG_PARAM}{signature}>" if unsigned.endswith(
                     ">") else f"{unsigned};{SIG_PARAM}{signature}"
             changed.append(value)
         if signature:
-            out.remove("record-route")
-            for value in changed:
-                out.append("record-route", value)
+            out.set("record-route", ", ".join(changed))
 
     def _looped(self, req: Request) -> bool:
         """§16.3 step 4: our Via with the branch hash this request would get again."""

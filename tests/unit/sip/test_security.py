@@ -144,15 +144,32 @@ def test_a_route_we_signed_relays_after_the_dialog_is_forgotten() -> None:
 
 
 def test_the_callers_route_is_signed_for_the_callees_contact() -> None:
+    """Both parties untrusted: the callee's route set (in the INVITE) is signed for the
+    caller's Contact, the caller's (in the answers, rewritten) for the callee's."""
+    p = proxy(trusted=())
+    p.location.register(parse_message(sip_request(  # type: ignore[arg-type]
+        "REGISTER", "sip:example.org", branch="z9hG4bKr", from_uri="sip:alice@example.org",
+        to_uri="sip:alice@example.org", contact="sip:alice@198.51.100.8:5070",
+        extra=("Expires: 600",))), "alice@example.org", ALICE, PROXY, 0.0, "t")
+    inv = invite(ruri="sip:alice@example.org", from_uri="sip:carol@example.net",
+                 from_tag="carol-tag", contact="sip:carol@203.0.113.66:5060",
+                 via=via(ATTACKER, "z9hG4bKc1"))
+    at_alice = relayed(send(p, inv, ATTACKER))[0]
+    assert at_alice.get_all("record-route") == [
+        signed(OUR_RR, tag="carol-tag", target="sip:carol@203.0.113.66:5060", secret=SECRET)]
+    for status in (180, 200):
+        out = send(p, reply(at_alice, status, to_tag="alice-tag2",
+                            contact="sip:alice@198.51.100.8:5070"), ALICE)
+        (answer,) = [m for _, m in out if isinstance(m, Response)]
+        assert answer.get_all("record-route") == [signed(
+            OUR_RR, tag="carol-tag", target="sip:alice@198.51.100.8:5070", secret=SECRET)]
+
+
+def test_a_trusted_next_hop_gets_an_unsigned_route() -> None:
     p = proxy()
-    inv = invite(ruri="sip:alice@198.51.100.8:5070", from_uri="sip:carol@example.net",
-                 via=via(CARRIER, "z9hG4bKc1"))
-    at_alice = relayed(send(p, inv, CARRIER))[0]
-    out = send(p, reply(at_alice, 200, to_tag="alice-tag2",
-                        contact="sip:alice@198.51.100.8:5070"), ALICE)
-    (ok,) = [m for _, m in out if isinstance(m, Response)]
-    assert ok.get_all("record-route") == [
-        signed(OUR_RR, tag="alice-tag", target="sip:alice@198.51.100.8:5070", secret=SECRET)]
+    inv = invite(ruri="sip:bob@198.51.100.20:5060", via=via(ALICE, "z9hG4bKt"))
+    (fwd,) = relayed(send(p, inv, Address("udp", "198.51.100.20", 5070)))
+    assert fwd.get_all("record-route") == [OUR_RR]
 
 
 # -- every new request is challenged, and every user answered alike -------------------------------
