@@ -889,17 +889,22 @@ class Proxy:
             ("cseq", "CSeq", f"{cseq} {method}"),
             ("max-forwards", "Max-Forwards", "70"),
         ]
-        if routes:
-            first = parse_name_addr(routes[0])
-            if isinstance(first.uri, SipUri) and not first.uri.has_param("lr"):
-                # Strict-routing next hop (§12.2.1.1): it becomes the Request-URI.
-                routes = [*routes[1:], f"<{uri}>"]
-                uri = str(first.uri)
-        headers += [("route", "Route", r) for r in routes]
-        for name, value in extra:
-            headers.append((name.lower(), name, value))
-        req = Request(method, uri, headers, body)
-        hop = self.addressing.next_hop(req)
+        try:
+            if routes:
+                first = parse_name_addr(routes[0])
+                if isinstance(first.uri, SipUri) and not first.uri.has_param("lr"):
+                    # Strict-routing next hop (§12.2.1.1): it becomes the Request-URI.
+                    routes = [*routes[1:], f"<{uri}>"]
+                    uri = str(first.uri)
+            headers += [("route", "Route", r) for r in routes]
+            for name, value in extra:
+                headers.append((name.lower(), name, value))
+            req = Request(method, uri, headers, body)
+            hop = self.addressing.next_hop(req)
+        except ParseError:
+            # The route set is a Record-Route kept as the peer wrote it: one we cannot read
+            # leaves this leg unreachable from here, not the dialog stuck.
+            return None
         dest = self.addressing.resolve(hop) if hop is not None else None
         if dest is None:
             dest = target.address

@@ -388,9 +388,6 @@ def test_credentials_that_are_not_ascii_are_a_failed_guess() -> None:
     assert answer.data.startswith((b"SIP/2.0 401 ", b"SIP/2.0 403 "))
 
 
-@pytest.mark.xfail(strict=True, reason="proxy.py in_dialog_request parses the route set and "
-                   "lets ParseError out: end_dialog and the lifetime timer raise, and the "
-                   "dialog is never ended")
 def test_a_dialog_whose_route_set_does_not_parse_can_still_be_ended() -> None:
     """Found by the flow fuzzer's snapshot check (a restored dialog is ended): the caller's
     route set is the INVITE's Record-Route as written, here `<sip:127.0.0.1:5070;lr`."""
