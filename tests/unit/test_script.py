@@ -7,7 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from unit.sip.test_proxy import (
+
+from switchboard.script import RequestContext, ScriptError, install_script, load_script
+from switchboard.sip import Request, Response, parse_message
+from switchboard.sip.callops import CallEvent, CallOps
+from tests.unit.kit.proxy import (
     ALICE,
     BOB,
     BOB_CONTACT,
@@ -17,10 +21,6 @@ from unit.sip.test_proxy import (
     reply,
     sip_request,
 )
-
-from switchboard.script import RequestContext, ScriptError, install_script, load_script
-from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallEvent, CallOps
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "manual_mode.py"
 

@@ -1,43 +1,23 @@
 """Digest authentication (RFC 2617 / RFC 3261 §22) in the registrar and for calls from
-untrusted sources. The client side is computed here independently of `sip/auth.py`."""
+untrusted sources. The client side is computed independently of `sip/auth.py`
+(`tests.unit.kit.auth`)."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 
 import pytest
-from unit.sip.test_proxy import invite, sip_request
 
 from switchboard.sip import Response, parse_message
 from switchboard.sip.auth import DigestAuth, parse_credentials
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
+from tests.unit.kit.auth import credentials
+from tests.unit.kit.proxy import invite, sip_request
 
 PROXY = Address("udp", "192.0.2.10", 5060)
 ALICE = Address("udp", "198.51.100.8", 5070)
 USERS = (("alice", "s3cret"),)
-
-
-def md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def credentials(challenge: str, method: str, uri: str, user: str = "alice",
-                password: str = "s3cret", nc: str = "00000001", algorithm: str = "MD5") -> str:
-    params = parse_credentials(challenge)
-    assert params is not None
-    realm, nonce = params["realm"], params["nonce"]
-    h = sha256 if algorithm == "SHA-256" else md5
-    ha1 = h(f"{user}:{realm}:{password}")
-    ha2 = h(f"{method}:{uri}")
-    response = h(f"{ha1}:{nonce}:{nc}:abc:auth:{ha2}")
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", qop=auth, nc={nc}, cnonce="abc", algorithm={algorithm}')
 
 
 def proxy(**config: object) -> Proxy:

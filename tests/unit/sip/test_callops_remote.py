@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from unit.sip.test_callops import (
+from switchboard.sip import Request, parse_message
+from switchboard.sip.callops import CallEvent
+from switchboard.sip.wire import Datagram
+from tests.unit.kit.callops import (
     ALICE,
     BOB,
     CAROL,
@@ -20,10 +23,6 @@ from unit.sip.test_callops import (
     only_request,
     transfer_event,
 )
-
-from switchboard.sip import Request, parse_message
-from switchboard.sip.callops import CallEvent
-from switchboard.sip.wire import Datagram
 
 
 class Cluster:

@@ -8,7 +8,9 @@ import gc
 from collections.abc import Iterator
 
 import pytest
-from unit.sip.test_proxy import (
+
+from switchboard.sip import parse_message
+from tests.unit.kit.proxy import (
     ALICE,
     BOB,
     OUR_RR,
@@ -19,8 +21,6 @@ from unit.sip.test_proxy import (
     reply,
     sip_request,
 )
-
-from switchboard.sip import parse_message
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import itertools
 
-from unit.sip.test_proxy import invite, sip_request
-
 from switchboard.sip import Response, parse_message
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
+from tests.unit.kit.proxy import invite, sip_request
 
 PROXY = Address("udp", "192.0.2.10", 5060)
 STRANGER = Address("udp", "198.51.100.7", 5060)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import itertools
 
-from unit.sip.test_auth import credentials
-from unit.sip.test_proxy import invite, reply, signed, sip_request
-
 from switchboard.sip import Request, Response, parse_message
 from switchboard.sip.guard import AuthFailed, GuardSettings
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
+from tests.unit.kit.auth import credentials
+from tests.unit.kit.proxy import invite, reply, signed, sip_request
 
 PROXY = Address("udp", "192.0.2.10", 5060)
 ATTACKER = Address("udp", "203.0.113.66", 5060)

@@ -16,12 +16,15 @@ from typing import Any
 
 import msgpack
 import pytest
-from unit.sip.test_callops import (
+
+from switchboard.sip import Request
+from switchboard.sip.dialog import Dialog, DialogState, DialogStateChanged
+from switchboard.sip.wire import Address
+from tests.unit.kit.callops import (
     ALICE,
     BOB,
     CAROL,
     CAROL_URI,
-    OUR_RR,
     SDP_A,
     SDP_B,
     SDP_C,
@@ -44,10 +47,7 @@ from unit.sip.test_callops import (
     start_blind,
     transfer_event,
 )
-
-from switchboard.sip import Request
-from switchboard.sip.dialog import Dialog, DialogState, DialogStateChanged
-from switchboard.sip.wire import Address
+from tests.unit.kit.proxy import OUR_RR
 
 CALL_ID = "call-1@alice"
 
