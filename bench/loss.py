@@ -25,14 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-# The relay and the harness live with the tests; the bench reuses them as they are.
-for extra in (REPO, REPO / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+from tests.interop.lossy import Faults, RelayPool
+from tests.support import server as harness
 
-import harness  # noqa: E402
-from tests.interop.lossy import Faults, RelayPool  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SCENARIOS = REPO / "tests" / "interop" / "scenarios" / "loss"
 SIPP_RETRANS = ("-max_invite_retrans", "7", "-max_non_invite_retrans", "10", "-T2", "4000")

@@ -1,8 +1,7 @@
 """Shared fixtures: free ports, `switchboard serve` subprocesses and SIPp runs.
 
-The machinery lives in tests/harness.py (importable as `harness`, see `pythonpath` in
-pyproject.toml); this file only turns it into fixtures and attaches the output of every server
-and SIPp run to the report of a failed test.
+The machinery lives in tests/support/ (`tests.support.server`); this file only turns it into
+fixtures and attaches the output of every server and SIPp run to the report of a failed test.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import harness
-from harness import Sipp, SwitchboardServer
+from tests.support import server as harness
+from tests.support.server import Sipp, SwitchboardServer
 
 _servers_key = pytest.StashKey[list[SwitchboardServer]]()
 _sipps_key = pytest.StashKey[list[Sipp]]()

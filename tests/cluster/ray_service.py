@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from harness import free_port
 from switchboard.config import Config, apply_overrides
 from switchboard.mi.client import call as mi_call
+from tests.support.server import free_port
 
 HOST = "127.0.0.1"
 NAMESPACE = "switchboard"
@@ -66,7 +66,7 @@ def _bindable(port: int) -> bool:
 def free_port_block(count: int) -> int:
     """A base port such that base .. base+count-1 are free for UDP and TCP right now.
 
-    Taken below the kernel's ephemeral range (where `harness.free_port` and every port-0 bind
+    Taken below the kernel's ephemeral range (where `tests.support.server.free_port` and every port-0 bind
     land), so nothing else in the session can be handed one of them.
     """
     for _ in range(200):

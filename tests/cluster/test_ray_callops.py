@@ -28,12 +28,12 @@ from urllib.parse import unquote
 
 import pytest
 
-from harness import Sipp, SippResult, free_port
 from switchboard.api import CommandError
 from tests.cluster.ray_service import HOST, Service, import_ray
 from tests.cluster.recorder import EventRecorder
 from tests.interop.events import EventCollector, collecting
 from tests.interop.test_sipp_callops import received, sip_messages
+from tests.support.server import Sipp, SippResult, free_port
 
 ray = import_ray()
 

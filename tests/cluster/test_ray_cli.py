@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness import REPO_ROOT, ServerStartError, Sipp, SwitchboardServer, free_port
 from tests.cluster.ray_service import HOST, free_port_block, import_ray, kill_controller
 from tests.integration.test_ops_http import hep_chunks, options
+from tests.support.server import REPO_ROOT, ServerStartError, Sipp, SwitchboardServer, free_port
 
 ray = import_ray()
 

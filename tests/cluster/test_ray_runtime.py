@@ -20,7 +20,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from harness import Sipp, SippResult, free_port
 from switchboard.api import CommandError
 from switchboard.config import Config, ListenSocket, apply_overrides
 from tests.cluster.ray_service import (
@@ -32,6 +31,7 @@ from tests.cluster.ray_service import (
 )
 from tests.interop.events import EventCollector, collecting
 from tests.interop.test_sipp_callops import SipMessage, received
+from tests.support.server import Sipp, SippResult, free_port
 
 ray = import_ray()
 

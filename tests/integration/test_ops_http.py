@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import HOST, Sipp, SwitchboardServer, free_port
 from switchboard.api import ControlApi
 from switchboard.config import load_config, parse_config
 from switchboard.mi.http import start_mi_server
+from tests.support.server import HOST, Sipp, SwitchboardServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

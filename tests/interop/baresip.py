@@ -412,3 +412,8 @@ class BaresipPeer:
         except PeerError:
             return
         raise PeerError(f"unexpected event {ev}\n{self.describe()}")
+
+
+#: The `peer` fixture (tests/interop/conftest.py): start a peer for a user name, stopped at
+#: teardown.
+PeerFactory = Callable[..., BaresipPeer]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer
-
-PeerFactory = Callable[..., BaresipPeer]
+from tests.interop.baresip import BaresipPeer, PeerFactory
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from interop.attackers.targets import (
+
+from tests.interop.attackers.targets import (
     Caller,
     Catcher,
     Phone,
@@ -42,8 +43,7 @@ from interop.attackers.targets import (
     digest_authorization,
     probe,
 )
-
-from harness import HOST, Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import HOST, Sipp, SippResult, SwitchboardServer, free_port
 from switchboard.sip import ParseError, Request, parse_message
+from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

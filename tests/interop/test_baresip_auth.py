@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from interop.conftest import PeerFactory
 
-from harness import SwitchboardServer
+from tests.interop.baresip import PeerFactory
+from tests.support.server import SwitchboardServer
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import SwitchboardServer, wait_dialogs
 from tests.interop.baresip import BaresipPeer
 from tests.interop.events import EventCollector, collecting
 from tests.interop.sip_trace import Traced, trace
+from tests.support.server import SwitchboardServer, wait_dialogs
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 

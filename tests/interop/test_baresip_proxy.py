@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from harness import SwitchboardServer, wait_dialogs
 from tests.interop.baresip import BaresipPeer
 from tests.interop.sip_trace import trace
+from tests.support.server import SwitchboardServer, wait_dialogs
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 

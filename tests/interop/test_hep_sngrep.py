@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import HOST, Sipp, SwitchboardServer, free_port, wait_listening
+from tests.support.server import HOST, Sipp, SwitchboardServer, free_port, wait_listening
 
 pytestmark = [pytest.mark.interop, pytest.mark.sipp]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from harness import HOST, Sipp, SippResult, SwitchboardServer, free_port
 from tests.interop.events import EventCollector, collecting
 from tests.interop.lossy import Faults, LossyRelay, RelayPool
+from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

@@ -30,8 +30,8 @@ import pytest
 from opensips.event import OpenSIPSEventHandler
 from opensips.mi import OpenSIPSMI
 
-from harness import HOST, SwitchboardServer
 from tests.interop.baresip import BaresipPeer
+from tests.support.server import HOST, SwitchboardServer
 
 pytestmark = [pytest.mark.interop, pytest.mark.baresip]
 

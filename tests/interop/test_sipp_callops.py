@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from harness import Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.server import Sipp, SippResult, SwitchboardServer, free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
-from harness import Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.server import Sipp, SippResult, SwitchboardServer, free_port
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
