@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.interop.lossy import Faults, RelayPool
-from tests.support import server as harness
+from tests.support.ports import HOST, free_port
+from tests.support.server import start_switchboard
+from tests.support.sipp import Sipp, sipp_binary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,23 +39,23 @@ SIPP_RETRANS = ("-max_invite_retrans", "7", "-max_non_invite_retrans", "10", "-T
 def run_rate(loss: float, args: argparse.Namespace, workdir: Path, seed: int) -> dict[str, Any]:
     faults = Faults(loss=loss, duplicate=args.duplicate, reorder=args.reorder)
     log_dir = workdir / f"loss-{int(loss * 100):02d}"
-    server = harness.start_switchboard(log_dir=log_dir, tcp=False)
+    server = start_switchboard(log_dir=log_dir, tcp=False)
     started = time.monotonic()
     try:
         with RelayPool() as relays:
-            uas_port = harness.free_port("udp")
-            b_relay = relays.relay(server.udp_address, ua=(harness.HOST, uas_port),
+            uas_port = free_port("udp")
+            b_relay = relays.relay(server.udp_address, ua=(HOST, uas_port),
                                    faults=faults, seed=seed + 1)
             a_relay = relays.relay(server.udp_address, faults=faults, seed=seed)
             timeout = args.calls / args.rate + 90
-            uas = harness.Sipp(
+            uas = Sipp(
                 "uas", SCENARIOS / "uas.xml", log_dir=log_dir, local_port=uas_port,
                 calls=args.calls, timeout=timeout, trace_msg=False,
                 keys={"contact_port": b_relay.sb_port}, extra_args=SIPP_RETRANS,
             ).start().wait_listening()
-            uac = harness.Sipp(
+            uac = Sipp(
                 "uac", SCENARIOS / "uac.xml", log_dir=log_dir,
-                remote=f"{harness.HOST}:{a_relay.ua_port}", local_port=harness.free_port("udp"),
+                remote=f"{HOST}:{a_relay.ua_port}", local_port=free_port("udp"),
                 calls=args.calls, rate=args.rate, timeout=timeout, trace_msg=False,
                 keys={"uas_port": b_relay.sb_port, "contact_port": a_relay.sb_port},
                 extra_args=SIPP_RETRANS,
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
-    if harness.sipp_binary() is None:
+    if sipp_binary() is None:
         print("sipp not found: apt-get install sip-tester", file=sys.stderr)
         return 2
     losses = [float(x) / 100 for x in args.losses.split(",") if x.strip()]

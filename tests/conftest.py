@@ -1,7 +1,8 @@
 """Shared fixtures: free ports, `switchboard serve` subprocesses and SIPp runs.
 
-The machinery lives in tests/support/ (`tests.support.server`); this file only turns it into
-fixtures and attaches the output of every server and SIPp run to the report of a failed test.
+The machinery lives in tests/support/ (`tests.support.ports`, `.server`, `.sipp`); this file
+only turns it into fixtures and attaches the output of every server and SIPp run to the report
+of a failed test.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import server as harness
-from tests.support.server import Sipp, SwitchboardServer
+from tests.support import ports
+from tests.support.server import SwitchboardServer, start_switchboard
+from tests.support.sipp import Sipp, sipp_binary
 
 _servers_key = pytest.StashKey[list[SwitchboardServer]]()
 _sipps_key = pytest.StashKey[list[Sipp]]()
@@ -38,7 +40,7 @@ def pytest_runtest_makereport(
 @pytest.fixture
 def free_port() -> Callable[..., int]:
     """`free_port(kind="udp")` -> a free 127.0.0.1 port; kind is "udp", "tcp" or "both"."""
-    return harness.free_port
+    return ports.free_port
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def switchboard_server(
 
     def start(*extra_args: str, name: str | None = None, **kwargs: Any) -> SwitchboardServer:
         label = name or ("switchboard" if not servers else f"switchboard-{len(servers) + 1}")
-        server = harness.start_switchboard(*extra_args, log_dir=tmp_path, name=label, **kwargs)
+        server = start_switchboard(*extra_args, log_dir=tmp_path, name=label, **kwargs)
         servers.append(server)
         return server
 
@@ -91,7 +93,7 @@ def sipp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..
     installs it). Logs go to the test's tmp_path; every run still alive at teardown is killed,
     and their logs are attached to the report when the test fails.
     """
-    if harness.sipp_binary() is None:
+    if sipp_binary() is None:
         message = "sipp not installed (apt-get install sip-tester, or run scripts/test)"
         pytest.fail(message, pytrace=False)  # never a silent skip: scripts/test installs it
     runs = request.node.stash.setdefault(_sipps_key, [])

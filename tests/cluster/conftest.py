@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cluster.ray_service import (
-    HOST,
     Service,
     import_ray,
     kill_controller,
     start_service,
     stop_service,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.ports import HOST
+from tests.support.server import REPO_ROOT
 
 # Ray replaces 127.0.0.1 by the machine's outward address for the node and the GCS unless it
 # runs in its single-machine mode; this must be set before `ray` is imported (its constants

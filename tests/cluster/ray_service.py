@@ -1,6 +1,5 @@
 """Helpers of the Ray runtime suite (importable as `tests.cluster.ray_service`).
 
-- `free_port_block(n)`: a base port with base .. base+n-1 free (worker i listens on base + i);
 - `InProcessService`: `switchboard.cluster.ray_runtime.serve` run in this process (the test
   process is then the Ray driver), in a uvloop on a background thread, so that synchronous
   tests can drive SIPp while the MI server and the driver's API keep running;
@@ -14,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -26,9 +23,8 @@ import uvloop
 
 from switchboard.config import Config, apply_overrides
 from switchboard.mi.client import call as mi_call
-from tests.support.server import free_port
+from tests.support.ports import HOST, free_port, free_port_block
 
-HOST = "127.0.0.1"
 NAMESPACE = "switchboard"
 
 T = TypeVar("T")
@@ -51,29 +47,6 @@ def kill_controller() -> None:
 
     with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor("controller", namespace=NAMESPACE))
-
-
-def _bindable(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base .. base+count-1 are free for UDP and TCP right now.
-
-    Taken below the kernel's ephemeral range (where `tests.support.server.free_port` and every port-0 bind
-    land), so nothing else in the session can be handed one of them.
-    """
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports on {HOST}")
 
 
 class InProcessService:

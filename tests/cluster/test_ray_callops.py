@@ -29,11 +29,12 @@ from urllib.parse import unquote
 import pytest
 
 from switchboard.api import CommandError
-from tests.cluster.ray_service import HOST, Service, import_ray
+from tests.cluster.ray_service import Service, import_ray
 from tests.cluster.recorder import EventRecorder
 from tests.interop.events import EventCollector, collecting
 from tests.interop.test_sipp_callops import received, sip_messages
-from tests.support.server import Sipp, SippResult, free_port
+from tests.support.ports import HOST, free_port
+from tests.support.sipp import Sipp, SippResult
 
 ray = import_ray()
 

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.cluster.ray_service import HOST, free_port_block, import_ray, kill_controller
+from tests.cluster.ray_service import import_ray, kill_controller
 from tests.integration.test_ops_http import hep_chunks, options
-from tests.support.server import REPO_ROOT, ServerStartError, Sipp, SwitchboardServer, free_port
+from tests.support.ports import HOST, free_port, free_port_block
+from tests.support.server import REPO_ROOT, ServerStartError, SwitchboardServer
+from tests.support.sipp import Sipp
 
 ray = import_ray()
 

@@ -22,16 +22,11 @@ import pytest
 
 from switchboard.api import CommandError
 from switchboard.config import Config, ListenSocket, apply_overrides
-from tests.cluster.ray_service import (
-    HOST,
-    Service,
-    free_port_block,
-    import_ray,
-    service_config,
-)
+from tests.cluster.ray_service import Service, import_ray, service_config
 from tests.interop.events import EventCollector, collecting
 from tests.interop.test_sipp_callops import SipMessage, received
-from tests.support.server import Sipp, SippResult, free_port
+from tests.support.ports import HOST, free_port, free_port_block
+from tests.support.sipp import Sipp, SippResult
 
 ray = import_ray()
 

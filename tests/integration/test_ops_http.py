@@ -28,7 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from switchboard.api import ControlApi
 from switchboard.config import load_config, parse_config
 from switchboard.mi.http import start_mi_server
-from tests.support.server import HOST, Sipp, SwitchboardServer, free_port
+from tests.support.ports import HOST, free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

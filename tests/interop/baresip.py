@@ -21,7 +21,6 @@ import collections
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,30 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+
 PEER_SCRIPT = Path(__file__).with_name("baresip_peer.py")
 
 #: Generous defaults: CI machines are slow and SIP timers are in seconds.
 DEFAULT_TIMEOUT = 15.0
 
 Message = dict[str, Any]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free for both UDP and TCP on ``host`` right now.
-
-    baresip's ``sip_listen`` binds the same port for UDP and TCP, so both must be free.
-    """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free UDP+TCP port found")
 
 
 class PeerError(AssertionError):
@@ -94,7 +77,7 @@ class BaresipPeer:
     ):
         self.user = user
         self._auto_port = sip_port is None
-        self.sip_port = sip_port if sip_port is not None else free_port()
+        self.sip_port = sip_port if sip_port is not None else free_port("both")
         self.registrar = registrar
         self.outbound_proxy = outbound_proxy
         self.domain = domain
@@ -157,7 +140,7 @@ class BaresipPeer:
             if not (self._auto_port and "Address already in use" in error and attempt < 2):
                 raise PeerError(f"peer failed to start: {error}\n{self.describe()}")
             self._reset()
-            self.sip_port = free_port()
+            self.sip_port = free_port("both")
         raise AssertionError("unreachable")
 
     def _launch(self) -> None:

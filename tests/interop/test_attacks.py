@@ -43,7 +43,9 @@ from tests.interop.attackers.targets import (
     digest_authorization,
     probe,
 )
-from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.ports import HOST, free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp, SippResult
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

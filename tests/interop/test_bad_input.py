@@ -29,7 +29,9 @@ from pathlib import Path
 import pytest
 
 from switchboard.sip import ParseError, Request, parse_message
-from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.ports import HOST, free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp, SippResult
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer, free_port
+from tests.interop.baresip import BaresipPeer
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 
@@ -199,7 +200,7 @@ def test_registrar_and_outbound_proxy_config(peer: PeerFactory) -> None:
     stub = _StubProxy()
     try:
         proxy_uri = f"sip:127.0.0.1:{stub.port}"
-        alice = peer("alice", registrar=proxy_uri, sip_port=free_port())
+        alice = peer("alice", registrar=proxy_uri, sip_port=free_port("both"))
         assert alice.ready is not None and alice.ready["registered"] is True
         alice.wait_event("registered")
         assert alice.aor == "sip:alice@127.0.0.1"

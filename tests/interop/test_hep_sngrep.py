@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import HOST, Sipp, SwitchboardServer, free_port, wait_listening
+from tests.support.ports import HOST, free_port, wait_listening
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp
 
 pytestmark = [pytest.mark.interop, pytest.mark.sipp]
 

@@ -24,7 +24,9 @@ import pytest
 
 from tests.interop.events import EventCollector, collecting
 from tests.interop.lossy import Faults, LossyRelay, RelayPool
-from tests.support.server import HOST, Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.ports import HOST, free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp, SippResult
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

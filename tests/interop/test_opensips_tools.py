@@ -31,7 +31,8 @@ from opensips.event import OpenSIPSEventHandler
 from opensips.mi import OpenSIPSMI
 
 from tests.interop.baresip import BaresipPeer
-from tests.support.server import HOST, SwitchboardServer
+from tests.support.ports import HOST
+from tests.support.server import SwitchboardServer
 
 pytestmark = [pytest.mark.interop, pytest.mark.baresip]
 

@@ -31,7 +31,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.support.server import Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.ports import free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp, SippResult
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

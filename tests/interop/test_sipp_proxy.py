@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.support.server import Sipp, SippResult, SwitchboardServer, free_port
+from tests.support.ports import free_port
+from tests.support.server import SwitchboardServer
+from tests.support.sipp import Sipp, SippResult
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 

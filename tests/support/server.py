@@ -1,135 +1,33 @@
-"""Test harness shared by the integration, interop and cluster suites.
+"""`python -m switchboard serve` as a subprocess, driven as a user would drive it.
 
-Owns: picking free loopback ports, running `python -m switchboard serve` as a subprocess and
-talking to its management interface (JSON-RPC 2.0 over HTTP), and running SIPp scenarios and
-reading their statistics. Knows nothing about switchboard's internals: everything goes through
-the command line, sockets and the MI, exactly as a user would drive it.
-
-All traffic stays on 127.0.0.1; ports are chosen at run time.
+Owns: starting `serve` on fresh loopback ports and waiting for its `ready` line, keeping its
+output, talking to its management interface (JSON-RPC 2.0 over HTTP) and stopping it; and
+polling `dialog:list`. Knows nothing about switchboard's internals: everything goes through
+the command line, sockets and the MI.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import itertools
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from tests.support.output import tail
+from tests.support.ports import HOST, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = REPO_ROOT / "tests" / "interop" / "scenarios"
-HOST = "127.0.0.1"
-
-PortKind = Literal["udp", "tcp", "both"]
-
-# ----------------------------------------------------------------------------- ports
-
-_handed_out: set[int] = set()
-_ports_lock = threading.Lock()
-
-
-def free_port(kind: PortKind = "udp") -> int:
-    """A port on 127.0.0.1 that is free right now for `kind` ("udp", "tcp" or "both").
-
-    "both" means free for UDP and TCP at once (a server listening on udp:P and tcp:P).
-    A port is never handed out twice in one test session, so ports picked one after the other
-    cannot collide even before anything binds them.
-    """
-    if kind not in ("udp", "tcp", "both"):
-        raise ValueError(f"kind must be 'udp', 'tcp' or 'both', not {kind!r}")
-    first = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-    for _ in range(200):
-        with contextlib.ExitStack() as stack:
-            s = stack.enter_context(socket.socket(socket.AF_INET, first))
-            s.bind((HOST, 0))
-            port: int = s.getsockname()[1]
-            if kind == "both":
-                t = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-        with _ports_lock:
-            if port in _handed_out:
-                continue
-            _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free {kind} port found on {HOST}")
-
-
-def _proc_net_ports(kind: Literal["udp", "tcp"]) -> set[int]:
-    """Local ports bound on this machine (UDP) or listening (TCP), read from /proc/net."""
-    ports: set[int] = set()
-    for name in (kind, kind + "6"):
-        try:
-            lines = Path("/proc/net", name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            local, state = fields[1], fields[3]
-            if kind == "tcp" and state != "0A":  # TCP_LISTEN
-                continue
-            ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
-
-
-def wait_listening(port: int, kind: PortKind = "udp", timeout: float = 10.0) -> None:
-    """Wait until something on this machine listens on `port` without touching the port.
-
-    Reads /proc/net (Linux) instead of probing, so it cannot race the program that is about
-    to bind the port. Without /proc it just waits a moment.
-    """
-    kinds: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp") if kind == "both" else (kind,)
-    if not Path("/proc/net/udp").exists():
-        time.sleep(1.0)
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        if all(port in _proc_net_ports(k) for k in kinds):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on {kind} port {port} after {timeout} s")
-        time.sleep(0.02)
-
-
-def _tail(text: str, lines: int = 60, chars: int = 6000) -> str:
-    """The end of `text`: at most `lines` lines and `chars` characters (SIPp's error log
-    runs its entries together on one line)."""
-    parts = text.splitlines()
-    cut = len(parts) - lines
-    if cut > 0:
-        text = "\n".join(parts[-lines:])
-    if len(text) > chars:
-        text = text[-chars:]
-        cut = max(cut, 1)
-    return f"[... earlier output cut ...]\n{text}" if cut > 0 else text
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-# ----------------------------------------------------------------------------- switchboard
 
 
 class ServerStartError(RuntimeError):
@@ -333,7 +231,7 @@ class SwitchboardServer:
         state = "running" if self.proc.poll() is None else f"exit code {self.proc.returncode}"
         return (
             f"{self.name} ({state}); command: {' '.join(self.args)}\n"
-            f"log: {self.log_path}\n--- output ---\n{_tail(self.output, lines)}"
+            f"log: {self.log_path}\n--- output ---\n{tail(self.output, lines)}"
         )
 
 
@@ -409,273 +307,6 @@ def start_switchboard(
         return server
     assert last_error is not None
     raise last_error
-
-
-# ----------------------------------------------------------------------------- SIPp
-
-SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
-
-
-def sipp_binary() -> str | None:
-    """Path of the SIPp binary (Debian package sip-tester), or None."""
-    return os.environ.get("SIPP") or shutil.which("sipp")
-
-
-@dataclass
-class SippResult:
-    """What one SIPp run left behind: exit code, final statistics and log files."""
-
-    name: str
-    args: list[str]
-    returncode: int | None
-    stats: dict[str, str]
-    files: dict[str, Path]
-
-    def count(self, column: str) -> int:
-        """A cumulative counter from the statistics CSV, e.g. count("SuccessfulCall")."""
-        value = self.stats.get(column if column.endswith(")") else f"{column}(C)", "")
-        try:
-            return int(value)
-        except ValueError:
-            return -1
-
-    @property
-    def successful(self) -> int:
-        return self.count("SuccessfulCall")
-
-    @property
-    def failed(self) -> int:
-        return self.count("FailedCall")
-
-    @property
-    def unexpected(self) -> int:
-        return self.count("FailedUnexpectedMessage")
-
-    def problems(self, calls: int) -> list[str]:
-        """Why this run is not `calls` clean successful calls (empty when it is)."""
-        out = []
-        if self.returncode != 0:
-            out.append(f"exit code {self.returncode} (0 = all calls successful)")
-        if not self.stats:
-            out.append("no statistics written")
-        else:
-            if self.successful != calls:
-                out.append(f"SuccessfulCall(C) = {self.successful}, expected {calls}")
-            if self.failed != 0:
-                out.append(f"FailedCall(C) = {self.failed}")
-            if self.unexpected != 0:
-                out.append(f"FailedUnexpectedMessage(C) = {self.unexpected}")
-        return out
-
-    def describe(self, lines: int = 60) -> str:
-        interesting = (
-            "SuccessfulCall(C)",
-            "FailedCall(C)",
-            "FailedUnexpectedMessage(C)",
-            "FailedMaxUDPRetrans(C)",
-            "FailedTimeoutOnRecv(C)",
-            "FailedTcpConnect(C)",
-            "FailedTcpClosed(C)",
-            "OutOfCallMsgs(C)",
-            "DeadCallMsgs(C)",
-            "Retransmissions(C)",
-        )
-        stats = ", ".join(f"{k}={self.stats[k]}" for k in interesting if k in self.stats)
-        parts = [
-            f"=== sipp {self.name}: exit code {self.returncode}",
-            f"command: {' '.join(self.args)}",
-            f"stats: {stats or '(none)'}",
-        ]
-        for label in ("errors", "stderr", "screen", "messages"):
-            path = self.files.get(label)
-            if path is None:
-                continue
-            text = _read(path).strip()
-            if text:
-                parts.append(f"--- {label} ({path}) ---\n{_tail(text, lines)}")
-        return "\n".join(parts)
-
-
-def read_sipp_stats(path: Path) -> dict[str, str]:
-    """The last row of a SIPp `-trace_stat` CSV (`;`-separated) keyed by column name."""
-    try:
-        with path.open(newline="", errors="replace") as f:
-            rows = [row for row in csv.reader(f, delimiter=";") if row]
-    except OSError:
-        return {}
-    if len(rows) < 2:
-        return {}
-    header, last = rows[0], rows[-1]
-    return {k: v for k, v in zip(header, last, strict=False) if k}
-
-
-class Sipp:
-    """One SIPp process running a scenario from tests/interop/scenarios in the foreground.
-
-    `remote` is "host:port" for a UAC (SIPp sends every message there, so it is the proxy);
-    a UAS scenario leaves it None. `keys` become `-key NAME VALUE` ([NAME] in the scenario).
-    `timeout` (s) bounds the whole run (-timeout, an error when reached); `recv_timeout` (s)
-    bounds each wait for an expected message. Logs (errors, statistics CSV, final screen,
-    message trace, stdout/stderr) go to `log_dir`.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        scenario: str | Path,
-        *,
-        log_dir: Path,
-        local_port: int,
-        remote: str | None = None,
-        transport: Literal["udp", "tcp"] = "udp",
-        calls: int = 1,
-        rate: float | None = None,
-        keys: Mapping[str, object] | None = None,
-        service: str = "uas",
-        timeout: float = 60.0,
-        recv_timeout: float = 10.0,
-        trace_msg: bool = True,
-        extra_args: Iterable[str] = (),
-    ) -> None:
-        binary = sipp_binary()
-        if binary is None:
-            raise FileNotFoundError(
-                "sipp not found: apt-get install sip-tester (scripts/test does)"
-            )
-        path = Path(scenario)
-        if not path.is_absolute() and not path.exists():
-            path = SCENARIOS / path
-        if not path.exists():
-            raise FileNotFoundError(f"no SIPp scenario {path}")
-        self.name = name
-        self.local_port = local_port
-        self.transport = transport
-        self.calls = calls
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.files = {
-            "errors": log_dir / f"sipp-{name}-errors.log",
-            "stats": log_dir / f"sipp-{name}-stats.csv",
-            "screen": log_dir / f"sipp-{name}-screen.log",
-            "stdout": log_dir / f"sipp-{name}-stdout.log",
-            "stderr": log_dir / f"sipp-{name}-stderr.log",
-        }
-        if trace_msg:
-            self.files["messages"] = log_dir / f"sipp-{name}-messages.log"
-        args = [binary]
-        if remote is not None:
-            args.append(remote)
-        args += [
-            "-sf",
-            str(path),
-            "-i",
-            HOST,
-            "-p",
-            str(local_port),
-            "-t",
-            SIPP_TRANSPORTS[transport],
-            "-s",
-            service,
-            "-m",
-            str(calls),
-            "-nostdin",
-            # SIPp's remote-control socket (UDP, all interfaces, default 8888) turns any
-            # datagram into key presses ("q" quits): keep it on a private port.
-            "-cp",
-            str(free_port("udp")),
-            "-timeout",
-            f"{int(timeout)}s",
-            "-timeout_error",
-            # A call whose next message does not come within this fails (FailedTimeoutOnRecv)
-            # instead of holding the run until the global -timeout; recv timeout="..."
-            # attributes in a scenario override it.
-            "-recv_timeout",
-            f"{int(recv_timeout * 1000)}",
-            "-trace_err",
-            "-error_file",
-            str(self.files["errors"]),
-            "-trace_stat",
-            "-stf",
-            str(self.files["stats"]),
-            "-fd",
-            "1",
-            "-trace_screen",
-            "-screen_file",
-            str(self.files["screen"]),
-        ]
-        if trace_msg:
-            args += ["-trace_msg", "-message_file", str(self.files["messages"])]
-        if rate is not None:
-            args += ["-r", f"{rate:g}", "-rp", "1000"]
-        for key, value in (keys or {}).items():
-            args += ["-key", key, str(value)]
-        args += list(extra_args)
-        self.args = args
-        self.timeout = timeout
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.result: SippResult | None = None
-
-    def start(self) -> Sipp:
-        with self.files["stdout"].open("wb") as out, self.files["stderr"].open("wb") as err:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.files["stats"].parent,
-            )
-        return self
-
-    def wait_listening(self, timeout: float = 10.0) -> Sipp:
-        """For a UAS: wait until SIPp has bound its port (and fail fast if it died)."""
-        assert self.proc is not None, "start() first"
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sipp {self.name} exited early\n{self.finish().describe()}")
-            try:
-                wait_listening(self.local_port, self.transport, timeout=0.2)
-                return self
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"sipp {self.name} does not listen on {self.transport} "
-                        f"port {self.local_port} after {timeout} s"
-                    ) from None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "start() first"
-        return self.proc.pid
-
-    def wait(self, timeout: float | None = None) -> SippResult:
-        """Wait for SIPp to exit (killing it after `timeout`, default its own -timeout + 15 s)."""
-        assert self.proc is not None, "start() first"
-        try:
-            self.proc.wait(self.timeout + 15 if timeout is None else timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        return self.finish()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def snapshot(self) -> SippResult:
-        """The run as it stands now (exit code None while it still runs)."""
-        return SippResult(
-            name=self.name,
-            args=self.args,
-            returncode=None if self.proc is None else self.proc.poll(),
-            stats=read_sipp_stats(self.files["stats"]),
-            files=self.files,
-        )
-
-    def finish(self) -> SippResult:
-        """Record and return the result of a run that has exited."""
-        assert self.proc is not None, "start() first"
-        self.result = self.snapshot()
-        return self.result
 
 
 def dialogs(server: SwitchboardServer) -> list[dict[str, Any]]:

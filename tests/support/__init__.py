@@ -1,0 +1,11 @@
+"""The test kit for everything that runs outside the test process: what the integration,
+interop and cluster suites, the fixtures of tests/conftest.py and the bench share.
+
+- `ports`: free loopback ports (one at a time, or a block), waiting until one is bound;
+- `server`: `python -m switchboard serve` as a subprocess, its output, MI calls, `dialog:list`;
+- `sipp`: the SIPp binary, a scenario run, its statistics CSV;
+- `output`: a long output cut down for a failure message.
+
+Imported as `tests.support.<module>` (the repository is the one import root); test modules
+import from here, never from each other or from a conftest.
+"""

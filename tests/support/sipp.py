@@ -1,0 +1,288 @@
+"""SIPp for tests and the bench: finding the binary, running a scenario, reading its results.
+
+`Sipp` runs one scenario (tests/interop/scenarios by default) in the foreground with its logs
+(errors, statistics CSV, final screen, message trace) in a directory; `SippResult` is what a run
+left behind, with its statistics read from the `-trace_stat` CSV. All traffic stays on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tests.support.output import read_text, tail
+from tests.support.ports import HOST, free_port, wait_listening
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "interop" / "scenarios"
+
+SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
+
+
+def sipp_binary() -> str | None:
+    """Path of the SIPp binary (Debian package sip-tester), or None."""
+    return os.environ.get("SIPP") or shutil.which("sipp")
+
+
+@dataclass
+class SippResult:
+    """What one SIPp run left behind: exit code, final statistics and log files."""
+
+    name: str
+    args: list[str]
+    returncode: int | None
+    stats: dict[str, str]
+    files: dict[str, Path]
+
+    def count(self, column: str) -> int:
+        """A cumulative counter from the statistics CSV, e.g. count("SuccessfulCall")."""
+        value = self.stats.get(column if column.endswith(")") else f"{column}(C)", "")
+        try:
+            return int(value)
+        except ValueError:
+            return -1
+
+    @property
+    def successful(self) -> int:
+        return self.count("SuccessfulCall")
+
+    @property
+    def failed(self) -> int:
+        return self.count("FailedCall")
+
+    @property
+    def unexpected(self) -> int:
+        return self.count("FailedUnexpectedMessage")
+
+    def problems(self, calls: int) -> list[str]:
+        """Why this run is not `calls` clean successful calls (empty when it is)."""
+        out = []
+        if self.returncode != 0:
+            out.append(f"exit code {self.returncode} (0 = all calls successful)")
+        if not self.stats:
+            out.append("no statistics written")
+        else:
+            if self.successful != calls:
+                out.append(f"SuccessfulCall(C) = {self.successful}, expected {calls}")
+            if self.failed != 0:
+                out.append(f"FailedCall(C) = {self.failed}")
+            if self.unexpected != 0:
+                out.append(f"FailedUnexpectedMessage(C) = {self.unexpected}")
+        return out
+
+    def describe(self, lines: int = 60) -> str:
+        interesting = (
+            "SuccessfulCall(C)",
+            "FailedCall(C)",
+            "FailedUnexpectedMessage(C)",
+            "FailedMaxUDPRetrans(C)",
+            "FailedTimeoutOnRecv(C)",
+            "FailedTcpConnect(C)",
+            "FailedTcpClosed(C)",
+            "OutOfCallMsgs(C)",
+            "DeadCallMsgs(C)",
+            "Retransmissions(C)",
+        )
+        stats = ", ".join(f"{k}={self.stats[k]}" for k in interesting if k in self.stats)
+        parts = [
+            f"=== sipp {self.name}: exit code {self.returncode}",
+            f"command: {' '.join(self.args)}",
+            f"stats: {stats or '(none)'}",
+        ]
+        for label in ("errors", "stderr", "screen", "messages"):
+            path = self.files.get(label)
+            if path is None:
+                continue
+            text = read_text(path).strip()
+            if text:
+                parts.append(f"--- {label} ({path}) ---\n{tail(text, lines)}")
+        return "\n".join(parts)
+
+
+def read_sipp_stats(path: Path) -> dict[str, str]:
+    """The last row of a SIPp `-trace_stat` CSV (`;`-separated) keyed by column name."""
+    try:
+        with path.open(newline="", errors="replace") as f:
+            rows = [row for row in csv.reader(f, delimiter=";") if row]
+    except OSError:
+        return {}
+    if len(rows) < 2:
+        return {}
+    header, last = rows[0], rows[-1]
+    return {k: v for k, v in zip(header, last, strict=False) if k}
+
+
+class Sipp:
+    """One SIPp process running a scenario from tests/interop/scenarios in the foreground.
+
+    `remote` is "host:port" for a UAC (SIPp sends every message there, so it is the proxy);
+    a UAS scenario leaves it None. `keys` become `-key NAME VALUE` ([NAME] in the scenario).
+    `timeout` (s) bounds the whole run (-timeout, an error when reached); `recv_timeout` (s)
+    bounds each wait for an expected message. Logs (errors, statistics CSV, final screen,
+    message trace, stdout/stderr) go to `log_dir`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        scenario: str | Path,
+        *,
+        log_dir: Path,
+        local_port: int,
+        remote: str | None = None,
+        transport: Literal["udp", "tcp"] = "udp",
+        calls: int = 1,
+        rate: float | None = None,
+        keys: Mapping[str, object] | None = None,
+        service: str = "uas",
+        timeout: float = 60.0,
+        recv_timeout: float = 10.0,
+        trace_msg: bool = True,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        binary = sipp_binary()
+        if binary is None:
+            raise FileNotFoundError(
+                "sipp not found: apt-get install sip-tester (scripts/test does)"
+            )
+        path = Path(scenario)
+        if not path.is_absolute() and not path.exists():
+            path = SCENARIOS / path
+        if not path.exists():
+            raise FileNotFoundError(f"no SIPp scenario {path}")
+        self.name = name
+        self.local_port = local_port
+        self.transport = transport
+        self.calls = calls
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.files = {
+            "errors": log_dir / f"sipp-{name}-errors.log",
+            "stats": log_dir / f"sipp-{name}-stats.csv",
+            "screen": log_dir / f"sipp-{name}-screen.log",
+            "stdout": log_dir / f"sipp-{name}-stdout.log",
+            "stderr": log_dir / f"sipp-{name}-stderr.log",
+        }
+        if trace_msg:
+            self.files["messages"] = log_dir / f"sipp-{name}-messages.log"
+        args = [binary]
+        if remote is not None:
+            args.append(remote)
+        args += [
+            "-sf",
+            str(path),
+            "-i",
+            HOST,
+            "-p",
+            str(local_port),
+            "-t",
+            SIPP_TRANSPORTS[transport],
+            "-s",
+            service,
+            "-m",
+            str(calls),
+            "-nostdin",
+            # SIPp's remote-control socket (UDP, all interfaces, default 8888) turns any
+            # datagram into key presses ("q" quits): keep it on a private port.
+            "-cp",
+            str(free_port("udp")),
+            "-timeout",
+            f"{int(timeout)}s",
+            "-timeout_error",
+            # A call whose next message does not come within this fails (FailedTimeoutOnRecv)
+            # instead of holding the run until the global -timeout; recv timeout="..."
+            # attributes in a scenario override it.
+            "-recv_timeout",
+            f"{int(recv_timeout * 1000)}",
+            "-trace_err",
+            "-error_file",
+            str(self.files["errors"]),
+            "-trace_stat",
+            "-stf",
+            str(self.files["stats"]),
+            "-fd",
+            "1",
+            "-trace_screen",
+            "-screen_file",
+            str(self.files["screen"]),
+        ]
+        if trace_msg:
+            args += ["-trace_msg", "-message_file", str(self.files["messages"])]
+        if rate is not None:
+            args += ["-r", f"{rate:g}", "-rp", "1000"]
+        for key, value in (keys or {}).items():
+            args += ["-key", key, str(value)]
+        args += list(extra_args)
+        self.args = args
+        self.timeout = timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.result: SippResult | None = None
+
+    def start(self) -> Sipp:
+        with self.files["stdout"].open("wb") as out, self.files["stderr"].open("wb") as err:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=self.files["stats"].parent,
+            )
+        return self
+
+    def wait_listening(self, timeout: float = 10.0) -> Sipp:
+        """For a UAS: wait until SIPp has bound its port (and fail fast if it died)."""
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sipp {self.name} exited early\n{self.finish().describe()}")
+            try:
+                wait_listening(self.local_port, self.transport, timeout=0.2)
+                return self
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"sipp {self.name} does not listen on {self.transport} "
+                        f"port {self.local_port} after {timeout} s"
+                    ) from None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "start() first"
+        return self.proc.pid
+
+    def wait(self, timeout: float | None = None) -> SippResult:
+        """Wait for SIPp to exit (killing it after `timeout`, default its own -timeout + 15 s)."""
+        assert self.proc is not None, "start() first"
+        try:
+            self.proc.wait(self.timeout + 15 if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return self.finish()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def snapshot(self) -> SippResult:
+        """The run as it stands now (exit code None while it still runs)."""
+        return SippResult(
+            name=self.name,
+            args=self.args,
+            returncode=None if self.proc is None else self.proc.poll(),
+            stats=read_sipp_stats(self.files["stats"]),
+            files=self.files,
+        )
+
+    def finish(self) -> SippResult:
+        """Record and return the result of a run that has exited."""
+        assert self.proc is not None, "start() first"
+        self.result = self.snapshot()
+        return self.result
