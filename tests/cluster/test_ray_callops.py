@@ -32,9 +32,8 @@ from switchboard.api import CommandError
 from tests.cluster.ray_service import Service, import_ray
 from tests.cluster.recorder import EventRecorder
 from tests.interop.events import EventCollector, collecting
-from tests.interop.test_sipp_callops import received, sip_messages
 from tests.support.ports import HOST, free_port
-from tests.support.sipp import Sipp, SippResult
+from tests.support.sipp import Sipp, assert_clean, received, sip_messages
 
 ray = import_ray()
 
@@ -46,11 +45,6 @@ SCENARIOS = HERE / "scenarios"
 CALLOPS = HERE.parent / "interop" / "scenarios" / "callops"
 EXAMPLE = HERE.parents[1] / "examples" / "ray_transfer.py"
 TRANSFER_KEYS = ("leg", "transfer_callid", "destination", "state", "status")
-
-
-def _check(*results: SippResult, calls: int = 1) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
 
 
 def _prefix(tag: str) -> str:
@@ -131,7 +125,7 @@ def test_blind_transfer_whose_new_call_reaches_the_other_worker(
         a_result = a.wait()
         grace = None if a_result.returncode == 0 else 5.0
         c_result = c.wait(grace)
-        _check(a_result, b.wait(grace), c_result)
+        assert_clean(a_result, b.wait(grace), c_result)
         new = f"xfer///{old}"
         events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["callid"] == new
                         and p["new_state"] == 5)
@@ -172,8 +166,6 @@ def test_blind_transfer_whose_new_call_reaches_the_other_worker(
 def _sample(lines: list[str], name: str) -> float:
     (line,) = [ln for ln in lines if ln.startswith(name + " ")]
     return float(line.split()[-1])
-
-
 
 
 # -- attended ---------------------------------------------------------------------------------
@@ -223,8 +215,8 @@ def test_attended_transfer_whose_calls_live_on_different_workers(
         a_result = a.wait()
         grace = None if a_result.returncode == 0 else 5.0
         b_result, d_result, c_result = b.wait(grace), d.wait(grace), c.wait(grace)
-        _check(a_result, b_result, d_result)
-        _check(c_result, calls=2)
+        assert_clean(a_result, b_result, d_result)
+        assert_clean(c_result, calls=2)
         new = f"xfer///{call1}"
         events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["callid"] == new
                         and p["new_state"] == 5)
@@ -308,7 +300,7 @@ def test_subscribers_given_as_actor_handle_and_callable(sipp: StartSipp, service
                        extra_args=("-cid_str", prefix + "%u@%s"))
             pairs.append((uac, uas))
         for uac, uas in pairs:
-            _check(uac.wait(), uas.wait())
+            assert_clean(uac.wait(), uas.wait())
         deadline = time.monotonic() + 10.0
         while True:
             got = [ray.get(r.events.remote()) for r in (by_handle, by_callable)]

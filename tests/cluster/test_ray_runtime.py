@@ -24,9 +24,8 @@ from switchboard.api import CommandError
 from switchboard.config import Config, ListenSocket, apply_overrides
 from tests.cluster.ray_service import Service, import_ray, service_config
 from tests.interop.events import EventCollector, collecting
-from tests.interop.test_sipp_callops import SipMessage, received
 from tests.support.ports import HOST, free_port, free_port_block
-from tests.support.sipp import Sipp, SippResult
+from tests.support.sipp import SipMessage, Sipp, SippResult, assert_clean, received
 
 ray = import_ray()
 
@@ -50,11 +49,6 @@ def _worker_stats() -> list[dict[str, int]]:
     """Each worker's own statistics, asked of the worker actors directly."""
     handles = ray.get(_controller().worker_handles.remote())
     return [msgpack.unpackb(ray.get(h.statistics.remote())) for h in handles]
-
-
-def _check(calls: int, *results: SippResult) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
 
 
 def _start_calls(
@@ -141,7 +135,7 @@ def test_calls_through_both_workers(sipp: StartSipp, service: Service) -> None:
              for w in range(WORKERS)]
     results = [_finish(uas, uac) for uas, uac in pairs]
     for uas_result, uac_result in results:
-        _check(calls, uac_result, uas_result)
+        assert_clean(uac_result, uas_result, calls=calls)
     after = _worker_stats()
     for w in range(WORKERS):
         processed = after[w]["dialog:processed_dialogs"] - before[w]["dialog:processed_dialogs"]
@@ -177,7 +171,7 @@ def test_dialog_list_and_end_dlg_span_both_workers(sipp: StartSipp, service: Ser
         raise
     for uas, uac in pairs:
         uas_result, uac_result = _finish(uas, uac)
-        _check(2, uac_result, uas_result)
+        assert_clean(uac_result, uas_result, calls=2)
 
 
 def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
@@ -215,7 +209,7 @@ def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
         uas.kill()
         raise
     uas_result, uac_result = _finish(uas, uac)
-    _check(1, uac_result, uas_result)
+    assert_clean(uac_result, uas_result)
     assert ray.get(controller.list_dialogs.remote(callid)) == []
 
 
@@ -231,7 +225,7 @@ def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: S
                      for w in range(WORKERS)]
             for uas, uac in pairs:
                 uas_result, uac_result = _finish(uas, uac)
-                _check(1, uac_result, uas_result)
+                assert_clean(uac_result, uas_result)
             for w in range(WORKERS):
                 last = events.wait_for(
                     "E_DLG_STATE_CHANGED",
@@ -368,7 +362,7 @@ def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: S
             raise
         a_result = a.wait()
         b_result = b.wait(None if a_result.returncode == 0 else 5.0)
-        _check(1, a_result, b_result)
+        assert_clean(a_result, b_result)
         # Three rounds: both re-INVITEs go out (`start`, in the proxy's order: caller first
         # on hold, callee first on unhold), then both answers come (`ok`, as the parties
         # answer).
@@ -399,6 +393,6 @@ def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: S
     # The restarted worker takes new calls.
     uas, uac = _start_calls(sipp, service, 1, calls=5, rate=10)
     uas_result, uac_result = _finish(uas, uac)
-    _check(5, uac_result, uas_result)
+    assert_clean(uac_result, uas_result, calls=5)
     assert service.mi("statistics:get", statistics=["dialog:active_dialogs"]) == {
         "dialog:active_dialogs": 0}

@@ -45,7 +45,7 @@ from tests.interop.attackers.targets import (
 )
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult
+from tests.support.sipp import Sipp, SippResult, assert_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
@@ -189,10 +189,8 @@ def legitimate_calls(stage: Stage, calls: int = LEGIT_CALLS,
 
 
 def _check_calls(calls: int, *results: SippResult) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, (
-        "legitimate calls from the trusted network were hurt by the attack or its defence:\n"
-        + "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results))
+    assert_clean(*results, calls=calls,
+                 why="legitimate calls from the trusted network were hurt by the attack or its defence")
 
 
 # ----------------------------------------------------------------------------- SIPVicious

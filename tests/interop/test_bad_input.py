@@ -31,7 +31,7 @@ import pytest
 from switchboard.sip import ParseError, Request, parse_message
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult
+from tests.support.sipp import Sipp, assert_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
@@ -315,11 +315,6 @@ def request(port: int, call_id: str, *, start: str | None = None, cseq: str = "1
     ).encode()
 
 
-def check(calls: int, *results: SippResult) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
-
-
 # ----------------------------------------------------------------------------- the test
 
 
@@ -363,7 +358,7 @@ def test_calls_survive_malformed_input(
     uas_result = uas.wait(None if uac_result.returncode == 0 else 10.0)
 
     assert server.proc.poll() is None, "switchboard died\n" + server.describe()
-    check(CALLS, uac_result, uas_result)
+    assert_clean(uac_result, uas_result, calls=CALLS)
     assert blast.datagrams == DATAGRAMS and blast.tcp_streams == TCP_STREAMS, blast
     assert not blast.errors, blast.errors
 

@@ -24,17 +24,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer
+from tests.interop.baresip import BaresipPeer, PeerFactory
 from tests.interop.events import EventCollector, collecting
 from tests.interop.sip_trace import Traced, trace
-from tests.support.server import SwitchboardServer, wait_dialogs
+from tests.support.server import CONFIRMED, SwitchboardServer, wait_dialogs
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 
-PeerFactory = Callable[..., BaresipPeer]
 T = TypeVar("T")
 
-CONFIRMED = 4  # OpenSIPS dialog state: confirmed by the ACK
 CAROL = "sip:carol@127.0.0.1"  # carol's AOR: the proxy retargets it to her contact
 
 

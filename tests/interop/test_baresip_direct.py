@@ -11,16 +11,13 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Callable
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer
+from tests.interop.baresip import PeerFactory
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
-
-PeerFactory = Callable[..., BaresipPeer]
 
 
 def test_direct_call_answer_and_hangup(peer: PeerFactory) -> None:

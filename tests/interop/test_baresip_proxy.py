@@ -13,20 +13,15 @@ messages (captured stdout) and the proxy's output (report section).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer
+from tests.interop.baresip import BaresipPeer, PeerFactory
 from tests.interop.sip_trace import trace
-from tests.support.server import SwitchboardServer, wait_dialogs
+from tests.support.server import CONFIRMED, SwitchboardServer, wait_dialogs
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
-
-PeerFactory = Callable[..., BaresipPeer]
-
-CONFIRMED = 4  # OpenSIPS dialog state: confirmed by the ACK
 
 
 @pytest.fixture(autouse=True)

@@ -18,15 +18,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.interop.events import EventCollector, collecting
 from tests.interop.lossy import Faults, LossyRelay, RelayPool
 from tests.support.ports import HOST, free_port
-from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult
+from tests.support.server import SwitchboardServer, wait_confirmed
+from tests.support.sipp import Sipp, assert_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
@@ -38,7 +37,6 @@ LOSSY = Faults(loss=0.10, duplicate=0.02, reorder=0.05)
 # SIPp's own retransmissions, spelt out (these are close to its defaults; -nr would disable
 # them). Timer T1 is each scenario's retrans="500".
 SIPP_RETRANS = ("-max_invite_retrans", "7", "-max_non_invite_retrans", "10", "-T2", "4000")
-CONFIRMED = 4
 # No datagram for this long: every retransmission timer started by a loss has fired
 # (SIPp's 500 ms, 1 s, 2 s, then T2 = 4 s apart; a quiet spell of 2.5 s after three losses of
 # one message in a row is the rare case where this is too short).
@@ -56,11 +54,6 @@ def relays() -> Iterator[RelayPool]:
 def events() -> Iterator[EventCollector]:
     with collecting() as collector:
         yield collector
-
-
-def check(calls: int, *results: SippResult) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
 
 
 def callee(
@@ -118,18 +111,6 @@ def caller(
     return uac, relay
 
 
-def wait_confirmed(server: SwitchboardServer, callid: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = server.mi_result("dialog:list")
-        for dialog in last.get("Dialogs", []) if isinstance(last, dict) else []:
-            if dialog.get("callid") == callid and dialog.get("state") == CONFIRMED:
-                return dict(dialog)
-        time.sleep(0.05)
-    raise AssertionError(f"dialog {callid!r} not confirmed after {timeout} s: {last!r}")
-
-
 def wait_no_dialogs(server: SwitchboardServer, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -156,7 +137,7 @@ def test_calls_complete_at_10_percent_loss(
     a, _ = caller(sipp, relays, switchboard, "uac.xml", b_relay, seed=1, calls=calls, rate=10)
     a_result = a.wait()
     b_result = b.wait(None if a_result.returncode == 0 else 10.0)
-    check(calls, a_result, b_result)
+    assert_clean(a_result, b_result, calls=calls)
     assert_faults_happened(relays)
     wait_no_dialogs(switchboard)
 
@@ -177,7 +158,7 @@ def test_blind_transfer_at_10_percent_loss(
     )
     callid = f"{prefix}1@127.0.0.1"
     try:
-        wait_confirmed(server, callid)
+        wait_confirmed(server, callid, timeout=20.0)
         dest = f"sip:c@127.0.0.1:{c_relay.sb_port}"
         reply = server.mi("callops:transfer", callid=callid, leg="caller", destination=dest)
         assert reply.get("result") == "Accepted", reply
@@ -188,7 +169,7 @@ def test_blind_transfer_at_10_percent_loss(
     a_result = a.wait()
     grace = None if a_result.returncode == 0 else 10.0
     b_result, c_result = b.wait(grace), c.wait(grace)
-    check(1, a_result, b_result, c_result)
+    assert_clean(a_result, b_result, c_result)
     new = f"xfer///{callid}"
     states = [
         (p["state"], p["transfer_callid"], p["status"])
@@ -231,7 +212,7 @@ def test_hold_and_unhold_at_10_percent_loss(
         )
 
     try:
-        wait_confirmed(server, callid)
+        wait_confirmed(server, callid, timeout=20.0)
         # A SIPp callee does not answer a re-INVITE while it still retransmits a 200 whose
         # ACK was lost (a real UA would): let the repairs finish before each re-INVITE.
         relays.wait_quiet(QUIET, timeout=30)
@@ -246,7 +227,7 @@ def test_hold_and_unhold_at_10_percent_loss(
         raise
     a_result = a.wait()
     b_result = b.wait(None if a_result.returncode == 0 else 10.0)
-    check(1, a_result, b_result)
+    assert_clean(a_result, b_result)
     outcome = sorted(
         (p["action"], p["leg"], p["state"])
         for p in events.params("E_CALL_HOLD", lambda p: p.get("callid") == callid)

@@ -30,14 +30,12 @@ import pytest
 from opensips.event import OpenSIPSEventHandler
 from opensips.mi import OpenSIPSMI
 
-from tests.interop.baresip import BaresipPeer
+from tests.interop.baresip import BaresipPeer, PeerFactory
 from tests.support.ports import HOST
-from tests.support.server import SwitchboardServer
+from tests.support.server import CONFIRMED, SwitchboardServer, wait_confirmed
 
 pytestmark = [pytest.mark.interop, pytest.mark.baresip]
 
-PeerFactory = Callable[..., BaresipPeer]
-CONFIRMED = 4
 CAROL = "sip:carol@127.0.0.1"
 
 
@@ -74,18 +72,6 @@ def call(caller: BaresipPeer, callee: BaresipPeer, uri: str) -> tuple[dict[str, 
     caller.wait_event("established", call=dialed["call"])
     callee.wait_event("established", call=incoming["call"])
     return dialed, incoming
-
-
-def wait_confirmed(sb: SwitchboardServer, callid: str, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        dialogs = sb.mi_result("dialog:list")["Dialogs"]
-        for dialog in dialogs:
-            if dialog["callid"] == callid and dialog["state"] == CONFIRMED:
-                return dict(dialog)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{callid} not confirmed after {timeout} s: {dialogs!r}")
-        time.sleep(0.05)
 
 
 # --- opensips-event, the command line -----------------------------------------------------------

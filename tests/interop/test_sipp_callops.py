@@ -32,8 +32,8 @@ from urllib.parse import unquote
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult
+from tests.support.server import SwitchboardServer, wait_confirmed
+from tests.support.sipp import SipMessage, Sipp, SippResult, assert_clean, received, sip_messages
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
@@ -175,82 +175,6 @@ def assert_events(
     )
 
 
-# ----------------------------------------------------------------------------- SIPp logs
-
-
-@dataclass(frozen=True)
-class SipMessage:
-    """One message from a SIPp `-trace_msg` log, as SIPp sent or received it."""
-
-    direction: str  # "sent" or "received"
-    text: str
-
-    @property
-    def first_line(self) -> str:
-        return self.text.split("\n", 1)[0].strip()
-
-    @property
-    def method(self) -> str | None:
-        first = self.first_line
-        return None if first.startswith("SIP/2.0") else first.split(" ", 1)[0]
-
-    @property
-    def status(self) -> int | None:
-        first = self.first_line
-        return int(first.split(" ", 2)[1]) if first.startswith("SIP/2.0") else None
-
-    @property
-    def ruri(self) -> str:
-        return self.first_line.split(" ")[1]
-
-    def header(self, name: str) -> str | None:
-        values = self.headers(name)
-        return values[0] if values else None
-
-    def headers(self, name: str) -> list[str]:
-        head = self.text.split("\n\n", 1)[0]
-        out = []
-        for line in head.split("\n")[1:]:
-            key, colon, value = line.partition(":")
-            if colon and key.strip().lower() == name.lower():
-                out.append(value.strip())
-        return out
-
-    @property
-    def body(self) -> str:
-        parts = self.text.split("\n\n", 1)
-        return parts[1] if len(parts) > 1 else ""
-
-
-_LOG_ENTRY = re.compile(
-    r"^-{10,} [^\n]*\n\w+ message (sent|received)[^\n]*\n\n(.*?)(?=^-{10,} |\Z)",
-    re.MULTILINE | re.DOTALL,
-)
-
-
-def sip_messages(result: SippResult) -> list[SipMessage]:
-    """Every message in a run's `-trace_msg` log, in order."""
-    path = result.files.get("messages")
-    text = path.read_text(errors="replace") if path is not None and path.exists() else ""
-    text = text.replace("\r\n", "\n")
-    return [
-        SipMessage(m.group(1), m.group(2).strip("\n") + "\n") for m in _LOG_ENTRY.finditer(text)
-    ]
-
-
-def received(result: SippResult, method: str) -> list[SipMessage]:
-    """Distinct requests `method` the agent received (UDP retransmissions folded)."""
-    seen: set[tuple[str | None, str | None]] = set()
-    out = []
-    for msg in sip_messages(result):
-        if msg.direction == "received" and msg.method == method:
-            key = (msg.header("Via"), msg.header("CSeq"))
-            if key not in seen:
-                seen.add(key)
-                out.append(msg)
-    return out
-
-
 # ----------------------------------------------------------------------------- a call
 
 
@@ -264,24 +188,6 @@ def b_tag(a: SippResult) -> str:
         ):
             return (msg.header("To") or "").rpartition(";tag=")[2]
     raise AssertionError("A got no 200 for its INVITE")
-
-
-def check(*results: SippResult, calls: int = 1) -> None:
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
-
-
-def wait_confirmed(server: SwitchboardServer, callid: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The dialog:list entry of the call once it is confirmed (state 4)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = server.mi_result("dialog:list")
-        for dialog in last.get("Dialogs", []) if isinstance(last, dict) else []:
-            if dialog.get("callid") == callid and dialog.get("state") == 4:
-                return dict(dialog)
-        time.sleep(0.05)
-    raise AssertionError(f"dialog {callid!r} not confirmed after {timeout} s: {last!r}")
 
 
 @dataclass
@@ -369,7 +275,7 @@ def test_refer_declined_then_transferred_again(
     events.wait_state(call.callid, "fail")
     call.transfer("caller", dest)
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     assert_events(
         events,
@@ -409,7 +315,7 @@ def test_refer_to_callee_declined(
     dest = f"sip:c@127.0.0.1:{free_port('udp')}"
     call.transfer("callee", dest)
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     assert_events(
         events,
@@ -454,7 +360,7 @@ def test_refer_unanswered_times_out(
     )
     assert 31.0 <= failed.at - started <= 38.0, failed.at - started
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     assert_events(
         events,
@@ -482,7 +388,7 @@ def test_transfer_to_busy_target_with_early_notify(
     dest = f"sip:c@127.0.0.1:{c.local_port}"
     call.transfer("caller", dest)
     a, b, c_result = call.finish(c)
-    check(a, b, c_result)
+    assert_clean(a, b, c_result)
     cid, new = call.callid, f"xfer///{call.callid}"
     assert_events(
         events,
@@ -526,7 +432,7 @@ def test_notify_error_sipfrag_and_bad_body(
     dest = f"sip:c@127.0.0.1:{free_port('udp')}"
     call.transfer("caller", dest)
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     assert_events(
         events,
@@ -568,7 +474,7 @@ def test_hold_glare_is_retried(
     sent = time.monotonic()
     assert call.mi_ok("callops:hold", callid=call.callid) == "OK"
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     assert_events(
         events,
@@ -622,7 +528,7 @@ def test_manual_mode_links_nothing_and_forwards_notify(
     dest = f"sip:c@127.0.0.1:{c.local_port}"
     call.transfer("caller", dest)
     a, b, c_result = call.finish(c)
-    check(a, b, c_result)
+    assert_clean(a, b, c_result)
     cid = call.callid
     assert_events(events, cid, [transfer(cid, "caller", "", dest, "start")])
     assert not [e for e in events.events() if e.params.get("callid") != cid]
@@ -668,7 +574,7 @@ def test_manual_mode_script_links_with_call_blind_replace(
     dest = f"sip:c@127.0.0.1:{c.local_port}"
     call.transfer("caller", dest)
     a, b, c_result = call.finish(c)
-    check(a, b, c_result)
+    assert_clean(a, b, c_result)
     cid, new = call.callid, f"xfer///{call.callid}"
     assert_events(
         events,
@@ -708,7 +614,7 @@ def test_callid_mode_links_by_escaped_call_id(
     dest = f"sip:c@127.0.0.1:{c.local_port}"
     call.transfer("caller", dest)
     a, b, c_result = call.finish(c)
-    check(a, b, c_result)
+    assert_clean(a, b, c_result)
     cid, new = call.callid, f"xfer///{call.callid}"
     assert "?" in cid and "@" in cid
     assert_events(
@@ -756,7 +662,7 @@ def test_refer_to_from_destination_forms(
         # Wait for its `fail` (the 603): until then a new transfer would get 491.
         events.wait_state(call.callid, "fail", number)
     a, b = call.finish()
-    check(a, b)
+    assert_clean(a, b)
     cid = call.callid
     expected = []
     for _, _, shown in cases:

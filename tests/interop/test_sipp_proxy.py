@@ -17,19 +17,12 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult
+from tests.support.sipp import Sipp, SippResult, assert_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
 Transport = Literal["udp", "tcp"]
 StartSipp = Callable[..., Sipp]
-
-
-def _check(calls: int, *results: SippResult) -> None:
-    """Every run made `calls` successful calls and nothing else; the message carries the SIPp
-    logs (the switchboard output is attached to the report by conftest)."""
-    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
-    assert not problems, "\n".join(problems) + "\n\n" + "\n\n".join(r.describe() for r in results)
 
 
 def _start_pair(
@@ -93,7 +86,7 @@ def test_500_calls(sipp: StartSipp, switchboard: SwitchboardServer, transport: T
         trace_msg=False,
     )
     uas_result, uac_result = _finish_pair(uas, uac)
-    _check(calls, uac_result, uas_result)
+    assert_clean(uac_result, uas_result, calls=calls)
 
 
 def test_cancel_ringing_call(sipp: StartSipp, switchboard: SwitchboardServer) -> None:
@@ -102,7 +95,7 @@ def test_cancel_ringing_call(sipp: StartSipp, switchboard: SwitchboardServer) ->
     calls = 5
     uas, uac = _start_pair(sipp, switchboard, "uas_ring.xml", "uac_cancel.xml", calls=calls, rate=5)
     uas_result, uac_result = _finish_pair(uas, uac)
-    _check(calls, uac_result, uas_result)
+    assert_clean(uac_result, uas_result, calls=calls)
 
 
 def test_busy_is_relayed(sipp: StartSipp, switchboard: SwitchboardServer) -> None:
@@ -110,7 +103,7 @@ def test_busy_is_relayed(sipp: StartSipp, switchboard: SwitchboardServer) -> Non
     calls = 5
     uas, uac = _start_pair(sipp, switchboard, "uas_busy.xml", "uac_busy.xml", calls=calls, rate=5)
     uas_result, uac_result = _finish_pair(uas, uac)
-    _check(calls, uac_result, uas_result)
+    assert_clean(uac_result, uas_result, calls=calls)
 
 
 def _dialog_state_confirmed(dialog: dict[str, Any]) -> bool:
@@ -165,4 +158,4 @@ def test_mi_end_dlg_sends_bye_to_both_sides(
         uas.kill()
         raise
     uas_result, uac_result = _finish_pair(uas, uac)
-    _check(1, uac_result, uas_result)
+    assert_clean(uac_result, uas_result)

@@ -2,8 +2,8 @@
 
 Owns: starting `serve` on fresh loopback ports and waiting for its `ready` line, keeping its
 output, talking to its management interface (JSON-RPC 2.0 over HTTP) and stopping it; and
-polling `dialog:list`. Knows nothing about switchboard's internals: everything goes through
-the command line, sockets and the MI.
+polling `dialog:list` (`wait_dialogs`, `wait_confirmed`). Knows nothing about switchboard's
+internals: everything goes through the command line, sockets and the MI.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.support.output import tail
 from tests.support.ports import HOST, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIRMED = 4  # the dialog state `dialog:list` shows once the ACK came (OpenSIPS's number)
 
 
 class ServerStartError(RuntimeError):
@@ -332,3 +333,15 @@ def wait_dialogs(
         if time.monotonic() > deadline:
             raise AssertionError(f"dialog:list: not {what} after {timeout} s: {found!r}")
         time.sleep(0.05)
+
+
+def wait_confirmed(server: SwitchboardServer, callid: str, timeout: float = 10.0
+                   ) -> dict[str, Any]:
+    """The `dialog:list` entry of the call once it is confirmed (state 4, after the ACK)."""
+    found = wait_dialogs(
+        server,
+        lambda ds: any(d.get("callid") == callid and d.get("state") == CONFIRMED for d in ds),
+        f"{callid!r} confirmed",
+        timeout,
+    )
+    return next(dict(d) for d in found if d.get("callid") == callid and d.get("state") == CONFIRMED)

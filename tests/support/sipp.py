@@ -2,14 +2,16 @@
 
 `Sipp` runs one scenario (tests/interop/scenarios by default) in the foreground with its logs
 (errors, statistics CSV, final screen, message trace) in a directory; `SippResult` is what a run
-left behind, with its statistics read from the `-trace_stat` CSV. All traffic stays on
-127.0.0.1.
+left behind, with its statistics read from the `-trace_stat` CSV; `assert_clean` fails a test
+whose runs were not all clean. `sip_messages` and `received` read the messages of a run's
+`-trace_msg` log (`SipMessage`). All traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -104,6 +106,14 @@ class SippResult:
             if text:
                 parts.append(f"--- {label} ({path}) ---\n{tail(text, lines)}")
         return "\n".join(parts)
+
+
+def assert_clean(*results: SippResult, calls: int = 1, why: str = "") -> None:
+    """Every run made `calls` successful calls and nothing else; the failure message says `why`
+    that matters and carries each run's SIPp logs (conftest attaches switchboard's output)."""
+    problems = [f"sipp {r.name}: {p}" for r in results for p in r.problems(calls)]
+    assert not problems, ((f"{why}:\n" if why else "") + "\n".join(problems) + "\n\n"
+                          + "\n\n".join(r.describe() for r in results))
 
 
 def read_sipp_stats(path: Path) -> dict[str, str]:
@@ -286,3 +296,79 @@ class Sipp:
         assert self.proc is not None, "start() first"
         self.result = self.snapshot()
         return self.result
+
+
+# ----------------------------------------------------------------------------- the message trace
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    """One message from a SIPp `-trace_msg` log, as SIPp sent or received it."""
+
+    direction: str  # "sent" or "received"
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def method(self) -> str | None:
+        first = self.first_line
+        return None if first.startswith("SIP/2.0") else first.split(" ", 1)[0]
+
+    @property
+    def status(self) -> int | None:
+        first = self.first_line
+        return int(first.split(" ", 2)[1]) if first.startswith("SIP/2.0") else None
+
+    @property
+    def ruri(self) -> str:
+        return self.first_line.split(" ")[1]
+
+    def header(self, name: str) -> str | None:
+        values = self.headers(name)
+        return values[0] if values else None
+
+    def headers(self, name: str) -> list[str]:
+        head = self.text.split("\n\n", 1)[0]
+        out = []
+        for line in head.split("\n")[1:]:
+            key, colon, value = line.partition(":")
+            if colon and key.strip().lower() == name.lower():
+                out.append(value.strip())
+        return out
+
+    @property
+    def body(self) -> str:
+        parts = self.text.split("\n\n", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+_LOG_ENTRY = re.compile(
+    r"^-{10,} [^\n]*\n\w+ message (sent|received)[^\n]*\n\n(.*?)(?=^-{10,} |\Z)",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def sip_messages(result: SippResult) -> list[SipMessage]:
+    """Every message in a run's `-trace_msg` log, in order."""
+    path = result.files.get("messages")
+    text = path.read_text(errors="replace") if path is not None and path.exists() else ""
+    text = text.replace("\r\n", "\n")
+    return [
+        SipMessage(m.group(1), m.group(2).strip("\n") + "\n") for m in _LOG_ENTRY.finditer(text)
+    ]
+
+
+def received(result: SippResult, method: str) -> list[SipMessage]:
+    """Distinct requests `method` the agent received (UDP retransmissions folded)."""
+    seen: set[tuple[str | None, str | None]] = set()
+    out = []
+    for msg in sip_messages(result):
+        if msg.direction == "received" and msg.method == method:
+            key = (msg.header("Via"), msg.header("CSeq"))
+            if key not in seen:
+                seen.add(key)
+                out.append(msg)
+    return out
