@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.cluster.ray_service import import_ray, kill_controller
-from tests.integration.test_ops_http import hep_chunks, options
+from tests.support.hep import by_type
 from tests.support.ports import HOST, free_port, free_port_block
 from tests.support.server import REPO_ROOT, ServerStartError, SwitchboardServer
+from tests.support.sip import options
 from tests.support.sipp import Sipp
 
 ray = import_ray()
@@ -63,7 +64,7 @@ def test_serve_runtime_ray_from_the_command_line(
         ua.sendto(ping, (HOST, base + 1))
         reply = ua.recv(65535)
         assert reply.startswith(b"SIP/2.0 200 OK"), reply
-        received, sent = (hep_chunks(collector.recv(65535)) for _ in range(2))
+        received, sent = (by_type(collector.recv(65535)) for _ in range(2))
         assert (received[15], sent[15]) == (ping, reply)
         assert struct.unpack("!H", sent[7])[0] == base + 1
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from switchboard.actors.eventbus import EventBus
 from switchboard.events.sinks import SinkAddress, TcpSink, UdpSink, open_sink, parse_sink
+from tests.support.ports import free_port
 
 HOLD = {"callid": "X", "leg": "caller", "action": "hold", "state": "start"}
 HOLD_BYTES = (
@@ -93,12 +93,6 @@ async def tcp_listener() -> AsyncIterator[TcpListener]:
     await listener.close()
 
 
-def unused_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 # --- sinks -------------------------------------------------------------------------------------
 
 
@@ -168,7 +162,7 @@ async def test_tcp_sink_reconnects_after_the_peer_closes(tcp_listener: TcpListen
 async def test_tcp_sink_drops_with_a_log_line_when_nobody_listens(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sink = TcpSink(SinkAddress("tcp", "127.0.0.1", unused_tcp_port()), retry_interval=60.0)
+    sink = TcpSink(SinkAddress("tcp", "127.0.0.1", free_port("tcp")), retry_interval=60.0)
     await sink.open()
     with caplog.at_level(logging.WARNING, logger="switchboard.events.sinks"):
         for n in range(3):
@@ -188,7 +182,7 @@ async def test_tcp_sink_drops_with_a_log_line_when_nobody_listens(
 
 @pytest.mark.asyncio
 async def test_tcp_sink_delivers_again_when_the_peer_comes_back() -> None:
-    port = unused_tcp_port()
+    port = free_port("tcp")
     sink = TcpSink(SinkAddress("tcp", "127.0.0.1", port), retry_interval=0.0)
     await sink.open()
     sink.send(b"lost")

@@ -28,8 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from switchboard.api import ControlApi
 from switchboard.config import load_config, parse_config
 from switchboard.mi.http import start_mi_server
+from tests.support.hep import by_type
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
+from tests.support.sip import options
 from tests.support.sipp import Sipp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,19 +190,6 @@ async def test_readyz_lists_what_is_not_ready() -> None:
 # --- SIP OPTIONS pings -------------------------------------------------------------------------
 
 
-def options(port: int, local_port: int, max_forwards: int, call_id: str) -> bytes:
-    return (
-        f"OPTIONS sip:{HOST}:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK-{call_id}\r\n"
-        f"Max-Forwards: {max_forwards}\r\n"
-        f"From: <sip:dispatcher@{HOST}>;tag=ds1\r\n"
-        f"To: <sip:{HOST}:{port}>\r\n"
-        f"Call-ID: {call_id}\r\n"
-        "CSeq: 10 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
-
-
 @pytest.mark.parametrize("max_forwards", [70, 0])
 def test_options_ping_is_answered_200(switchboard: SwitchboardServer, max_forwards: int) -> None:
     """OpenSIPS/Kamailio dispatchers probe with OPTIONS (some with Max-Forwards 0)."""
@@ -221,16 +210,6 @@ def test_options_ping_is_answered_200(switchboard: SwitchboardServer, max_forwar
 # --- HEP mirroring ------------------------------------------------------------------------------
 
 
-def hep_chunks(packet: bytes) -> dict[int, bytes]:
-    assert packet[:4] == b"HEP3" and struct.unpack("!H", packet[4:6])[0] == len(packet)
-    chunks, at = {}, 6
-    while at < len(packet):
-        _, kind, length = struct.unpack("!HHH", packet[at : at + 6])
-        chunks[kind] = packet[at + 6 : at + length]
-        at += length
-    return chunks
-
-
 def test_hep_mirrors_what_is_received_and_sent(switchboard_server: StartServer) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua:
@@ -243,7 +222,7 @@ def test_hep_mirrors_what_is_received_and_sent(switchboard_server: StartServer) 
         ping = options(server.udp_port, ua_port, 70, "hep-ping")
         ua.sendto(ping, server.udp_address)
         reply = ua.recv(65535)
-        captured = [hep_chunks(collector.recv(65535)) for _ in range(2)]
+        captured = [by_type(collector.recv(65535)) for _ in range(2)]
     received, sent = captured
     assert received[15] == ping
     assert (socket.inet_ntoa(received[3]), struct.unpack("!H", received[7])[0]) == (HOST, ua_port)

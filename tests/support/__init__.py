@@ -4,6 +4,8 @@ interop and cluster suites, the fixtures of tests/conftest.py and the bench shar
 - `ports`: free loopback ports (one at a time, or a block), waiting until one is bound;
 - `server`: `python -m switchboard serve` as a subprocess, its output, MI calls, `dialog:list`;
 - `sipp`: the SIPp binary, a scenario run, its statistics CSV;
+- `sip`: SIP requests written by hand for a socket (a dispatcher's OPTIONS ping);
+- `hep`: HEP3 packets taken apart (a decoder independent of switchboard's encoder);
 - `output`: a long output cut down for a failure message.
 
 Imported as `tests.support.<module>` (the repository is the one import root); test modules

@@ -1,15 +1,14 @@
 """HEP v3 encoding, the UDP mirror and its wrappers, and the [hep] configuration.
 
-The packets are taken apart by a decoder written here from the HEP3 layout (sipcapture HEP
-spec, ecosystem.md §4), independently of the encoder; tests/interop/test_hep_sngrep.py has
-sngrep decode them too.
+The packets are taken apart by the test kit's decoder (`tests.support.hep`, written from the
+HEP3 layout independently of the encoder); tests/interop/test_hep_sngrep.py has sngrep decode
+them too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,35 +18,12 @@ from switchboard.config import ConfigError, HostPort, apply_overrides, parse_con
 from switchboard.hep import HepMirror, MirroredEndpoint, encode_hep3, mirrored_receiver
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
+from tests.support.hep import by_type, decode
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INVITE = b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\nCall-ID: abc\r\nContent-Length: 0\r\n\r\n"
 A = Address("udp", "127.0.0.1", 5062)
 B = Address("udp", "10.1.2.3", 5060)
-
-
-def decode(packet: bytes) -> list[tuple[int, int, bytes]]:
-    """(vendor, type, data) of every chunk, after checking the header and every length."""
-    assert packet[:4] == b"HEP3"
-    (total,) = struct.unpack("!H", packet[4:6])
-    assert total == len(packet)
-    chunks = []
-    at = 6
-    while at < len(packet):
-        vendor, kind, length = struct.unpack("!HHH", packet[at : at + 6])
-        assert length >= 6 and at + length <= len(packet), (kind, length)
-        chunks.append((vendor, kind, packet[at + 6 : at + length]))
-        at += length
-    assert at == len(packet)
-    return chunks
-
-
-def by_type(packet: bytes) -> dict[int, bytes]:
-    chunks = decode(packet)
-    assert all(vendor == 0 for vendor, _, _ in chunks)
-    types = [kind for _, kind, _ in chunks]
-    assert len(types) == len(set(types)), types
-    return {kind: data for _, kind, data in chunks}
 
 
 def u(data: bytes) -> int:
