@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 from opensips.mi import OpenSIPSMI, OpenSIPSMIException
 
-from switchboard.api import CommandError
 from switchboard.cli import build_params, main
 from switchboard.mi.client import MIClientError, MIConnectionError, call
 from switchboard.mi.http import MIServer, start_mi_server
+from tests.support.fake_api import FakeApi
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,39 +36,10 @@ DIALOG = {
 }
 
 
-class FakeApi:
-    def __init__(self) -> None:
-        self.subscribed: list[tuple[str, str, int]] = []
-
-    async def list_dialogs(
-        self, callid: str | None = None, from_tag: str | None = None
-    ) -> list[dict[str, Any]]:
-        if callid is not None and callid != DIALOG["callid"]:
-            return []
-        if from_tag is not None and from_tag != DIALOG["caller_tag"]:
-            return []
-        return [DIALOG]
-
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        if dialog_id not in (DIALOG["ID"], DIALOG["callid"]):
-            raise CommandError.dialog_not_found()
-
-    async def statistics(self) -> dict[str, int]:
-        return {"dialog:active_dialogs": 1, "dialog:early_dialogs": 0, "tm:UAS_transactions": 5}
-
-    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
-        self.subscribed.append((event, socket, expire))
-
-    def uptime_seconds(self) -> float:
-        return 3.0
-
-    def started_at(self) -> float:
-        return 1_700_000_000.0
-
-
 @pytest.fixture
 def api() -> FakeApi:
-    return FakeApi()
+    stats = {"dialog:active_dialogs": 1, "dialog:early_dialogs": 0, "tm:UAS_transactions": 5}
+    return FakeApi([DIALOG], stats, uptime=3.0, started_at=1_700_000_000.0)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ interop and cluster suites, the fixtures of tests/conftest.py and the bench shar
 - `sipp`: the SIPp binary, a scenario run, its statistics CSV;
 - `sip`: SIP requests written by hand for a socket (a dispatcher's OPTIONS ping);
 - `hep`: HEP3 packets taken apart (a decoder independent of switchboard's encoder);
+- `fake_api`: a fake node behind the MI (canned dialogs and statistics, calls recorded);
 - `output`: a long output cut down for a failure message.
 
 Imported as `tests.support.<module>` (the repository is the one import root); test modules

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from switchboard import __version__
-from switchboard.api import CommandError
 from switchboard.mi.commands import REGISTRY, select_statistics
 from switchboard.mi.dispatch import (
     ENCODE_SLICE,
@@ -21,6 +20,7 @@ from switchboard.mi.dispatch import (
 )
 from switchboard.mi.http import start_mi_server
 from switchboard.mi.registry import CommandContext, Params, Registry
+from tests.support.fake_api import FakeApi
 
 DIALOG_A = {"ID": "3a1.5f2", "state": 4, "callid": "call-a", "caller_tag": "ta", "CALLEES": []}
 DIALOG_B = {"ID": "1b.77", "state": 2, "callid": "call-b", "caller_tag": "tb", "CALLEES": []}
@@ -34,48 +34,12 @@ STATS = {
 }
 
 
-class FakeApi:
-    """A ControlApi with canned data that records the calls it gets."""
-
-    def __init__(self) -> None:
-        self.dialogs = [DIALOG_A, DIALOG_B]
-        self.ended: list[tuple[str, str | None]] = []
-        self.subscribed: list[tuple[str, str, int]] = []
-
-    async def list_dialogs(
-        self, callid: str | None = None, from_tag: str | None = None
-    ) -> list[dict[str, Any]]:
-        return [
-            d
-            for d in self.dialogs
-            if (callid is None or d["callid"] == callid)
-            and (from_tag is None or d["caller_tag"] == from_tag)
-        ]
-
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        if not any(dialog_id in (d["ID"], d["callid"]) for d in self.dialogs):
-            raise CommandError.dialog_not_found()
-        self.ended.append((dialog_id, extra_headers))
-
-    async def statistics(self) -> dict[str, int]:
-        return dict(STATS)
-
-    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
-        self.subscribed.append((event, socket, expire))
-
-    def uptime_seconds(self) -> float:
-        return 125.7
-
-    def started_at(self) -> float:
-        return 1_000_000_000.0
-
-
 NOW = 1_000_000_125.7
 
 
 @pytest.fixture
 def api() -> FakeApi:
-    return FakeApi()
+    return FakeApi([DIALOG_A, DIALOG_B], STATS, uptime=125.7, started_at=1_000_000_000.0)
 
 
 @pytest.fixture
