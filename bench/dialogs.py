@@ -235,7 +235,7 @@ def list_dialogs(system: System, ping: bool = True) -> dict[str, Any]:
         time.sleep(0.1)
     try:
         if isinstance(system, Switchboard):
-            from .mi import MiClient
+            from tests.support.mi import MiClient
 
             client = MiClient(system.mi_url)
             try:
@@ -266,7 +266,7 @@ def list_dialogs(system: System, ping: bool = True) -> dict[str, Any]:
 
 
 def _switchboard_count(answer: bytes) -> int | None:
-    from .mi import decode_result
+    from tests.support.mi import decode_result
 
     return len(decode_result(answer).get("Dialogs", []))
 

@@ -191,7 +191,7 @@ class Switchboard(System):
 
     def mi(self, method: str, params: Any = None, timeout: float = 30.0) -> Any:
         """Call an MI command over JSON-RPC (one kept-alive HTTP connection)."""
-        from .mi import MiClient
+        from tests.support.mi import MiClient
 
         if self._mi is None or self._mi.url != self.mi_url:
             self._mi = MiClient(self.mi_url)

@@ -1,4 +1,4 @@
-"""A small JSON-RPC client for switchboard's MI over HTTP, for the bench.
+"""A small JSON-RPC client for switchboard's MI over HTTP, for the bench (and the tests).
 
 One kept-alive HTTP/1.1 connection (`http.client`), so that a command costs one request on an
 open socket, not a TCP handshake: what the bench times is the server. `call` returns the
