@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+
 from . import proc, sipp
 from .systems import System
 
@@ -248,7 +250,7 @@ def run_step(
     targets = system.addresses
     planned = max(1, round(rate * duration))
     shares = split_calls(planned, len(targets))
-    uas_port = proc.free_port("udp")
+    uas_port = free_port("udp")
     uas = sipp.SippProcess(
         "uas", sipp.uas_command(sipp_binary, port=uas_port, stat_file="uas_stat.csv"), workdir
     )
@@ -258,7 +260,7 @@ def run_step(
             raise RuntimeError(f"SIPp UAS did not bind {uas_port}:\n{uas.output_tail()}")
         pids = system.pids()
         worker_pids = system.worker_pids()
-        uac_ports = [proc.free_port("udp") for _ in targets]
+        uac_ports = [free_port("udp") for _ in targets]
         proxy_ports = {port for _, port in targets}
         loadgen_ports = {uas_port, *uac_ports}
         drops0 = proc.udp_drops(proxy_ports)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 from . import proc, sipp
 from .callrate import split_calls
 from .systems import System
@@ -21,7 +23,7 @@ class Uas:
 
     def __init__(self, binary: str, workdir: Path, name: str = "uas",
                  timeout_s: int | None = None) -> None:
-        self.port = proc.free_port("udp")
+        self.port = free_port("udp")
         self.workdir = workdir
         self.name = name
         extra = ["-timeout", f"{timeout_s}s"] if timeout_s else []
@@ -56,7 +58,7 @@ class Uacs:
             if share <= 0:
                 continue
             pname = name if len(targets) == 1 else f"{name}{i}"
-            port = proc.free_port("udp")
+            port = free_port("udp")
             self.ports.append(port)
             self.procs.append(sipp.SippProcess(
                 pname,

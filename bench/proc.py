@@ -10,7 +10,6 @@ them: the honest sum for a multi-process server).
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,35 +125,6 @@ def sample_host_busy(seconds: float = 1.0) -> float:
     time.sleep(seconds)
     b1, t1 = host_cpu_times()
     return busy_pct_of_one_core(b1 - b0, t1 - t0)
-
-
-def free_port(kind: str = "udp") -> int:
-    """A port on 127.0.0.1 that is free right now (the kernel picks it)."""
-    sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, sock_type) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(count: int) -> int:
-    """A base port with base .. base + count - 1 free for UDP and TCP on 127.0.0.1 right now,
-    taken below the kernel's ephemeral range (where port-0 binds land)."""
-    import random
-
-    def bindable(port: int) -> bool:
-        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    return False
-        return True
-
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        if all(bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def cmdline(pid: int) -> str:

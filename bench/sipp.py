@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from tests.support.sipp import parse_stat_csv
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 UAC_SCENARIO = SCENARIOS / "uac.xml"
@@ -31,10 +32,6 @@ RTD_NAME = "invite"  # the response-time timer in uac.xml: INVITE sent -> 200 OK
 
 # Socket buffers for SIPp (the kernel caps them at net.core.{r,w}mem_max).
 BUFF_SIZE = 4 * 1024 * 1024
-
-
-def sipp_binary() -> str | None:
-    return shutil.which("sipp")
 
 
 def sipp_version(binary: str) -> str:
@@ -116,16 +113,6 @@ def _rate_text(rate: float) -> str:
 
 
 # --- parsing ----------------------------------------------------------------------------------
-
-
-def parse_stat_csv(text: str) -> dict[str, str]:
-    """The last row of a SIPp statistics file as {column: value}; {} when there is no row."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return {}
-    header = lines[0].rstrip(";").split(";")
-    row = lines[-1].rstrip(";").split(";")
-    return dict(zip(header, row, strict=False))
 
 
 def stat_int(stats: dict[str, str], column: str) -> int:

@@ -35,6 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.support.sipp import sipp_binary
+
 from . import proc, report, sipp
 from .callops import AsyncMi
 from .load import Uacs, Uas
@@ -180,7 +182,7 @@ def _calls_up(party: Party) -> list[str]:
 
 
 def run(args: argparse.Namespace, workdir: Path, say: Any = print) -> dict[str, Any]:
-    binary = sipp.sipp_binary()
+    binary = sipp_binary()
     if binary is None:
         raise SystemExit("SIPp is needed: apt-get install -y sip-tester")
     system = Switchboard()

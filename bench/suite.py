@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import switchboard
+from tests.support.sipp import sipp_binary
 
 from . import callops, callrate, dialogs, events, overload, proc, report, sipp, systems
 
@@ -345,7 +346,7 @@ def run(plan: Plan, out: Path, *, keep_raw: bool, install: bool, plots: bool,
         parts: Sequence[str] = ("callrate",), parts_plan: PartsPlan | None = None
         ) -> dict[str, Path]:
     ui = Ui()
-    binary = sipp.sipp_binary()
+    binary = sipp_binary()
     if binary is None:
         raise SystemExit("SIPp is needed: apt-get install -y sip-tester")
     dialog_systems = tuple(n for n in plan.systems if n in DIALOG_SYSTEMS)
@@ -554,7 +555,7 @@ def print_summary(ui: Ui, result: dict[str, Any], paths: dict[str, Path]) -> Non
 def profile_main(args: argparse.Namespace) -> int:
     from .profile import run_profile
 
-    binary = sipp.sipp_binary()
+    binary = sipp_binary()
     if binary is None:
         raise SystemExit("SIPp is needed: apt-get install -y sip-tester")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

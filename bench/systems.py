@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port, free_port_block
+
 from . import proc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +90,7 @@ class System(ABC):
         return [self.address]
 
     def pick_port(self) -> int:
-        return proc.free_port("udp")
+        return free_port("udp")
 
     start_timeout = 30.0
     warmup_s = 0.5
@@ -173,7 +175,7 @@ class Switchboard(System):
         self._mi: Any = None
 
     def command(self, port: int) -> list[str]:
-        self.mi_port = proc.free_port("tcp")
+        self.mi_port = free_port("tcp")
         if self.profile_to is not None:
             start = ["-m", "bench._profiled", str(self.profile_to), "switchboard"]
         elif self.gc_watch_to is not None:
@@ -240,7 +242,7 @@ class SwitchboardRay(Switchboard):
         # The workers' SIP ports and the MI's in one block below the ephemeral range: Ray
         # binds many ports of its own while it starts, and one of them could otherwise be a
         # port picked free a moment before.
-        base = proc.free_port_block(self.workers + 1)
+        base = free_port_block(self.workers + 1)
         self.mi_port = base + self.workers
         return base
 
@@ -251,7 +253,7 @@ class SwitchboardRay(Switchboard):
 
     def command(self, port: int) -> list[str]:
         if self.mi_port is None:
-            self.mi_port = proc.free_port("tcp")
+            self.mi_port = free_port("tcp")
         return [self.python, "-m", "bench._ray_serve", "serve", "--runtime", "ray",
                 "--workers", str(self.workers),
                 "--listen", f"udp:127.0.0.1:{port}",

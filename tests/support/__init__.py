@@ -1,9 +1,12 @@
-"""The test kit for everything that runs outside the test process: what the integration,
-interop and cluster suites, the fixtures of tests/conftest.py and the bench share.
+"""The shared test kit: what the integration, interop and cluster suites, the fixtures of
+tests/conftest.py, a few unit tests and the bench use (the SIP core's sans-IO kit is
+tests/unit/kit).
 
 - `ports`: free loopback ports (one at a time, or a block), waiting until one is bound;
 - `server`: `python -m switchboard serve` as a subprocess, its output, MI calls, `dialog:list`;
-- `sipp`: the SIPp binary, a scenario run, its statistics CSV;
+- `mi`: a JSON-RPC client for the MI over HTTP (kept alive for the bench, one call a connection
+  for the tests);
+- `sipp`: the SIPp binary, a scenario run, its statistics CSV, its message trace;
 - `sip`: SIP requests written by hand for a socket (a dispatcher's OPTIONS ping);
 - `hep`: HEP3 packets taken apart (a decoder independent of switchboard's encoder);
 - `fake_api`: a fake node behind the MI (canned dialogs and statistics, calls recorded);

@@ -8,8 +8,6 @@ internals: everything goes through the command line, sockets and the MI.
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import re
 import signal
@@ -17,13 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.mi import MiClient, MiError
 from tests.support.output import tail
 from tests.support.ports import HOST, free_port
 
@@ -33,17 +30,6 @@ CONFIRMED = 4  # the dialog state `dialog:list` shows once the ACK came (OpenSIP
 
 class ServerStartError(RuntimeError):
     """`switchboard serve` exited or stayed silent instead of saying it is ready."""
-
-
-class MIError(Exception):
-    """A JSON-RPC error answer from the management interface."""
-
-    def __init__(self, method: str, code: int | None, message: str, reply: Any) -> None:
-        super().__init__(f"MI {method}: error {code}: {message}")
-        self.method = method
-        self.code = code
-        self.message = message
-        self.reply = reply
 
 
 _READY = re.compile(r"\bready\b", re.IGNORECASE)
@@ -70,9 +56,13 @@ class SwitchboardServer:
     _lines: list[str] = field(default_factory=list, repr=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _readers: list[threading.Thread] = field(default_factory=list, repr=False)
-    _rpc_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+    _mi: MiClient = field(init=False, repr=False)
     killed: bool = False
     _log: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # One connection a call, as `switchboard mi` makes them.
+        self._mi = MiClient(self.mi_url, keep_alive=False)
 
     # -- addresses
 
@@ -163,47 +153,21 @@ class SwitchboardServer:
         """
         if params is not None and named:
             raise TypeError("give MI params either positionally or as keywords, not both")
-        payload: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._rpc_ids)}
-        if params is not None:
-            payload["params"] = params if isinstance(params, Mapping) else list(params)
-        elif named:
-            payload["params"] = named
-        request = urllib.request.Request(
-            self.mi_url,
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            # mi_http answers 200 even for JSON-RPC errors; anything else is a server bug,
-            # but keep the body so the test can show it.
-            body = exc.read()
-            try:
-                reply = json.loads(body)
-            except ValueError:
-                raise AssertionError(
-                    f"MI {method}: HTTP {exc.code} {exc.reason}: {body[:2000]!r}"
-                ) from exc
-            if isinstance(reply, dict):
-                reply.setdefault("_http_status", exc.code)
-                return reply
-            raise AssertionError(f"MI {method}: HTTP {exc.code}: {reply!r}") from exc
-        reply = json.loads(body)
-        if not isinstance(reply, dict):
-            raise AssertionError(f"MI {method}: reply is not a JSON object: {reply!r}")
-        return reply
+        if params is None and named:
+            params = named
+        elif params is not None and not isinstance(params, Mapping):
+            params = list(params)
+        return self._mi.reply(method, params)
 
     def mi_result(
         self, method: str, params: Mapping[str, Any] | Sequence[Any] | None = None, /, **named: Any
     ) -> Any:
-        """Like `mi`, but return `result` and raise MIError for an `error` answer."""
+        """Like `mi`, but return `result` and raise MiError for an `error` answer."""
         reply = self.mi(method, params, **named)
         if "error" in reply:
             error = reply["error"] or {}
-            raise MIError(method, error.get("code"), str(error.get("message")), reply)
+            raise MiError(error.get("code", -32603), str(error.get("message")), error.get("data"),
+                          method=method)
         if "result" not in reply:
             raise AssertionError(f"MI {method}: reply has neither result nor error: {reply!r}")
         return reply["result"]

@@ -9,7 +9,6 @@ whose runs were not all clean. `sip_messages` and `received` read the messages o
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
@@ -116,17 +115,21 @@ def assert_clean(*results: SippResult, calls: int = 1, why: str = "") -> None:
                           + "\n\n".join(r.describe() for r in results))
 
 
+def parse_stat_csv(text: str) -> dict[str, str]:
+    """The last row of a SIPp statistics file as {column: value}; {} when there is no row."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return {}
+    header = lines[0].rstrip(";").split(";")
+    row = lines[-1].rstrip(";").split(";")
+    return dict(zip(header, row, strict=False))
+
+
+
+
 def read_sipp_stats(path: Path) -> dict[str, str]:
     """The last row of a SIPp `-trace_stat` CSV (`;`-separated) keyed by column name."""
-    try:
-        with path.open(newline="", errors="replace") as f:
-            rows = [row for row in csv.reader(f, delimiter=";") if row]
-    except OSError:
-        return {}
-    if len(rows) < 2:
-        return {}
-    header, last = rows[0], rows[-1]
-    return {k: v for k, v in zip(header, last, strict=False) if k}
+    return parse_stat_csv(read_text(path))
 
 
 class Sipp:
