@@ -4,6 +4,10 @@
   (asyncio, socket, selectors, threading, time, uvloop, ray) and nothing from switchboard outside
   `switchboard.sip`.
 - Only `switchboard/cluster/ray*` (a module `ray*.py` or a package `ray*/`) imports `ray`.
+- The test kit: no module of tests/ or bench/ imports a test module (`test_*.py`) or a conftest
+  (what tests share lives in tests/support/ and tests/unit/kit/), and every import of the tests'
+  own modules goes through the one import root, `tests.` (never `unit.…`, `interop.…` or a
+  module of tests/ by its bare name).
 
 Every import statement counts, wherever it sits (function bodies, `if TYPE_CHECKING:` blocks,
 try/except), and so do `importlib.import_module("...")` / `__import__("...")` calls with a
@@ -220,4 +224,106 @@ def test_checker_catches_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert ray == [
         "switchboard/actors/dialog.py:1: imports ray (only switchboard/cluster/ray* may)",
         "switchboard/cluster/local.py:1: imports ray.util (only switchboard/cluster/ray* may)",
+    ]
+
+
+# -- the test kit: test modules import helpers, never each other -----------------------------
+
+
+def kit_files() -> list[Path]:
+    """Every Python file of the test suites and of the bench."""
+    return sorted(
+        p
+        for folder in ("tests", "bench")
+        for p in (REPO_ROOT / folder).rglob("*.py")
+        if "__pycache__" not in p.parts
+    )
+
+
+def imported_names(path: Path) -> dict[int, list[str]]:
+    """By line, the modules `path` may load there: what `imports_of` finds, and for
+    `from m import x` also `m.x` (x may be a module: `from tests.unit.sip import test_proxy`)."""
+    names: dict[int, list[str]] = {}
+    for imp in imports_of(path):
+        names.setdefault(imp.line, []).append(imp.module)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = resolve_relative(path, node.level, node.module) if node.level else node.module
+            names.setdefault(node.lineno, []).extend(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def enclosing_test_module(module: str) -> str | None:
+    """The test module or conftest that `module` is or lies in, or None."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("test_") or part == "conftest":
+            return ".".join(parts[: i + 1])
+    return None
+
+
+def kit_violations(files: list[Path]) -> list[str]:
+    tests = REPO_ROOT / "tests"
+    # What only imports with tests/ itself on sys.path: the names of its entries.
+    roots = {p.stem for p in tests.iterdir() if p.suffix == ".py" or p.is_dir()} - {"__pycache__"}
+    out = []
+    for path in files:
+        for line, names in sorted(imported_names(path).items()):
+            where = f"{path.relative_to(REPO_ROOT)}:{line}"
+            rooted = sorted((n for n in names if top(n) in roots), key=len)
+            if rooted:
+                out.append(f"{where}: imports {rooted[0]} (one import root: tests.{rooted[0]})")
+            for module in sorted({m for m in map(enclosing_test_module, names) if m is not None}):
+                if module.endswith("conftest"):
+                    out.append(f"{where}: imports {module} (a conftest: helpers live in "
+                               "tests/support/, fixtures reach a test by name)")
+                else:
+                    out.append(f"{where}: imports {module} (a test module: what tests share "
+                               "lives in tests/support/ or tests/unit/kit/)")
+    return out
+
+
+def test_test_modules_import_the_kit_not_each_other() -> None:
+    violations = kit_violations(kit_files())
+    assert not violations, "the test kit's import rule broken:\n" + "\n".join(violations)
+
+
+def test_kit_checker_catches_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "REPO_ROOT", tmp_path)
+    _write(tmp_path, "tests/conftest.py", "from tests.support.server import start_switchboard\n")
+    _write(tmp_path, "tests/harness.py", "")
+    _write(tmp_path, "tests/support/sipp.py", "from tests.support.ports import free_port\n")
+    _write(tmp_path, "tests/unit/kit/proxy.py", "from switchboard.sip import parse_message\n")
+    _write(tmp_path, "tests/unit/sip/test_proxy.py", "from tests.unit.kit.proxy import Net\n")
+    _write(
+        tmp_path,
+        "tests/unit/sip/test_auth.py",
+        "from unit.sip.test_proxy import invite\n"
+        "from tests.unit.sip import test_proxy\n"
+        "from tests.interop.conftest import PeerFactory\n"
+        "import harness\n"
+        "from .test_proxy import Net\n"
+        "from . import helpers\n"
+        "def f():\n"
+        "    importlib.import_module('tests.integration.test_ops_http')\n",
+    )
+    _write(tmp_path, "bench/loss.py", "from tests.interop.test_sipp_callops import received\n")
+    _write(tmp_path, "switchboard/api.py", "from tests.unit.sip.test_proxy import Net\n")
+
+    assert kit_violations(kit_files()) == [
+        "bench/loss.py:1: imports tests.interop.test_sipp_callops (a test module: what tests "
+        "share lives in tests/support/ or tests/unit/kit/)",
+        "tests/unit/sip/test_auth.py:1: imports unit.sip.test_proxy (one import root: "
+        "tests.unit.sip.test_proxy)",
+        "tests/unit/sip/test_auth.py:1: imports unit.sip.test_proxy (a test module: what tests "
+        "share lives in tests/support/ or tests/unit/kit/)",
+        "tests/unit/sip/test_auth.py:2: imports tests.unit.sip.test_proxy (a test module: what "
+        "tests share lives in tests/support/ or tests/unit/kit/)",
+        "tests/unit/sip/test_auth.py:3: imports tests.interop.conftest (a conftest: helpers live "
+        "in tests/support/, fixtures reach a test by name)",
+        "tests/unit/sip/test_auth.py:4: imports harness (one import root: tests.harness)",
+        "tests/unit/sip/test_auth.py:5: imports tests.unit.sip.test_proxy (a test module: what "
+        "tests share lives in tests/support/ or tests/unit/kit/)",
+        "tests/unit/sip/test_auth.py:8: imports tests.integration.test_ops_http (a test module: "
+        "what tests share lives in tests/support/ or tests/unit/kit/)",
     ]
