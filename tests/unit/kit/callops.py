@@ -22,7 +22,7 @@ from switchboard.sip import Request, Response, parse_message
 from switchboard.sip.callops import CallEvent, CallOps, CallOpsError
 from switchboard.sip.dialog import Dialog
 from switchboard.sip.wire import Address, Datagram
-from tests.unit.kit.proxy import OUR_RR, PROXY_UDP, sip_request
+from tests.unit.kit.proxy import OUR_RR, PROXY_UDP, finish, sip_request
 from tests.unit.kit.proxy import Net as ProxyNet
 
 
@@ -119,11 +119,7 @@ def answer(
               f"CSeq: {req.get('cseq')}"]
     if contact is not None:
         lines.append(f"Contact: <{contact}>")
-    lines += list(extra)
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return finish(lines, extra, body)
 
 
 class Net(ProxyNet):

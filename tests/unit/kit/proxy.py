@@ -56,6 +56,17 @@ SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
 # -- user agents -------------------------------------------------------------------------------
 
 
+def finish(lines: list[str], extra: Iterable[str], body: bytes,
+           content_type: str = "application/sdp") -> bytes:
+    """A message's bytes: its `lines` so far, then the `extra` header lines, Content-Type (when
+    there is a body), Content-Length, the blank line and the body."""
+    lines = [*lines, *extra]
+    if body:
+        lines.append(f"Content-Type: {content_type}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 def sip_request(
     method: str,
     ruri: str,
@@ -92,11 +103,7 @@ def sip_request(
     lines.append(f"CSeq: {cseq} {cseq_method or method}")
     if contact is not None:
         lines.append(f"Contact: <{contact}>")
-    lines += list(extra)
-    if body:
-        lines.append(f"Content-Type: {content_type}")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return finish(lines, extra, body, content_type)
 
 
 def invite(branch: str = "z9hG4bKa-inv", ruri: str = BOB_CONTACT, **kw: Any) -> bytes:
@@ -129,11 +136,7 @@ def reply(
         lines.append(f"{key.title()}: {value}")
     if contact is not None and status > 100:
         lines.append(f"Contact: <{contact}>")
-    lines += list(extra)
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return finish(lines, extra, body)
 
 
 def ack_for_2xx(
