@@ -3,9 +3,9 @@ the proxy reports.
 
 `UA`s (alice, bob, carol) write SIP the way user agents do (`request`, `answer`, `sdp`); a
 `Call` sets up a dialog through the proxy and writes the in-dialog requests of either side;
-`Net` is the proxy kit's `Net` (`tests.unit.kit.proxy`) with its clock at 100 s, a `UA` as a
-sender and only the `CallEvent`s in `events()`. The rest reads what the proxy sent and builds
-the events the tests expect.
+`Net` is the proxy kit's `Net` (`tests.unit.kit.proxy`) with call operations on top
+(`net.callops`), its clock at 100 s, a `UA` as a sender and only the `CallEvent`s in
+`events()`. The rest reads what the proxy sent and builds the events the tests expect.
 """
 
 from __future__ import annotations
@@ -123,8 +123,9 @@ def answer(
 
 
 class Net(ProxyNet):
-    """One proxy and a fake clock (the proxy kit's `Net`), as the call operations tests use it:
-    the clock starts at 100 s, a `UA` can send, and `events()` returns the call events only."""
+    """One proxy and a fake clock (the proxy kit's `Net`) with call operations on top, as the
+    call operations tests use it: the clock starts at 100 s, a `UA` can send, and `events()`
+    returns the call events only."""
 
     start = 100.0
 
