@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..events.opensips import db_id
 from ..sip.dialog import Dialog
 from .mailbox import Mailbox
 
@@ -75,10 +76,9 @@ def dialog_info(dialog: Dialog, to_wall: Callable[[float], float]) -> dict[str, 
     start = to_wall(dialog.start_time)
     timeout = to_wall(dialog.timeout_at) if dialog.timeout_at is not None else 0.0
     caller, callee = dialog.caller, dialog.callee
-    worker, _, seq = dialog.id.partition(".")
     return {
         "ID": dialog.id,
-        "db_id": (int(worker, 16) << 32) | int(seq, 16),
+        "db_id": db_id(dialog.id),
         "state": int(dialog.state),
         "user_flags": 0,
         "timestart": int(start),

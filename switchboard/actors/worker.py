@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..events.opensips import opensips_event
 from ..sip.callops import CallOps, CallOpsError
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
 from ..sip.proxy import Proxy
@@ -78,20 +79,9 @@ class Worker:
             proxy.outbox.clear()
         if proxy.events:
             for ev in proxy.events:
-                if isinstance(ev, DialogStateChanged):
-                    self.publish("E_DLG_STATE_CHANGED", {
-                        "id": ev.dialog_id,
-                        "db_id": _db_id(ev.dialog_id),
-                        "callid": ev.call_id,
-                        "from_tag": ev.from_tag,
-                        "to_tag": ev.to_tag,
-                        "old_state": int(ev.old_state),
-                        "new_state": int(ev.new_state),
-                    })
-                    if ev.new_state is DialogState.DELETED:
-                        self.actors.pop(ev.dialog_id, None)
-                else:
-                    self.publish(ev.name, ev.params)
+                self.publish(*opensips_event(ev))
+                if isinstance(ev, DialogStateChanged) and ev.new_state is DialogState.DELETED:
+                    self.actors.pop(ev.dialog_id, None)
             proxy.events.clear()
         if proxy.security:
             for failure in proxy.security:
@@ -205,7 +195,3 @@ class Worker:
         for endpoint in self.endpoints.values():
             endpoint.close()
 
-
-def _db_id(dialog_id: str) -> int:
-    worker, _, seq = dialog_id.partition(".")
-    return (int(worker, 16) << 32) | int(seq, 16)

@@ -8,7 +8,8 @@ an in-dialog REFER or re-INVITE built from dialog state (OpenSIPS callops, spec 
   party knows nothing of;
 - acknowledges the answers to its own re-INVITEs and retries them on glare (RFC 3261 §14.1).
 
-Reports everything as `CallEvent`s (`E_CALL_TRANSFER`, `E_CALL_HOLD`) in the proxy's event list.
+Reports every step as an event value (`sip/events.py`: transfer started, linked, notified,
+ended; hold started, answered) in the proxy's event list.
 Where the reference module misbehaves (spec §10), this follows its documentation instead
 (DESIGN.md §4). Management errors are `CallOpsError`s with the OpenSIPS codes.
 """
@@ -23,7 +24,14 @@ from urllib.parse import unquote
 
 from .dialog import Dialog, DialogState, DialogTable, Leg, worker_of
 from .errors import LocalProtocolError, ParseError
-from .events import CallEvent as CallEvent
+from .events import (
+    HoldAnswered,
+    HoldStarted,
+    TransferEnded,
+    TransferLinked,
+    TransferNotified,
+    TransferStarted,
+)
 from .headers import header_key
 from .message import Request
 from .proxy import CallHooks, Event, FinalCallback, NewCallLink, ProxyConfig, Reply
@@ -217,20 +225,29 @@ class CallOps:
     def _transfer_event(self, dialog: Dialog, state: str, status: str = "",
                         destination: str | None = None, transfer_callid: str | None = None,
                         leg: str | None = None) -> None:
+        """Report a step of the transfer of `dialog`: `state` is `start` (the REFER went
+        out), `linked`, `notify`, `ok` or `fail`; what is not given comes from its state."""
         ops = self.ops_of(dialog)
-        self.proxy.events.append(CallEvent("E_CALL_TRANSFER", {
-            "callid": dialog.call_id,
-            "leg": leg if leg is not None else (ops.transfer_leg or ops.last_leg or "unknown"),
-            "transfer_callid": ops.transfer_callid if transfer_callid is None else transfer_callid,
-            "destination": ops.destination if destination is None else destination,
-            "state": state,
-            "status": status,
-        }))
+        call_id = dialog.call_id
+        leg = leg if leg is not None else (ops.transfer_leg or ops.last_leg or "unknown")
+        new_call = ops.transfer_callid if transfer_callid is None else transfer_callid
+        destination = ops.destination if destination is None else destination
+        if state == "start":
+            event: TransferStarted | TransferLinked | TransferNotified | TransferEnded = (
+                TransferStarted(call_id, leg, new_call, destination))
+        elif state == "linked":
+            event = TransferLinked(call_id, leg, new_call, destination)
+        elif state == "notify":
+            event = TransferNotified(call_id, leg, new_call, status)
+        else:
+            event = TransferEnded(call_id, leg, new_call, destination, state == "ok", status)
+        self.proxy.events.append(event)
 
     def _hold_event(self, dialog: Dialog, leg: str, action: str, state: str) -> None:
-        self.proxy.events.append(CallEvent("E_CALL_HOLD", {
-            "callid": dialog.call_id, "leg": leg, "action": action, "state": state,
-        }))
+        """`state`: `start` (the re-INVITE went out), `ok` or `fail`."""
+        self.proxy.events.append(
+            HoldStarted(dialog.call_id, leg, action) if state == "start"
+            else HoldAnswered(dialog.call_id, leg, action, state == "ok"))
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -429,7 +446,7 @@ class CallOps:
         if ops.guard_timer is not None:
             ops.guard_timer.cancel()
             ops.guard_timer = None
-        self._transfer_event(old, "start", "", destination=destination)
+        self._transfer_event(old, "linked", "", destination=destination)
         links.append(_Link(self, old, new_callid, destination))
 
     def _link_attended(self, req: Request, value: str, links: list[NewCallLink]) -> bool:

@@ -83,8 +83,8 @@ with atheris.instrument_imports(include=["switchboard"]):
     from prometheus_client.parser import text_string_to_metric_families
 
     from switchboard.actors.dialog import dialog_info
-    from switchboard.actors.worker import _db_id
     from switchboard.events.envelope import encode_event
+    from switchboard.events.opensips import opensips_event
     from switchboard.hep import encode_hep3
     from switchboard.logs import JsonFormatter, TextFormatter
     from switchboard.metrics import CallMetrics, SwitchboardCollector, build_labels
@@ -92,9 +92,10 @@ with atheris.instrument_imports(include=["switchboard"]):
     from switchboard.mi.dispatch import dispatch_parts
     from switchboard.mi.registry import CommandContext
     from switchboard.readout import pack, unpack
-    from switchboard.sip.callops import CallEvent, CallOps, CallOpsError
+    from switchboard.sip.callops import CallOps, CallOpsError
     from switchboard.sip.dialog import Dialog, DialogStateChanged, Leg
     from switchboard.sip.errors import ParseError
+    from switchboard.sip.events import CallEvent
     from switchboard.sip.message import Message, Request, Response, parse_message
     from switchboard.sip.proxy import Proxy, ProxyConfig
     from switchboard.sip.uri import SipUri
@@ -324,13 +325,7 @@ class World:
 
 def event_params(ev: DialogStateChanged | CallEvent) -> tuple[str, dict[str, Any]]:
     """An event as the worker publishes it (`actors/worker.py` `Worker.flush`)."""
-    if isinstance(ev, DialogStateChanged):
-        return "E_DLG_STATE_CHANGED", {
-            "id": ev.dialog_id, "db_id": _db_id(ev.dialog_id), "callid": ev.call_id,
-            "from_tag": ev.from_tag, "to_tag": ev.to_tag, "old_state": ev.old_state,
-            "new_state": ev.new_state,
-        }
-    return ev.name, ev.params
+    return opensips_event(ev)
 
 
 # -- read-outs ---------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.events.opensips import opensips_event
 from switchboard.script import RequestContext, ScriptError, install_script, load_script
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallEvent, CallOps
+from switchboard.sip.callops import CallOps
+from switchboard.sip.dialog import DialogStateChanged
 from tests.unit.kit.proxy import (
     ALICE,
     BOB,
@@ -132,6 +134,7 @@ def test_example_manual_mode_transfer_links_and_answers_notify() -> None:
     # Alice's new call is linked by the script (call_blind_replace).
     net.send(invite(branch="z9hG4bKnew", ruri="sip:carol@127.0.0.1:5063", call_id="call-2"),
              ALICE)
-    transfer = [e.params for e in net.events() if isinstance(e, CallEvent)]
+    transfer = [opensips_event(e)[1] for e in net.events()
+                if not isinstance(e, DialogStateChanged)]
     assert [(p["state"], p["transfer_callid"]) for p in transfer] == [
         ("start", ""), ("notify", ""), ("start", "call-2")]

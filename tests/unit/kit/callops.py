@@ -4,8 +4,9 @@ the proxy reports.
 `UA`s (alice, bob, carol) write SIP the way user agents do (`request`, `answer`, `sdp`); a
 `Call` sets up a dialog through the proxy and writes the in-dialog requests of either side;
 `Net` is the proxy kit's `Net` (`tests.unit.kit.proxy`) with call operations on top
-(`net.callops`), its clock at 100 s, a `UA` as a sender and only the `CallEvent`s in
-`events()`. The rest reads what the proxy sent and builds the events the tests expect.
+(`net.callops`), its clock at 100 s, a `UA` as a sender and only the call events in
+`events()`, each as it is published (`Reported`: the OpenSIPS name and parameters, made by
+`switchboard.events.opensips` from the core's event values). The rest reads what the proxy sent and builds the events the tests expect.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from switchboard.events.opensips import opensips_event
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallEvent, CallOps, CallOpsError
-from switchboard.sip.dialog import Dialog
+from switchboard.sip.callops import CallOps, CallOpsError
+from switchboard.sip.dialog import Dialog, DialogStateChanged
 from switchboard.sip.wire import Address, Datagram
 from tests.unit.kit.proxy import OUR_RR, PROXY_UDP, finish, sip_request
 from tests.unit.kit.proxy import Net as ProxyNet
@@ -138,9 +140,11 @@ class Net(ProxyNet):
         address = source.address if isinstance(source, UA) else source
         return super().send(data, address, local)
 
-    def events(self) -> list[CallEvent]:  # type: ignore[override]
-        """The call events since the last look (dialog state changes left out)."""
-        out = [e for e in self.proxy.events if isinstance(e, CallEvent)]
+    def events(self) -> list[Reported]:  # type: ignore[override]
+        """The call events since the last look (dialog state changes left out), as
+        published."""
+        out = [Reported(*opensips_event(e)) for e in self.proxy.events
+               if not isinstance(e, DialogStateChanged)]
         del self.proxy.events[:]
         return out
 
@@ -197,17 +201,25 @@ def wire(*lines: str, body: bytes = b"") -> str:
     return "\r\n".join(lines) + "\r\n\r\n" + body.decode()
 
 
+@dataclass(frozen=True)
+class Reported:
+    """A call event as the worker publishes it."""
+
+    name: str
+    params: dict[str, Any]
+
+
 def transfer_event(callid: str, leg: str, transfer_callid: str, destination: str, state: str,
-                   status: str = "") -> CallEvent:
-    return CallEvent("E_CALL_TRANSFER", {
+                   status: str = "") -> Reported:
+    return Reported("E_CALL_TRANSFER", {
         "callid": callid, "leg": leg, "transfer_callid": transfer_callid,
         "destination": destination, "state": state, "status": status,
     })
 
 
-def hold_event(callid: str, leg: str, action: str, state: str) -> CallEvent:
-    return CallEvent("E_CALL_HOLD", {"callid": callid, "leg": leg, "action": action,
-                                     "state": state})
+def hold_event(callid: str, leg: str, action: str, state: str) -> Reported:
+    return Reported("E_CALL_HOLD", {"callid": callid, "leg": leg, "action": action,
+                                    "state": state})
 
 
 @dataclass
