@@ -1,14 +1,28 @@
 """The control-plane contract: what the MI, the CLI and the Python API may ask of a running node.
 
 `ControlApi` is the one interface every front end calls; the runtimes (`cluster/local`,
-`cluster/ray`) implement it. `CommandError` is how an operation refuses: it carries a
-JSON-RPC error code, so the MI can hand it to the client unchanged. This module knows nothing
-about HTTP, JSON-RPC framing, SIP or actors.
+`cluster/ray`) implement it. Call operations reach it as the values of `sip.operations`, made
+and checked once by the front end; `CallOperations` gives the Python API's methods of the same
+names (`call_transfer`, ...) on top of `operate`. `CommandError` is how an operation refuses:
+it carries a JSON-RPC error code, so the MI can hand it to the client unchanged;
+`command_error` is the one table from the core's `Refused` to it. This module knows nothing
+about HTTP, JSON-RPC framing or actors.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol, TypeVar
+
+from .sip.operations import (
+    BAD_INPUT,
+    NOT_SENT,
+    Operation,
+    Refused,
+    end_call,
+    hold,
+    transfer,
+)
 
 # JSON-RPC 2.0 core codes, with the messages OpenSIPS uses for them (mi/mi.h).
 PARSE_ERROR: Final = -32700
@@ -69,37 +83,11 @@ class ControlApi(Protocol):
         """
         ...
 
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        """End a dialog (BYE both ways when confirmed, CANCEL when early).
-
-        `dialog_id` is a dialog ID (as in `dialog:list`) or a Call-ID. Raises
-        `CommandError(404, "Dialog not found")` when there is no such live dialog.
-        """
-        ...
-
-    async def call_transfer(
-        self,
-        callid: str,
-        leg: str,
-        destination: str | None = None,
-        transfer_callid: str | None = None,
-        transfer_leg: str | None = None,
-        transfer_fromtag: str | None = None,
-        transfer_totag: str | None = None,
-    ) -> None:
-        """REFER `leg` of the call `callid`: blind to `destination`, or attended (with
-        `transfer_callid` and `transfer_leg`, or the from/to tags of a call we do not track).
-        Returns once the REFER is sent; progress comes as E_CALL_TRANSFER events."""
-        ...
-
-    async def call_hold(self, callid: str, leg: str | None = None,
-                        headers: list[str] | str | None = None) -> None:
-        """Re-INVITE the leg(s) with the media direction of a hold (spec §7.2)."""
-        ...
-
-    async def call_unhold(self, callid: str, leg: str | None = None,
-                          headers: list[str] | str | None = None) -> None:
-        """Resume legs put on hold by `call_hold`."""
+    async def operate(self, op: Operation) -> None:
+        """Carry out a call operation (`sip.operations`: transfer, hold or unhold, the end of
+        a call) on the worker that owns its dialog. Raises `CommandError`: 404 "Dialog not
+        found" when there is no such live dialog, and what `command_error` makes of the rest.
+        A transfer returns once the REFER is sent; progress comes as E_CALL_TRANSFER events."""
         ...
 
     async def statistics(self) -> dict[str, int]:
@@ -120,3 +108,68 @@ class ControlApi(Protocol):
     def started_at(self) -> float:
         """Unix time at which the node started."""
         ...
+
+
+# The core's refusals as the MI and the Python API give them: the codes and messages of
+# OpenSIPS' callops (the same numbers), bad input as JSON-RPC's own error.
+_REFUSALS: Final[dict[int, tuple[int, str]]] = {
+    BAD_INPUT: (INVALID_PARAMS, "Invalid params"),
+    NOT_SENT: (SERVER_ERROR, "Server error"),
+}
+
+
+def command_error(refused: Refused) -> CommandError:
+    code, message = _REFUSALS.get(refused.status, (refused.status, refused.reason))
+    return CommandError(code, message, refused.detail)
+
+
+T = TypeVar("T")
+
+
+def made(make: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """`make(*args, **kwargs)` (an operation of `sip.operations`), its refusal a
+    `CommandError`."""
+    try:
+        return make(*args, **kwargs)
+    except Refused as exc:
+        raise command_error(exc) from None
+
+
+class CallOperations:
+    """The Python API's call operations, each the operation value of the MI command of the
+    same name, made (and so checked) here and carried out by `operate`."""
+
+    async def operate(self, op: Operation) -> None:
+        raise NotImplementedError
+
+    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
+        """End a dialog (BYE both ways when confirmed, CANCEL when early), given its dialog
+        id (as in `dialog:list`) or Call-ID; 404 "Dialog not found" when there is none."""
+        await self.operate(made(end_call, dialog_id, extra_headers))
+
+    async def call_transfer(
+        self,
+        callid: str,
+        leg: str,
+        destination: str | None = None,
+        transfer_callid: str | None = None,
+        transfer_leg: str | None = None,
+        transfer_fromtag: str | None = None,
+        transfer_totag: str | None = None,
+    ) -> None:
+        """REFER `leg` of the call `callid`: blind to `destination`, or attended (with
+        `transfer_callid` and `transfer_leg`, or the from/to tags of a call we do not track).
+        Returns once the REFER is sent; progress comes as E_CALL_TRANSFER events."""
+        await self.operate(made(transfer, callid, leg, destination, transfer_callid,
+                                transfer_leg, transfer_fromtag, transfer_totag))
+
+    async def call_hold(self, callid: str, leg: str | None = None,
+                        headers: list[str] | str | None = None) -> None:
+        """Re-INVITE the leg(s) with the media direction of a hold (spec §7.2)."""
+        await self.operate(made(hold, callid, leg, headers, on=True))
+
+    async def call_unhold(self, callid: str, leg: str | None = None,
+                          headers: list[str] | str | None = None) -> None:
+        """Resume legs put on hold by `call_hold`."""
+        await self.operate(made(hold, callid, leg, headers, on=False))
+

@@ -1,64 +1,37 @@
 """DialogActor: a dialog's mailbox for operations that act on the call from the proxy side.
 
 SIP messages of a dialog are applied by the worker's proxy core in arrival order; operations
-from the control plane (end the call now; transfer and hold later) arrive here and run one at
-a time against the dialog's state machine. Also renders a dialog the way OpenSIPS
-`dialog:list` does.
+from the control plane (a transfer, a hold or unhold, the end of the call: `sip.operations`)
+arrive here and run one at a time against the dialog's state machine. Also renders a dialog
+the way OpenSIPS `dialog:list` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..events.opensips import db_id
 from ..sip.dialog import Dialog
+from ..sip.operations import Operation
 from .mailbox import Mailbox
 
 
-@dataclass(slots=True)
-class Operation:
-    """A control-plane request to a dialog; `error` is set when the dialog refused it."""
-
-    error: Exception | None = field(default=None, init=False)
-
-
-@dataclass(slots=True)
-class EndDialog(Operation):
-    extra_headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class Transfer(Operation):
-    leg: str = ""
-    destination: str | None = None
-    transfer_callid: str | None = None
-    transfer_leg: str | None = None
-    transfer_fromtag: str | None = None
-    transfer_totag: str | None = None
-
-
-@dataclass(slots=True)
-class Hold(Operation):
-    hold: bool = True
-    leg: str | None = None
-    headers: list[str] | str | None = None
-
-
-DialogMessage = EndDialog | Transfer | Hold
-
-
 class DialogActor:
+    """A dialog's mailbox: operations (`sip.operations`) are handled one at a time against
+    its state; `ask` answers with a future."""
+
     __slots__ = ("dialog", "mailbox")
 
-    def __init__(self, dialog: Dialog, handle: Callable[[Dialog, DialogMessage], None]) -> None:
+    def __init__(self, dialog: Dialog, handle: Callable[[Dialog, Operation], None]) -> None:
         self.dialog = dialog
-        self.mailbox: Mailbox[DialogMessage] = Mailbox(lambda msg: handle(self.dialog, msg))
+        self.mailbox: Mailbox[Operation] = Mailbox(partial(handle, dialog))
 
-    def tell(self, message: DialogMessage) -> None:
-        self.mailbox.tell(message)
+    def ask(self, op: Operation) -> asyncio.Future[None]:
+        return self.mailbox.ask(op)
 
 
 def _text(sdp: bytes | None) -> str:

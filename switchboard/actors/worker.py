@@ -11,16 +11,17 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from ..events.opensips import opensips_event
-from ..sip.callops import CallOps, CallOpsError
+from ..sip.callops import CallOps
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
+from ..sip.operations import NOT_FOUND, EndCall, Operation, Refused
 from ..sip.proxy import Proxy
 from ..sip.wire import Address
 from ..transport.base import Endpoint
-from .dialog import DialogActor, DialogMessage, EndDialog, Transfer, dialog_info
+from .dialog import DialogActor, dialog_info
 from .overload import OverloadMonitor
 
 log = logging.getLogger(__name__)
@@ -120,45 +121,22 @@ class Worker:
         dialog = self.proxy.dialogs.find(key)
         return dialog if dialog is not None and dialog.active else None
 
-    def tell(self, dialog: Dialog, message: DialogMessage) -> None:
+    async def operate(self, op: Operation) -> None:
+        """Carry out `op` on the live dialog it names, through that dialog's mailbox; raises
+        `Refused` when there is none or the dialog refuses."""
+        dialog = self.find_dialog(op.key) if isinstance(op, EndCall) else (
+            self.proxy.dialogs.by_call_id(op.call_id))
+        if dialog is None or not dialog.active:
+            raise Refused(NOT_FOUND, "Dialog not found")
         actor = self.actors.get(dialog.id)
         if actor is None:
-            actor = self.actors[dialog.id] = DialogActor(dialog, self._handle)
-        actor.tell(message)
+            actor = self.actors[dialog.id] = DialogActor(dialog, self._apply)
+        answer = actor.ask(op)
+        self.flush()
+        await answer
 
-    def _handle(self, dialog: Dialog, message: DialogMessage) -> None:
-        now = self._loop.time()
-        callops = self.callops
-        try:
-            if isinstance(message, EndDialog):
-                self.proxy.end_dialog(dialog.id, now, message.extra_headers)
-            elif isinstance(message, Transfer):
-                if message.transfer_callid is None:
-                    if message.destination is None:
-                        raise CallOpsError.bad_param("destination", "missing")
-                    callops.transfer(dialog.call_id, message.leg, message.destination, now)
-                else:
-                    callops.attended_transfer(
-                        dialog.call_id, message.leg, message.transfer_callid,
-                        message.transfer_leg, message.destination, message.transfer_fromtag,
-                        message.transfer_totag, now)
-            elif message.hold:
-                callops.hold(dialog.call_id, message.leg, message.headers, now)
-            else:
-                callops.unhold(dialog.call_id, message.leg, message.headers, now)
-        except CallOpsError as exc:
-            message.error = exc
-        finally:
-            self.flush()
-
-    def operate(self, call_id: str, message: DialogMessage) -> None:
-        """Deliver an operation to the dialog with this Call-ID; raises what it refused."""
-        dialog = self.proxy.dialogs.by_call_id(call_id)
-        if dialog is None or not dialog.active:
-            raise CallOpsError(404, "Dialog not found")
-        self.tell(dialog, message)
-        if message.error is not None:
-            raise message.error
+    def _apply(self, dialog: Dialog, op: Operation) -> None:
+        self.callops.apply(dialog, op, self._loop.time())
 
     async def list_dialogs(self, call_id: str | None = None,
                            from_tag: str | None = None) -> list[dict[str, Any]]:
@@ -180,13 +158,6 @@ class Worker:
                 continue
             out.append(dialog_info(dialog, self.to_wall))
         return out
-
-    def end_dialog(self, key: str, extra_headers: Iterable[tuple[str, str]] = ()) -> bool:
-        dialog = self.find_dialog(key)
-        if dialog is None:
-            return False
-        self.tell(dialog, EndDialog(tuple(extra_headers)))
-        return True
 
     def close(self) -> None:
         self.overload.close()

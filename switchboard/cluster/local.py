@@ -24,17 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..actors.dialog import DialogMessage, Hold, Transfer
 from ..actors.eventbus import EventBus
 from ..actors.worker import Worker
-from ..api import CommandError
+from ..api import CallOperations, CommandError, command_error
 from ..config import Config, ListenSocket
 from ..hep import HepMirror, MirroredEndpoint, mirrored_receiver
 from ..metrics import CallMetrics, Metrics
 from ..mi.http import MIServer, start_mi_server
 from ..script import install_script, load_script
-from ..sip.callops import CallOps, CallOpsError
+from ..sip.callops import CallOps
 from ..sip.guard import GuardSettings
+from ..sip.operations import Operation, Refused
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
 from ..transport.base import Endpoint, Receiver
@@ -56,24 +56,6 @@ log = logging.getLogger(__name__)
 
 def _token() -> str:
     return secrets.token_hex(4)
-
-
-def parse_extra_headers(text: str | None) -> list[tuple[str, str]]:
-    """`Name: value` lines (CRLF or LF separated) → pairs; anything else is refused."""
-    if not text:
-        return []
-    out: list[tuple[str, str]] = []
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if not line.strip():
-            continue
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not name or not all(c.isalnum() or c in "-._!%*+`'~" for c in name):
-            raise CommandError.invalid_params(f"extra_hdrs: bad header line {line!r}")
-        if "\r" in value:
-            raise CommandError.invalid_params("extra_hdrs: CR inside a header value")
-        out.append((name, value.strip()))
-    return out
 
 
 # -- building a worker (every runtime's) ----------------------------------------------------
@@ -203,7 +185,7 @@ async def build_worker(
     return BuiltWorker(worker, call_metrics, hep)
 
 
-class LocalSwitchboard:
+class LocalSwitchboard(CallOperations):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.worker: Worker | None = None
@@ -266,41 +248,12 @@ class LocalSwitchboard:
         assert self.worker is not None
         return await self.worker.list_dialogs(callid, from_tag)
 
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        assert self.worker is not None
-        extra = parse_extra_headers(extra_headers)
-        if not self.worker.end_dialog(dialog_id, extra):
-            raise CommandError.dialog_not_found()
-
-    async def call_transfer(
-        self,
-        callid: str,
-        leg: str,
-        destination: str | None = None,
-        transfer_callid: str | None = None,
-        transfer_leg: str | None = None,
-        transfer_fromtag: str | None = None,
-        transfer_totag: str | None = None,
-    ) -> None:
-        self._operate(callid, Transfer(
-            leg=leg, destination=destination, transfer_callid=transfer_callid,
-            transfer_leg=transfer_leg, transfer_fromtag=transfer_fromtag,
-            transfer_totag=transfer_totag))
-
-    async def call_hold(self, callid: str, leg: str | None = None,
-                        headers: list[str] | str | None = None) -> None:
-        self._operate(callid, Hold(hold=True, leg=leg, headers=headers))
-
-    async def call_unhold(self, callid: str, leg: str | None = None,
-                          headers: list[str] | str | None = None) -> None:
-        self._operate(callid, Hold(hold=False, leg=leg, headers=headers))
-
-    def _operate(self, callid: str, message: DialogMessage) -> None:
+    async def operate(self, op: Operation) -> None:
         assert self.worker is not None
         try:
-            self.worker.operate(callid, message)
-        except CallOpsError as exc:
-            raise CommandError(exc.code, exc.message, exc.data) from None
+            await self.worker.operate(op)
+        except Refused as exc:
+            raise command_error(exc) from None
 
     async def statistics(self) -> dict[str, int]:
         assert self._built is not None

@@ -15,10 +15,11 @@ import time
 from typing import Any, Final
 
 from switchboard import __version__
-from switchboard.api import CommandError
+from switchboard.api import CommandError, made
 from switchboard.events import KNOWN_EVENTS
 from switchboard.events.sinks import parse_sink
 from switchboard.mi.registry import CommandContext, Params, Registry
+from switchboard.sip.operations import end_call, hold, transfer
 
 REGISTRY: Final = Registry()
 
@@ -85,7 +86,7 @@ async def dialog_list(ctx: CommandContext, params: Params) -> dict[str, Any]:
 async def dialog_end(ctx: CommandContext, params: Params) -> str:
     dialog_id = params.get_str("dialog_id")
     extra_headers = params.get_opt_str("extra_hdrs")
-    await ctx.api.end_dialog(dialog_id, extra_headers)
+    await ctx.api.operate(made(end_call, dialog_id, extra_headers))
     return "OK"
 
 
@@ -168,19 +169,11 @@ async def evi_subscribe(ctx: CommandContext, params: Params) -> str:
     help="REFERs a leg of a call: blind to a destination, or attended to a party of another call",
 )
 async def callops_transfer(ctx: CommandContext, params: Params) -> str:
-    leg = params.get_str("leg")
-    if leg not in ("caller", "callee"):
-        raise CommandError.invalid_params(f"leg: must be caller or callee, not {leg!r}")
     destination = params.get_opt_str("destination") or params.get_opt_str("transfer_destination")
-    await ctx.api.call_transfer(
-        params.get_str("callid"),
-        leg,
-        destination=destination,
-        transfer_callid=params.get_opt_str("transfer_callid"),
-        transfer_leg=params.get_opt_str("transfer_leg"),
-        transfer_fromtag=params.get_opt_str("transfer_fromtag"),
-        transfer_totag=params.get_opt_str("transfer_totag"),
-    )
+    await ctx.api.operate(made(
+        transfer, params.get_str("callid"), params.get_str("leg"), destination,
+        params.get_opt_str("transfer_callid"), params.get_opt_str("transfer_leg"),
+        params.get_opt_str("transfer_fromtag"), params.get_opt_str("transfer_totag")))
     return "Accepted"
 
 
@@ -199,12 +192,12 @@ def _hold_args(params: Params) -> tuple[str, str | None, list[str] | str | None]
 @REGISTRY.command("callops:hold", aliases=("call_hold",), recipes=_HOLD_RECIPES,
                   help="puts the caller, the callee or both legs of a call on hold")
 async def callops_hold(ctx: CommandContext, params: Params) -> str:
-    await ctx.api.call_hold(*_hold_args(params))
+    await ctx.api.operate(made(hold, *_hold_args(params), on=True))
     return "OK"
 
 
 @REGISTRY.command("callops:unhold", aliases=("call_unhold",), recipes=_HOLD_RECIPES,
                   help="resumes legs of a call put on hold by callops:hold")
 async def callops_unhold(ctx: CommandContext, params: Params) -> str:
-    await ctx.api.call_unhold(*_hold_args(params))
+    await ctx.api.operate(made(hold, *_hold_args(params), on=False))
     return "OK"

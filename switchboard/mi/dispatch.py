@@ -88,23 +88,20 @@ async def handle_request(body: bytes | str, ctx: CommandContext) -> dict[str, An
             request_id if _valid_id(request_id) else None, INVALID_REQUEST, "Invalid Request"
         )
 
-    response = await _run(method, params, request_id, ctx)
-    return None if is_notification else response
-
-
-async def _run(method: str, params: Any, request_id: Any, ctx: CommandContext) -> dict[str, Any]:
     command = ctx.registry.lookup(method)
     if command is None:
-        return error_response(request_id, METHOD_NOT_FOUND, "Method not found")
-    try:
-        bound = match_recipe(command, params)
-        result = await command.handler(ctx, bound)
-    except CommandError as exc:
-        return error_response(request_id, exc.code, exc.message, exc.data)
-    except Exception:
-        log.exception("MI command %s failed", method)
-        return error_response(request_id, SERVER_ERROR, "Server error", HANDLER_FAILED)
-    return {"jsonrpc": "2.0", "result": result, "id": request_id}
+        response = error_response(request_id, METHOD_NOT_FOUND, "Method not found")
+    else:
+        try:
+            result = await command.handler(ctx, match_recipe(command, params))
+        except CommandError as exc:
+            response = error_response(request_id, exc.code, exc.message, exc.data)
+        except Exception:
+            log.exception("MI command %s failed", method)
+            response = error_response(request_id, SERVER_ERROR, "Server error", HANDLER_FAILED)
+        else:
+            response = {"jsonrpc": "2.0", "result": result, "id": request_id}
+    return None if is_notification else response
 
 
 def _dumps(value: Any) -> str:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from switchboard.api import ControlApi
 from switchboard.mi.commands import REGISTRY
-from switchboard.mi.dispatch import dispatch_parts
+from switchboard.mi.dispatch import encode_response_parts, handle_request
 from switchboard.mi.registry import CommandContext, Registry
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
             status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Bearer"}
         )
     body = await request.read()
-    answer = await dispatch_parts(body, request.app[_CONTEXT_KEY])
-    if answer is None:
+    reply = await handle_request(body, request.app[_CONTEXT_KEY])
+    if reply is None:
         return web.Response(status=202)
+    answer = await encode_response_parts(reply)
     if len(answer) == 1:
         return web.Response(status=200, body=answer[0], content_type="application/json")
     # A long answer goes out part by part; each write waits while the socket's buffer is

@@ -11,7 +11,8 @@ an in-dialog REFER or re-INVITE built from dialog state (OpenSIPS callops, spec 
 Reports every step as an event value (`sip/events.py`: transfer started, linked, notified,
 ended; hold started, answered) in the proxy's event list.
 Where the reference module misbehaves (spec §10), this follows its documentation instead
-(DESIGN.md §4). Management errors are `CallOpsError`s with the OpenSIPS codes.
+(DESIGN.md §4). Operations arrive as the values of `sip/operations.py`, checked where they
+were made; what this module refuses is a `Refused` with the OpenSIPS status.
 """
 
 from __future__ import annotations
@@ -32,8 +33,24 @@ from .events import (
     TransferNotified,
     TransferStarted,
 )
-from .headers import header_key
 from .message import Request
+from .operations import (
+    NOT_FOUND,
+    NOT_READY,
+    NOT_SENT,
+    NOTHING_TO_DO,
+    PENDING,
+    AttendedTransfer,
+    BlindTransfer,
+    EndCall,
+    Headers,
+    HoldChange,
+    LegName,
+    Operation,
+    Refused,
+)
+from .operations import hold as hold_change
+from .operations import transfer as transfer_operation
 from .proxy import CallHooks, Event, FinalCallback, NewCallLink, ProxyConfig, Reply
 from .refer import (
     Replaces,
@@ -42,7 +59,6 @@ from .refer import (
     check_text,
     parse_destination,
     parse_replaces,
-    sendable,
     sipfrag_status,
 )
 from .sdp import origin_version, set_direction, with_origin_version
@@ -50,15 +66,12 @@ from .timers import Timer, TimerQueue
 from .uri import SipUri
 
 MODES = ("param", "manual", "callid")
-# What the MI answers when a request could not be built or sent (spec §9.3).
-SERVER_ERROR = -32000
 LEGS = ("caller", "callee")
 # Hold direction bits (spec §7.2): what the leg must stop doing.
 SEND_OFF = 4
 RECV_OFF = 8
 _HOLD_MASKS: dict[str | None, tuple[int, int]] = {
     None: (SEND_OFF | RECV_OFF, SEND_OFF | RECV_OFF),
-    "both": (SEND_OFF | RECV_OFF, SEND_OFF | RECV_OFF),
     "caller": (RECV_OFF, SEND_OFF),
     "callee": (SEND_OFF, RECV_OFF),
 }
@@ -68,20 +81,6 @@ NEW_CALL_TIMEOUT = 64.0
 # After a successful transfer, end the old call once the transferee's final NOTIFY came,
 # or after this long if it never does.
 END_OLD_CALL_GRACE = 2.0
-
-
-class CallOpsError(Exception):
-    """A refused management operation, with the OpenSIPS MI code and message."""
-
-    def __init__(self, code: int, message: str, data: str | None = None) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-
-    @classmethod
-    def bad_param(cls, name: str, why: str) -> CallOpsError:
-        return cls(-32602, "Invalid params", f"{name}: {why}")
 
 
 @dataclass(slots=True)
@@ -249,37 +248,68 @@ class CallOps:
             HoldStarted(dialog.call_id, leg, action) if state == "start"
             else HoldAnswered(dialog.call_id, leg, action, state == "ok"))
 
-    # -- lookups ----------------------------------------------------------------------------
+    # -- operations ---------------------------------------------------------------------------
 
-    def _dialog(self, call_id: str, name: str = "Dialog") -> Dialog:
-        dialog = self.proxy.dialogs.by_call_id(call_id)
+    def run(self, op: Operation, now: float) -> None:
+        """Carry out `op` on the live dialog its Call-ID (or, to end a call, its key) names."""
+        key = op.key if isinstance(op, EndCall) else op.call_id
+        dialog = self.proxy.dialogs.find(key) if isinstance(op, EndCall) else (
+            self.proxy.dialogs.by_call_id(key))
         if dialog is None or not dialog.active:
-            raise CallOpsError(404, f"{name} not found")
-        return dialog
+            raise Refused(NOT_FOUND, "Dialog not found")
+        self.apply(dialog, op, now)
+
+    def apply(self, dialog: Dialog, op: Operation, now: float) -> None:
+        """Carry out `op` on `dialog` (the live one it names); raises `Refused`."""
+        if isinstance(op, BlindTransfer):
+            self._blind_transfer(dialog, op, now)
+        elif isinstance(op, AttendedTransfer):
+            self._attended_transfer(dialog, op, now)
+        elif isinstance(op, HoldChange):
+            self._change_hold(dialog, op, now)
+        else:
+            self.proxy.end_dialog(dialog.id, now, op.extra_headers)
+
+    def transfer(self, call_id: str, leg: str, destination: str, now: float) -> None:
+        """Blind transfer (`operations.transfer`, then `run`)."""
+        self.run(transfer_operation(call_id, leg, destination), now)
+
+    def attended_transfer(self, call_id: str, leg: str, transfer_callid: str,
+                          transfer_leg: str | None, destination: str | None,
+                          from_tag: str | None, to_tag: str | None, now: float) -> None:
+        """Attended transfer (`operations.transfer`, then `run`)."""
+        self.run(transfer_operation(call_id, leg, destination, transfer_callid, transfer_leg,
+                                    from_tag, to_tag), now)
+
+    def hold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
+             now: float) -> None:
+        self.run(hold_change(call_id, leg, headers, on=True), now)
+
+    def unhold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
+               now: float) -> None:
+        self.run(hold_change(call_id, leg, headers, on=False), now)
 
     @staticmethod
-    def _legs(dialog: Dialog, leg: str, param: str = "leg") -> tuple[Leg, Leg]:
+    def _legs(dialog: Dialog, leg: LegName) -> tuple[Leg, Leg]:
+        """(the leg to act on, its peer)."""
         if leg == "caller":
             return dialog.caller, dialog.callee
-        if leg == "callee":
-            return dialog.callee, dialog.caller
-        raise CallOpsError.bad_param(param, f"must be caller or callee, not {leg!r}")
+        return dialog.callee, dialog.caller
 
     @staticmethod
     def _require_confirmed(dialog: Dialog) -> None:
         if dialog.state not in (DialogState.CONFIRMED, DialogState.CONFIRMED_NA):
-            raise CallOpsError(410, "Dialog not ready")
+            raise Refused(NOT_READY, "Dialog not ready")
 
     # -- blind transfer ---------------------------------------------------------------------
 
-    def transfer(self, call_id: str, leg: str, destination: str, now: float) -> None:
-        """REFER `leg` of the call to `destination` (blind). Returns once the REFER is sent."""
-        dialog = self._dialog(call_id)
-        target, peer = self._legs(dialog, leg)
+    def _blind_transfer(self, dialog: Dialog, op: BlindTransfer, now: float) -> None:
+        """REFER `op.leg` to `op.destination`. Returns once the REFER is sent."""
+        target, peer = self._legs(dialog, op.leg)
         self._require_confirmed(dialog)
         ops = self.ops_of(dialog)
         if ops.transfer_leg:
-            raise CallOpsError(491, "Request Pending")
+            raise Refused(PENDING, "Request Pending")
         if self.mode == "param":
             value: str | None = dialog.id
         elif self.mode == "callid":
@@ -287,11 +317,11 @@ class CallOps:
         else:
             value = None
         try:
-            refer_to = blind_refer_to(destination, self.match_param, value)
+            refer_to = blind_refer_to(op.destination, self.match_param, value)
         except LocalProtocolError as exc:
-            raise CallOpsError.bad_param("destination", str(exc)) from None
-        self._start_transfer(dialog, ops, target, peer, leg, refer_to,
-                             str(parse_destination(destination)), now)
+            raise Refused.bad_input("destination", str(exc)) from None
+        self._start_transfer(dialog, ops, target, peer, op.leg, refer_to,
+                             str(parse_destination(op.destination)), now)
 
     def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
                         leg: str, refer_to: str, destination: str, now: float) -> None:
@@ -307,7 +337,7 @@ class CallOps:
         if not sent:
             self._transfer_event(dialog, "fail", "")
             ops.transfer_leg = ""
-            raise CallOpsError(SERVER_ERROR, "Server error", "the REFER could not be sent")
+            raise Refused(NOT_SENT, "Server error", "the REFER could not be sent")
         ops.notify_leg = target
         ops.subscription_active = self.mode != "manual"
         self._transfer_event(dialog, "start", "")
@@ -337,48 +367,40 @@ class CallOps:
 
     # -- attended transfer ------------------------------------------------------------------
 
-    def attended_transfer(self, call_id: str, leg: str, transfer_callid: str,
-                          transfer_leg: str | None, destination: str | None,
-                          from_tag: str | None, to_tag: str | None, now: float) -> None:
-        """REFER `leg` of `call_id` to a party of `transfer_callid`, with Replaces."""
-        other = self.proxy.dialogs.by_call_id(transfer_callid)
-        if transfer_leg is not None:
+    def _attended_transfer(self, dialog: Dialog, op: AttendedTransfer, now: float) -> None:
+        """REFER `op.leg` of `dialog` to a party of `op.transfer_callid`, with Replaces."""
+        other = self.proxy.dialogs.by_call_id(op.transfer_callid)
+        if op.transfer_leg is not None:
             if other is None or not other.active:
-                raise CallOpsError(404, "Transfer dialog not found")
-            if transfer_leg == "callee":
+                raise Refused(NOT_FOUND, "Transfer dialog not found")
+            if op.transfer_leg == "callee":
                 totag, fromtag = other.callee.tag, other.caller.tag
                 default_dest = other.to_uri
-            elif transfer_leg == "caller":
+            else:
                 totag, fromtag = other.caller.tag, other.callee.tag
                 default_dest = other.from_uri
-            else:
-                raise CallOpsError.bad_param(
-                    "transfer_leg", f"must be caller or callee, not {transfer_leg!r}")
-            destination = destination or default_dest
+            destination = op.destination or default_dest
         else:
-            if not from_tag or not to_tag or not destination:
-                raise CallOpsError.bad_param(
-                    "transfer_destination",
-                    "transfer_fromtag, transfer_totag and transfer_destination go together")
-            totag, fromtag = to_tag, from_tag
+            # Tags and destination were given together (`operations.transfer` saw to it).
+            totag, fromtag = op.to_tag or "", op.from_tag or ""
+            destination = op.destination or ""
             other = other if other is not None and other.active else None
-        dialog = self._dialog(call_id)
-        target, peer = self._legs(dialog, leg)
+        target, peer = self._legs(dialog, op.leg)
         self._require_confirmed(dialog)
         ops = self.ops_of(dialog)
         if ops.transfer_leg:
-            raise CallOpsError(491, "Request Pending")
+            raise Refused(PENDING, "Request Pending")
         try:
-            refer_to = attended_refer_to(destination, transfer_callid, totag, fromtag)
+            refer_to = attended_refer_to(destination, op.transfer_callid, totag, fromtag)
         except LocalProtocolError as exc:
-            raise CallOpsError.bad_param("destination", str(exc)) from None
+            raise Refused.bad_input("destination", str(exc)) from None
         if other is not None:
             self.ops_of(other).transfer_callid = dialog.call_id
-        self._start_transfer(dialog, ops, target, peer, leg, refer_to,
+        self._start_transfer(dialog, ops, target, peer, op.leg, refer_to,
                              str(parse_destination(destination)), now)
         if other is None:
-            ops.replaces = (transfer_callid, totag, fromtag)
-            self._await_replaces(transfer_callid, dialog)
+            ops.replaces = (op.transfer_callid, totag, fromtag)
+            self._await_replaces(op.transfer_callid, dialog)
 
     def _await_replaces(self, replaced_callid: str, dialog: Dialog) -> None:
         for key, call_id in list(self._awaiting_replaces.items()):
@@ -651,47 +673,34 @@ class CallOps:
 
     # -- hold / unhold ------------------------------------------------------------------------
 
-    def hold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
-             now: float) -> None:
-        self._hold_or_unhold(call_id, leg, headers, now, hold=True)
-
-    def unhold(self, call_id: str, leg: str | None, headers: Iterable[str] | str | None,
-               now: float) -> None:
-        self._hold_or_unhold(call_id, leg, headers, now, hold=False)
-
-    def _hold_or_unhold(self, call_id: str, leg: str | None,
-                        headers: Iterable[str] | str | None, now: float, *, hold: bool) -> None:
-        if leg not in _HOLD_MASKS:
-            raise CallOpsError(420, "Bad leg")
-        dialog = self._dialog(call_id)
+    def _change_hold(self, dialog: Dialog, op: HoldChange, now: float) -> None:
         if dialog.state is not DialogState.CONFIRMED:
-            raise CallOpsError(410, "Dialog not ready")
-        extra = _hold_headers(headers)
+            raise Refused(NOT_READY, "Dialog not ready")
+        hold, leg = op.hold, op.leg
         caller_mask, callee_mask = _HOLD_MASKS[leg]
-        order = (("caller", dialog.caller, dialog.callee, caller_mask, extra[0]),
-                 ("callee", dialog.callee, dialog.caller, callee_mask, extra[1]))
+        order = (("caller", dialog.caller, dialog.callee, caller_mask, op.caller_headers),
+                 ("callee", dialog.callee, dialog.caller, callee_mask, op.callee_headers))
         if not hold:
             order = order[::-1]
-        plans: list[tuple[str, Leg, Leg, int, bytes, int | None, list[tuple[str, str]]]] = []
+        plans: list[tuple[str, Leg, Leg, int, bytes, int | None, Headers]] = []
         for name, target, peer, mask, hdrs in order:
             if hold:
                 new_mask = target.hold_mask | mask
                 if target.hold_mask == new_mask:
                     continue
             else:
-                new_mask = target.hold_mask & ~mask if leg not in (None, "both") else 0
+                new_mask = target.hold_mask & ~mask if leg is not None else 0
                 if target.hold_mask == new_mask:
                     continue  # not on hold, or held only in the direction that stays held
             if target.reinvite_pending:
-                raise CallOpsError(491, "Request Pending")
+                raise Refused(PENDING, "Request Pending")
             offer = self._offer(target, peer, new_mask)
             if offer is None:
-                raise CallOpsError(SERVER_ERROR, "Server error",
-                                   f"no usable SDP to offer to the {name}")
+                raise Refused(NOT_SENT, "Server error", f"no usable SDP to offer to the {name}")
             plans.append((name, target, peer, new_mask, *offer, hdrs))
         if not plans:
-            raise CallOpsError(480, "Both dialog legs are on hold" if hold
-                               else "No dialog legs on hold")
+            raise Refused(NOTHING_TO_DO, "Both dialog legs are on hold" if hold
+                          else "No dialog legs on hold")
         action = "hold" if hold else "unhold"
         any_sent = False
         for name, target, peer, new_mask, body, version, hdrs in plans:
@@ -703,7 +712,7 @@ class CallOps:
                 target.sdp_version_sent = version
             any_sent = any_sent or sent
         if not any_sent:
-            raise CallOpsError(SERVER_ERROR, "Server error", "the re-INVITE could not be sent")
+            raise Refused(NOT_SENT, "Server error", "the re-INVITE could not be sent")
 
     def _offer(self, target: Leg, peer: Leg, mask: int) -> tuple[bytes, int | None] | None:
         """The SDP offered to `target`: what it last received, direction per `mask`, with a
@@ -729,7 +738,7 @@ class CallOps:
         return with_origin_version(body, next_version), next_version
 
     def _reinvite(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
-                  body: bytes, extra: list[tuple[str, str]], action: str, now: float,
+                  body: bytes, extra: Headers, action: str, now: float,
                   attempt: int) -> bool:
         """Send one hold/unhold offer; False (and a `fail` event) if it could not go."""
         headers = [("Contact", f"<{peer.contact}>"), ("Content-Type", "application/sdp"),
@@ -766,7 +775,7 @@ class CallOps:
         return True
 
     def _retry(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
-               base: bytes | None, body: bytes, extra: list[tuple[str, str]], action: str,
+               base: bytes | None, body: bytes, extra: Headers, action: str,
                now: float, attempt: int) -> None:
         if not dialog.active:
             target.reinvite_pending = False
@@ -784,54 +793,3 @@ class CallOps:
                               attempt)
         if sent and version is not None:
             target.sdp_version_sent = version
-
-
-# What the proxy writes itself in a request it originates, or what would change how the body
-# is read: not for `headers` to set.
-_PROXY_OWNED_HEADERS = frozenset({
-    "via", "call-id", "cseq", "from", "to", "content-length", "content-type",
-    "content-encoding", "contact", "route", "record-route", "max-forwards",
-})
-
-
-def _hold_headers(headers: Iterable[object] | str | None) -> tuple[list[tuple[str, str]],
-                                                                  list[tuple[str, str]]]:
-    """`headers` of callops:hold: one string for both legs, or [caller, callee] (spec §7.1).
-    Each is `Name: value` lines; literal `\\r\\n` escapes are accepted as line breaks."""
-    if headers is None:
-        return [], []
-    if isinstance(headers, str):
-        both = _header_lines(headers)
-        return both, list(both)
-    items = list(headers)
-    if len(items) > 2:
-        raise CallOpsError.bad_param("headers", "at most two entries: caller, callee")
-    caller = _header_lines(items[0]) if items else []
-    callee = _header_lines(items[1]) if len(items) > 1 else []
-    return caller, callee
-
-
-def _header_lines(text: object) -> list[tuple[str, str]]:
-    # `object`: the entries come from a management request and are checked here (a compiled
-    # build would otherwise refuse a non-string with a bare TypeError before this check).
-    if not isinstance(text, str):
-        raise CallOpsError.bad_param("headers", "must be a string")
-    text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\r\n", "\n")
-    out: list[tuple[str, str]] = []
-    for line in text.split("\n"):
-        if not line.strip():
-            continue
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if (not colon or not name
-                or not all(c.isascii() and (c.isalnum() or c in "-._!%*+`'~") for c in name)
-                or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)
-                or not sendable(value)):
-            raise CallOpsError.bad_param("headers", f"not a header line: {line!r}")
-        # By key, so the compact forms (`l:`, `i:`, `v:` ...) cannot sneak past either: a
-        # second Content-Length would let the rest of the body be read as another message.
-        if header_key(name) in _PROXY_OWNED_HEADERS:
-            raise CallOpsError.bad_param("headers", f"{name} cannot be set")
-        out.append((name, value.strip()))
-    return out
-

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .callops import CallOps, CallOpsError
+from .callops import CallOps
 from .errors import LocalProtocolError
 from .message import REASONS, Request
+from .operations import Refused, transfer
 from .proxy import DROPPED as DROPPED
 from .proxy import RELAY as RELAY
 from .proxy import REPLIED as REPLIED
@@ -116,8 +117,9 @@ class RequestContext:
         if dialog is None or not dialog.active or self._callops is None:
             return -1
         try:
-            self._callops.transfer(dialog.call_id, leg.lower(), destination, self._now)
-        except CallOpsError:
+            op = transfer(dialog.call_id, leg.lower(), destination)
+            self._callops.apply(dialog, op, self._now)
+        except Refused:
             return -1
         return 1
 

@@ -34,7 +34,7 @@ and after the fuzzed step, at the end of the flow and after the timers, also:
 - JSON and text log lines of records carrying the message's and the dialogs' wire values.
 
 Any exception escaping the core (`receive` handles `ParseError` itself; a call operation may
-refuse with `CallOpsError`), a datagram addressed to something a socket cannot send to, or a
+refuse with `Refused`), a datagram addressed to something a socket cannot send to, or a
 failed read-out is a crash: libFuzzer stops and writes the input to `crash-<sha1>`.
 
 Why atheris and not a mutator of our own: the flow is rebuilt from scratch for every input
@@ -92,11 +92,12 @@ with atheris.instrument_imports(include=["switchboard"]):
     from switchboard.mi.dispatch import dispatch_parts
     from switchboard.mi.registry import CommandContext
     from switchboard.readout import pack, unpack
-    from switchboard.sip.callops import CallOps, CallOpsError
+    from switchboard.sip.callops import CallOps
     from switchboard.sip.dialog import Dialog, DialogStateChanged, Leg
     from switchboard.sip.errors import ParseError
     from switchboard.sip.events import CallEvent
     from switchboard.sip.message import Message, Request, Response, parse_message
+    from switchboard.sip.operations import Refused
     from switchboard.sip.proxy import Proxy, ProxyConfig
     from switchboard.sip.uri import SipUri
     from switchboard.sip.wire import Address, Datagram
@@ -780,7 +781,7 @@ def plain(name: str, method: str, ruri: str, call_id: str, extra: Iterable[str] 
 
 def op(action: Callable[[World], None]) -> Step:
     def build(world: World) -> None:
-        with contextlib.suppress(CallOpsError):
+        with contextlib.suppress(Refused):
             action(world)
         world.collect()
     return Step(None, build)

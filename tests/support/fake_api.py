@@ -1,5 +1,5 @@
 """A fake node for the management interface: a `ControlApi` with canned dialogs and statistics
-that records the calls it gets (dialogs ended, events subscribed), for the MI dispatcher's unit
+that records the calls it gets (dialogs ended, other operations, events subscribed), for the MI dispatcher's unit
 tests and the MI HTTP server's integration tests."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from switchboard.api import CommandError
+from switchboard.sip.operations import EndCall, Operation
 
 
 class FakeApi:
@@ -18,7 +19,8 @@ class FakeApi:
         self.stats = stats
         self.uptime = uptime
         self.start = started_at
-        self.ended: list[tuple[str, str | None]] = []
+        self.ended: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        self.operated: list[Operation] = []
         self.subscribed: list[tuple[str, str, int]] = []
 
     async def list_dialogs(
@@ -31,10 +33,14 @@ class FakeApi:
             and (from_tag is None or d["caller_tag"] == from_tag)
         ]
 
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        if not any(dialog_id in (d["ID"], d["callid"]) for d in self.dialogs):
+    async def operate(self, op: Operation) -> None:
+        key = op.key if isinstance(op, EndCall) else op.call_id
+        if not any(key in (d["ID"], d["callid"]) for d in self.dialogs):
             raise CommandError.dialog_not_found()
-        self.ended.append((dialog_id, extra_headers))
+        if isinstance(op, EndCall):
+            self.ended.append((op.key, op.extra_headers))
+        else:
+            self.operated.append(op)
 
     async def statistics(self) -> dict[str, int]:
         return dict(self.stats)

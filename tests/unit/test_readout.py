@@ -24,7 +24,6 @@ import aiohttp
 import pytest
 
 from switchboard.actors.dialog import dialog_info
-from switchboard.api import INVALID_PARAMS
 from switchboard.events.envelope import encode_event
 from switchboard.events.sinks import SinkAddress, TcpSink, UdpSink
 from switchboard.mi.commands import REGISTRY
@@ -38,8 +37,9 @@ from switchboard.mi.http import MIServer, start_mi_server
 from switchboard.mi.registry import CommandContext
 from switchboard.readout import json_bytes, json_text, pack, plain_text, unpack
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallOps, CallOpsError
+from switchboard.sip.callops import CallOps
 from switchboard.sip.dialog import Dialog, DialogStateChanged
+from switchboard.sip.operations import BAD_INPUT, Refused
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.refer import parse_replaces
 from switchboard.sip.wire import Address
@@ -347,12 +347,12 @@ def test_text_without_bytes_from_a_management_request_is_refused_before_anything
     proxy = answered(BAD_FROM)
     del proxy.outbox[:]
     callops = proxy.callops
-    with pytest.raises(CallOpsError) as refused:
+    with pytest.raises(Refused) as refused:
         if operation == "transfer":
             callops.transfer("call-1@alice", "caller", "sip:\ud800@127.0.0.1:5063", 101.0)
         else:
             callops.hold("call-1@alice", "caller", "X-Note: \ud800", 101.0)
-    assert refused.value.code == INVALID_PARAMS
+    assert refused.value.status == BAD_INPUT
     assert proxy.outbox == []
     if operation == "transfer":
         callops.transfer("call-1@alice", "caller", "sip:carol@127.0.0.1:5063", 101.0)

@@ -2,8 +2,8 @@
 
 Payloads between the actors are msgpack (`switchboard.readout`), never pickle: the service
 spec every actor is started with (the configuration tree as tagged maps), a worker's start
-error, a call operation the controller hands to a worker, and the kinds of item a worker's
-ordered batch carries besides its events. What the controller answers its callers (lists,
+error, a call operation on its way to the worker that owns the dialog, and the kinds of item
+a worker's ordered batch carries besides its events. What the controller answers its callers (lists,
 dicts, `CommandError`) is the public API and travels the way Ray carries any return value.
 
 Knows nothing of Ray itself: this module only encodes and decodes.
@@ -16,11 +16,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ... import config as config_module
-from ...actors.dialog import DialogMessage, Hold, Transfer
 from ...config import Config, ListenSocket, MIConfig
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
 from ...script import ScriptError
+from ...sip.operations import (
+    AttendedTransfer,
+    BlindTransfer,
+    EndCall,
+    Headers,
+    HoldChange,
+    Operation,
+)
 
 # What a worker's batch carries besides events (whose names start with "E_"): its core's
 # `RemoteDialogs` calls, [key, new_callid, destination] and [key, new_callid, destination,
@@ -124,16 +131,34 @@ def raise_start_error(error: dict[str, Any]) -> None:
     raise RuntimeError(message)
 
 
-def decode_operation(op: dict[str, Any]) -> DialogMessage:
-    """A call operation the controller sent (`{"op": "transfer" | "hold" | "unhold", ...}`)
-    as the message a worker's dialog is told."""
-    kind = op.get("op")
-    if kind == "transfer":
-        return Transfer(
-            leg=op["leg"], destination=op.get("destination"),
-            transfer_callid=op.get("transfer_callid"), transfer_leg=op.get("transfer_leg"),
-            transfer_fromtag=op.get("transfer_fromtag"), transfer_totag=op.get("transfer_totag"))
-    headers = op.get("headers")
-    return Hold(hold=kind == "hold", leg=op.get("leg"),
-                headers=list(headers) if isinstance(headers, list | tuple) else headers)
+def pack_operation(op: Operation) -> bytes:
+    """A call operation as msgpack, to cross to the controller or a worker unchanged (its
+    values are compiled classes, which pickle cannot rebuild)."""
+    if isinstance(op, BlindTransfer):
+        fields: list[Any] = ["blind", op.call_id, op.leg, op.destination]
+    elif isinstance(op, AttendedTransfer):
+        fields = ["attended", op.call_id, op.leg, op.transfer_callid, op.transfer_leg,
+                  op.destination, op.from_tag, op.to_tag]
+    elif isinstance(op, HoldChange):
+        fields = ["hold", op.call_id, op.hold, op.leg, op.caller_headers, op.callee_headers]
+    else:
+        fields = ["end", op.key, op.extra_headers]
+    return _pack(fields)
 
+
+def _headers(items: Any) -> Headers:
+    return tuple((str(name), str(value)) for name, value in items)
+
+
+def unpack_operation(data: bytes) -> Operation:
+    """The operation `pack_operation` packed, as it was (nothing is checked again)."""
+    kind, *f = _unpack(data)
+    if kind == "blind":
+        return BlindTransfer(f[0], f[1], f[2])
+    if kind == "attended":
+        return AttendedTransfer(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+    if kind == "hold":
+        return HoldChange(f[0], bool(f[1]), f[2], _headers(f[3]), _headers(f[4]))
+    if kind == "end":
+        return EndCall(f[0], _headers(f[1]))
+    raise ValueError(f"not a call operation: {kind!r}")

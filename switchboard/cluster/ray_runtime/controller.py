@@ -15,7 +15,7 @@ one: that worker's core calls its `RemoteDialogs` (`link`, `answer`), which ride
 ordered batch stream; the controller routes it to the owner (`id:` keys by the dialog id's
 prefix, `callid:` keys by the directory, `replaces:` keys to every other worker) through one
 ordered queue per target worker. An attended transfer whose two calls live on different
-workers is orchestrated by `call_transfer`: the second call's owner gives the Replaces tags
+workers is orchestrated by `operate`: the second call's owner gives the Replaces tags
 (`CallOps.replaces_for`), the first call's owner sends the REFER with them (the "untracked
 second call" recipe), and the second call's owner is told to expect the replacing INVITE
 (`CallOps.expect_replacing`).
@@ -39,15 +39,23 @@ import ray.actor
 import ray.exceptions
 
 from ...actors.eventbus import DEFAULT_EXPIRE, EventBus
-from ...api import INVALID_PARAMS, SERVER_ERROR, CommandError
+from ...api import INVALID_PARAMS, SERVER_ERROR, CallOperations, CommandError, command_error
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from ...events.sinks import parse_sink
 from ...metrics import SetupTimes
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
 from ...sip.dialog import DialogState, worker_of
-from ..local import parse_extra_headers
-from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error
+from ...sip.operations import NOT_FOUND, AttendedTransfer, EndCall, Operation, Refused
+from .codec import (
+    ANSWER,
+    LINK,
+    SNAPSHOTS,
+    ServiceSpec,
+    pack_operation,
+    start_error,
+    unpack_operation,
+)
 from .context import CALL_TIMEOUT, await_ref, restarted
 from .sinks import PythonSinks
 from .worker import WorkerActor
@@ -70,12 +78,13 @@ def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
 
 
 
-class Controller:
+class Controller(CallOperations):
     """The control plane of a switchboard on Ray; its public methods are the Python API.
 
     Operations take the same parameters and raise the same `CommandError`s as the management
     commands of the same name (`callops:transfer` is `call_transfer`, `dialog:list` is
-    `list_dialogs`, `dialog:end_dlg` is `end_dialog`, `evi:subscribe` is `subscribe`).
+    `list_dialogs`, `dialog:end_dlg` is `end_dialog`, `evi:subscribe` is `subscribe`); the
+    call operations among them are `api.CallOperations`', made into values there.
     """
 
     def __init__(self, spec: bytes) -> None:
@@ -362,69 +371,61 @@ class Controller:
                 return index
         return None
 
-    async def _operate(self, callid: str, op: dict[str, Any]) -> None:
+    # -- call operations -----------------------------------------------------------------------
+
+    async def operate(self, op: Operation | bytes) -> None:
+        """Carry out a call operation on the worker that owns its dialog: a value of
+        `sip.operations` (what the Python API's `call_transfer`, `call_hold`, ... make), or
+        one `codec.pack_operation` packed (the driver's: the values do not pickle)."""
+        if isinstance(op, bytes):
+            op = unpack_operation(op)
         await self._started()
-        index = await self._locate(callid, [self.directory.get(callid)])
+        if isinstance(op, EndCall):
+            index = await self._locate(op.key, [worker_of(op.key), self.directory.get(op.key)])
+        else:
+            index = await self._locate(op.call_id, [self.directory.get(op.call_id)])
         if index is None:
             raise CommandError.dialog_not_found()
-        await self._operate_on(index, callid, op)
+        if isinstance(op, AttendedTransfer):
+            await self._attended_transfer(index, op)
+        else:
+            await self._operate_on(index, op)
 
-    async def _operate_on(self, index: int, callid: str, op: dict[str, Any]) -> None:
-        payload = _pack(op)
-        answer = _unpack(await self._ask(index, lambda w: w.operate.remote(callid, payload)))
-        if answer.get("missing"):  # ended in between
-            raise CommandError.dialog_not_found()
-        if "error" in answer:
-            code, message, data = answer["error"]
-            raise CommandError(code, message, data)
+    async def _operate_on(self, index: int, op: Operation) -> None:
+        payload = pack_operation(op)
+        refused = _unpack(await self._ask(index, lambda w: w.operate.remote(payload)))
+        if refused is not None:
+            status, reason, detail, field = refused
+            raise command_error(Refused(int(status), str(reason), detail, field))
 
-    async def _attended_transfer(self, callid: str, op: dict[str, Any]) -> None:
-        """`call_transfer` with a `transfer_callid`: on the worker of `callid` when both calls
-        are there (or the second is nowhere), across the two workers otherwise. Refuses what
-        `CallOps.attended_transfer` refuses, in its order."""
-        transfer_callid: str = op["transfer_callid"]
-        transfer_leg: str | None = op["transfer_leg"]
-        await self._started()
-        # The refusals callops makes before it looks the first call up. A worker's callops
-        # sees the operation only when the first call is on that worker, and sees only that
-        # worker's calls: with the first call nowhere, or the second on another worker, these
-        # refusals are made here or not at all.
-        if transfer_leg is None and not (
-                op["transfer_fromtag"] and op["transfer_totag"] and op["destination"]):
-            raise CommandError.invalid_params(
-                "transfer_destination: transfer_fromtag, transfer_totag and "
-                "transfer_destination go together")
+    async def _attended_transfer(self, first: int, op: AttendedTransfer) -> None:
+        """On the worker of the first call when both calls are there (or the second is
+        nowhere), across the two workers otherwise."""
+        callid, transfer_callid = op.call_id, op.transfer_callid
         second = await self._locate(transfer_callid, [self.directory.get(transfer_callid)])
-        if transfer_leg is not None:
-            if second is None:
-                raise CommandError(404, "Transfer dialog not found")
-            if transfer_leg not in ("caller", "callee"):
-                raise CommandError.invalid_params(
-                    f"transfer_leg: must be caller or callee, not {transfer_leg!r}")
-        first = await self._locate(callid, [self.directory.get(callid)])
-        if first is None:
-            raise CommandError.dialog_not_found()
+        if second is None and op.transfer_leg is not None:
+            raise CommandError(NOT_FOUND, "Transfer dialog not found")
         if second is None or second == first:
-            await self._operate_on(first, callid, op)
+            await self._operate_on(first, op)
             return
-        if transfer_leg is not None:
+        if op.transfer_leg is not None:
             # The second call's worker gives the Replaces tags; the first call's worker then
             # REFERs with them as for a call it does not track (spec §3.2 recipe).
+            transfer_leg = op.transfer_leg
             found = _unpack(await self._ask(
                 second, lambda w: w.replaces_for.remote(transfer_callid, transfer_leg)))
             if found is None:
-                raise CommandError(404, "Transfer dialog not found")
+                raise CommandError(NOT_FOUND, "Transfer dialog not found")
             to_tag, from_tag, default_destination = found
-            op = {**op, "transfer_leg": None,
-                  "destination": op["destination"] or default_destination,
-                  "transfer_fromtag": from_tag, "transfer_totag": to_tag}
-        key = f"replaces:{transfer_callid};{op['transfer_totag']};{op['transfer_fromtag']}"
+            op = AttendedTransfer(callid, op.leg, transfer_callid, None,
+                                  op.destination or default_destination, from_tag, to_tag)
+        key = f"replaces:{transfer_callid};{op.to_tag};{op.from_tag}"
         # Both before the REFER goes: the transferee may send its INVITE at once.
         previous = _unpack(await self._ask(
             second, lambda w: w.expect_replacing.remote(transfer_callid, callid)))
         self._attended[callid] = (key, second)
         try:
-            await self._operate_on(first, callid, op)
+            await self._operate_on(first, op)
         except BaseException:
             self._attended.pop(callid, None)
             if previous is not None:
@@ -444,66 +445,6 @@ class Controller:
         await self._started()
         replies = await self._fan_out(lambda w: w.list_dialogs.remote(callid, from_tag))
         return [dialog for reply in replies for dialog in _unpack(reply)]
-
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        """End a dialog given its dialog id or Call-ID; 404 when there is no such dialog."""
-        _check_str("dialog_id", dialog_id)
-        _check_str("extra_hdrs", extra_headers, optional=True)
-        extra = _pack(parse_extra_headers(extra_headers))
-        await self._started()
-        index = await self._locate(dialog_id, [worker_of(dialog_id),
-                                               self.directory.get(dialog_id)])
-        if index is None or not await self._ask(
-                index, lambda w: w.end_dialog.remote(dialog_id, extra)):
-            raise CommandError.dialog_not_found()
-
-    async def call_transfer(
-        self,
-        callid: str,
-        leg: str,
-        destination: str | None = None,
-        transfer_callid: str | None = None,
-        transfer_leg: str | None = None,
-        transfer_fromtag: str | None = None,
-        transfer_totag: str | None = None,
-    ) -> None:
-        """REFER `leg` of `callid`: blind to `destination` or attended (as callops:transfer),
-        also when `transfer_callid` lives on another worker than `callid`."""
-        _check_str("callid", callid)
-        _check_str("leg", leg)
-        if leg not in ("caller", "callee"):
-            raise CommandError.invalid_params(f"leg: must be caller or callee, not {leg!r}")
-        op = {"op": "transfer", "leg": leg, "destination": destination,
-              "transfer_callid": transfer_callid, "transfer_leg": transfer_leg,
-              "transfer_fromtag": transfer_fromtag, "transfer_totag": transfer_totag}
-        for name in ("destination", "transfer_callid", "transfer_leg", "transfer_fromtag",
-                     "transfer_totag"):
-            _check_str(name, op[name], optional=True)
-        if transfer_callid is None:
-            await self._operate(callid, op)
-        else:
-            await self._attended_transfer(callid, op)
-
-    async def call_hold(self, callid: str, leg: str | None = None,
-                        headers: list[str] | str | None = None) -> None:
-        """Put one leg or both of `callid` on hold (as callops:hold)."""
-        await self._operate(callid, self._hold_op("hold", callid, leg, headers))
-
-    async def call_unhold(self, callid: str, leg: str | None = None,
-                          headers: list[str] | str | None = None) -> None:
-        """Resume legs put on hold (as callops:unhold)."""
-        await self._operate(callid, self._hold_op("unhold", callid, leg, headers))
-
-    @staticmethod
-    def _hold_op(kind: str, callid: str, leg: str | None,
-                 headers: list[str] | str | None) -> dict[str, Any]:
-        _check_str("callid", callid)
-        _check_str("leg", leg, optional=True)
-        if headers is not None and not isinstance(headers, str) and not (
-                isinstance(headers, list | tuple) and all(isinstance(h, str) for h in headers)):
-            raise CommandError.invalid_params("headers: expected a string or a list of strings")
-        return {"op": kind, "leg": leg,
-                "headers": list(headers) if isinstance(headers, tuple) else headers}
 
     async def metrics(self) -> dict[str, Any]:
         """`{"statistics": ..., "setup": [counts, total]}`: every statistic summed over the

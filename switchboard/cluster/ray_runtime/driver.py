@@ -24,13 +24,14 @@ from typing import Any, Final
 import ray
 import ray.exceptions
 
-from ...api import SERVER_ERROR, CommandError
+from ...api import SERVER_ERROR, CallOperations, CommandError
 from ...config import Config
 from ...metrics import Metrics, SetupTimes
 from ...mi.http import MIServer, start_mi_server
 from ...readout import unpack as _unpack
+from ...sip.operations import Operation
 from ...sip.wire import Address
-from .codec import ServiceSpec, raise_start_error
+from .codec import ServiceSpec, pack_operation, raise_start_error
 from .context import await_ref
 from .controller import START_TIMEOUT, Controller
 
@@ -46,7 +47,7 @@ def controller_handle() -> Any:
     return ray.get_actor(CONTROLLER, namespace=NAMESPACE)
 
 
-class RaySwitchboard:
+class RaySwitchboard(CallOperations):
     """The driver's side of a switchboard on Ray: `ControlApi` over the controller, the MI."""
 
     def __init__(self, config: Config, controller: Any, ready: dict[str, Any],
@@ -126,30 +127,8 @@ class RaySwitchboard:
             self.controller.list_dialogs.remote(callid, from_tag))
         return dialogs
 
-    async def end_dialog(self, dialog_id: str, extra_headers: str | None = None) -> None:
-        await self._call(self.controller.end_dialog.remote(dialog_id, extra_headers))
-
-    async def call_transfer(
-        self,
-        callid: str,
-        leg: str,
-        destination: str | None = None,
-        transfer_callid: str | None = None,
-        transfer_leg: str | None = None,
-        transfer_fromtag: str | None = None,
-        transfer_totag: str | None = None,
-    ) -> None:
-        await self._call(self.controller.call_transfer.remote(
-            callid, leg, destination, transfer_callid, transfer_leg, transfer_fromtag,
-            transfer_totag))
-
-    async def call_hold(self, callid: str, leg: str | None = None,
-                        headers: list[str] | str | None = None) -> None:
-        await self._call(self.controller.call_hold.remote(callid, leg, headers))
-
-    async def call_unhold(self, callid: str, leg: str | None = None,
-                          headers: list[str] | str | None = None) -> None:
-        await self._call(self.controller.call_unhold.remote(callid, leg, headers))
+    async def operate(self, op: Operation) -> None:
+        await self._call(self.controller.operate.remote(pack_operation(op)))
 
     async def statistics(self) -> dict[str, int]:
         stats: dict[str, int] = await self._call(self.controller.statistics.remote())

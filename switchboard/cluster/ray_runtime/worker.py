@@ -41,9 +41,9 @@ import ray
 from ...actors.worker import Worker
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
-from ...sip.callops import CallOpsError
+from ...sip.operations import Refused
 from ..local import BuiltWorker, build_worker
-from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, decode_operation, start_error
+from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error, unpack_operation
 from .context import CALL_TIMEOUT, MAX_PENDING_EVENTS, await_ref, node_ip, restarted
 
 # The runtime logs under one name, its package's (what a log filter names).
@@ -245,21 +245,15 @@ class WorkerActor:
         worker = await self._started()
         return _pack(await worker.list_dialogs(callid, from_tag))
 
-    async def end_dialog(self, key: str, extra_headers: bytes) -> bool:
+    async def operate(self, op: bytes) -> bytes | None:
+        """Carry out a packed call operation (`codec.pack_operation`) here: None when done,
+        else the refusal as msgpack [status, reason, detail, field]."""
         worker = await self._started()
-        return worker.end_dialog(key, [(str(n), str(v)) for n, v in _unpack(extra_headers)])
-
-    async def operate(self, callid: str, op: bytes) -> bytes:
-        """Run a call operation; `{"missing": true}` when the call is not here."""
-        worker = await self._started()
-        dialog = worker.proxy.dialogs.by_call_id(callid)
-        if dialog is None or not dialog.active:
-            return _pack({"missing": True})
         try:
-            worker.operate(callid, decode_operation(_unpack(op)))
-        except CallOpsError as exc:
-            return _pack({"error": [exc.code, exc.message, exc.data]})
-        return _pack({"ok": True})
+            await worker.operate(unpack_operation(op))
+        except Refused as exc:
+            return _pack([exc.status, exc.reason, exc.detail, exc.field])
+        return None
 
     async def remote_calls(self, batch: bytes) -> None:
         """`RemoteDialogs` calls of other workers for dialogs of this one, in the order their

@@ -21,8 +21,9 @@ import pytest
 
 from switchboard.events.opensips import opensips_event
 from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.callops import CallOps, CallOpsError
+from switchboard.sip.callops import CallOps
 from switchboard.sip.dialog import Dialog, DialogStateChanged
+from switchboard.sip.operations import Refused
 from switchboard.sip.wire import Address, Datagram
 from tests.unit.kit.proxy import OUR_RR, PROXY_UDP, finish, sip_request
 from tests.unit.kit.proxy import Net as ProxyNet
@@ -330,10 +331,10 @@ CAROL_URI = CAROL.contact  # sip:carol@127.0.0.1:5063
 
 
 def expect_error(code: int, message: str, fn: Callable[..., object], *args: Any
-                 ) -> CallOpsError:
-    with pytest.raises(CallOpsError) as info:
+                 ) -> Refused:
+    with pytest.raises(Refused) as info:
         fn(*args)
-    assert (info.value.code, info.value.message) == (code, message)
+    assert (info.value.status, info.value.reason) == (code, message)
     return info.value
 
 

@@ -130,7 +130,7 @@ async def test_unknown_method(ctx: CommandContext) -> None:
 async def test_notifications_get_no_response_but_run(ctx: CommandContext, api: FakeApi) -> None:
     body = json.dumps({"jsonrpc": "2.0", "method": "dialog:end_dlg", "params": ["call-a"]})
     assert await handle_request(body, ctx) is None
-    assert api.ended == [("call-a", None)]
+    assert api.ended == [("call-a", ())]
     # Errors of a valid notification are not answered either...
     body = json.dumps({"jsonrpc": "2.0", "method": "no:such"})
     assert await handle_request(body, ctx) is None
@@ -357,7 +357,7 @@ async def test_dialog_list_by_callid(ctx: CommandContext) -> None:
 async def test_dialog_end(ctx: CommandContext, api: FakeApi, method: str) -> None:
     assert await call(ctx, method, {"dialog_id": "3a1.5f2"}) == result("OK")
     assert await call(ctx, method, ["call-b", "X-Reason: test\r\n"]) == result("OK")
-    assert api.ended == [("3a1.5f2", None), ("call-b", "X-Reason: test\r\n")]
+    assert api.ended == [("3a1.5f2", ()), ("call-b", (("X-Reason", "test"),))]
     assert await call(ctx, method, {"dialog_id": "unknown"}) == error(404, "Dialog not found")
 
 

@@ -253,9 +253,9 @@ def test_transfer_while_one_is_pending_is_491() -> None:
 def test_transfer_of_an_unknown_leg_is_invalid_params(leg: str) -> None:
     net = Net()
     established(net)
-    err = expect_error(-32602, "Invalid params", net.callops.transfer, "call-1@alice", leg,
+    err = expect_error(400, "Bad input", net.callops.transfer, "call-1@alice", leg,
                        CAROL_URI, net.now)
-    assert err.data is not None and err.data.startswith("leg:")
+    assert err.detail is not None and err.detail.startswith("leg:")
     assert net.take() == [] and net.events() == []
 
 
@@ -296,9 +296,9 @@ def test_transfer_of_an_early_dialog_is_410() -> None:
 def test_bad_destination_is_refused_and_nothing_is_sent(destination: str) -> None:
     net = Net()
     established(net)
-    err = expect_error(-32602, "Invalid params", net.callops.transfer, "call-1@alice",
+    err = expect_error(400, "Bad input", net.callops.transfer, "call-1@alice",
                        "caller", destination, net.now)
-    assert err.data is not None and err.data.startswith("destination:")
+    assert err.detail is not None and err.detail.startswith("destination:")
     assert net.take() == [] and net.events() == []
     # Nothing left half-done: the dialog takes a good transfer.
     net.callops.transfer("call-1@alice", "caller", CAROL_URI, net.now)
@@ -957,17 +957,17 @@ def test_attended_transfer_with_tags_of_a_tracked_call() -> None:
          "Transfer dialog not found"),
         (("nosuch@x", "caller", "call-2@bob", "callee", None, None, None), 404,
          "Dialog not found"),
-        (("call-1@alice", "both", "call-2@bob", "callee", None, None, None), -32602,
-         "Invalid params"),
-        (("call-1@alice", "caller", "call-2@bob", "both", None, None, None), -32602,
-         "Invalid params"),
-        (("call-1@alice", "caller", "z@x", None, CAROL_URI, "f", None), -32602,
-         "Invalid params"),
-        (("call-1@alice", "caller", "z@x", None, None, "f", "t"), -32602, "Invalid params"),
-        (("call-1@alice", "caller", "call-2@bob", "callee", "tel:+1555", None, None), -32602,
-         "Invalid params"),
-        (("call-1@alice", "caller", "z@x", None, CAROL_URI, "f\r\nX: y", "t"), -32602,
-         "Invalid params"),
+        (("call-1@alice", "both", "call-2@bob", "callee", None, None, None), 400,
+         "Bad input"),
+        (("call-1@alice", "caller", "call-2@bob", "both", None, None, None), 400,
+         "Bad input"),
+        (("call-1@alice", "caller", "z@x", None, CAROL_URI, "f", None), 400,
+         "Bad input"),
+        (("call-1@alice", "caller", "z@x", None, None, "f", "t"), 400, "Bad input"),
+        (("call-1@alice", "caller", "call-2@bob", "callee", "tel:+1555", None, None), 400,
+         "Bad input"),
+        (("call-1@alice", "caller", "z@x", None, CAROL_URI, "f\r\nX: y", "t"), 400,
+         "Bad input"),
     ],
 )
 def test_attended_transfer_refusals(args: tuple[Any, ...], code: int, message: str) -> None:
@@ -1383,18 +1383,18 @@ def test_unhold_of_a_leg_that_is_not_held_does_nothing() -> None:
 def test_hold_without_sdp_to_offer_is_a_server_error() -> None:
     net = Net()
     established(net, caller_sdp=b"", callee_sdp=b"")
-    err = expect_error(-32000, "Server error", net.callops.hold, "call-1@alice", None, None,
+    err = expect_error(500, "Server error", net.callops.hold, "call-1@alice", None, None,
                        net.now)
-    assert err.data == "no usable SDP to offer to the caller"
+    assert err.detail == "no usable SDP to offer to the caller"
     assert net.take() == [] and net.events() == []
 
 
 def test_hold_with_an_sdp_that_cannot_be_rewritten_is_a_server_error() -> None:
     net = Net()
     established(net, callee_sdp=b"this is not SDP\r\n")
-    err = expect_error(-32000, "Server error", net.callops.hold, "call-1@alice", "callee",
+    err = expect_error(500, "Server error", net.callops.hold, "call-1@alice", "callee",
                        None, net.now)
-    assert err.data == "no usable SDP to offer to the caller"
+    assert err.detail == "no usable SDP to offer to the caller"
     assert net.take() == [] and net.events() == []
 
 
@@ -1416,9 +1416,9 @@ def test_hold_that_cannot_be_sent_fails() -> None:
     accept(net, at_alice, ALICE, SDP_A)
     net.events()
     # Nothing at all could go: the command fails.
-    err = expect_error(-32000, "Server error", net.callops.hold, "call-1@alice", "callee", None,
+    err = expect_error(500, "Server error", net.callops.hold, "call-1@alice", "callee", None,
                        net.now)
-    assert err.data == "the re-INVITE could not be sent"
+    assert err.detail == "the re-INVITE could not be sent"
     assert net.take() == []
     assert net.events() == [hold_event("call-1@alice", "callee", "hold", "start"),
                             hold_event("call-1@alice", "callee", "hold", "fail")]
@@ -1428,9 +1428,9 @@ def test_refer_that_cannot_be_sent_fails_and_leaves_the_dialog_idle() -> None:
     net = Net()
     call = established(net)
     unreachable(call.dialog.callee)
-    err = expect_error(-32000, "Server error", net.callops.transfer, "call-1@alice", "callee",
+    err = expect_error(500, "Server error", net.callops.transfer, "call-1@alice", "callee",
                        CAROL_URI, net.now)
-    assert err.data == "the REFER could not be sent"
+    assert err.detail == "the REFER could not be sent"
     assert net.take() == []
     assert net.events() == [transfer_event("call-1@alice", "callee", "", CAROL_URI, "fail")]
     net.callops.transfer("call-1@alice", "caller", CAROL_URI, net.now)
@@ -1529,9 +1529,9 @@ def test_hold_headers_list_goes_caller_then_callee() -> None:
 def test_hold_headers_that_could_inject_are_refused(headers: Any) -> None:
     net = Net()
     established(net)
-    err = expect_error(-32602, "Invalid params", net.callops.hold, "call-1@alice", "both",
+    err = expect_error(400, "Bad input", net.callops.hold, "call-1@alice", "both",
                        headers, net.now)
-    assert err.data is not None and err.data.startswith("headers:")
+    assert err.detail is not None and err.detail.startswith("headers:")
     assert net.take() == [] and net.events() == []
 
 

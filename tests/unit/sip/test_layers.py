@@ -15,7 +15,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "wire", "timers", "events", "auth", "guard"}),
     frozenset({"uri", "sdp"}),
     frozenset({"headers", "refer"}),
-    frozenset({"message"}),
+    frozenset({"message", "operations"}),
     frozenset({"framing", "registrar", "transaction", "addressing"}),
     frozenset({"dialog", "policy"}),
     frozenset({"proxy"}),
