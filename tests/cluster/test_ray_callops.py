@@ -32,6 +32,8 @@ from switchboard.api import CommandError
 from tests.cluster.ray_service import Service, import_ray
 from tests.cluster.recorder import EventRecorder
 from tests.interop.events import EventCollector, collecting
+from tests.support.bad_requests import PYTHON_API, check_refusals, python_kwargs
+from tests.support.mi import MiClient
 from tests.support.ports import HOST, free_port
 from tests.support.sipp import Sipp, assert_clean, received, sip_messages
 
@@ -257,8 +259,8 @@ def test_attended_transfer_across_workers_refuses_as_one_process(
     """Refusals come in the one-process order and with its errors, before anything is sent;
     the example says so and exits 1."""
     cases: list[tuple[dict[str, Any], int, str]] = [
-        ({"transfer_callid": "nowhere@x", "transfer_leg": "callee"}, 404,
-         "Transfer dialog not found"),
+        # The call acted on is looked up first, then the other one (as in one process).
+        ({"transfer_callid": "nowhere@x", "transfer_leg": "callee"}, 404, "Dialog not found"),
         ({"transfer_callid": "nowhere@x"}, -32602, "Invalid params"),
         ({"transfer_callid": "nowhere@x", "transfer_fromtag": "f", "transfer_totag": "t",
           "destination": f"sip:c@{HOST}"}, 404, "Dialog not found"),
@@ -271,6 +273,28 @@ def test_attended_transfer_across_workers_refuses_as_one_process(
         assert (refused.value.code, refused.value.message) == (code, message), params
     assert _load_example().main(["nothing@here", "caller", f"sip:c@{HOST}"]) == 1
     assert "refused: 404 Dialog not found" in capsys.readouterr().err
+
+
+def test_bad_call_operations_are_refused_by_the_table(service: Service) -> None:
+    """The table of bad requests the local runtime refuses
+    (`tests/integration/test_bad_operations.py`), refused the same way by the ray runtime:
+    over the MI (the driver) and through the Python API (the controller's handle)."""
+    controller = ray.get_actor("controller", namespace="switchboard")
+    assert service.sb.mi is not None
+    client = MiClient(service.sb.mi.url)
+
+    def over_mi(method: str, params: dict[str, Any]) -> tuple[int, str, Any]:
+        error = client.reply(method, params).get("error") or {}
+        return error.get("code", 0), error.get("message", ""), error.get("data")
+
+    def over_python(method: str, params: dict[str, Any]) -> tuple[int, str, Any]:
+        call = getattr(controller, PYTHON_API[method])
+        with pytest.raises(CommandError) as refused:
+            ray.get(call.remote(**python_kwargs(params)))
+        return refused.value.code, refused.value.message, refused.value.data
+
+    check_refusals(over_mi)
+    check_refusals(over_python)
 
 
 # -- Python subscribers --------------------------------------------------------------------------

@@ -393,9 +393,9 @@ class Controller(CallOperations):
 
     async def _operate_on(self, index: int, op: Operation) -> None:
         payload = pack_operation(op)
-        refused = _unpack(await self._ask(index, lambda w: w.operate.remote(payload)))
+        refused = await self._ask(index, lambda w: w.operate.remote(payload))
         if refused is not None:
-            status, reason, detail, field = refused
+            status, reason, detail, field = _unpack(refused)
             raise command_error(Refused(int(status), str(reason), detail, field))
 
     async def _attended_transfer(self, first: int, op: AttendedTransfer) -> None:
