@@ -8,7 +8,6 @@ the way OpenSIPS `dialog:list` does.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,18 +19,15 @@ from ..sip.operations import Operation
 from .mailbox import Mailbox
 
 
-class DialogActor:
+class DialogActor(Mailbox[Operation]):
     """A dialog's mailbox: operations (`sip.operations`) are handled one at a time against
     its state; `ask` answers with a future."""
 
-    __slots__ = ("dialog", "mailbox")
+    __slots__ = ("dialog",)
 
     def __init__(self, dialog: Dialog, handle: Callable[[Dialog, Operation], None]) -> None:
+        super().__init__(partial(handle, dialog))
         self.dialog = dialog
-        self.mailbox: Mailbox[Operation] = Mailbox(partial(handle, dialog))
-
-    def ask(self, op: Operation) -> asyncio.Future[None]:
-        return self.mailbox.ask(op)
 
 
 def _text(sdp: bytes | None) -> str:
