@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from . import proc, sipp
-from .load import Uacs, Uas
+from .load import Uacs, Uas, failure, stop_all
 from .party import Party
+from .render import section
 from .systems import Switchboard
 
 TARGET_P99_MS = 5.0
@@ -427,13 +428,9 @@ def run(workdir: Path, *, sipp_binary: str, long_calls: int, background_rate: fl
             out.background[f"{key}_calls_started"] = sipp.stat_int(st, "OutgoingCall(C)")
             out.background[f"{key}_retransmissions"] = sipp.stat_int(st, "Retransmissions(C)")
     except Exception as exc:
-        out.error = f"{type(exc).__name__}: {exc}"
+        out.error = failure(exc)
     finally:
-        system.stop()
-        for load in loads:
-            load.stop()
-        if uas is not None:
-            uas.stop()
+        stop_all(system, *loads, uas)
     return out
 
 
@@ -454,30 +451,24 @@ def phase_line(p: dict[str, Any]) -> str:
 
 
 def markdown(data: dict[str, Any]) -> list[str]:
-    s = data.get("settings", {})
-    bg = data.get("background", {})
-    lines = [
+    s, bg = data.get("settings", {}), data.get("background", {})
+    lines = section(
         "## Call operations under load",
-        "",
-        f"switchboard carrying {bg.get('dialogs_before', '?')} dialogs "
-        f"({s.get('long_calls')} long SIPp calls and {s.get('background_rate'):g} short "
-        f"calls/s), and {s.get('measured_calls')} calls between two Python user agents that "
-        "receive the operations. Operations go round robin over those calls, each call "
-        "hold → unhold → blind transfer of the callee (REFER answered 202 + NOTIFY 200). "
-        "Command-to-wire: MI request written → the first re-INVITE / REFER's arrival at the "
-        "user agents' socket (kernel timestamp). Per-operation p99s rest on a third of the "
-        "samples each. Bench CPU: the MI client and the user agents (one Python process); "
-        f"other: the rest of the machine. Target (issue 4): p99 under {TARGET_P99_MS:g} ms.",
-        "",
-    ]
-    if data.get("error"):
-        lines += [f"**Error:** `{data['error']}`", ""]
-    lines += [
+        [f"switchboard carrying {bg.get('dialogs_before', '?')} dialogs "
+         f"({s.get('long_calls')} long SIPp calls and {s.get('background_rate'):g} short "
+         f"calls/s), and {s.get('measured_calls')} calls between two Python user agents that "
+         "receive the operations. Operations go round robin over those calls, each call "
+         "hold → unhold → blind transfer of the callee (REFER answered 202 + NOTIFY 200). "
+         "Command-to-wire: MI request written → the first re-INVITE / REFER's arrival at the "
+         "user agents' socket (kernel timestamp). Per-operation p99s rest on a third of the "
+         "samples each. Bench CPU: the MI client and the user agents (one Python process); "
+         f"other: the rest of the machine. Target (issue 4): p99 under {TARGET_P99_MS:g} ms."],
+        data.get("error"),
         "| phase | ops ok / sent | ops/s | wire p50 ms | wire p90 ms | wire p99 ms | wire max ms "
         "| hold p99 | unhold p99 | transfer p99 | MI answer p99 ms | proxy CPU % | SIPp CPU % "
         "| bench CPU % | other CPU % | background calls failed | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    )
     for p in data.get("phases", []):
         w, by = p["wire"], p.get("by_op", {})
         errs = ", ".join(f"{k} x{v}" for k, v in p.get("errors", {}).items()) or "—"

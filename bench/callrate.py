@@ -19,13 +19,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
 
 from . import proc, sipp
+from .record import JsonRecord
 from .systems import System
 
 # --- the clean-step rule ----------------------------------------------------------------------
@@ -80,7 +81,7 @@ def judge_step(
 
 
 @dataclass(slots=True)
-class StepResult:
+class StepResult(JsonRecord):
     offered_rate: float
     duration_s: float
     planned_calls: int
@@ -117,14 +118,6 @@ class StepResult:
     runtime's own processes (GCS, raylet ...) that `cpu_ms_per_call` includes."""
     load_generators: int = 1
     """SIPp UACs that offered the rate together (one per worker port)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StepResult:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def summarize_step(

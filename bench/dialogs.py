@@ -31,12 +31,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import proc, sipp
-from .load import Uacs, Uas
+from .load import Uacs, Uas, failure, stop_all
+from .record import JsonRecord
+from .render import axes, save
 from .systems import Kamailio, Switchboard, System, parse_kamcmd_struct
 
 TARGET_BYTES_PER_DIALOG = 3 * 1024
@@ -44,7 +46,7 @@ HOLD_MS = 3_600_000  # far longer than any run: calls end when the run stops the
 
 
 @dataclass(slots=True)
-class DialogsPoint:
+class DialogsPoint(JsonRecord):
     """The system holding (about) `target` dialogs."""
 
     target: int
@@ -70,14 +72,6 @@ class DialogsPoint:
     sip_stall_ms: float | None = None  # longest OPTIONS round trip while listing
     sip_pings: int = 0
     counters_ms: float | None = None  # one read of the dialog/transaction counters
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DialogsPoint:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(slots=True)
@@ -353,13 +347,9 @@ def run_system(system: System, sizes: Sequence[int], workdir: Path, *, sipp_bina
             held = max(held, point.dialogs)
             previous = point
     except Exception as exc:
-        run.error = f"{type(exc).__name__}: {exc}"
+        run.error = failure(exc)
     finally:
-        system.stop()
-        for uac in uacs:
-            uac.stop()
-        if uas is not None:
-            uas.stop()
+        stop_all(system, *uacs, uas)
     return run
 
 
@@ -442,15 +432,10 @@ def _v(v: float | None) -> str:
 
 
 def plot(data: dict[str, Any], stem: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = {name: DialogsRun.from_json(r) for name, r in data.get("runs", {}).items()}
     if not any(r.points for r in runs.values()):
         return []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = axes()
     for name, run in runs.items():
         pts = [(p.dialogs, p.bytes_per_dialog) for p in run.points
                if p.bytes_per_dialog is not None]
@@ -462,14 +447,6 @@ def plot(data: dict[str, Any], stem: Path) -> list[Path]:
             ax.scatter(*zip(*marg, strict=True), marker="s", label=f"{name} (marginal)")
     ax.axhline(TARGET_BYTES_PER_DIALOG, linestyle=":", color="grey", label="target 3 KB")
     ax.set_xscale("log")
-    ax.set_xlabel("confirmed dialogs held")
-    ax.set_ylabel("bytes per dialog (PSS)")
     ax.set_ylim(bottom=0)
-    ax.set_title("Memory per held dialog")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    path = stem.with_name(stem.name + "-dialogs.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save(fig, ax, stem, "dialogs", xlabel="confirmed dialogs held",
+                 ylabel="bytes per dialog (PSS)", title="Memory per held dialog")]

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import proc, sipp
-from .load import Uacs, Uas
+from .load import Uacs, Uas, failure
+from .render import section
 from .systems import Switchboard
 
 EVENTS_PER_CALL = 4  # E_DLG_STATE_CHANGED: 1→2, 2→3, 3→4, 4→5
@@ -178,7 +179,7 @@ def run(workdir: Path, *, sipp_binary: str, rates: Sequence[float], duration: fl
             say(step_line(step))
             time.sleep(0.5)
     except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["error"] = failure(exc)
     finally:
         system.stop()
         receiver.finish()
@@ -196,23 +197,18 @@ def step_line(s: EventStep) -> str:
 def markdown(data: dict[str, Any], callrate_cpu: dict[float, float] | None = None
              ) -> list[str]:
     """`callrate_cpu`: the call-rate part's switchboard CPU ms/call by rate (no subscriber)."""
-    lines = [
+    lines = section(
         "## Events",
-        "",
-        "switchboard with a datagram subscriber for every event "
-        f"(`--event-datagram {data.get('settings', {}).get('subscriber', 'udp:…')}`), short "
-        f"SIPp calls for {data.get('settings', {}).get('duration_s')} s per step; "
-        f"{EVENTS_PER_CALL} `E_DLG_STATE_CHANGED` expected per completed call.",
-        "",
-    ]
-    if data.get("error"):
-        lines += [f"**Error:** `{data['error']}`", ""]
-    lines += [
+        ["switchboard with a datagram subscriber for every event "
+         f"(`--event-datagram {data.get('settings', {}).get('subscriber', 'udp:…')}`), short "
+         f"SIPp calls for {data.get('settings', {}).get('duration_s')} s per step; "
+         f"{EVENTS_PER_CALL} `E_DLG_STATE_CHANGED` expected per completed call."],
+        data.get("error"),
         "| calls/s | calls ok / failed | events received / expected | delivered % | events/s "
         "| bus dropped | socket drops | proxy CPU % | CPU ms/call | CPU ms/call without "
         "subscriber |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    )
     for s in data.get("steps", []):
         without = (callrate_cpu or {}).get(float(s["offered_rate"]))
         lines.append(

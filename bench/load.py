@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from tests.support.ports import free_port
 
@@ -108,3 +109,21 @@ class Uacs:
             if p.poll() is not None:
                 p.wait()
         return done
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def stop_all(system: System, *load: _Stoppable | None) -> None:
+    """A part's end, whatever happened: the system first, then its load (None: never
+    started)."""
+    system.stop()
+    for running in load:
+        if running is not None:
+            running.stop()
+
+
+def failure(exc: BaseException) -> str:
+    """How a part records the error that ended it early (its other results are kept)."""
+    return f"{type(exc).__name__}: {exc}"

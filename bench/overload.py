@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import callrate, proc, sipp
-from .load import Uacs, Uas
+from .load import Uacs, Uas, failure, stop_all
+from .render import axes, save, section
 from .systems import Switchboard
 
 QUICK_FRACTIONS = (1.0, 1.5, 2.0)
@@ -211,13 +212,9 @@ def run(workdir: Path, *, sipp_binary: str, max_rate: float | None, fractions: S
             }
             say(f"  overload established calls: {out['established']}")
     except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["error"] = failure(exc)
     finally:
-        system.stop()
-        if long is not None:
-            long.stop()
-        if uas_long is not None:
-            uas_long.stop()
+        stop_all(system, long, uas_long)
     return out
 
 
@@ -289,24 +286,19 @@ def step_line(s: OverloadStep) -> str:
 
 def markdown(data: dict[str, Any]) -> list[str]:
     st = data.get("settings", {})
-    lines = [
+    lines = section(
         "## Overload",
-        "",
-        f"One switchboard (local runtime), {st.get('duration_s')} s steps of short calls at "
-        f"fractions of R = {st.get('max_rate', '?')} calls/s (highest clean rate, "
-        f"{st.get('max_rate_source', '?')}) up to 2 R, then recovery steps. The caller takes a "
-        "503 as an outcome (ACK, end of call). Failed = no final answer in 5 s or another "
-        "failure. Clean = nothing failed, nothing shed, retransmissions under 1 %.",
-        "",
-    ]
-    if data.get("error"):
-        lines += [f"**Error:** `{data['error']}`", ""]
-    lines += [
+        [f"One switchboard (local runtime), {st.get('duration_s')} s steps of short calls at "
+         f"fractions of R = {st.get('max_rate', '?')} calls/s (highest clean rate, "
+         f"{st.get('max_rate_source', '?')}) up to 2 R, then recovery steps. The caller takes "
+         "a 503 as an outcome (ACK, end of call). Failed = no final answer in 5 s or another "
+         "failure. Clean = nothing failed, nothing shed, retransmissions under 1 %."],
+        data.get("error"),
         "| phase | offered /s | completed /s | completed | 503 | 503 with Retry-After "
         "| last 503 at s | failed | unfinished | retrans % | p50 ms | p99 ms | proxy CPU % "
         "| SIPp CPU % | other CPU % | clean |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    )
     for s in data.get("steps", []):
         verdict = "yes" if s["clean"] else "no: " + "; ".join(s["reasons"])
         lines.append(
@@ -359,17 +351,12 @@ def _v(v: float | None) -> str:
 
 
 def plot(data: dict[str, Any], stem: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = list(data.get("steps", []))
     if not steps:
         return []
     ramp = [s for s in steps if s["phase"] == "ramp"]
     rec = [s for s in steps if s["phase"] == "recovery"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = axes(width=7.5)
     x = [s["offered_rate"] for s in ramp]
     ax.plot(x, [s["completed_rate"] for s in ramp], marker="o", label="completed calls/s")
     ax.plot(x, [s["shed_rate"] for s in ramp], marker="s", label="503 answered /s")
@@ -383,13 +370,6 @@ def plot(data: dict[str, Any], stem: Path) -> list[Path]:
     mr = data.get("settings", {}).get("max_rate")
     if mr:
         ax.axvline(mr, linestyle="--", color="grey", alpha=0.6, label=f"highest clean ({mr:g})")
-    ax.set_xlabel("offered calls/s")
-    ax.set_ylabel("calls/s")
-    ax.set_title("switchboard under overload (503 + Retry-After shedding)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    path = stem.with_name(stem.name + "-overload.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save(fig, ax, stem, "overload", xlabel="offered calls/s", ylabel="calls/s",
+                 title="switchboard under overload (503 + Retry-After shedding)",
+                 legend_size=8)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .callrate import SystemRun
+from .render import axes, save
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = 2  # 2: the parts beyond call rate (dialogs, callops, events, overload), `parts`
@@ -353,15 +354,8 @@ def plot(result: Mapping[str, Any], stem: Path) -> list[Path]:
 
 
 def _plot_callrate(result: Mapping[str, Any], stem: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = runs_of(result)
-    written: list[Path] = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = axes()
     top = 0.0
     for name, run in runs.items():
         xs = [s.offered_rate for s in run.steps]
@@ -376,34 +370,19 @@ def _plot_callrate(result: Mapping[str, Any], stem: Path) -> list[Path]:
             ax.scatter(bx, by, marker="x", s=80, color=line.get_color(), zorder=3)
     if top:
         ax.plot([0, top], [0, top], linestyle=":", color="grey", label="completed = offered")
-    ax.set_xlabel("offered calls/s")
-    ax.set_ylabel("completed calls/s")
-    ax.set_title("Call rate (x = step not clean)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    path = stem.with_name(stem.name + "-callrate.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written = [save(fig, ax, stem, "callrate", xlabel="offered calls/s",
+                    ylabel="completed calls/s", title="Call rate (x = step not clean)")]
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = axes()
     for name, run in runs.items():
         pts = [(s.offered_rate, s.cpu_ms_per_call) for s in run.steps
                if s.cpu_ms_per_call is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=run.system.get("label", name))
-    ax.set_xlabel("offered calls/s")
-    ax.set_ylabel("proxy CPU ms per call")
     ax.set_ylim(bottom=0)
-    ax.set_title("Proxy CPU per call (all its processes)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    path = stem.with_name(stem.name + "-cpu.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save(fig, ax, stem, "cpu", xlabel="offered calls/s",
+                        ylabel="proxy CPU ms per call",
+                        title="Proxy CPU per call (all its processes)"))
     return written
 
 

@@ -37,9 +37,9 @@ from typing import Any
 
 from tests.support.sipp import sipp_binary
 
-from . import proc, report, sipp
+from . import proc, render, report, sipp
 from .callops import AsyncMi
-from .load import Uacs, Uas
+from .load import Uacs, Uas, failure, stop_all
 from .party import Party
 from .systems import Switchboard
 
@@ -241,13 +241,9 @@ def run(args: argparse.Namespace, workdir: Path, say: Any = print) -> dict[str, 
                                 "retransmissions": sipp.stat_int(st, "Retransmissions(C)")}
         out["background"] = background
     except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["error"] = failure(exc)
     finally:
-        system.stop()
-        for load in loads:
-            load.stop()
-        if uas is not None:
-            uas.stop()
+        stop_all(system, *loads, uas)
     out["samples"] = soak.samples
     out["operations"] = soak.ops
     out["operation_errors"] = soak.op_errors
@@ -266,33 +262,27 @@ def markdown(data: dict[str, Any]) -> str:
     samples = data.get("samples", [])
     verdict = {True: "**flat**", False: "**not flat**", None: "not enough samples"}[
         fl.get("flat")]
-    lines = [
+    drained = ", ".join(f"{k} {v}" for k, v in data.get("after_drain", {}).items() if ":" in k)
+    lines = render.section(
         f"# switchboard soak — {data.get('started', '')}",
-        "",
-        f"{st.get('minutes')} min: {st.get('rate')} short calls/s, {st.get('long_rate')} long "
-        f"calls/s of {st.get('hold')} s, {st.get('calls')} operated calls with "
-        f"{st.get('ops_rate')} operations/s (hold, unhold, blind transfer carried out), calls "
-        f"hung up after {st.get('call_age')} s. Sample every {st.get('every')} s.",
-        "",
-        f"RSS over the second half of the load: {verdict} — fitted growth "
-        f"{fl.get('fitted_growth_mb')} MB ({fl.get('fitted_growth_pct')} %, "
-        f"{fl.get('mb_per_hour')} MB/hour) from {fl.get('rss_mb_start')} to "
-        f"{fl.get('rss_mb_end')} MB (flat: under {FLAT_PCT:g} % and {FLAT_MB:g} MB).",
-        "",
-        f"After the load: dialogs and transactions back to zero: "
-        f"{'yes' if data.get('drained') else '**no**'} "
-        f"({', '.join(f'{k} {v}' for k, v in data.get('after_drain', {}).items() if ':' in k)}).",
-        "",
-        f"Operations sent: {data.get('operations')}; refused: "
-        f"{data.get('operation_errors') or 'none'}; transfers carried out: "
-        f"{data.get('party', {}).get('transfers_done')}. Background calls: "
-        f"{data.get('background')}.",
-        "",
-    ]
-    if data.get("error"):
-        lines += [f"**Error:** `{data['error']}`", ""]
-    lines += ["| t s | phase | RSS MB | PSS MB | dialogs | early | transactions | CPU s |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        [f"{st.get('minutes')} min: {st.get('rate')} short calls/s, {st.get('long_rate')} "
+         f"long calls/s of {st.get('hold')} s, {st.get('calls')} operated calls with "
+         f"{st.get('ops_rate')} operations/s (hold, unhold, blind transfer carried out), calls "
+         f"hung up after {st.get('call_age')} s. Sample every {st.get('every')} s.",
+         f"RSS over the second half of the load: {verdict} — fitted growth "
+         f"{fl.get('fitted_growth_mb')} MB ({fl.get('fitted_growth_pct')} %, "
+         f"{fl.get('mb_per_hour')} MB/hour) from {fl.get('rss_mb_start')} to "
+         f"{fl.get('rss_mb_end')} MB (flat: under {FLAT_PCT:g} % and {FLAT_MB:g} MB).",
+         f"After the load: dialogs and transactions back to zero: "
+         f"{'yes' if data.get('drained') else '**no**'} ({drained}).",
+         f"Operations sent: {data.get('operations')}; refused: "
+         f"{data.get('operation_errors') or 'none'}; transfers carried out: "
+         f"{data.get('party', {}).get('transfers_done')}. Background calls: "
+         f"{data.get('background')}."],
+        data.get("error"),
+        "| t s | phase | RSS MB | PSS MB | dialogs | early | transactions | CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    )
     for s in samples:
         lines.append(f"| {s['t_s']:g} | {s['phase']} | {s['rss_kb'] / 1024:.1f} "
                      f"| {s['pss_kb'] / 1024:.1f} | {s.get('dialog:active_dialogs', '—')} "
