@@ -1,8 +1,9 @@
-"""Shared fixtures: free ports, `switchboard serve` subprocesses and SIPp runs.
+"""Shared fixtures: free ports, `switchboard serve` subprocesses, SIPp runs and an event
+subscriber.
 
-The machinery lives in tests/support/ (`tests.support.ports`, `.server`, `.sipp`); this file
-only turns it into fixtures and attaches the output of every server and SIPp run to the report
-of a failed test.
+The machinery lives in tests/support/ (`tests.support.ports`, `.server`, `.sipp`, `.events`);
+this file only turns it into fixtures and attaches the output of every server and SIPp run to
+the report of a failed test.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support import ports
+from tests.support.events import EventCollector, collecting
 from tests.support.server import SwitchboardServer, start_switchboard
 from tests.support.sipp import Sipp, sipp_binary
 
@@ -108,3 +110,11 @@ def sipp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..
 
     for run in runs:
         run.kill()
+
+
+@pytest.fixture
+def events() -> Iterator[EventCollector]:
+    """A datagram event subscriber on 127.0.0.1 for one test (`--event-datagram
+    events.socket`); what it received is printed at teardown, shown when the test failed."""
+    with collecting() as collector:
+        yield collector

@@ -20,7 +20,6 @@ import secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,17 +30,24 @@ import pytest
 from switchboard.api import CommandError
 from tests.cluster.ray_service import Service, import_ray
 from tests.cluster.recorder import EventRecorder
-from tests.interop.events import EventCollector, collecting
 from tests.support.bad_requests import PYTHON_API, check_refusals, python_kwargs
+from tests.support.events import EventCollector, collecting
 from tests.support.mi import MiClient
 from tests.support.ports import HOST, free_port
-from tests.support.sipp import Sipp, assert_clean, received, sip_messages
+from tests.support.sipp import (
+    Sipp,
+    StartSipp,
+    assert_clean,
+    killed_on_failure,
+    received,
+    sip_messages,
+    wait_caller_first,
+)
 
 ray = import_ray()
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
-StartSipp = Callable[..., Sipp]
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
 CALLOPS = HERE.parent / "interop" / "scenarios" / "callops"
@@ -116,18 +122,12 @@ def test_blind_transfer_whose_new_call_reaches_the_other_worker(
                  keys={"uas_port": b.local_port, "old_port": service.port(0),
                        "new_port": service.port(1)},
                  extra_args=("-cid_str", prefix + "%u@%s"))
-        try:
+        with killed_on_failure(a, b, c):
             dialog = _confirmed(service, old)
             assert dialog["ID"].startswith("0."), dialog
             seen = example.blind_transfer(old, "caller", dest, timeout=20.0)
-        except BaseException:
-            for run in (a, b, c):
-                run.kill()
-            raise
-        a_result = a.wait()
-        grace = None if a_result.returncode == 0 else 5.0
-        c_result = c.wait(grace)
-        assert_clean(a_result, b.wait(grace), c_result)
+        a_result, c_result, b_result = wait_caller_first(a, c, b)
+        assert_clean(a_result, b_result, c_result)
         new = f"xfer///{old}"
         events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["callid"] == new
                         and p["new_state"] == 5)
@@ -214,9 +214,7 @@ def test_attended_transfer_whose_calls_live_on_different_workers(
             for run in runs:
                 run.kill()
             raise
-        a_result = a.wait()
-        grace = None if a_result.returncode == 0 else 5.0
-        b_result, d_result, c_result = b.wait(grace), d.wait(grace), c.wait(grace)
+        a_result, b_result, d_result, c_result = wait_caller_first(a, b, d, c)
         assert_clean(a_result, b_result, d_result)
         assert_clean(c_result, calls=2)
         new = f"xfer///{call1}"

@@ -23,9 +23,18 @@ import pytest
 from switchboard.api import CommandError
 from switchboard.config import Config, ListenSocket, apply_overrides
 from tests.cluster.ray_service import Service, import_ray, service_config
-from tests.interop.events import EventCollector, collecting
+from tests.support.events import EventCollector, collecting
 from tests.support.ports import HOST, free_port, free_port_block
-from tests.support.sipp import SipMessage, Sipp, SippResult, assert_clean, received
+from tests.support.sipp import (
+    SipMessage,
+    Sipp,
+    StartSipp,
+    assert_clean,
+    killed_on_failure,
+    received,
+    wait_caller_first,
+    wait_clean,
+)
 
 ray = import_ray()
 
@@ -36,7 +45,6 @@ from switchboard.cluster.ray_runtime import (  # noqa: E402  (needs ray)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
-StartSipp = Callable[..., Sipp]
 WORKERS = 2
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -83,12 +91,6 @@ def _start_calls(
     return uas, uac
 
 
-def _finish(uas: Sipp, uac: Sipp) -> tuple[SippResult, SippResult]:
-    uac_result = uac.wait()
-    uas_result = uas.wait(None if uac_result.returncode == 0 else 5.0)
-    return uas_result, uac_result
-
-
 def _wait_dialogs(list_dialogs: Callable[[], list[dict[str, Any]]], prefix: str, count: int,
                   timeout: float = 15.0) -> list[dict[str, Any]]:
     """Poll until `count` confirmed dialogs (state 4) whose Call-ID starts with `prefix`."""
@@ -133,9 +135,9 @@ def test_calls_through_both_workers(sipp: StartSipp, service: Service) -> None:
     before = _worker_stats()
     pairs = [_start_calls(sipp, service, w, calls=calls, rate=50, trace_msg=False)
              for w in range(WORKERS)]
-    results = [_finish(uas, uac) for uas, uac in pairs]
-    for uas_result, uac_result in results:
-        assert_clean(uac_result, uas_result, calls=calls)
+    results = [wait_caller_first(uac, uas) for uas, uac in pairs]
+    for uac_and_uas in results:
+        assert_clean(*uac_and_uas, calls=calls)
     after = _worker_stats()
     for w in range(WORKERS):
         processed = after[w]["dialog:processed_dialogs"] - before[w]["dialog:processed_dialogs"]
@@ -154,7 +156,7 @@ def test_dialog_list_and_end_dlg_span_both_workers(sipp: StartSipp, service: Ser
     pairs = [_start_calls(sipp, service, w, calls=2, uas_scenario="uas_wait_bye.xml",
                           uac_scenario="uac_wait_bye.xml", prefix=prefixes[w])
              for w in range(WORKERS)]
-    try:
+    with killed_on_failure(*(run for pair in pairs for run in pair)):
         listed = {w: _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefixes[w], 2)
                   for w in range(WORKERS)}
         for w, dialogs in listed.items():
@@ -164,14 +166,8 @@ def test_dialog_list_and_end_dlg_span_both_workers(sipp: StartSipp, service: Ser
         for dialogs in listed.values():
             for dialog in dialogs:
                 assert service.mi("dialog:end_dlg", dialog_id=dialog["callid"]) == "OK"
-    except BaseException:
-        for uas, uac in pairs:
-            uac.kill()
-            uas.kill()
-        raise
     for uas, uac in pairs:
-        uas_result, uac_result = _finish(uas, uac)
-        assert_clean(uac_result, uas_result, calls=2)
+        wait_clean(uac, uas, calls=2)
 
 
 def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
@@ -181,7 +177,7 @@ def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
     prefix = _prefix("api")
     uas, uac = _start_calls(sipp, service, 1, calls=1, uas_scenario="uas_wait_bye.xml",
                             uac_scenario="uac_wait_bye.xml", prefix=prefix)
-    try:
+    with killed_on_failure(uac, uas):
         (dialog,) = _wait_dialogs(lambda: ray.get(controller.list_dialogs.remote()), prefix, 1)
         assert dialog["ID"].startswith("1.")
         callid = dialog["callid"]
@@ -204,12 +200,7 @@ def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
                 ray.get(ref)
             assert (refused.value.code, refused.value.message) == (code, message)
         ray.get(controller.end_dialog.remote(dialog["ID"]))
-    except BaseException:
-        uac.kill()
-        uas.kill()
-        raise
-    uas_result, uac_result = _finish(uas, uac)
-    assert_clean(uac_result, uas_result)
+    wait_clean(uac, uas)
     assert ray.get(controller.list_dialogs.remote(callid)) == []
 
 
@@ -224,8 +215,7 @@ def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: S
             pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
                      for w in range(WORKERS)]
             for uas, uac in pairs:
-                uas_result, uac_result = _finish(uas, uac)
-                assert_clean(uac_result, uas_result)
+                wait_clean(uac, uas)
             for w in range(WORKERS):
                 last = events.wait_for(
                     "E_DLG_STATE_CHANGED",
@@ -315,7 +305,7 @@ def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: S
              local_port=free_port("udp"), keys={"uas_port": uas_port}, timeout=120,
              recv_timeout=60, extra_args=("-cid_str", f"{prefix}%u@%s"))
     with collecting() as events:
-        try:
+        with killed_on_failure(a, b):
             (before,) = _wait_dialogs(lambda: service.mi("dialog:list")["Dialogs"], prefix, 1)
             callid = before["callid"]
             assert before["ID"].startswith("1.")
@@ -356,12 +346,7 @@ def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: S
             assert service.mi("callops:hold", callid=callid) == "OK"
             events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
                             and p["state"] == "ok", count=6)
-        except BaseException:
-            a.kill()
-            b.kill()
-            raise
-        a_result = a.wait()
-        b_result = b.wait(None if a_result.returncode == 0 else 5.0)
+        a_result, b_result = wait_caller_first(a, b)
         assert_clean(a_result, b_result)
         # Three rounds: both re-INVITEs go out (`start`, in the proxy's order: caller first
         # on hold, callee first on unhold), then both answers come (`ok`, as the parties
@@ -392,7 +377,6 @@ def test_a_killed_worker_comes_back_with_its_dialogs(sipp: StartSipp, service: S
 
     # The restarted worker takes new calls.
     uas, uac = _start_calls(sipp, service, 1, calls=5, rate=10)
-    uas_result, uac_result = _finish(uas, uac)
-    assert_clean(uac_result, uas_result, calls=5)
+    wait_clean(uac, uas, calls=5)
     assert service.mi("statistics:get", statistics=["dialog:active_dialogs"]) == {
         "dialog:active_dialogs": 0}

@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -30,15 +29,13 @@ from switchboard.config import load_config, parse_config
 from switchboard.mi.http import start_mi_server
 from tests.support.hep import by_type
 from tests.support.ports import HOST, free_port
-from tests.support.server import SwitchboardServer
+from tests.support.server import StartServer, SwitchboardServer
 from tests.support.sip import options
-from tests.support.sipp import Sipp
+from tests.support.sipp import StartSipp
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
-StartServer = Callable[..., SwitchboardServer]
-StartSipp = Callable[..., Sipp]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -45,11 +45,10 @@ from tests.interop.attackers.targets import (
 )
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult, assert_clean
+from tests.support.sipp import SippResult, StartSipp, assert_clean, wait_caller_first
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
-StartSipp = Callable[..., Sipp]
 
 ATTACKERS = Path(__file__).parent / "attackers"
 SHIM = ATTACKERS / "shim"
@@ -183,9 +182,7 @@ def legitimate_calls(stage: Stage, calls: int = LEGIT_CALLS,
                      local_port=free_port(), calls=calls, rate=rate,
                      keys={"uas_port": uas_port}, trace_msg=False)
     yield
-    uac_result = uac.wait()
-    uas_result = uas.wait(None if uac_result.returncode == 0 else 5.0)
-    _check_calls(calls, uac_result, uas_result)
+    _check_calls(calls, *wait_caller_first(uac, uas))
 
 
 def _check_calls(calls: int, *results: SippResult) -> None:
@@ -504,6 +501,15 @@ def sipsak(s: Stage, name: str, request: bytes, source: str = ATTACKER) -> Sipsa
     return SipsakRun(name, args, done.returncode, output)
 
 
+def _assert_all_refused(runs: list[SipsakRun]) -> None:
+    """Every request got a final answer, and an error (>= 400)."""
+    wrong = [r for r in runs if r.final is None or r.final < 400]
+    assert not wrong, (
+        "expected a final answer >= 400 to each:\n"
+        + "\n".join(f"{r.name}: sipsak exit {r.returncode}, answers {r.statuses}" for r in runs)
+        + "".join(f"\n--- sipsak {r.name} ---\n{r.output[-2000:]}" for r in wrong))
+
+
 def _forged(method: str, uri: str, *, to_tag: str | None, route: str = "", to: str = "",
             from_: str = f"sip:mallory@{ATTACKER}", from_tag: str = "", call_id: str = "",
             cseq: int = 0) -> bytes:
@@ -567,11 +573,7 @@ def test_forged_in_dialog_and_preloaded_route_requests_reach_nobody(
                          extra_args=("-i", ATTACKER)).wait()
             assert ack.returncode == 0, ack.describe()
     s.assert_nothing_got_through()
-    wrong = [r for r in runs if r.final is None or r.final < 400]
-    assert not wrong, (
-        "expected a final answer >= 400 to each:\n"
-        + "\n".join(f"{r.name}: sipsak exit {r.returncode}, answers {r.statuses}" for r in runs)
-        + "".join(f"\n--- sipsak {r.name} ---\n{r.output[-2000:]}" for r in wrong))
+    _assert_all_refused(runs)
 
 
 def test_a_callee_cannot_reuse_its_call_to_relay_elsewhere(stage: Callable[..., Stage]) -> None:
@@ -606,11 +608,7 @@ def test_a_callee_cannot_reuse_its_call_to_relay_elsewhere(stage: Callable[..., 
         f"the callee's own BYE did not reach the caller: {bye.statuses}\n{bye.output[-2000:]}\n"
         + caller.describe())
     s.assert_nothing_got_through()
-    wrong = [r for r in runs if r.final is None or r.final < 400]
-    assert not wrong, (
-        "expected a final answer >= 400 to each:\n"
-        + "\n".join(f"{r.name}: sipsak exit {r.returncode}, answers {r.statuses}" for r in runs)
-        + "".join(f"\n--- sipsak {r.name} ---\n{r.output[-2000:]}" for r in wrong))
+    _assert_all_refused(runs)
 
 
 # ----------------------------------------------------------------------------- replay

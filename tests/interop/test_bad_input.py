@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +31,11 @@ import pytest
 from switchboard.sip import ParseError, Request, parse_message
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, assert_clean
+from tests.support.sipp import StartSipp, assert_clean, wait_caller_first
+from tests.support.udp import DatagramReader
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
-StartSipp = Callable[..., Sipp]
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CALLS = 200
@@ -144,40 +144,21 @@ def mutate(rng: random.Random, corpus: list[bytes]) -> bytes:
 # ----------------------------------------------------------------------------- helpers
 
 
-class Sink:
+class Sink(DatagramReader):
     """A UDP socket on 127.0.0.1 that reads and drops whatever switchboard sends it."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((HOST, 0))
-        self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
         self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="bad-input-sink")
-        self._thread.start()
+        super().__init__(HOST, "bad-input-sink")
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sock.recv(65535)
-                self.received += 1
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        self.received += 1
 
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
+    with Sink() as s:
+        yield s
 
 
 def rss_kb(pid: int) -> int:
@@ -354,8 +335,7 @@ def test_calls_survive_malformed_input(
     for t in senders:
         t.join(170)
     blast_seconds = time.monotonic() - started
-    uac_result = uac.wait()
-    uas_result = uas.wait(None if uac_result.returncode == 0 else 10.0)
+    uac_result, uas_result = wait_caller_first(uac, uas, grace=10.0)
 
     assert server.proc.poll() is None, "switchboard died\n" + server.describe()
     assert_clean(uac_result, uas_result, calls=CALLS)

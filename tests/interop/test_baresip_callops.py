@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
 from tests.interop.baresip import BaresipPeer, PeerFactory
-from tests.interop.events import EventCollector, collecting
 from tests.interop.sip_trace import Traced, trace
+from tests.support.events import EventCollector
 from tests.support.server import CONFIRMED, SwitchboardServer, wait_dialogs
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
@@ -37,13 +37,6 @@ CAROL = "sip:carol@127.0.0.1"  # carol's AOR: the proxy retargets it to her cont
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def events() -> Iterator[EventCollector]:
-    """The datagram subscriber every test's switchboard sends its events to."""
-    with collecting() as collector:
-        yield collector
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +132,19 @@ def _call(
     caller.wait_event("established", call=dialed["call"])
     callee.wait_event("established", call=incoming["call"])
     return dialed, incoming
+
+
+def _quiet_call(
+    peer: PeerFactory, sb: SwitchboardServer
+) -> tuple[BaresipPeer, BaresipPeer, dict[str, Any], dict[str, Any]]:
+    """alice calls bob (auto-answer) through the proxy; returns once the dialog is confirmed
+    and both have settled: (alice, bob, alice's dial reply, bob's incoming event)."""
+    bob, alice = _register(peer, sb, ("bob", {"auto_answer": True}), ("alice", {}))
+    dialed, incoming = _call(alice, bob, "sip:bob@127.0.0.1")
+    _confirmed(sb, dialed["call_id"])
+    _settle(bob, dialed["call_id"])
+    _settle(alice, dialed["call_id"])
+    return alice, bob, dialed, incoming
 
 
 def _settle(p: BaresipPeer, call_id: str, quiet: float = 0.3, timeout: float = 5.0) -> None:
@@ -394,12 +400,8 @@ def test_hold_and_unhold_from_mi(
     """MI hold then unhold of one leg or both: each leg gets a re-INVITE with the direction of
     spec §7.2 (a newer o= version each time), the UA offered sendonly/inactive reports it is
     held, and each leg raises start then ok."""
-    bob, alice = _register(peer, sb, ("bob", {"auto_answer": True}), ("alice", {}))
-    dialed, incoming = _call(alice, bob, "sip:bob@127.0.0.1")
+    alice, bob, dialed, incoming = _quiet_call(peer, sb)
     callid = dialed["call_id"]
-    _confirmed(sb, callid)
-    _settle(bob, callid)
-    _settle(alice, callid)
     parties = {"caller": (alice, dialed["call"]), "callee": (bob, incoming["call"])}
     invites_before = {
         name: len(_requests(p, callid, "RX", "INVITE")) for name, (p, _) in parties.items()
@@ -493,12 +495,8 @@ def test_call_continues_after_mi_hold_and_unhold(
     """The proxy's re-INVITEs shift each leg's CSeq; afterwards the UAs' own re-INVITEs (both
     directions) and the BYE (from either side) must still be accepted: the proxy rewrites
     their CSeq upward and maps the answers back."""
-    bob, alice = _register(peer, sb, ("bob", {"auto_answer": True}), ("alice", {}))
-    dialed, incoming = _call(alice, bob, "sip:bob@127.0.0.1")
+    alice, bob, dialed, incoming = _quiet_call(peer, sb)
     callid = dialed["call_id"]
-    _confirmed(sb, callid)
-    _settle(bob, callid)
-    _settle(alice, callid)
 
     assert sb.mi_result("callops:hold", callid=callid) == "OK"
     events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid and p["state"] == "ok", count=2)

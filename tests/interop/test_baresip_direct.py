@@ -9,13 +9,12 @@ role to pin down what baresip sends to a proxy (Route, Request-URI, Contact).
 from __future__ import annotations
 
 import re
-import socket
-import threading
 
 import pytest
 
 from tests.interop.baresip import PeerFactory
 from tests.support.ports import free_port
+from tests.support.udp import DatagramReader
 
 pytestmark = [pytest.mark.baresip, pytest.mark.interop]
 
@@ -136,50 +135,34 @@ def test_attended_transfer(peer: PeerFactory) -> None:
     alice.wait_event("closed", call=new["call"])
 
 
-class _StubProxy:
+class _StubProxy(DatagramReader):
     """Just enough of a registrar/proxy on UDP: 200 to REGISTER, 404 to INVITE.
 
     Records every request so the test can assert on what baresip sends a proxy.
     """
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
         self.requests: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(name="stub-proxy")
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            text = data.decode("utf-8", "replace")
-            method = text.split(" ", 1)[0]
-            if method == "SIP/2.0":
-                continue
-            self.requests.append(text)
-            if method == "ACK":
-                continue
-            lines = text.split("\r\n")
-            keep = [line for line in lines if re.match(r"(?i)(via|from|to|call-id|cseq):", line)]
-            if method == "REGISTER":
-                status = "200 OK"
-                keep += [line for line in lines if line.lower().startswith("contact:")]
-            else:
-                status = "404 Not Found"
-            keep = [f"{h};tag=stub" if h.lower().startswith("to:") else h for h in keep]
-            resp = f"SIP/2.0 {status}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
-            self.sock.sendto(resp.encode(), addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        text = data.decode("utf-8", "replace")
+        method = text.split(" ", 1)[0]
+        if method == "SIP/2.0":
+            return
+        self.requests.append(text)
+        if method == "ACK":
+            return
+        lines = text.split("\r\n")
+        keep = [line for line in lines if re.match(r"(?i)(via|from|to|call-id|cseq):", line)]
+        if method == "REGISTER":
+            status = "200 OK"
+            keep += [line for line in lines if line.lower().startswith("contact:")]
+        else:
+            status = "404 Not Found"
+        keep = [f"{h};tag=stub" if h.lower().startswith("to:") else h for h in keep]
+        resp = f"SIP/2.0 {status}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n"
+        self.sock.sendto(resp.encode(), source)
 
     def first(self, method: str) -> str:
         return next(r for r in self.requests if r.startswith(method + " "))

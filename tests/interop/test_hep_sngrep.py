@@ -16,20 +16,17 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.ports import HOST, free_port, wait_listening
-from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp
+from tests.support.server import StartServer
+from tests.support.sipp import StartSipp, wait_caller_first
 
 pytestmark = [pytest.mark.interop, pytest.mark.sipp]
-
-StartServer = Callable[..., SwitchboardServer]
-StartSipp = Callable[..., Sipp]
 
 
 @dataclass(frozen=True)
@@ -123,8 +120,7 @@ def test_sngrep_decodes_the_hep_of_a_call(
     uas = sipp("uas", "uas.xml", local_port=uas_port).wait_listening()
     uac = sipp("uac", "uac.xml", remote=f"{HOST}:{server.udp_port}", local_port=uac_port,
                keys={"uas_port": uas_port})
-    uac_result = uac.wait()
-    uas_result = uas.wait(None if uac_result.returncode == 0 else 5.0)
+    uac_result, uas_result = wait_caller_first(uac, uas)
     assert not uac_result.problems(1) + uas_result.problems(1)
 
     sent = server.mi_result("statistics:get", statistics=["hep:"])

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.interop.events import EventCollector, collecting
 from tests.interop.lossy import Faults, LossyRelay, RelayPool
+from tests.support.events import EventCollector
 from tests.support.ports import HOST, free_port
-from tests.support.server import SwitchboardServer, wait_confirmed
-from tests.support.sipp import Sipp, assert_clean
+from tests.support.server import StartServer, SwitchboardServer, wait_confirmed
+from tests.support.sipp import Sipp, StartSipp, killed_on_failure, wait_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
-StartSipp = Callable[..., Sipp]
-StartServer = Callable[..., SwitchboardServer]
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios" / "loss"
 LOSSY = Faults(loss=0.10, duplicate=0.02, reorder=0.05)
@@ -48,12 +46,6 @@ def relays() -> Iterator[RelayPool]:
     with RelayPool() as pool:
         yield pool
         print(f"relays: {pool.totals()}")
-
-
-@pytest.fixture
-def events() -> Iterator[EventCollector]:
-    with collecting() as collector:
-        yield collector
 
 
 def callee(
@@ -135,9 +127,7 @@ def test_calls_complete_at_10_percent_loss(
     calls = 50
     b, b_relay = callee(sipp, relays, switchboard, "b", "uas.xml", seed=2, calls=calls)
     a, _ = caller(sipp, relays, switchboard, "uac.xml", b_relay, seed=1, calls=calls, rate=10)
-    a_result = a.wait()
-    b_result = b.wait(None if a_result.returncode == 0 else 10.0)
-    assert_clean(a_result, b_result, calls=calls)
+    wait_clean(a, b, grace=10.0, calls=calls)
     assert_faults_happened(relays)
     wait_no_dialogs(switchboard)
 
@@ -157,19 +147,12 @@ def test_blind_transfer_at_10_percent_loss(
         extra_args=("-cid_str", prefix + "%u@%s"),
     )
     callid = f"{prefix}1@127.0.0.1"
-    try:
+    with killed_on_failure(a, b, c):
         wait_confirmed(server, callid, timeout=20.0)
         dest = f"sip:c@127.0.0.1:{c_relay.sb_port}"
         reply = server.mi("callops:transfer", callid=callid, leg="caller", destination=dest)
         assert reply.get("result") == "Accepted", reply
-    except BaseException:
-        for agent in (a, b, c):
-            agent.kill()
-        raise
-    a_result = a.wait()
-    grace = None if a_result.returncode == 0 else 10.0
-    b_result, c_result = b.wait(grace), c.wait(grace)
-    assert_clean(a_result, b_result, c_result)
+    wait_clean(a, b, c, grace=10.0)
     new = f"xfer///{callid}"
     states = [
         (p["state"], p["transfer_callid"], p["status"])
@@ -211,7 +194,7 @@ def test_hold_and_unhold_at_10_percent_loss(
             count=2,
         )
 
-    try:
+    with killed_on_failure(a, b):
         wait_confirmed(server, callid, timeout=20.0)
         # A SIPp callee does not answer a re-INVITE while it still retransmits a 200 whose
         # ACK was lost (a real UA would): let the repairs finish before each re-INVITE.
@@ -221,13 +204,7 @@ def test_hold_and_unhold_at_10_percent_loss(
         relays.wait_quiet(QUIET, timeout=30)
         assert server.mi_result("callops:unhold", callid=callid) == "OK"
         settled("unhold")
-    except BaseException:
-        a.kill()
-        b.kill()
-        raise
-    a_result = a.wait()
-    b_result = b.wait(None if a_result.returncode == 0 else 10.0)
-    assert_clean(a_result, b_result)
+    wait_clean(a, b, grace=10.0)
     outcome = sorted(
         (p["action"], p["leg"], p["state"])
         for p in events.params("E_CALL_HOLD", lambda p: p.get("callid") == callid)

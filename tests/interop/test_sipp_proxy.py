@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
 
 from tests.support.ports import free_port
 from tests.support.server import SwitchboardServer
-from tests.support.sipp import Sipp, SippResult, assert_clean
+from tests.support.sipp import Sipp, StartSipp, killed_on_failure, wait_clean
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
 Transport = Literal["udp", "tcp"]
-StartSipp = Callable[..., Sipp]
 
 
 def _start_pair(
@@ -63,14 +61,6 @@ def _start_pair(
     return uas, uac
 
 
-def _finish_pair(uas: Sipp, uac: Sipp) -> tuple[SippResult, SippResult]:
-    """Wait for the caller, then the callee; don't let a callee wait out its timeout for
-    calls that a failed caller will never place."""
-    uac_result = uac.wait()
-    uas_result = uas.wait(None if uac_result.returncode == 0 else 5.0)
-    return uas_result, uac_result
-
-
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_500_calls(sipp: StartSipp, switchboard: SwitchboardServer, transport: Transport) -> None:
     """500 basic calls (INVITE/180/200/ACK/BYE/200) at 50 calls/s, all clean on both sides."""
@@ -85,8 +75,7 @@ def test_500_calls(sipp: StartSipp, switchboard: SwitchboardServer, transport: T
         transport=transport,
         trace_msg=False,
     )
-    uas_result, uac_result = _finish_pair(uas, uac)
-    assert_clean(uac_result, uas_result, calls=calls)
+    wait_clean(uac, uas, calls=calls)
 
 
 def test_cancel_ringing_call(sipp: StartSipp, switchboard: SwitchboardServer) -> None:
@@ -94,16 +83,14 @@ def test_cancel_ringing_call(sipp: StartSipp, switchboard: SwitchboardServer) ->
     caller, the callee gets the CANCEL and the ACK for its 487."""
     calls = 5
     uas, uac = _start_pair(sipp, switchboard, "uas_ring.xml", "uac_cancel.xml", calls=calls, rate=5)
-    uas_result, uac_result = _finish_pair(uas, uac)
-    assert_clean(uac_result, uas_result, calls=calls)
+    wait_clean(uac, uas, calls=calls)
 
 
 def test_busy_is_relayed(sipp: StartSipp, switchboard: SwitchboardServer) -> None:
     """A 486 from the callee reaches the caller, and both sides see their ACK."""
     calls = 5
     uas, uac = _start_pair(sipp, switchboard, "uas_busy.xml", "uac_busy.xml", calls=calls, rate=5)
-    uas_result, uac_result = _finish_pair(uas, uac)
-    assert_clean(uac_result, uas_result, calls=calls)
+    wait_clean(uac, uas, calls=calls)
 
 
 def _dialog_state_confirmed(dialog: dict[str, Any]) -> bool:
@@ -149,13 +136,8 @@ def test_mi_end_dlg_sends_bye_to_both_sides(
         # SIPp expands %u (call number) and %s (local IP) in -cid_str.
         uac_args=("-cid_str", prefix + "%u@%s"),
     )
-    try:
+    with killed_on_failure(uac, uas):
         callid = _wait_for_dialog(switchboard, prefix)
         reply = switchboard.mi("dialog:end_dlg", dialog_id=callid)
         assert "error" not in reply, f"dialog:end_dlg failed: {reply!r}"
-    except BaseException:
-        uac.kill()
-        uas.kill()
-        raise
-    uas_result, uac_result = _finish_pair(uas, uac)
-    assert_clean(uac_result, uas_result)
+    wait_clean(uac, uas)

@@ -6,7 +6,10 @@ tests/unit/kit).
 - `server`: `python -m switchboard serve` as a subprocess, its output, MI calls, `dialog:list`;
 - `mi`: a JSON-RPC client for the MI over HTTP (kept alive for the bench, one call a connection
   for the tests);
-- `sipp`: the SIPp binary, a scenario run, its statistics CSV, its message trace;
+- `sipp`: the SIPp binary, a scenario run, its statistics CSV, its message trace, a test's runs
+  waited for (caller first) or killed together;
+- `udp`: a UDP socket on loopback with a reader thread (sinks and fake user agents);
+- `events`: switchboard's events as a datagram subscriber receives them;
 - `sip`: SIP requests written by hand for a socket (a dispatcher's OPTIONS ping);
 - `hep`: HEP3 packets taken apart (a decoder independent of switchboard's encoder);
 - `fake_api`: a fake node behind the MI (canned dialogs and statistics, calls recorded);

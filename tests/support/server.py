@@ -200,6 +200,11 @@ class SwitchboardServer:
         )
 
 
+StartServer = Callable[..., SwitchboardServer]
+"""The `switchboard_server` fixture: `switchboard_server(*serve arguments, **options)` -> a
+running server."""
+
+
 def start_switchboard(
     *extra_args: str,
     log_dir: Path,

@@ -4,17 +4,20 @@
 (errors, statistics CSV, final screen, message trace) in a directory; `SippResult` is what a run
 left behind, with its statistics read from the `-trace_stat` CSV; `assert_clean` fails a test
 whose runs were not all clean. `sip_messages` and `received` read the messages of a run's
-`-trace_msg` log (`SipMessage`). All traffic stays on 127.0.0.1.
+`-trace_msg` log (`SipMessage`). `killed_on_failure`, `wait_caller_first` and `wait_clean`
+end a test's runs together: none waits out its timeout for calls that will never come. All traffic stays on
+127.0.0.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -123,8 +126,6 @@ def parse_stat_csv(text: str) -> dict[str, str]:
     header = lines[0].rstrip(";").split(";")
     row = lines[-1].rstrip(";").split(";")
     return dict(zip(header, row, strict=False))
-
-
 
 
 def read_sipp_stats(path: Path) -> dict[str, str]:
@@ -299,6 +300,37 @@ class Sipp:
         assert self.proc is not None, "start() first"
         self.result = self.snapshot()
         return self.result
+
+
+StartSipp = Callable[..., Sipp]
+"""The `sipp` fixture: `sipp(name, scenario, **Sipp options)` -> a started run."""
+
+
+@contextlib.contextmanager
+def killed_on_failure(*runs: Sipp) -> Iterator[None]:
+    """Kill every one of `runs` when the block fails (the failure then propagates)."""
+    try:
+        yield
+    except BaseException:
+        for run in runs:
+            run.kill()
+        raise
+
+
+def wait_caller_first(caller: Sipp, *others: Sipp, grace: float = 5.0) -> list[SippResult]:
+    """Wait for the caller, then for the others; once the caller has ended badly, each of them
+    gets `grace` s instead of its whole timeout (the calls it waits for will never come)."""
+    first = caller.wait()
+    timeout = None if first.returncode == 0 else grace
+    return [first, *(other.wait(timeout) for other in others)]
+
+
+def wait_clean(caller: Sipp, *others: Sipp, calls: int = 1, grace: float = 5.0
+               ) -> list[SippResult]:
+    """`wait_caller_first`, then `assert_clean`: every run made `calls` clean calls."""
+    results = wait_caller_first(caller, *others, grace=grace)
+    assert_clean(*results, calls=calls)
+    return results
 
 
 # ----------------------------------------------------------------------------- the message trace

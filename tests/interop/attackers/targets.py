@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tests.support.udp import DatagramReader
+
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
             "l": "content-length", "c": "content-type", "k": "supported"}
 _AUTH_PARAM = re.compile(r'([A-Za-z-]+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
@@ -126,37 +128,24 @@ def digest_authorization(challenges: Sequence[str], user: str, password: str, me
     return value
 
 
-class _UdpPeer:
+class _UdpPeer(DatagramReader):
     """A UDP socket with a reader thread that records every message it receives."""
 
     def __init__(self, host: str, name: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.sock.settimeout(0.2)
-        self.address: tuple[str, int] = self.sock.getsockname()
         self.name = name
         self.received: list[SipMessage] = []
         self._cond = threading.Condition()
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        super().__init__(host, name)
 
-    def _run(self) -> None:
-        while self._running:
-            try:
-                data, source = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                msg = SipMessage.parse(data, source)
-            except (ValueError, IndexError):
-                msg = SipMessage("<unparsable>", [], b"", data, source)
-            self.on_message(msg)
-            with self._cond:
-                self.received.append(msg)
-                self._cond.notify_all()
+    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        try:
+            msg = SipMessage.parse(data, source)
+        except (ValueError, IndexError):
+            msg = SipMessage("<unparsable>", [], b"", data, source)
+        self.on_message(msg)
+        with self._cond:
+            self.received.append(msg)
+            self._cond.notify_all()
 
     def on_message(self, msg: SipMessage) -> None:
         """Called for each message before it is recorded."""
@@ -179,11 +168,6 @@ class _UdpPeer:
         with self._cond:
             return [m for m in self.received
                     if not m.is_response and (method is None or m.method == method)]
-
-    def close(self) -> None:
-        self._running = False
-        self._thread.join(2)
-        self.sock.close()
 
     def describe(self) -> str:
         with self._cond:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
+from tests.support.ports import HOST
+from tests.support.udp import DatagramReader
 
-HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 15.0
 
 Params = dict[str, Any]
@@ -45,55 +44,28 @@ class Notification:
     received: float  # time.monotonic() on arrival
 
 
-class EventCollector:
+class EventCollector(DatagramReader):
     """A UDP event subscriber on 127.0.0.1: every notification, in arrival order."""
 
     def __init__(self, host: str = HOST) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind((host, 0))
-        self._sock.settimeout(0.2)
-        self.host = host
-        self.port: int = self._sock.getsockname()[1]
         self._cond = threading.Condition()
         self._items: list[Notification] = []
         self.junk: list[bytes] = []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"events-{self.port}", daemon=True)
-        self._thread.start()
+        super().__init__(host, "events")
 
     @property
     def socket(self) -> str:
         """The sink string for ``--event-datagram`` / ``evi:subscribe``."""
         return f"udp:{self.host}:{self.port}"
 
-    # -- receiving -------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                data = self._sock.recv(70000)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            item = _decode(data)
-            with self._cond:
-                if item is None:
-                    self.junk.append(data)
-                else:
-                    self._items.append(item)
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._thread.join(2)
-        self._sock.close()
-
-    def __enter__(self) -> EventCollector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        item = _decode(data)
+        with self._cond:
+            if item is None:
+                self.junk.append(data)
+            else:
+                self._items.append(item)
+            self._cond.notify_all()
 
     # -- reading ---------------------------------------------------------------
 
@@ -127,16 +99,22 @@ class EventCollector:
         *,
         count: int = 1,
     ) -> Params:
-        """Wait until ``count`` notifications ``method`` match ``predicate``; return the last.
+        """Wait until ``count`` notifications ``method`` match ``predicate``; return the last
+        one's params.
 
         Notifications received before the call count (no race with the action that causes
         them). Raises AssertionError with what did arrive on timeout.
         """
+        return self.wait_for_notification(method, predicate, timeout, count).params
+
+    def wait_for_notification(self, method: str, predicate: Callable[[Params], bool] | None,
+                              timeout: float, count: int = 1) -> Notification:
+        """`wait_for`, returning the notification itself (with its arrival time)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 hits = [
-                    n.params
+                    n
                     for n in self._items
                     if n.method == method and (predicate is None or predicate(n.params))
                 ]
@@ -198,10 +176,3 @@ def collecting() -> Iterator[EventCollector]:
     finally:
         collector.close()
         print(f"events received on {collector.socket}:\n{collector.describe()}")
-
-
-@pytest.fixture
-def event_collector() -> Iterator[EventCollector]:
-    """A started EventCollector for one test (see `collecting`)."""
-    with collecting() as collector:
-        yield collector
