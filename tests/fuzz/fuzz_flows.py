@@ -71,12 +71,9 @@ import atheris
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # runnable from anywhere without installing the package
     sys.path.insert(0, str(REPO))
+from tests.support.fuzz import libfuzzer_arguments, load_core  # noqa: E402
 
-os.environ.setdefault("SWITCHBOARD_PURE", "1")
-import switchboard  # noqa: E402
-
-print(f"fuzz_flows: SIP core {switchboard.BUILD}", file=sys.stderr)
-
+load_core("fuzz_flows")
 with atheris.instrument_imports(include=["switchboard"]):
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
@@ -950,13 +947,7 @@ def write_seeds() -> str:
 
 
 def main(argv: list[str]) -> None:
-    flags = [a for a in argv[1:] if a.startswith("-")]
-    dirs = [a for a in argv[1:] if not a.startswith("-")]
-    if not dirs:
-        dirs = [tempfile.mkdtemp(prefix="switchboard-fuzz-flows-corpus-")]
-        print(f"fuzz_flows: new inputs go to {dirs[0]}", file=sys.stderr)
-    if not any(f.startswith("-max_len=") for f in flags):
-        flags.append("-max_len=4096")
+    flags, dirs = libfuzzer_arguments(argv, "fuzz_flows")
     if not any(f.startswith("-dict=") for f in flags):
         flags.append(f"-dict={DICTIONARY}")
     prefix = next((f.split("=", 1)[1] for f in flags if f.startswith("-artifact_prefix=")), "")

@@ -20,10 +20,7 @@ first one receives what libFuzzer finds), the seeds are added after them. See RE
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -32,19 +29,16 @@ import atheris
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # runnable from anywhere without installing the package
     sys.path.insert(0, str(REPO))
+from tests.support.fuzz import libfuzzer_arguments, load_core  # noqa: E402
 
-# Coverage needs Python bytecode to instrument: the source build unless told otherwise.
-os.environ.setdefault("SWITCHBOARD_PURE", "1")
-import switchboard  # noqa: E402
-
-print(f"fuzz_parser: SIP core {switchboard.BUILD}", file=sys.stderr)
-
+load_core("fuzz_parser")
 with atheris.instrument_imports(include=["switchboard.sip"]):
     from switchboard.sip.errors import ParseError
     from switchboard.sip.framing import StreamFramer
     from switchboard.sip.headers import parse_via
     from switchboard.sip.message import Message, Request, parse_message
     from switchboard.sip.uri import parse_name_addr, parse_uri
+from tests.unit.kit.message import read_every_value  # noqa: E402  (after the instrumented core)
 
 DATA = REPO / "tests" / "data"
 SEEDS = [DATA, DATA / "malformed"]
@@ -55,26 +49,7 @@ NO_LIMIT = 1 << 30
 
 def _touch(msg: Message) -> None:
     """Read every structured value a proxy reads; each may raise only ParseError."""
-    readers = [
-        lambda: msg.call_id,
-        lambda: msg.cseq,
-        lambda: msg.from_,
-        lambda: msg.to,
-        lambda: msg.from_tag,
-        lambda: msg.to_tag,
-        lambda: msg.top_via,
-        lambda: msg.vias,
-        lambda: msg.contacts,
-        lambda: msg.addresses("route"),
-        lambda: msg.addresses("record-route"),
-        lambda: msg.addresses("refer-to"),
-        lambda: msg.content_type,
-    ]
-    if isinstance(msg, Request):
-        readers += [lambda: msg.ruri, lambda: msg.sip_ruri, lambda: msg.max_forwards]
-    for read in readers:
-        with contextlib.suppress(ParseError):
-            read()
+    read_every_value(msg)
     _reprint_values(msg)
 
 
@@ -156,14 +131,9 @@ def test_one_input(data: bytes) -> None:
 
 
 def main(argv: list[str]) -> None:
-    flags = [a for a in argv[1:] if a.startswith("-")]
-    dirs = [a for a in argv[1:] if not a.startswith("-")]
-    if not dirs:
-        dirs = [tempfile.mkdtemp(prefix="switchboard-fuzz-corpus-")]
-        print(f"fuzz_parser: new inputs go to {dirs[0]}", file=sys.stderr)
-    # oversize.sip (66 kB) must fit; libFuzzer's default would be the largest seed anyway.
-    if not any(f.startswith("-max_len=") for f in flags):
-        flags.append("-max_len=4096")
+    # The 4 kB default -max_len: oversize.sip (66 kB) must fit; libFuzzer's default would be
+    # the largest seed anyway.
+    flags, dirs = libfuzzer_arguments(argv, "fuzz_parser")
     seeds = [str(p) for p in SEEDS if str(p) not in dirs]
     atheris.Setup([argv[0], *flags, *dirs, *seeds], test_one_input)
     atheris.Fuzz()

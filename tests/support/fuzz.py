@@ -1,6 +1,11 @@
-"""Running a libFuzzer (atheris) fuzzer of tests/fuzz as a subprocess, as the smoke tests do:
-`atheris.Fuzz()` ends its process, so a short campaign is a child process with a bounded
-number of inputs and a fixed seed, and its corpus is then replayed through another build."""
+"""The libFuzzer (atheris) fuzzers of tests/fuzz: how one starts, and how a test runs one.
+
+A fuzzer (`python tests/fuzz/fuzz_*.py [flags] [CORPUS_DIR ...]`) calls `load_core` before it
+imports the code it instruments and reads its command line with `libfuzzer_arguments`.
+
+The smoke tests run one as a subprocess: `atheris.Fuzz()` ends its process, so a short
+campaign is a child process with a bounded number of inputs and a fixed seed, and its corpus
+is then replayed through another build."""
 
 from __future__ import annotations
 
@@ -8,7 +13,31 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+
+def load_core(fuzzer: str) -> None:
+    """Import switchboard from its Python source unless SWITCHBOARD_PURE says otherwise:
+    coverage needs bytecode to instrument. Says on stderr which build runs."""
+    os.environ.setdefault("SWITCHBOARD_PURE", "1")
+    import switchboard
+
+    print(f"{fuzzer}: SIP core {switchboard.BUILD}", file=sys.stderr)
+
+
+def libfuzzer_arguments(argv: list[str], fuzzer: str) -> tuple[list[str], list[str]]:
+    """`argv` split into libFuzzer's flags and the corpus directories. Without a directory,
+    new inputs go to a fresh temporary one; inputs are at most 4 kB unless `-max_len` says
+    otherwise."""
+    flags = [a for a in argv[1:] if a.startswith("-")]
+    dirs = [a for a in argv[1:] if not a.startswith("-")]
+    if not dirs:
+        dirs = [tempfile.mkdtemp(prefix=f"switchboard-{fuzzer.replace('_', '-')}-corpus-")]
+        print(f"{fuzzer}: new inputs go to {dirs[0]}", file=sys.stderr)
+    if not any(f.startswith("-max_len=") for f in flags):
+        flags.append("-max_len=4096")
+    return flags, dirs
 
 
 def campaign(fuzzer: Path, tmp_path: Path, runs: int, max_seconds: int

@@ -4,7 +4,8 @@
   Record-Route, Alice calling Bob step by step (`Call`), readers of what the proxy sent;
 - `callops`: named user agents, a dialog through the proxy and its in-dialog requests, the call
   events the tests expect;
-- `auth`: the client side of digest authentication.
+- `auth`: the client side of digest authentication;
+- `message`: a parsed message read as the proxy reads it (only `ParseError` may come out).
 
 Imported as `tests.unit.kit.<module>`; test modules import from here, never from each other.
 """

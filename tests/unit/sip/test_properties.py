@@ -28,6 +28,7 @@ from switchboard.sip.framing import StreamFramer
 from switchboard.sip.headers import header_key
 from switchboard.sip.message import Header, Message, _head_end
 from switchboard.sip.uri import NameAddr, SipUri, parse_name_addr, parse_uri
+from tests.unit.kit.message import read_every_value
 
 DATA = Path(__file__).parents[2] / "data"
 CORPUS = [p.read_bytes() for p in sorted(DATA.glob("*.sip"))]
@@ -49,28 +50,8 @@ def exercise(data: bytes, *, datagram: bool = True) -> Message | None:
         msg = parse_message(data, datagram=datagram)
     except ParseError:
         return None
-    readers: list[Any] = [
-        lambda: msg.call_id,
-        lambda: msg.cseq,
-        lambda: msg.from_,
-        lambda: msg.to,
-        lambda: msg.from_tag,
-        lambda: msg.to_tag,
-        lambda: msg.vias,
-        lambda: msg.top_via,
-        lambda: msg.contacts,
-        lambda: msg.addresses("route"),
-        lambda: msg.addresses("record-route"),
-        lambda: msg.addresses("refer-to"),
-        lambda: msg.content_type,
-        lambda: [str(v) for v in msg.vias],
-        lambda: [str(a) for a in msg.contacts],
-    ]
-    if isinstance(msg, Request):
-        readers += [lambda: msg.ruri, lambda: msg.sip_ruri, lambda: msg.max_forwards]
-    for read in readers:
-        with contextlib.suppress(ParseError):
-            read()
+    read_every_value(msg, lambda: [str(v) for v in msg.vias],
+                     lambda: [str(a) for a in msg.contacts])
     return msg
 
 
