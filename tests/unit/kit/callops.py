@@ -25,7 +25,7 @@ from switchboard.sip.callops import CallOps
 from switchboard.sip.dialog import Dialog, DialogStateChanged
 from switchboard.sip.operations import Refused
 from switchboard.sip.wire import Address, Datagram
-from tests.unit.kit.proxy import OUR_RR, PROXY_UDP, finish, sip_request
+from tests.unit.kit.proxy import OUR_RR, P1_RR, PROXY_UDP, finish, sip_request
 from tests.unit.kit.proxy import Net as ProxyNet
 
 
@@ -328,6 +328,18 @@ def new_invite(ruri: str, *, call_id: str = "call-2@alice", to_uri: str | None =
 
 
 CAROL_URI = CAROL.contact  # sip:carol@127.0.0.1:5063
+
+
+def invite_via_p1(call_id: str, cseq: int) -> bytes:
+    """Alice's INVITE to Bob as P1, a proxy in front of her, relays it to us: P1's Via on top
+    and its Record-Route."""
+    inv = request("INVITE", BOB.contact, ALICE, call_id=call_id, from_uri=ALICE.aor,
+                  from_tag="alice-tag", to_uri=BOB.aor, to_tag=None, cseq=cseq,
+                  contact=ALICE.contact, body=SDP_A)
+    return inv.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;",
+                       b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKp1\r\n"
+                       b"Record-Route: " + P1_RR.encode() + b"\r\n"
+                       b"Via: SIP/2.0/UDP 127.0.0.1:5061;")
 
 
 def expect_error(code: int, message: str, fn: Callable[..., object], *args: Any

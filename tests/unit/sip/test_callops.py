@@ -32,6 +32,7 @@ from tests.unit.kit.callops import (
     established,
     expect_error,
     hold_event,
+    invite_via_p1,
     line_set,
     lines_of,
     msgs,
@@ -48,11 +49,7 @@ from tests.unit.kit.callops import (
     transfer_event,
     wire,
 )
-from tests.unit.kit.proxy import OUR_RR, P1, P2
-
-P1_RR = "<sip:127.0.0.1:5070;lr>"
-P2_RR = "<sip:127.0.0.1:5080;lr>"
-
+from tests.unit.kit.proxy import OUR_RR, P1, P1_RR, P2, P2_RR
 
 # -- blind transfer: the REFER ---------------------------------------------------------------------
 
@@ -109,15 +106,7 @@ def test_refer_follows_the_route_set_and_the_latest_remote_target() -> None:
     """A call through P1 (caller side) and P2 (callee side): each REFER goes to its leg's next
     hop with that leg's route set, to the leg's latest Contact."""
     net = Net()
-    inv = request("INVITE", BOB.contact, ALICE, call_id="call-1@alice", from_uri=ALICE.aor,
-                  from_tag="alice-tag", to_uri=BOB.aor, to_tag=None, cseq=5,
-                  contact=ALICE.contact, body=SDP_A)
-    # P1 relayed it: its Via on top, its Record-Route.
-    inv = inv.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;",
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKp1\r\n"
-                      b"Record-Route: " + P1_RR.encode() + b"\r\n"
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5061;")
-    out = msgs(net.send(inv, P1))
+    out = msgs(net.send(invite_via_p1("call-1@alice", 5), P1))
     at_bob = out[1][1]
     assert at_bob.get_all("record-route") == [OUR_RR, P1_RR]
     # P2 (in front of Bob) added its own Record-Route to the 200.
@@ -1636,14 +1625,7 @@ def test_glare_retry_is_built_on_the_sdp_the_leg_saw_meanwhile() -> None:
 
 def test_hold_reinvite_and_ack_follow_the_route_set() -> None:
     net = Net()
-    inv = request("INVITE", BOB.contact, ALICE, call_id="call-1@alice", from_uri=ALICE.aor,
-                  from_tag="alice-tag", to_uri=BOB.aor, to_tag=None, cseq=1,
-                  contact=ALICE.contact, body=SDP_A)
-    inv = inv.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;",
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKp1\r\n"
-                      b"Record-Route: " + P1_RR.encode() + b"\r\n"
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5061;")
-    at_bob = msgs(net.send(inv, P1))[1][1]
+    at_bob = msgs(net.send(invite_via_p1("call-1@alice", 1), P1))[1][1]
     net.send(answer(at_bob, 200, "OK", to_tag="bob-tag", contact=BOB.contact, body=SDP_B,
                     record_routes=[P2_RR, OUR_RR, P1_RR]), P2)
     ack = request("ACK", BOB.contact, ALICE, call_id="call-1@alice", from_uri=ALICE.aor,

@@ -19,7 +19,6 @@ import pytest
 
 from switchboard.sip import Request
 from switchboard.sip.dialog import Dialog, DialogState, DialogStateChanged
-from switchboard.sip.wire import Address
 from tests.unit.kit.callops import (
     ALICE,
     BOB,
@@ -35,6 +34,7 @@ from tests.unit.kit.callops import (
     established,
     expect_error,
     hold_event,
+    invite_via_p1,
     lines_of,
     msgs,
     new_invite,
@@ -47,7 +47,7 @@ from tests.unit.kit.callops import (
     start_blind,
     transfer_event,
 )
-from tests.unit.kit.proxy import OUR_RR
+from tests.unit.kit.proxy import OUR_RR, P1, P1_RR
 
 CALL_ID = "call-1@alice"
 
@@ -177,33 +177,24 @@ def test_in_dialog_requests_keep_their_cseq_shift_across_the_restart() -> None:
 
 def test_a_restored_dialog_follows_its_route_set() -> None:
     """Route sets on both sides (a proxy in front of each party) come back too."""
-    p1 = Address("udp", "127.0.0.1", 5070)
-    p1_rr = "<sip:127.0.0.1:5070;lr>"
     net = Net()
-    inv = request("INVITE", BOB.contact, ALICE, call_id=CALL_ID, from_uri=ALICE.aor,
-                  from_tag="alice-tag", to_uri=BOB.aor, to_tag=None, cseq=5,
-                  contact=ALICE.contact, body=SDP_A)
-    inv = inv.replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;",
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKp1\r\n"
-                      b"Record-Route: " + p1_rr.encode() + b"\r\n"
-                      b"Via: SIP/2.0/UDP 127.0.0.1:5061;")
-    at_bob = msgs(net.send(inv, p1))[1][1]
+    at_bob = msgs(net.send(invite_via_p1(CALL_ID, 5), P1))[1][1]
     net.send(answer(at_bob, 200, "OK", to_tag="bob-tag", contact=BOB.contact, body=SDP_B), BOB)
     ack = request("ACK", BOB.contact, ALICE, call_id=CALL_ID, from_uri=ALICE.aor,
                   from_tag="alice-tag", to_uri=BOB.aor, to_tag="bob-tag", cseq=5,
                   routes=[OUR_RR])
-    only_request(net.send(ack, p1), BOB)
+    only_request(net.send(ack, P1), BOB)
     call = Call(net, cseq={"caller": 5, "callee": 0})
     fresh, call = restart(net, call)
-    assert call.dialog.caller.route_set == [p1_rr]
+    assert call.dialog.caller.route_set == [P1_RR]
     # Our BYE toward Alice goes through P1, with its Route.
     fresh.proxy.end_dialog(CALL_ID, fresh.now)
     out = msgs(fresh.take())
     assert [(d, m.start_line()) for d, m in out] == [
-        (BOB.address, f"BYE {BOB.contact} SIP/2.0"), (p1, f"BYE {ALICE.contact} SIP/2.0")]
+        (BOB.address, f"BYE {BOB.contact} SIP/2.0"), (P1, f"BYE {ALICE.contact} SIP/2.0")]
     to_bob, to_alice = (m for _, m in out)
     assert to_bob.get("cseq") == "6 BYE" and to_bob.get_all("route") == []
-    assert to_alice.get("cseq") == "1 BYE" and to_alice.get_all("route") == [p1_rr]
+    assert to_alice.get("cseq") == "1 BYE" and to_alice.get_all("route") == [P1_RR]
 
 
 # -- call operations on a restored dialog ------------------------------------------------------------
