@@ -289,3 +289,17 @@ class Call:
         self.ring()
         self.answer()
         self.ack()
+
+    def bye(self) -> Request:
+        """Alice hangs up: her BYE (CSeq 2) along the route set; returns it as Bob gets it."""
+        bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
+                          routes=[OUR_RR], contact=None)
+        return one_request(self.net.send(bye, ALICE), BOB)
+
+    def bob_accepts(self, bye: Request) -> list[Datagram]:
+        """Bob's 200 for `bye`; returns what the proxy sent."""
+        return self.net.send(reply(bye, 200, to_tag=None, contact=None), BOB)
+
+    def hang_up(self) -> list[Datagram]:
+        """`bye`, then `bob_accepts`."""
+        return self.bob_accepts(self.bye())

@@ -160,12 +160,10 @@ def test_dialog_states_are_reported_with_tags_and_counted() -> None:
     net.send(ack_for_2xx(), ALICE)
     assert net.events() == []
 
-    bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
-                      routes=[OUR_RR], contact=None)
-    at_bob = one_request(net.send(bye, ALICE), BOB)
+    at_bob = call.bye()
     assert net.events() == [DialogStateChanged(dialog.id, "call-1@alice", "alice-tag", "bob-tag", DialogState.CONFIRMED, DialogState.DELETED)]
     assert net.stats()["dialog:active_dialogs"] == 0
-    one_response(net.send(reply(at_bob, 200, to_tag=None, contact=None), BOB), ALICE)
+    one_response(call.bob_accepts(at_bob), ALICE)
     net.run_all_timers()
     net.assert_idle()
 
@@ -174,10 +172,7 @@ def test_statistics_after_a_call() -> None:
     net = Net()
     call = Call(net)
     call.establish()
-    bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
-                      routes=[OUR_RR], contact=None)
-    at_bob = one_request(net.send(bye, ALICE), BOB)
-    net.send(reply(at_bob, 200, to_tag=None, contact=None), BOB)
+    call.hang_up()
     stats = net.stats()
     assert stats["core:rcv_requests"] == 3  # INVITE, ACK, BYE
     assert stats["core:rcv_replies"] == 3  # 180, 200, 200
@@ -679,9 +674,7 @@ def test_in_dialog_request_is_not_retargeted_to_another_registered_contact() -> 
     # The other phone refreshes its registration during the call: now it is the newest.
     net.now = 2.0
     net.send(register("z9hG4bKreg3", "sip:bob@127.0.0.1:5063", call_id="reg-a", cseq=2), BOB)
-    bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
-                      routes=[OUR_RR], contact=None)
-    at_bob = one_request(net.send(bye, ALICE), BOB)
+    at_bob = call.bye()
     assert at_bob.uri == BOB_CONTACT
 
 
@@ -1063,10 +1056,7 @@ def test_dialog_ended_by_bye_does_not_expire_later() -> None:
     net = Net(dialog_lifetime=10.0)
     call = Call(net)
     call.establish()
-    bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
-                      routes=[OUR_RR], contact=None)
-    at_bob = one_request(net.send(bye, ALICE), BOB)
-    net.send(reply(at_bob, 200, to_tag=None, contact=None), BOB)
+    call.hang_up()
     out = net.run_all_timers()
     assert out == []
     assert net.stats()["dialog:expired_dialogs"] == 0
@@ -1080,10 +1070,7 @@ def test_transaction_tables_empty_after_a_call_and_its_timers() -> None:
     net = Net()
     call = Call(net)
     call.establish()
-    bye = sip_request("BYE", BOB_CONTACT, branch="z9hG4bKa-bye", to_tag="bob-tag", cseq=2,
-                      routes=[OUR_RR], contact=None)
-    at_bob = one_request(net.send(bye, ALICE), BOB)
-    net.send(reply(at_bob, 200, to_tag=None, contact=None), BOB)
+    call.hang_up()
     assert net.proxy.server_txns and net.proxy.client_txns
     assert net.run_all_timers() == []
     net.assert_idle()
