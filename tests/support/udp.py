@@ -17,6 +17,8 @@ from tests.support.ports import HOST
 
 
 class DatagramReader:
+    """One UDP socket and the thread that reads it (see the module's docstring)."""
+
     def __init__(self, host: str = HOST, name: str = "datagram-reader") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
