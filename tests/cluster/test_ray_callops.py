@@ -291,7 +291,10 @@ def test_bad_call_operations_are_refused_by_the_table(service: Service) -> None:
             ray.get(call.remote(**python_kwargs(params)))
         return refused.value.code, refused.value.message, refused.value.data
 
-    check_refusals(over_mi)
+    try:
+        check_refusals(over_mi)
+    finally:
+        client.close()
     check_refusals(over_python)
 
 
