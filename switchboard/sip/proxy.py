@@ -5,6 +5,10 @@ Bytes come in through `receive(data, source, local, now)`; what must be sent col
 (`next_deadline()`, `run_due(now)`). The core owns the transaction tables, the dialog table and
 the location service of one worker.
 
+This module relays requests and brings the answers back. Beside it: who may do what
+(`policy`), where things go (`addressing`), the requests the proxy sends itself (`uac`),
+dialog replication (`replication`) and the statistics' names (`stats`).
+
 Decisions worth knowing:
 - One branch per request (no forking): a registered AOR is retargeted to its most preferred,
   most recent contact.
@@ -12,13 +16,6 @@ Decisions worth knowing:
 - Record-Route is doubled when a request changes transport or socket (RFC 5658).
 - Hostnames other than IP literals are resolved only through the static `hosts` table; the core
   never blocks on DNS.
-
-State replication, for a cluster runtime that brings a crashed worker's dialogs back: after
-`track_changes()` the core remembers which dialogs changed (one set add where a relayed
-message, a request of its own or an answer to one touches a dialog; nothing is encoded per
-message), `take_dirty(now)` answers the snapshots of the confirmed dialogs that changed and
-the ids of replicated dialogs that ended, and `restore_dialog(snapshot, now)` puts a
-confirmed dialog back into a fresh core of the same worker.
 """
 
 from __future__ import annotations
@@ -33,15 +30,18 @@ from .addressing import SIG_PARAM, Addressing, rr_uri, signature_of
 from .addressing import target as target_key
 from .addressing import via as our_via
 from .auth import Verdict
-from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, worker_of
+from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
 from .errors import ParseError
 from .events import CallEvent
 from .guard import AuthFailed, GuardSettings
 from .message import Request, Response, build_response, parse_message
 from .policy import Policy
 from .registrar import Location, aor_key
+from .replication import Replication
+from .stats import METHOD_STATS, REPLY_STATS, report
 from .timers import Timer, TimerQueue
 from .transaction import (
+    ClientKey,
     ClientTransaction,
     InviteClientTransaction,
     InviteServerTransaction,
@@ -55,16 +55,15 @@ from .transaction import (
     response_address,
     server_key,
 )
-from .uri import SipUri, parse_name_addr, parse_uri
+from .uac import MAGIC, Uac
+from .uac import FinalCallback as FinalCallback
+from .uri import SipUri, parse_uri
 from .wire import Address, Datagram
 
 ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, UPDATE, INFO, "
     "MESSAGE, PRACK"
 )
-_MAGIC = "z9hG4bK"
-# The states a dialog is replicated and restored in.
-_RESTORABLE = (DialogState.CONFIRMED_NA, DialogState.CONFIRMED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +151,6 @@ class _NoCallOps:
 RequestHook = Callable[[Request, ServerTransaction, Address, float],
                        tuple[str, list[NewCallLink]]]
 
-# Statistic names by method and by reply class, made once (labels stay bounded: any other
-# method counts only in the total).
-_METHOD_STATS = {m: f"core:rcv_requests_{m.lower()}" for m in (
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "REFER", "NOTIFY", "SUBSCRIBE",
-    "UPDATE", "INFO", "MESSAGE", "PRACK", "PUBLISH")}
-_REPLY_STATS = {c: f"core:rcv_replies_{c}xx" for c in range(1, 7)}
-# What a proxy-originated request reports when it ends: (status, reason, now).
-FinalCallback = Callable[[int, str, float], None]
-
-
 
 class _Forward:
     """One relayed request: its server transaction, its client branch, its dialog."""
@@ -184,21 +173,6 @@ class _Forward:
         self.links: list[NewCallLink] = []  # calls this new call transfers
 
 
-class _Local:
-    """A request the proxy originated itself (BYE, CANCEL, REFER, re-INVITE): answers end
-    here. For an INVITE the proxy is the UAC, so it sends the ACK for a 2xx itself."""
-
-    __slots__ = ("ack", "dialog", "done", "on_final", "target")
-
-    def __init__(self, dialog: Dialog | None, on_final: FinalCallback | None = None,
-                 target: Leg | None = None) -> None:
-        self.dialog = dialog
-        self.on_final = on_final
-        self.target = target
-        self.done = False
-        self.ack: Datagram | None = None
-
-
 class Proxy:
     def __init__(self, config: ProxyConfig, rand: Callable[[], str], first_seq: int = 0) -> None:
         if not config.listeners:
@@ -211,7 +185,7 @@ class Proxy:
         self.dialogs = DialogTable(config.worker_id, first_seq)
         self.location = Location()
         self.server_txns: dict[ServerKey, ServerTransaction] = {}
-        self.client_txns: dict[tuple[str, str], ClientTransaction] = {}
+        self.client_txns: dict[ClientKey, ClientTransaction] = {}
         self.stats: Counter[str] = Counter()
         self._send = self.outbox.append
         self.addressing = Addressing(config.listeners, config.domains, config.hosts)
@@ -234,10 +208,11 @@ class Proxy:
         self.callops: CallHooks = _NoCallOps()
         # The routing script's hook (`routing.install_script`); None is the plain proxy.
         self.request_hook: RequestHook | None = None
-        # Dialogs changed since the last `take_dirty` (None: nobody replicates them), and
-        # the ids of dialogs whose snapshot went out (their end must be reported).
-        self._dirty: set[Dialog] | None = None
-        self._replicated: set[str] = set()
+        self.replication = Replication(self.dialogs, self.addressing)
+        # The requests of our own (BYE, CANCEL, REFER, re-INVITE), in the same client
+        # transaction table: their answers are matched like any other.
+        self.uac = Uac(self.addressing, rand, self._send, self.timers, config.timers,
+                       self.client_txns, self.stats, self.replication)
         # Dialog id -> its initial INVITE's context, from the INVITE until the 2xx is ACKed
         # (or the INVITE fails): what CANCEL, end_dialog and the ACK need of it.
         self._invites: dict[str, _Forward] = {}
@@ -276,13 +251,13 @@ class Proxy:
                     stats["core:rate_limited"] += 1
                     return
                 stats["core:rcv_requests"] += 1
-                method_stat = _METHOD_STATS.get(msg.method)
+                method_stat = METHOD_STATS.get(msg.method)
                 if method_stat is not None:
                     stats[method_stat] += 1
                 self._on_request(msg, source, local, now)
             else:
                 stats["core:rcv_replies"] += 1
-                stats[_REPLY_STATS.get(msg.status // 100, "core:rcv_replies_other")] += 1
+                stats[REPLY_STATS.get(msg.status // 100, "core:rcv_replies_other")] += 1
                 self._on_response(msg, now)
         except ParseError as exc:
             if isinstance(msg, Request):
@@ -446,8 +421,7 @@ class Proxy:
                     dialog = None
                 else:
                     sender, receiver = legs
-                    if self._dirty is not None:
-                        self._dirty.add(dialog)
+                    self.replication.changed(dialog)
                     if self.callops.on_in_dialog_request(
                         req, dialog, sender,
                         lambda status, reason: self._respond(txn, status, now, reason), now,
@@ -532,8 +506,7 @@ class Proxy:
             if legs is not None:
                 dialog.on_request(req, legs[0], self.events.append)
                 cseq_delta = legs[1].cseq_offset
-                if self._dirty is not None:
-                    self._dirty.add(dialog)
+                self.replication.changed(dialog)
                 invite = self._invites.get(dialog.id)
                 if invite is not None and invite.final_sent:
                     # The ACK of the initial 2xx: both INVITE transactions may end soon.
@@ -560,7 +533,7 @@ class Proxy:
             return
         # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
         top_branch = (req.top_via.branch or "").encode("utf-8", "surrogateescape")
-        branch = f"{_MAGIC}sl{zlib.crc32(top_branch):08x}"
+        branch = f"{MAGIC}sl{zlib.crc32(top_branch):08x}"
         out.prepend_via(our_via(local_out, branch))
         self.stats["core:fwd_requests"] += 1
         self._send(Datagram(out.to_bytes(), dest, local_out))
@@ -589,19 +562,7 @@ class Proxy:
         # arrives it waits, and `_on_branch_response` sends it.
         if client.state is State.PROCEEDING and not ctx.cancel_sent:
             ctx.cancel_sent = True
-            self._send_cancel(client, now)
-
-    def _send_cancel(self, client: ClientTransaction, now: float) -> None:
-        inv = client.request
-        headers = [next(h for h in inv.headers if h[0] == "via")]
-        headers += [h for h in inv.headers if h[0] in ("route", "call-id", "from", "to",
-                                                        "max-forwards")]
-        headers.append(("cseq", "CSeq", f"{inv.cseq.number} CANCEL"))
-        cancel = Request("CANCEL", inv.uri, headers)
-        self._start_local(cancel, client.dest, client.local, _Local(None), now)
-        # RFC 3261 §9.1: no final response 64*T1 after the CANCEL: the INVITE client
-        # transaction is destroyed (as a timeout: 408 upstream if nothing was sent yet).
-        self.timers.call_at(now + 64 * self.config.timers.t1, client.transport_error)
+            self.uac.cancel(client, now)
 
     def _new_server_txn(self, req: Request, source: Address, local: Address,
                         now: float) -> ServerTransaction:
@@ -629,20 +590,16 @@ class Proxy:
             return
         client.receive_response(resp, now)
 
-    # TransactionUser: called by client transactions.
+    # TransactionUser: what the client transactions of relayed requests report (those of
+    # our own requests report to `uac`).
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
-        owner = txn.owner
-        if isinstance(owner, _Local):
-            self._local_answered(txn, owner, response, now)
+        ctx = txn.owner
+        if not isinstance(ctx, _Forward):
             return
-        if not isinstance(owner, _Forward):
-            return
-        ctx = owner
         status = response.status
         dialog = ctx.dialog
         if dialog is not None:
-            if self._dirty is not None:
-                self._dirty.add(dialog)
+            self.replication.changed(dialog)
             if ctx.initial:
                 was_active = dialog.active
                 old_state = dialog.state
@@ -662,7 +619,7 @@ class Proxy:
             if ctx.cancelled and not ctx.cancel_sent:
                 # Any provisional, 100 included, allows the CANCEL (RFC 3261 §9.1).
                 ctx.cancel_sent = True
-                self._send_cancel(txn, now)
+                self.uac.cancel(txn, now)
             if status == 100:
                 return  # hop by hop: we sent our own
             # §16.7 step 2: 101-199 restart timer C (applied lazily when it fires).
@@ -695,11 +652,6 @@ class Proxy:
 
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
         owner = txn.owner
-        if isinstance(owner, _Local):
-            if not owner.done and owner.on_final is not None:
-                owner.done = True
-                owner.on_final(408, "Request Timeout", now)
-            return
         if isinstance(owner, _Forward) and not owner.final_sent:
             self._respond(owner.server, 408, now)
             self._fail_initial(owner, now)
@@ -718,7 +670,7 @@ class Proxy:
         client = ctx.client
         if client is not None and client.state is State.PROCEEDING and not ctx.cancel_sent:
             ctx.cancel_sent = True
-            self._send_cancel(client, now)
+            self.uac.cancel(client, now)
         self._respond(ctx.server, 408, now)
         self._fail_initial(ctx, now)
 
@@ -768,41 +720,25 @@ class Proxy:
             self.end_dialog(dialog.id, now, reason="timeout")
 
     def _dialog_ended(self, dialog: Dialog, now: float) -> None:
-        if self._dirty is not None:
-            self._dirty.add(dialog)
+        self.replication.changed(dialog)
         if dialog.lifetime_timer is not None:
             dialog.lifetime_timer.cancel()
         self.timers.call_at(now + self.config.deleted_linger,
                             lambda _t: self.dialogs.remove(dialog))
 
-    # -- replication: snapshots out, restored dialogs in -----------------------------------
+    # -- replication: snapshots out, restored dialogs in (`replication.Replication`) -------
 
     def track_changes(self) -> None:
         """Start remembering changed dialogs for `take_dirty` (a runtime that replicates
         them calls this once; without it nothing is collected)."""
-        if self._dirty is None:
-            self._dirty = set()
+        self.replication.track_changes()
 
     def take_dirty(self, now: float) -> tuple[list[dict[str, Any]], list[str]]:
         """(snapshots, dropped): a `Dialog.snapshot` of every confirmed dialog that changed
         since the last call, and the ids of dialogs replicated before that have ended since
         (a copy kept elsewhere can go). A dialog that ends before it is confirmed, or before
         any snapshot of it went out, is in neither."""
-        dirty = self._dirty
-        if not dirty:
-            return [], []
-        self._dirty = set()
-        replicated = self._replicated
-        snapshots: list[dict[str, Any]] = []
-        dropped: list[str] = []
-        for dialog in dirty:
-            if dialog.state in _RESTORABLE:
-                snapshots.append(dialog.snapshot(now))
-                replicated.add(dialog.id)
-            elif dialog.state is DialogState.DELETED and dialog.id in replicated:
-                replicated.discard(dialog.id)
-                dropped.append(dialog.id)
-        return snapshots, dropped
+        return self.replication.take_dirty(now)
 
     def restore_dialog(self, snapshot: dict[str, Any], now: float,
                        elapsed: float = 0.0) -> Dialog | None:
@@ -814,25 +750,10 @@ class Proxy:
         Raises no event (subscribers saw its states before): the restored dialog is
         returned, or None when it is not confirmed or its id or Call-ID is here already.
         Raises ValueError for a snapshot that does not parse or names another worker."""
-        dialog = Dialog.from_snapshot(snapshot, now, elapsed)
-        if worker_of(dialog.id) != self.dialogs.worker_id:
-            raise ValueError(f"dialog {dialog.id} belongs to another worker than "
-                             f"{self.dialogs.worker_id:x}")
-        if dialog.state not in _RESTORABLE:
-            return None
-        if (self.dialogs.by_id(dialog.id) is not None
-                or self.dialogs.by_call_id(dialog.call_id) is not None):
-            return None
-        listeners = self.config.listeners
-        for leg in (dialog.caller, dialog.callee):
-            # Our sockets may have moved (port 0, another node): the one facing the leg now.
-            if leg.local not in listeners:
-                leg.local = (self.addressing.local_for(leg.address) if leg.address is not None
-                             else None) or listeners[0]
-        self.dialogs.add(dialog)
-        self._replicated.add(dialog.id)
-        self._rearm_lifetime(dialog, now)
-        self.stats["dialog:restored_dialogs"] += 1
+        dialog = self.replication.restore(snapshot, now, elapsed)
+        if dialog is not None:
+            self._rearm_lifetime(dialog, now)
+            self.stats["dialog:restored_dialogs"] += 1
         return dialog
 
     def _fail_initial(self, ctx: _Forward, now: float) -> None:
@@ -859,147 +780,29 @@ class Proxy:
                 self._cancel_branch(ctx, now)
                 return True
             return False
-        for target, peer in ((dialog.callee, dialog.caller), (dialog.caller, dialog.callee)):
-            bye = self.in_dialog_request(dialog, target, peer, "BYE", extra)
-            if bye is not None:
-                self._start_local(bye[0], bye[1], bye[2], _Local(dialog), now)
+        self.uac.bye(dialog, extra, now)
         dialog.delete(reason, self.events.append)
         self._dialog_ended(dialog, now)
         return True
+
+    # -- requests of our own inside a dialog (`uac.Uac`) -----------------------------------
 
     def in_dialog_request(
         self, dialog: Dialog, target: Leg, peer: Leg, method: str,
         extra: Iterable[tuple[str, str]] = (), body: bytes = b"",
     ) -> tuple[Request, Address, Address] | None:
         """A request toward `target` that looks as if `peer` sent it (RFC 3261 §12.2.1.1)."""
-        to_uri = dialog.from_uri if target is dialog.caller else dialog.to_uri
-        from_uri = dialog.to_uri if target is dialog.caller else dialog.from_uri
-        # The next number of the peer's sequence as the target sees it (spec §2.4); every
-        # later request relayed toward the target is shifted one further.
-        target.cseq_offset += 1
-        if self._dirty is not None:
-            self._dirty.add(dialog)
-        cseq = peer.cseq + target.cseq_offset
-        uri = target.contact or to_uri
-        routes = list(target.route_set)
-        headers: list[tuple[str, str, str]] = [
-            ("to", "To", f"<{to_uri}>;tag={target.tag}"),
-            ("from", "From", f"<{from_uri}>;tag={peer.tag}"),
-            ("call-id", "Call-ID", dialog.call_id),
-            ("cseq", "CSeq", f"{cseq} {method}"),
-            ("max-forwards", "Max-Forwards", "70"),
-        ]
-        try:
-            if routes:
-                first = parse_name_addr(routes[0])
-                if isinstance(first.uri, SipUri) and not first.uri.has_param("lr"):
-                    # Strict-routing next hop (§12.2.1.1): it becomes the Request-URI.
-                    routes = [*routes[1:], f"<{uri}>"]
-                    uri = str(first.uri)
-            headers += [("route", "Route", r) for r in routes]
-            for name, value in extra:
-                headers.append((name.lower(), name, value))
-            req = Request(method, uri, headers, body)
-            hop = self.addressing.next_hop(req)
-        except ParseError:
-            # The route set is a Record-Route kept as the peer wrote it: one we cannot read
-            # leaves this leg unreachable from here, not the dialog stuck.
-            return None
-        dest = self.addressing.resolve(hop) if hop is not None else None
-        if dest is None:
-            dest = target.address
-        if dest is None:
-            return None
-        local = self.addressing.local_for(dest)
-        if local is None:
-            return None
-        req.prepend_via(our_via(local, f"{_MAGIC}{self.rand()}"))
-        return req, dest, local
+        return self.uac.request(dialog, target, peer, method, extra, body)
 
     def send_in_dialog(self, dialog: Dialog, target: Leg, peer: Leg, method: str,
                        headers: Iterable[tuple[str, str]], body: bytes,
                        on_final: FinalCallback | None, now: float) -> bool:
         """Originate `method` toward `target` as if `peer` sent it; False if it can't go."""
-        built = self.in_dialog_request(dialog, target, peer, method, headers, body)
-        if built is None:
-            return False
-        self._start_local(built[0], built[1], built[2], _Local(dialog, on_final, target), now)
-        return True
-
-    def _local_answered(self, txn: ClientTransaction, owner: _Local, response: Response,
-                        now: float) -> None:
-        status = response.status
-        if status < 200:
-            return
-        if self._dirty is not None and owner.dialog is not None:
-            self._dirty.add(owner.dialog)  # a hold's answer sets the leg's hold mask
-        if txn.request.method == "INVITE" and status < 300:
-            # We are the UAC of this INVITE: the 2xx is ACKed end to end by us (§13.2.2.4),
-            # again for each retransmission of the 2xx.
-            if owner.ack is None:
-                owner.ack = self._ack_for(txn, response)
-            if owner.ack is not None:
-                self._send(owner.ack)
-        if not owner.done:
-            owner.done = True
-            if owner.on_final is not None:
-                owner.on_final(status, response.reason, now)
-
-    def _ack_for(self, txn: ClientTransaction, response: Response) -> Datagram | None:
-        """The ACK of a 2xx to our own INVITE: to the 2xx's Contact, along the route set
-        (RFC 3261 §13.2.2.4)."""
-        req = txn.request
-        headers = [h for h in req.headers
-                   if h[0] in ("from", "call-id", "route", "max-forwards")]
-        headers.append(("to", "To", response.get("to") or req.get("to") or ""))
-        headers.append(("cseq", "CSeq", f"{req.cseq.number} ACK"))
-        uri = req.uri
-        try:
-            contacts = response.contacts
-        except ParseError:
-            contacts = []
-        if contacts and contacts[0].uri is not None:
-            uri = str(contacts[0].uri)
-        ack = Request("ACK", uri, headers)
-        dest = txn.dest
-        if not req.has("route"):
-            hop = self.addressing.next_hop(ack)
-            resolved = self.addressing.resolve(hop) if hop is not None else None
-            if resolved is not None and resolved.transport == txn.local.transport:
-                dest = resolved
-        ack.prepend_via(our_via(txn.local, f"{_MAGIC}{self.rand()}"))
-        return Datagram(ack.to_bytes(), dest, txn.local)
-
-    def _start_local(self, req: Request, dest: Address, local: Address, owner: _Local,
-                     now: float) -> ClientTransaction:
-        cls = InviteClientTransaction if req.method == "INVITE" else NonInviteClientTransaction
-        client = cls(req, dest, local, self._send, self.timers, self.config.timers, self, owner)
-        self.client_txns[client.key] = client
-        self.stats["tm:UAC_transactions"] += 1
-        client.start(now)
-        return client
+        return self.uac.send(dialog, target, peer, method, headers, body, on_final, now)
 
     def statistics(self) -> dict[str, int]:
-        stats = dict(self.stats)
-        active = early = 0
-        for d in self.dialogs:
-            if d.state is DialogState.EARLY:
-                early += 1
-            elif d.state in (DialogState.CONFIRMED, DialogState.CONFIRMED_NA):
-                active += 1
-        stats["dialog:active_dialogs"] = active
-        stats["dialog:early_dialogs"] = early
-        stats["tm:inuse_transactions"] = len(self.server_txns) + len(self.client_txns)
-        stats["usrloc:registered_contacts"] = len(self.location)
-        for name in ("dialog:processed_dialogs", "dialog:expired_dialogs",
-                     "dialog:failed_dialogs", "core:rcv_requests", "core:rcv_replies",
-                     "core:fwd_requests", "core:fwd_replies", "core:drop_requests",
-                     "core:drop_replies", "core:err_requests", "core:bad_msg_hdr",
-                     "tm:UAS_transactions", "tm:UAC_transactions", "tm:retransmissions",
-                     "core:relay_denied", "core:unknown_dialog_requests", "auth:challenges",
-                     "auth:failures", "auth:bans", "auth:banned_drops"):
-            stats.setdefault(name, 0)
-        return stats
+        return report(self.stats, self.dialogs, len(self.server_txns) + len(self.client_txns),
+                      len(self.location))
 
     # -- local answers -------------------------------------------------------------------------
 
@@ -1181,7 +984,7 @@ class Proxy:
                 if mine is None:
                     mine = self._loop_hash(req)
                 branch = via.branch or ""
-                if branch.startswith(_MAGIC + mine):
+                if branch.startswith(MAGIC + mine):
                     return True
         return False
 
@@ -1191,4 +994,4 @@ class Proxy:
         return f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
 
     def _branch(self, req: Request) -> str:
-        return f"{_MAGIC}{self._loop_hash(req)}.{self.rand()}"
+        return f"{MAGIC}{self._loop_hash(req)}.{self.rand()}"

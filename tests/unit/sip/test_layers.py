@@ -18,6 +18,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"message", "operations"}),
     frozenset({"framing", "registrar", "transaction", "addressing"}),
     frozenset({"dialog", "policy"}),
+    frozenset({"replication", "stats"}),
+    frozenset({"uac"}),
     frozenset({"proxy"}),
     frozenset({"callops"}),
     frozenset({"routing"}),
