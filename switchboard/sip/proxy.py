@@ -5,9 +5,11 @@ Bytes come in through `receive(data, source, local, now)`; what must be sent col
 (`next_deadline()`, `run_due(now)`). The core owns the transaction tables, the dialog table and
 the location service of one worker.
 
-This module relays requests and brings the answers back. Beside it: who may do what
-(`policy`), where things go (`addressing`), the requests the proxy sends itself (`uac`),
-dialog replication (`replication`) and the statistics' names (`stats`).
+This module relays: it validates a request, preprocesses its Route, hears the layers above,
+applies the policy, determines the target and forwards (`_route_request`), then brings the
+answers back. Beside it: who may do what (`policy`), where things go (`addressing`), the
+requests the proxy sends itself (`uac`), dialog replication (`replication`) and the
+statistics' names (`stats`).
 
 Decisions worth knowing:
 - One branch per request (no forking): a registered AOR is retargeted to its most preferred,
@@ -36,7 +38,7 @@ from .events import CallEvent
 from .guard import AuthFailed, GuardSettings
 from .message import Request, Response, build_response, parse_message
 from .policy import Policy
-from .registrar import Location, aor_key
+from .registrar import Binding, Location, aor_key
 from .replication import Replication
 from .stats import METHOD_STATS, REPLY_STATS, report
 from .timers import Timer, TimerQueue
@@ -306,77 +308,130 @@ class Proxy:
 
     def _route_request(self, req: Request, txn: ServerTransaction, source: Address,
                        local: Address, now: float) -> None:
-        method = req.method
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            if method == "OPTIONS" and self.addressing.is_own(req.sip_ruri):
-                self._answer_options(txn, now)
-            else:
-                self._respond(txn, 483, now)
-            return
-        to_tag = req.to_tag
-        # Loops are looked for on requests outside a dialog (§16.3 step 4 is optional): an
-        # in-dialog request follows its route set, and Max-Forwards still bounds it.
-        if to_tag is None and self._looped(req):
-            self._respond(txn, 482, now)
-            return
-        if req.get("proxy-require"):
-            self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
+        """RFC 3261 §16 for a request no transaction of ours matched, step by step:
+        validation (§16.3), Route preprocessing (§16.4), the layers above, the policy, the
+        target (§16.5), forwarding (§16.6). A step that answers the request (or drops it)
+        says so, and the request goes no further."""
+        if self._invalid(req, txn, now):
             return
         signature = self.addressing.preprocess_routes(req)
         trusted = self.policy.is_trusted(source.host)
-        if to_tag is not None and not trusted:
-            refused = self._in_dialog_refusal(req, signature)
-            if refused:
-                # A forged To tag, or a real dialog's identity aimed at somebody else than
-                # its other party, must not be a way around authentication and the relay
-                # policy.
-                self.stats["core:unknown_dialog_requests"] += 1
-                self._respond(txn, refused, now)
+        if (req.to_tag is not None and not trusted
+                and self._refused_in_dialog(req, txn, signature, now)):
+            return
+        links = self._ask_above(req, txn, source, now)
+        if links is None:
+            return
+        # The Route and the To tag are read after the routing script: it may change them.
+        routed = bool(req.values("route"))
+        vouched_for = trusted
+        if req.to_tag is None:
+            admitted = self._admit(req, txn, source, trusted, routed, now)
+            if admitted is None:
                 return
-        links = self.callops.on_initial_invite(req) if to_tag is None and method == "INVITE" else []
+            vouched_for = admitted
+        self._determine_target(req, txn, source, local, routed, vouched_for, links, now)
+
+    def _invalid(self, req: Request, txn: ServerTransaction, now: float) -> bool:
+        """§16.3 request validation (steps 3 to 5; the syntax was checked on arrival):
+        answers, and says True, when Max-Forwards ran out, the request loops or it needs
+        an extension we lack."""
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            if req.method == "OPTIONS" and self.addressing.is_own(req.sip_ruri):
+                self._answer_options(txn, now)
+            else:
+                self._respond(txn, 483, now)
+            return True
+        # Loops are looked for on requests outside a dialog (§16.3 step 4 is optional): an
+        # in-dialog request follows its route set, and Max-Forwards still bounds it.
+        if req.to_tag is None and self._looped(req):
+            self._respond(txn, 482, now)
+            return True
+        if req.get("proxy-require"):
+            self._respond(txn, 420, now, extra=[("Unsupported", req.get("proxy-require") or "")])
+            return True
+        return False
+
+    def _refused_in_dialog(self, req: Request, txn: ServerTransaction, signature: str,
+                           now: float) -> bool:
+        """An in-dialog request from an untrusted source: refused (True) unless it belongs
+        to a dialog we track or comes along a route we signed (`_in_dialog_refusal`)."""
+        refused = self._in_dialog_refusal(req, signature)
+        if not refused:
+            return False
+        # A forged To tag, or a real dialog's identity aimed at somebody else than its other
+        # party, must not be a way around authentication and the relay policy.
+        self.stats["core:unknown_dialog_requests"] += 1
+        self._respond(txn, refused, now)
+        return True
+
+    def _ask_above(self, req: Request, txn: ServerTransaction, source: Address,
+                   now: float) -> list[NewCallLink] | None:
+        """The layers above: the call operations see a new INVITE (and link it to the calls
+        it transfers), then the routing script decides. The links made, or None when the
+        script answered or dropped the request."""
+        links = (self.callops.on_initial_invite(req)
+                 if req.method == "INVITE" and req.to_tag is None else [])
         if links:
             # Linked already: an answer of our own (404, 503 ...) must fail the transfer too.
             placeholder = _Forward(txn, None, False)
             placeholder.links = links
             txn.owner = placeholder
-        if self.request_hook is not None:
-            action, script_links = self.request_hook(req, txn, source, now)
-            if action == DROPPED:
-                self._server_terminated(txn)
-                return
-            if action == REPLIED:
-                return
-            links.extend(script_links)
-            if links and txn.owner is None:
-                placeholder = _Forward(txn, None, False)
-                placeholder.links = links
-                txn.owner = placeholder
-            to_tag = req.to_tag
-        route = req.values("route")
-        dest_binding = None
-        if (to_tag is None and method == "INVITE" and self.shed_fraction
+        if self.request_hook is None:
+            return links
+        action, script_links = self.request_hook(req, txn, source, now)
+        if action == DROPPED:
+            self._server_terminated(txn)
+            return None
+        if action == REPLIED:
+            return None
+        links.extend(script_links)
+        if links and txn.owner is None:
+            placeholder = _Forward(txn, None, False)
+            placeholder.links = links
+            txn.owner = placeholder
+        return links
+
+    def _admit(self, req: Request, txn: ServerTransaction, source: Address, trusted: bool,
+               routed: bool, now: float) -> bool | None:
+        """The policy for a new request: overload shedding, authentication (§22.3) and, for
+        a request with a preloaded Route, relaying. None when refused here (answered or
+        dropped); else whether its source may relay anywhere, being trusted or having just
+        authenticated."""
+        method = req.method
+        if (method == "INVITE" and self.shed_fraction
                 and self.random_fraction() < self.shed_fraction):
             self.stats["core:shed_requests"] += 1
             self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
-            return
-        authenticated: str | None = None
-        if (to_tag is None and self.auth is not None and not trusted
+            return None
+        vouched_for = trusted
+        if (self.auth is not None and not trusted
                 and self.policy.challenged(method, req, self.addressing.is_own)):
             verdict = self.auth.check(req.get("proxy-authorization"), method, req.uri, now)
             if verdict.user is None:
                 self._challenge(txn, verdict, 407, "Proxy-Authenticate", source, method, now)
-                return
-            authenticated = verdict.user
+                return None
+            vouched_for = True
             req.remove("proxy-authorization")  # our own credentials end here (§22.3)
-        if route:
-            if (to_tag is None and not trusted and authenticated is None
-                    and not self._registered_caller(req, source, now)):
-                # A preloaded Route toward somebody else is relaying all the same.
-                self.stats["core:relay_denied"] += 1
-                self._respond(txn, 403, now, reason="Relaying Denied")
-                return
-        else:
+        if routed and not vouched_for and not self._registered_caller(req, source, now):
+            # A preloaded Route toward somebody else is relaying all the same.
+            self.stats["core:relay_denied"] += 1
+            self._respond(txn, 403, now, reason="Relaying Denied")
+            return None
+        return vouched_for
+
+    def _determine_target(self, req: Request, txn: ServerTransaction, source: Address,
+                          local: Address, routed: bool, vouched_for: bool,
+                          links: list[NewCallLink], now: float) -> None:
+        """§16.5: the Route's next hop when there is one; else a REGISTER for our domain
+        goes to the registrar, a registered user to the contact of theirs the Request-URI
+        names (or their first), a Request-URI of ours with nobody behind it is answered
+        here, and another domain is reached if the relay policy allows. Then relays."""
+        binding: Binding | None = None
+        if not routed:
+            method = req.method
+            new = req.to_tag is None
             ruri = req.sip_ruri
             if method == "REGISTER" and self.addressing.serves_domain(ruri):
                 self._register(req, txn, source, local, now)
@@ -388,27 +443,33 @@ class Proxy:
                 # A Request-URI naming one registered contact (a dialog's remote target) stays
                 # on it; an in-dialog request is never moved to another of the user's devices.
                 target = str(ruri)
-                dest_binding = next((b for b in bindings if b.contact == target), None)
-                if dest_binding is None and (to_tag is None or self.addressing.is_own(ruri)):
-                    dest_binding = bindings[0]
-            if dest_binding is not None:
-                req.uri = dest_binding.contact
+                binding = next((b for b in bindings if b.contact == target), None)
+                if binding is None and (new or self.addressing.is_own(ruri)):
+                    binding = bindings[0]
+            if binding is not None:
+                req.uri = binding.contact
             elif self.addressing.is_own(ruri):
                 if method == "OPTIONS":
                     self._answer_options(txn, now)
                 else:
                     self._respond(txn, 404, now, reason="Not Found")
                 return
-            elif (to_tag is None and authenticated is None
-                  and not self._may_relay(req, ruri, source, now)):
+            elif new and not vouched_for and not self._may_relay(req, ruri, source, now):
                 self.stats["core:relay_denied"] += 1
                 self._respond(txn, 403, now, reason="Relaying Denied")
                 return
+        self._relay(req, txn, source, local, links, binding.source if binding else None, now)
+
+    def _relay(self, req: Request, txn: ServerTransaction, source: Address, local: Address,
+               links: list[NewCallLink], via_binding: Address | None, now: float) -> None:
+        """§16.6 within a dialog: a new INVITE makes one; an in-dialog request moves its
+        dialog on (unless the call operations above answer it) and is shifted by the CSeq
+        offset of the leg it goes to. Then forwards it (`_forward`)."""
         dialog: Dialog | None = None
         initial = False
         cseq_delta = 0
-        if to_tag is None:
-            if method == "INVITE":
+        if req.to_tag is None:
+            if req.method == "INVITE":
                 dialog = Dialog.from_invite(self.dialogs.new_id(), req, source, local, now)
                 self.dialogs.add(dialog)
                 self.stats["dialog:processed_dialogs"] += 1
@@ -439,7 +500,7 @@ class Proxy:
         txn.owner = ctx
         if initial and dialog is not None:
             self._invites[dialog.id] = ctx
-        self._forward(req, ctx, local, now, dest_binding.source if dest_binding else None)
+        self._forward(req, ctx, local, now, via_binding)
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
                  via_binding: Address | None) -> None:
