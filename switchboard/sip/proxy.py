@@ -462,9 +462,9 @@ class Proxy:
 
     def _relay(self, req: Request, txn: ServerTransaction, source: Address, local: Address,
                links: list[NewCallLink], via_binding: Address | None, now: float) -> None:
-        """§16.6 within a dialog: a new INVITE makes one; an in-dialog request moves its
-        dialog on (unless the call operations above answer it) and is shifted by the CSeq
-        offset of the leg it goes to. Then forwards it (`_forward`)."""
+        """Forwarding (§16.6) with the dialog the request makes or belongs to: a new INVITE
+        makes one; an in-dialog request moves its dialog on (unless the call operations
+        above answer it) and is shifted by the CSeq offset of the leg it goes to."""
         dialog: Dialog | None = None
         initial = False
         cseq_delta = 0
