@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.wire import Address
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
+from ..transport.tls import TlsContexts, TlsFiles
 from ..transport.udp import UdpEndpoint
+from ..transport.ws import Flows, WsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +97,17 @@ def proxy_config(config: Config, listeners: tuple[Address, ...], worker_id: int 
 
 @dataclass(slots=True)
 class BuiltWorker:
-    """A started worker and what was wired around it (call metrics, the HEP mirror)."""
+    """A started worker and what was wired around it (call metrics, the HEP mirror, the TLS
+    contexts of its listeners)."""
 
     worker: Worker
     call_metrics: CallMetrics
     hep: HepMirror | None
+    tls: TlsContexts | None = None
+
+    def reload_certificates(self) -> bool:
+        """Read the `[tls]` files again (SIGHUP); connections and calls stay up."""
+        return self.tls.reload() if self.tls is not None else True
 
     def statistics(self) -> dict[str, int]:
         """The core's statistics, the outcome counters and the HEP counters."""
@@ -126,9 +135,10 @@ async def build_worker(
     on them, its events going to `publish` (counted by `CallMetrics` on the way), with HEP
     capture when a collector is configured. Raises OSError when a socket cannot be bound,
     ScriptError for a routing script that does not load; nothing stays open then."""
-    endpoints: list[UdpEndpoint | TcpEndpoint] = []
+    endpoints: list[UdpEndpoint | TcpEndpoint | WsEndpoint] = []
     worker_box: list[Worker] = []
     hep: HepMirror | None = None
+    tls: TlsContexts | None = None
 
     def receive(data: bytes, source: Address, local: Address) -> None:
         worker_box[0].receive(data, source, local)
@@ -141,19 +151,23 @@ async def build_worker(
                 capture_id=config.hep.capture_id,
             )
             receiver = mirrored_receiver(receive, hep)
-        for sock in config.listen.sockets if sockets is None else sockets:
-            if sock.transport == "udp":
-                endpoints.append(await UdpEndpoint.bind(sock.host, sock.port, receiver))
-            else:
-                endpoints.append(await TcpEndpoint.bind(
-                    sock.host, sock.port, receiver,
-                    max_per_source=config.limits.tcp_connections_per_source,
-                    idle_timeout=float(config.limits.tcp_idle_timeout)))
+        wanted = config.listen.sockets if sockets is None else sockets
+        if any(sock.transport in ("tls", "wss") for sock in wanted):
+            tls = tls_contexts(config)
+        flows: Flows = {}
+        for sock in wanted:
+            endpoints.append(await bind_listener(config, sock, receiver, tls, flows))
         proxy = Proxy(
             proxy_config(config, tuple(e.local for e in endpoints), worker_id),
             _token,
             first_seq=int.from_bytes(os.urandom(3), "big") << 4,
         )
+        # The certificate of a TLS server we connect to must name the host we meant: the
+        # name the static hosts table gives its address, else the address itself.
+        server_names = {address: name for name, address in proxy.config.hosts}
+        for endpoint in endpoints:
+            if isinstance(endpoint, TcpEndpoint):
+                endpoint.server_names = server_names
         callops = CallOps(proxy)
         if config.script.path:
             install_script(proxy, callops, load_script(config.script.path))
@@ -182,7 +196,42 @@ async def build_worker(
     gc.collect()
     gc.freeze()
     gc.disable()
-    return BuiltWorker(worker, call_metrics, hep)
+    return BuiltWorker(worker, call_metrics, hep, tls)
+
+
+def tls_contexts(config: Config) -> TlsContexts:
+    """The TLS contexts of a worker whose listeners include tls or wss; raises
+    `CertificateError` (an OSError) when the `[tls]` files are missing or do not load."""
+    t = config.tls
+    return TlsContexts(TlsFiles(t.certificate, t.private_key, t.ca_file, t.verify_peer,
+                                t.require_client_certificate), server=True)
+
+
+async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
+                        tls: TlsContexts | None, flows: Flows
+                        ) -> UdpEndpoint | TcpEndpoint | WsEndpoint:
+    """Bind one SIP listener. The WebSocket ones of a worker share `flows` (the table that
+    finds a WebSocket client's connection by its name)."""
+    limits = config.limits
+    if sock.transport == "udp":
+        return await UdpEndpoint.bind(sock.host, sock.port, receiver)
+    if sock.transport in ("ws", "wss"):
+        ws = config.websocket
+        return await WsEndpoint.bind(
+            sock.transport, sock.host, sock.port, receiver,
+            server_ssl=tls.server if tls is not None and sock.transport == "wss" else None,
+            max_per_source=limits.tcp_connections_per_source,
+            idle_timeout=float(limits.tcp_idle_timeout),
+            ping_interval=float(ws.ping_interval), max_message_size=ws.max_message_size,
+            handshake_timeout=float(ws.handshake_timeout), flows=flows)
+    options: dict[str, Any] = {}
+    if sock.transport == "tls":
+        assert tls is not None
+        options = {"server_ssl": tls.server, "client_ssl": tls.client,
+                   "handshake_timeout": float(config.tls.handshake_timeout)}
+    return await TcpEndpoint.bind(
+        sock.host, sock.port, receiver, max_per_source=limits.tcp_connections_per_source,
+        idle_timeout=float(limits.tcp_idle_timeout), **options)
 
 
 class LocalSwitchboard(CallOperations):
@@ -195,6 +244,7 @@ class LocalSwitchboard(CallOperations):
         self.call_metrics: CallMetrics | None = None
         self._built: BuiltWorker | None = None
         self._ready = False
+        self._sighup = False
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
 
@@ -210,6 +260,8 @@ class LocalSwitchboard(CallOperations):
         built = await build_worker(cfg, self.events.publish)
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
         self._built = built
+        if built.tls is not None:
+            self._watch_sighup(built)
         call_metrics = built.call_metrics
         if cfg.mi.http is not None:
             metrics = Metrics(self.statistics, lambda: call_metrics.setup, runtime="local")
@@ -219,8 +271,27 @@ class LocalSwitchboard(CallOperations):
             )
         self._ready = True
 
+    def reload_certificates(self) -> bool:
+        """Read the `[tls]` files again, as SIGHUP does; False when they did not load (the
+        old ones stay in use)."""
+        return self._built.reload_certificates() if self._built is not None else True
+
+    def _watch_sighup(self, built: BuiltWorker) -> None:
+        """SIGHUP reads the certificates again (only where this loop may own signals: the
+        main thread of `switchboard serve`)."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, built.reload_certificates)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            log.debug("no SIGHUP certificate reload here: %s", exc)
+            return
+        self._sighup = True
+
     async def stop(self) -> None:
         self._ready = False
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
         if self.mi is not None:
             await self.mi.close()
         if self.worker is not None:

@@ -32,7 +32,9 @@ from .schema import MIConfig as MIConfig
 from .schema import ProxySection as ProxySection
 from .schema import RuntimeConfig as RuntimeConfig
 from .schema import ScriptConfig as ScriptConfig
+from .schema import TlsConfig as TlsConfig
 from .schema import TransferConfig as TransferConfig
+from .schema import WebSocketConfig as WebSocketConfig
 from .values import CALLOPS_MODES as CALLOPS_MODES
 from .values import DIGEST_ALGORITHMS as DIGEST_ALGORITHMS
 from .values import MAX_CAPTURE_ID as MAX_CAPTURE_ID

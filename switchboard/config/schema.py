@@ -16,6 +16,7 @@ from typing import Final
 
 from switchboard.events import KNOWN_EVENTS
 from switchboard.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
+from switchboard.sip.message import MAX_MESSAGE_SIZE
 
 from .kinds import (
     Bool,
@@ -62,13 +63,49 @@ class ListenConfig:
         default=(ListenSocket("udp", "127.0.0.1", 5060),),
         metadata=setting(
             TextList(parse_listen, at_least_one="at least one socket is needed"),
-            "udp:IP:PORT / tcp:IP:PORT, IPv6 as udp:[::1]:5060; port 0 picks a free one. The "
-            "address goes into Via and Record-Route: use one the UAs reach (not 0.0.0.0).",
+            "udp:IP:PORT / tcp: / tls: / ws: / wss: (WebSocket, RFC 7118), IPv6 as "
+            "udp:[::1]:5060; port 0 picks a free one. The address goes into Via and "
+            "Record-Route: use one the UAs reach (not 0.0.0.0). tls and wss need [tls].",
             flag=Flag("--listen",
                       "SIP socket to listen on (repeatable; replaces [listen] sockets).",
-                      "udp|tcp:IP:PORT"),
+                      "udp|tcp|tls|ws|wss:IP:PORT"),
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for `tls:` and `wss:` listeners and for the TLS connections we open (RFC 3261
+    §26, RFC 5630). The files are read again on SIGHUP."""
+
+    certificate: str = field(default="", metadata=setting(
+        FilePath(), "PEM certificate chain we present (our certificate first); needed by "
+        "tls and wss listeners"))
+    private_key: str = field(default="", metadata=setting(
+        FilePath(), 'PEM private key of the certificate; "" = in the certificate file'))
+    ca_file: str = field(default="", metadata=setting(
+        FilePath(), "PEM CAs that peers' certificates are verified against; \"\" = the "
+        "system's store"))
+    verify_peer: bool = field(default=True, metadata=setting(
+        BOOL, "verify the certificate and name of the TLS servers we connect to"))
+    require_client_certificate: bool = field(default=False, metadata=setting(
+        BOOL, "refuse TLS clients that present no certificate signed by ca_file"))
+    handshake_timeout: int = field(default=10, metadata=setting(
+        Int(1), "seconds a TLS handshake may take before the connection is closed"))
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """SIP over WebSocket (RFC 7118) on `ws:` and `wss:` listeners."""
+
+    ping_interval: int = field(default=30, metadata=setting(
+        Int(0), "seconds between our pings (keeping NAT bindings open); a peer that does "
+        "not answer one is closed (0 = no pings)"))
+    max_message_size: int = field(default=65535, metadata=setting(
+        Int(1024, MAX_MESSAGE_SIZE), "largest frame (one SIP message) accepted, in bytes; a "
+        "larger one closes the connection (1009)"))
+    handshake_timeout: int = field(default=10, metadata=setting(
+        Int(1), "seconds from connecting to the end of the HTTP upgrade"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +239,11 @@ class LimitsConfig:
     burst: int = field(default=400, metadata=setting(
         Int(0), "requests it may send at once"))
     tcp_connections_per_source: int = field(default=64, metadata=setting(
-        Int(0), "inbound TCP connections per source address (0 = any)"))
+        Int(0), "inbound connections (TCP, TLS, WS, WSS) per source address and listener "
+        "(0 = any)"))
     tcp_idle_timeout: int = field(default=600, metadata=setting(
-        Int(0), "seconds of silence before a TCP connection is closed"))
+        Int(0), "seconds of silence before a TCP or TLS connection is closed (WebSocket: "
+        "when websocket.ping_interval is 0)"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +284,8 @@ class Config:
     is a valid configuration."""
 
     listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     mi: MIConfig = field(default_factory=MIConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     callops: CallopsConfig = field(default_factory=CallopsConfig)

@@ -16,11 +16,11 @@ from typing import Final, Literal
 from switchboard.events import KNOWN_EVENTS
 from switchboard.events.sinks import parse_sink
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls", "ws", "wss"]
 RuntimeKind = Literal["local", "ray"]
 CallopsMode = Literal["param", "manual", "callid"]
 
-TRANSPORTS: Final[tuple[Transport, ...]] = ("udp", "tcp")
+TRANSPORTS: Final[tuple[Transport, ...]] = ("udp", "tcp", "tls", "ws", "wss")
 RUNTIME_KINDS: Final[tuple[RuntimeKind, ...]] = ("local", "ray")
 CALLOPS_MODES: Final[tuple[CallopsMode, ...]] = ("param", "manual", "callid")
 # The digest algorithms (RFC 8760) the proxy can check.
@@ -48,7 +48,8 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True)
 class ListenSocket:
-    """A SIP listening socket, `udp:IP:PORT` or `tcp:IP:PORT`. Port 0 binds a free port."""
+    """A SIP listening socket, `TRANSPORT:IP:PORT` (udp, tcp, tls, ws, wss). Port 0 binds a
+    free port."""
 
     transport: Transport
     host: str
@@ -91,14 +92,17 @@ def parse_host_port(text: str, *, allow_zero: bool = True) -> HostPort:
 
 
 def parse_listen(text: str) -> ListenSocket:
-    """A listen socket string: `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 in brackets)."""
+    """A listen socket string: `udp:IP:PORT`, `tcp:`, `tls:`, `ws:` or `wss:` (IPv6 in
+    brackets)."""
     transport, sep, rest = text.partition(":")
     if not sep:
-        raise ValueError(f"expected udp:IP:PORT or tcp:IP:PORT, not {text!r}")
-    if transport not in TRANSPORTS:
-        raise ValueError(f"unknown transport {transport!r} in {text!r} (expected udp or tcp)")
-    address = parse_host_port(rest)
-    return ListenSocket(transport, address.host, address.port)
+        raise ValueError(f"expected TRANSPORT:IP:PORT (udp, tcp, tls, ws, wss), not {text!r}")
+    for known in TRANSPORTS:
+        if transport == known:
+            address = parse_host_port(rest)
+            return ListenSocket(known, address.host, address.port)
+    raise ValueError(f"unknown transport {transport!r} in {text!r} "
+                     f"(expected {', '.join(TRANSPORTS)})")
 
 
 def parse_mi_http(text: str) -> HostPort | None:

@@ -1,6 +1,10 @@
 """Where the proxy is and where a request goes next: our own addresses and domains, the
 Record-Route and Via we write, Route processing (RFC 3261 §16.4, §16.6 step 6), next-hop
-resolution without DNS, and the socket that faces a destination.
+resolution without DNS, the socket that faces a destination, and the sent-by a connection's
+peer names itself with (what the transports alias a connection under).
+
+Transports: udp, tcp, tls (RFC 3261 §26, RFC 5630), ws and wss (RFC 7118). Their names are
+compared in lower case (`transport=TLS` is common); a `sips:` URI is reached over TLS only.
 
 Host names other than IP literals are resolved only through a static table: the core never
 blocks on DNS. What is derived from message text is cached in bounded memos, since the keys
@@ -10,19 +14,28 @@ come off the wire.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Final, TypeVar
 
-from .headers import Via
+from .errors import ParseError
+from .headers import Via, parse_via
 from .message import Request
 from .uri import SipUri, Uri, parse_name_addr
-from .wire import Address
+from .wire import Address, default_port
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 SIG_PARAM = "sb="  # our Record-Route's signature parameter
 SIG_LEN = 16
+
+TRANSPORTS: Final = ("udp", "tcp", "tls", "ws", "wss")
+# RFC 5630 §3.1.1, RFC 7118 §5: a `sips:` URI over a stream is TLS, over WebSocket WSS; no
+# `sips:` goes over UDP.
+_SECURE: Final = {"tcp": "tls", "tls": "tls", "ws": "wss", "wss": "wss"}
+# The top Via of a message as bytes: a request's first Via line (or its compact form).
+_TOP_VIA: Final = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n,]*)", re.IGNORECASE)
 
 
 def remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
@@ -53,13 +66,32 @@ def target(uri: Uri | None) -> str:
 
 def rr_uri(local: Address, signature: str) -> str:
     """Our Record-Route URI on socket `local`, with the route's signature if any."""
-    suffix = ";transport=tcp" if local.transport == "tcp" else ""
+    suffix = "" if local.transport == "udp" else f";transport={local.transport}"
     signed = f";{SIG_PARAM}{signature}" if signature else ""
     return f"sip:{local.hostport}{suffix};lr{signed}"
 
 
 def via(local: Address, branch: str) -> Via:
+    # SIP/2.0/UDP, TCP, TLS, WS, WSS (RFC 7118 §5.4).
     return Via(local.transport.upper(), local.uri_host, local.port, {"branch": branch})
+
+
+def request_sent_by(data: bytes) -> tuple[str, str, int | None] | None:
+    """(transport, host, port) of a request's top Via, from its bytes; None for a response or
+    when there is no readable Via. A connection-oriented transport aliases the connection a
+    request came over under this sent-by (RFC 5923 §5), so that requests toward the UA
+    (its Contact carries the same host, and a WebSocket client's is a `.invalid` name that
+    only that connection reaches, RFC 7118 §5) go back over that connection."""
+    if data.startswith(b"SIP/"):
+        return None
+    m = _TOP_VIA.search(data, 0, 4096)
+    if m is None:
+        return None
+    try:
+        top = parse_via(m.group(1).decode("utf-8", "surrogateescape"))
+    except ParseError:
+        return None
+    return top.transport.lower(), top.host.strip("[]").lower(), top.port
 
 
 class Addressing:
@@ -140,8 +172,17 @@ class Addressing:
         return ruri if isinstance(ruri, SipUri) else None
 
     def resolve(self, uri: SipUri) -> Address | None:
+        """The address a request toward `uri` goes to; None when it cannot go anywhere: an
+        unknown transport, a host that is neither an IP literal nor in the table, a `sips:`
+        URI over UDP. A WebSocket URI keeps its host name as it is: a WebSocket client is
+        reached only over the connection it opened, which its transport finds by that name."""
         transport = uri.transport
-        if transport not in ("udp", "tcp"):
+        if uri.scheme == "sips":
+            secure = _SECURE.get(transport)
+            if secure is None:
+                return None
+            transport = secure
+        elif transport not in TRANSPORTS:
             return None
         name = uri.params.get("maddr") or uri.host
         try:
@@ -149,8 +190,10 @@ class Addressing:
         except KeyError:
             host = remember(self._resolved, name, self.resolve_host(name))
         if host is None:
-            return None
-        return Address(transport, host, uri.port or 5060)
+            if transport != "ws" and transport != "wss":
+                return None
+            host = name.strip("[]").lower()
+        return Address(transport, host, uri.port or default_port(transport))
 
     def resolve_host(self, name: str) -> str | None:
         """An IP literal as it is, a configured host name to its address, else None (no
@@ -163,11 +206,18 @@ class Addressing:
         return host
 
     def local_for(self, dest: Address) -> Address | None:
-        """Our socket for sending to `dest`: same transport, same address family if any."""
-        v6 = ":" in dest.host
+        """Our socket for sending to `dest`: same transport, same address family if any. A
+        WebSocket client's Contact says `transport=ws` even when it connected over WSS
+        (RFC 7118 §5.2): either WebSocket listener reaches its connection."""
+        local = self._listener(dest.transport, ":" in dest.host)
+        if local is None and dest.transport in ("ws", "wss"):
+            local = self._listener("wss" if dest.transport == "ws" else "ws", ":" in dest.host)
+        return local
+
+    def _listener(self, transport: str, v6: bool) -> Address | None:
         fallback = None
         for listener in self.listeners:
-            if listener.transport == dest.transport:
+            if listener.transport == transport:
                 if (":" in listener.host) == v6:
                     return listener
                 fallback = fallback or listener

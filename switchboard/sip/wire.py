@@ -9,7 +9,10 @@ from typing import NamedTuple
 
 
 class Address(NamedTuple):
-    """A transport address: `udp`/`tcp`, host (IPv6 without brackets), port."""
+    """A transport address: `udp`, `tcp`, `tls`, `ws` or `wss` (lower case), host (IPv6
+    without brackets), port. Over a connection (every transport but `udp`) it names the peer
+    end of one connection; toward a WebSocket client that can only be reached over the
+    connection it opened, the host may be the `.invalid` name it uses (RFC 7118 §5)."""
 
     transport: str
     host: str
@@ -30,6 +33,19 @@ class Address(NamedTuple):
     @property
     def reliable(self) -> bool:
         return self.transport != "udp"
+
+    @property
+    def secure(self) -> bool:
+        """TLS underneath: what a `sips:` URI requires on every hop (RFC 3261 §26.2.2)."""
+        return self.transport == "tls" or self.transport == "wss"
+
+
+# RFC 3261 §19.1.2, RFC 7118 §5.2 (the HTTP ports a WebSocket URI defaults to).
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+
+
+def default_port(transport: str) -> int:
+    return DEFAULT_PORTS.get(transport, 5060)
 
 
 class Datagram(NamedTuple):

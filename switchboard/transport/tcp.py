@@ -1,24 +1,35 @@
-"""A TCP listener plus the connections it accepts or opens (RFC 3261 §18.3).
+"""A stream listener plus the connections it accepts or opens: TCP (RFC 3261 §18.3), and TLS
+over it when given TLS contexts (`tls.py` makes those; RFC 3261 §26, RFC 5630).
 
 Connections are keyed by the peer's address; responses and requests toward a peer reuse an
-open connection, or a new one is opened and the bytes wait for it. A connection whose framing
-breaks is closed; nothing else is affected. Limits against abuse: inbound connections per
-source address, and an idle time after which a connection is closed.
+open connection, or a new one is opened and the bytes wait for it. A connection is also
+known by the sent-by of the requests that came over it (RFC 5923 aliasing, limited to the
+connection's own IP address): a UA that registered or called over a connection from an
+ephemeral port is reached again over that connection, at the address its Contact names,
+for as long as the connection is up.
+
+A connection whose framing breaks is closed; nothing else is affected. Limits against
+abuse: inbound connections per source address, an idle time after which a connection is
+closed, and for TLS a time limit on the handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, cast
 
+from ..sip.addressing import request_sent_by
 from ..sip.errors import ParseError
 from ..sip.framing import StreamFramer
 from ..sip.message import MAX_MESSAGE_SIZE
-from ..sip.wire import Address
+from ..sip.wire import Address, default_port
 from .base import Receiver
 
 log = logging.getLogger(__name__)
+
+MAX_ALIASES = 4  # sent-by addresses one connection may be known by
 
 
 class _Connection(asyncio.Protocol):
@@ -29,15 +40,19 @@ class _Connection(asyncio.Protocol):
         self.framer = StreamFramer(owner.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []
+        self.aliases: list[Address] = []
+        self.learning = True  # until the first request told its sent-by
         self.last_active = asyncio.get_running_loop().time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # With TLS this comes after the handshake.
         self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = self.transport.get_extra_info("peername")[:2]
-            self.peer = Address("tcp", str(host), int(port))
+            self.peer = Address(self.owner.transport, str(host), int(port))
             if not self.owner.admit(self.peer.host):
-                log.info("tcp: too many connections from %s, refusing one", self.peer.host)
+                log.info("%s: too many connections from %s, refusing one", self.owner.transport,
+                         self.peer.host)
                 self.owner.refused += 1
                 self.transport.abort()
                 return
@@ -51,22 +66,29 @@ class _Connection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
-            log.info("closing tcp connection from %s: %s", self.peer, exc.detail)
+            log.info("closing %s connection from %s: %s", self.owner.transport, self.peer,
+                     exc.detail)
             if self.transport is not None:
                 self.transport.close()
             return
         assert self.peer is not None
         for message in messages:
+            if self.learning:
+                self.owner.learn_alias(self, message)
             try:
                 self.owner.receiver(message, self.peer, self.owner.local)
             except Exception:
                 log.exception("error handling a message from %s", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.owner.connections.get(self.peer) is self:
-            del self.owner.connections[self.peer]
+        owner = self.owner
+        for alias in self.aliases:
+            if owner.aliases.get(alias) is self:
+                del owner.aliases[alias]
+        if self.peer is not None and owner.connections.get(self.peer) is self:
+            del owner.connections[self.peer]
             if self.inbound:
-                self.owner.release(self.peer.host)
+                owner.release(self.peer.host)
 
     def write(self, data: bytes) -> None:
         self.last_active = self.owner.loop.time()
@@ -77,15 +99,30 @@ class _Connection(asyncio.Protocol):
 
 
 class TcpEndpoint:
+    """TCP, or TLS with `server_ssl` (listening) and `client_ssl` (connecting): the
+    transport name is `tcp` or `tls` accordingly."""
+
     def __init__(self, local: Address, receiver: Receiver, *, max_per_source: int = 64,
-                 idle_timeout: float = 600.0, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+                 idle_timeout: float = 600.0, max_message_size: int = MAX_MESSAGE_SIZE,
+                 server_ssl: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None,
+                 handshake_timeout: float = 10.0,
+                 server_names: dict[str, str] | None = None) -> None:
         self.local = local
+        self.transport = local.transport
         self.receiver = receiver
         self.loop = asyncio.get_running_loop()
         self.connections: dict[Address, _Connection] = {}
+        self.aliases: dict[Address, _Connection] = {}
         self.max_per_source = max_per_source
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.handshake_timeout = handshake_timeout
+        # An IP address we connect to → the name its certificate must carry (SNI too);
+        # without one the certificate must name the IP address.
+        self.server_names = server_names or {}
         self.refused = 0  # inbound connections refused by the per-source limit
         self._per_source: dict[str, int] = {}
         self._server: asyncio.Server | None = None
@@ -108,27 +145,49 @@ class TcpEndpoint:
         else:
             self._per_source.pop(host, None)
 
+    def learn_alias(self, conn: _Connection, message: bytes) -> None:
+        """Know `conn` also by the sent-by of the request `message` (RFC 5923 §5), when that
+        names the connection's own IP address and no other live connection has it."""
+        sent_by = request_sent_by(message)
+        if sent_by is None:
+            return  # a response: wait for a request
+        conn.learning = False
+        peer = conn.peer
+        _, host, port = sent_by
+        alias = Address(self.transport, host, port or default_port(self.transport))
+        if peer is None or alias == peer or host != peer.host.lower():
+            return
+        if alias not in self.aliases and len(conn.aliases) < MAX_ALIASES:
+            self.aliases[alias] = conn
+            conn.aliases.append(alias)
+
     def _sweep(self) -> None:
         deadline = self.loop.time() - self.idle_timeout
         for conn in list(self.connections.values()):
             if conn.last_active < deadline and conn.transport is not None:
-                log.debug("tcp: closing idle connection %s", conn.peer)
+                log.debug("%s: closing idle connection %s", self.transport, conn.peer)
                 conn.transport.close()
         self._sweeper = self.loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
 
     @classmethod
-    async def bind(cls, host: str, port: int, receiver: Receiver, **limits: Any) -> TcpEndpoint:
-        endpoint = cls(Address("tcp", host, port), receiver, **limits)
+    async def bind(cls, host: str, port: int, receiver: Receiver, **options: Any
+                   ) -> TcpEndpoint:
+        transport = "tls" if options.get("server_ssl") is not None else "tcp"
+        endpoint = cls(Address(transport, host, port), receiver, **options)
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if endpoint.server_ssl is not None:
+            tls = {"ssl": endpoint.server_ssl,
+                   "ssl_handshake_timeout": endpoint.handshake_timeout}
         endpoint._server = await loop.create_server(
-            lambda: _Connection(endpoint, None), host, port, reuse_address=True
+            lambda: _Connection(endpoint, None), host, port, reuse_address=True, **tls
         )
         bound = endpoint._server.sockets[0].getsockname()
-        endpoint.local = Address("tcp", host, bound[1])
+        endpoint.local = Address(transport, host, bound[1])
         return endpoint
 
     def send(self, data: bytes, dest: Address) -> None:
-        conn = self.connections.get(dest)
+        conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)
             self.connections[dest] = conn
@@ -139,10 +198,17 @@ class TcpEndpoint:
 
     async def _connect(self, conn: _Connection, dest: Address) -> None:
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if self.client_ssl is not None:
+            # RFC 5922 §7.2: the certificate must name the host we meant to reach; SNI
+            # tells a server with several certificates which one that is.
+            tls = {"ssl": self.client_ssl,
+                   "server_hostname": self.server_names.get(dest.host, dest.host),
+                   "ssl_handshake_timeout": self.handshake_timeout}
         try:
-            await loop.create_connection(lambda: conn, dest.host, dest.port)
-        except OSError as exc:
-            log.info("tcp connect to %s failed: %s", dest, exc)
+            await loop.create_connection(lambda: conn, dest.host, dest.port, **tls)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.info("%s connect to %s failed: %s", self.transport, dest, exc)
             if self.connections.get(dest) is conn:
                 del self.connections[dest]
 

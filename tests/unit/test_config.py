@@ -250,7 +250,10 @@ def test_load_config_from_file(tmp_path: Path) -> None:
 def test_parse_listen_and_host_port() -> None:
     assert parse_listen("tcp:[2001:db8::1]:5060") == ListenSocket("tcp", "2001:db8::1", 5060)
     assert parse_host_port("127.0.0.1:0") == HostPort("127.0.0.1", 0)
-    for bad in ("udp:127.0.0.1", "udp127.0.0.1:5060", "ws:127.0.0.1:80", "udp:[::1:5060"):
+    for transport in ("tls", "ws", "wss"):
+        assert parse_listen(f"{transport}:127.0.0.1:0") == ListenSocket(transport, "127.0.0.1", 0)
+    for bad in ("udp:127.0.0.1", "udp127.0.0.1:5060", "sctp:127.0.0.1:80", "WS:127.0.0.1:80",
+                "udp:[::1:5060"):
         with pytest.raises(ValueError):
             parse_listen(bad)
     with pytest.raises(ValueError):

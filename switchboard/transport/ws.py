@@ -1,0 +1,243 @@
+"""SIP over WebSocket (RFC 7118): a `ws:` or `wss:` listener and the connections browsers and
+other WebSocket clients open to it. aiohttp does the HTTP upgrade and the framing.
+
+- The handshake must offer the subprotocol `sip` (RFC 7118 §4): one that does not is
+  answered 400 and closed. So is an upgrade that is not done within the handshake time
+  (TLS included for `wss:`), and one over the per-source connection limit (503).
+- One SIP message per frame, text or binary (§5.1); we send text when the message is UTF-8.
+  A frame larger than the limit closes the connection with 1009; a frame that is not SIP is
+  the core's to refuse, and the connection stays.
+- Pings every `ping_interval` keep NAT bindings open; a peer that stops answering is closed.
+- A WebSocket client cannot be connected to: requests toward it go over the connection it
+  opened, found by the name in the sent-by of its requests (its Via and Contact host, a
+  `.invalid` name for a browser, §5). The `ws:` and `wss:` listeners of a worker share that
+  table (`flows`), since a client on WSS still writes `transport=ws` in its Contact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.web_protocol import RequestHandler
+
+from ..sip.addressing import request_sent_by
+from ..sip.message import MAX_MESSAGE_SIZE
+from ..sip.wire import Address
+from .base import Receiver
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "sip"  # RFC 7118 §4, registered with IANA
+
+
+class WsConnection:
+    """One accepted WebSocket and the messages waiting to be sent on it, in order."""
+
+    __slots__ = ("learning", "names", "outbox", "peer", "transport", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, peer: Address,
+                 transport: asyncio.BaseTransport | None) -> None:
+        self.ws = ws
+        self.peer = peer
+        self.transport = transport
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.names: list[str] = []
+        self.learning = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+Flows = dict[str, WsConnection]
+
+
+class WsEndpoint:
+    def __init__(self, local: Address, receiver: Receiver, *,
+                 server_ssl: ssl.SSLContext | None = None, max_per_source: int = 64,
+                 idle_timeout: float = 600.0, ping_interval: float = 30.0,
+                 max_message_size: int = MAX_MESSAGE_SIZE, handshake_timeout: float = 10.0,
+                 flows: Flows | None = None) -> None:
+        self.local = local
+        self.transport = local.transport
+        self.receiver = receiver
+        self.server_ssl = server_ssl
+        self.max_per_source = max_per_source
+        self.idle_timeout = idle_timeout
+        self.ping_interval = ping_interval
+        self.max_message_size = max_message_size
+        self.handshake_timeout = handshake_timeout
+        self.flows: Flows = {} if flows is None else flows
+        self.connections: dict[Address, WsConnection] = {}
+        self.refused = 0  # handshakes refused: no `sip`, too many from one source, too slow
+        self.undeliverable = 0  # messages toward a client whose connection is gone
+        self._loop = asyncio.get_running_loop()
+        self._per_source: dict[str, int] = {}
+        self._activity: dict[WsConnection, float] = {}
+        self._upgrading: dict[RequestHandler, asyncio.TimerHandle] = {}
+        self._web = web.Server(self._handle, access_log=None)
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        if idle_timeout > 0 and ping_interval <= 0:
+            self._sweeper = self._loop.call_later(min(idle_timeout, 10.0), self._sweep)
+
+    @classmethod
+    async def bind(cls, transport: str, host: str, port: int, receiver: Receiver,
+                   **options: Any) -> WsEndpoint:
+        endpoint = cls(Address(transport, host, port), receiver, **options)
+        tls: dict[str, Any] = {}
+        if transport == "wss":
+            if endpoint.server_ssl is None:
+                raise ValueError("a wss listener needs a TLS context")
+            tls = {"ssl": endpoint.server_ssl,
+                   "ssl_handshake_timeout": endpoint.handshake_timeout}
+        endpoint._server = await endpoint._loop.create_server(
+            endpoint._protocol, host, port, reuse_address=True, **tls)
+        bound = endpoint._server.sockets[0].getsockname()
+        endpoint.local = Address(transport, host, bound[1])
+        return endpoint
+
+    def _protocol(self) -> RequestHandler:
+        handler = self._web()
+        self._upgrading[handler] = self._loop.call_later(
+            self.handshake_timeout, self._too_slow, handler)
+        return handler
+
+    def _too_slow(self, handler: RequestHandler) -> None:
+        if self._upgrading.pop(handler, None) is not None and handler.transport is not None:
+            log.info("%s: no WebSocket upgrade from %s in time, closing", self.transport,
+                     handler.transport.get_extra_info("peername"))
+            self.refused += 1
+            handler.force_close()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        timer = self._upgrading.pop(request.protocol, None)
+        if timer is not None:
+            timer.cancel()
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
+                   .split(",")]
+        if SUBPROTOCOL not in offered:
+            return self._refuse(request, 400, "SIP over WebSocket needs the subprotocol sip")
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        if not peername:
+            return self._refuse(request, 400, "no peer address")
+        peer = Address(self.transport, str(peername[0]), int(peername[1]))
+        count = self._per_source.get(peer.host, 0)
+        if self.max_per_source and count >= self.max_per_source:
+            return self._refuse(request, 503, "too many connections from this address")
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,), heartbeat=self.ping_interval or None,
+            max_msg_size=self.max_message_size, compress=False)
+        if not ws.can_prepare(request).ok:
+            return self._refuse(request, 400, "not a WebSocket handshake")
+        await ws.prepare(request)
+        self._per_source[peer.host] = count + 1
+        conn = WsConnection(ws, peer, request.transport)
+        self.connections[peer] = conn
+        self._activity[conn] = self._loop.time()
+        sender = self._loop.create_task(self._pump(conn))
+        try:
+            await self._read(conn)
+        finally:
+            sender.cancel()
+            self._forget(conn)
+            await ws.close()
+        return ws
+
+    def _refuse(self, request: web.BaseRequest, status: int, reason: str) -> web.Response:
+        log.info("%s: refusing a WebSocket handshake from %s: %s", self.transport,
+                 request.remote, reason)
+        self.refused += 1
+        response = web.Response(status=status, text=reason + "\n")
+        response.force_close()
+        return response
+
+    async def _read(self, conn: WsConnection) -> None:
+        async for frame in conn.ws:
+            if frame.type is WSMsgType.TEXT:
+                data = str(frame.data).encode("utf-8")
+            elif frame.type is WSMsgType.BINARY:
+                data = bytes(frame.data)
+            else:  # ERROR: an oversize or broken frame; aiohttp has closed with its code
+                log.info("%s: closing the connection from %s: %s", self.transport, conn.peer,
+                         conn.ws.exception())
+                return
+            self._activity[conn] = self._loop.time()
+            if conn.learning:
+                self._learn(conn, data)
+            try:
+                self.receiver(data, conn.peer, self.local)
+            except Exception:
+                log.exception("error handling a message from %s", conn.peer)
+
+    async def _pump(self, conn: WsConnection) -> None:
+        ws = conn.ws
+        try:
+            while True:
+                data = await conn.outbox.get()
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    await ws.send_bytes(data)
+                else:
+                    await ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:  # closing underneath us
+            log.debug("%s: sending to %s stopped: %s", self.transport, conn.peer, exc)
+
+    def _learn(self, conn: WsConnection, data: bytes) -> None:
+        sent_by = request_sent_by(data)
+        if sent_by is None:
+            return
+        conn.learning = False
+        _, host, port = sent_by
+        name = host if port is None else f"{host}:{port}"
+        holder = self.flows.get(name)
+        if holder is None or holder.ws.closed:
+            self.flows[name] = conn
+            conn.names.append(name)
+
+    def _forget(self, conn: WsConnection) -> None:
+        for name in conn.names:
+            if self.flows.get(name) is conn:
+                del self.flows[name]
+        if self.connections.get(conn.peer) is conn:
+            del self.connections[conn.peer]
+        self._activity.pop(conn, None)
+        host = conn.peer.host
+        count = self._per_source.get(host, 0) - 1
+        if count > 0:
+            self._per_source[host] = count
+        else:
+            self._per_source.pop(host, None)
+
+    def _sweep(self) -> None:
+        deadline = self._loop.time() - self.idle_timeout
+        for conn, last in list(self._activity.items()):
+            if last < deadline:
+                log.debug("%s: closing idle connection %s", self.transport, conn.peer)
+                conn.close()
+        self._sweeper = self._loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
+
+    def send(self, data: bytes, dest: Address) -> None:
+        conn = (self.connections.get(dest) or self.flows.get(f"{dest.host}:{dest.port}")
+                or self.flows.get(dest.host))
+        if conn is None or conn.ws.closed:
+            # RFC 7118 §5: a WebSocket server does not connect to clients.
+            self.undeliverable += 1
+            log.info("%s: no connection to %s, message dropped", self.transport, dest)
+            return
+        conn.outbox.put_nowait(data)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for timer in self._upgrading.values():
+            timer.cancel()
+        for conn in list(self.connections.values()):
+            conn.close()
