@@ -154,7 +154,7 @@ async def build_worker(
         wanted = config.listen.sockets if sockets is None else sockets
         if any(sock.transport in ("tls", "wss") for sock in wanted):
             tls = tls_contexts(config)
-        flows: Flows = {}
+        flows = Flows()
         for sock in wanted:
             endpoints.append(await bind_listener(config, sock, receiver, tls, flows))
         proxy = Proxy(
@@ -165,6 +165,7 @@ async def build_worker(
         # The certificate of a TLS server we connect to must name the host we meant: the
         # name the static hosts table gives its address, else the address itself.
         server_names = {address: name for name, address in proxy.config.hosts}
+        proxy.addressing.connection_transport = flows.transport_of
         for endpoint in endpoints:
             if isinstance(endpoint, TcpEndpoint):
                 endpoint.server_names = server_names

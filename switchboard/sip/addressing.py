@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 from .errors import ParseError
@@ -107,6 +107,9 @@ class Addressing:
         # parsing an IP literal again for every relayed message cost 2% of a call.
         self._resolved: dict[str, str | None] = {}
         self._own_routes: dict[str, bool] = {}
+        # Set by the driver: the transport (ws or wss) of the live WebSocket connection a
+        # client's name is known by, None when none is.
+        self.connection_transport: Callable[[str], str | None] | None = None
 
     def serves_domain(self, uri: SipUri) -> bool:
         """A registrar domain of ours: a configured domain or any of our addresses."""
@@ -193,6 +196,12 @@ class Addressing:
             if transport != "ws" and transport != "wss":
                 return None
             host = name.strip("[]").lower()
+            # A client on WSS still writes transport=ws (RFC 7118 §5.2): go out on the
+            # listener of the connection it really uses, whose Via and Record-Route it sees.
+            lookup = self.connection_transport
+            live = lookup(host) if lookup is not None else None
+            if live is not None and uri.scheme != "sips":
+                transport = live
         return Address(transport, host, uri.port or default_port(transport))
 
     def resolve_host(self, name: str) -> str | None:

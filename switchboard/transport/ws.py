@@ -53,7 +53,13 @@ class WsConnection:
             self.transport.close()
 
 
-Flows = dict[str, WsConnection]
+class Flows(dict[str, WsConnection]):
+    """The WebSocket connections of a worker by the names their clients use."""
+
+    def transport_of(self, name: str) -> str | None:
+        """ws or wss: the transport of the live connection known by `name`."""
+        conn = self.get(name)
+        return conn.peer.transport if conn is not None and not conn.ws.closed else None
 
 
 class WsEndpoint:
@@ -71,7 +77,7 @@ class WsEndpoint:
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
-        self.flows: Flows = {} if flows is None else flows
+        self.flows = Flows() if flows is None else flows
         self.connections: dict[Address, WsConnection] = {}
         self.refused = 0  # handshakes refused: no `sip`, too many from one source, too slow
         self.undeliverable = 0  # messages toward a client whose connection is gone

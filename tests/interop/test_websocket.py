@@ -1,0 +1,134 @@
+"""SIP over WebSocket (RFC 7118) through `switchboard serve`, with a client we did not write:
+JsSIP (npm `jssip`) under node, the `ws` package as its WebSocket, over ws: and wss: (the
+test CA's certificate, trusted through NODE_EXTRA_CA_CERTS). JsSIP registers with a Contact
+on a random `.invalid` host, so every request toward it must go over its own connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import jssip
+from tests.support.certs import TestPki, make_pki
+from tests.support.jssip import JsSipPhone
+from tests.support.ports import HOST, free_port
+from tests.support.server import SwitchboardServer, wait_confirmed
+from tests.support.sipp import Sipp, assert_clean, received
+
+pytestmark = [pytest.mark.interop]
+
+StartSipp = Callable[..., Sipp]
+
+
+class WsSwitchboard:
+    def __init__(self, server: SwitchboardServer, ws_port: int, wss_port: int,
+                 pki: TestPki) -> None:
+        self.server = server
+        self.ports = {"ws": ws_port, "wss": wss_port}
+        self.pki = pki
+
+    def url(self, transport: str) -> str:
+        return f"{transport}://{HOST}:{self.ports[transport]}"
+
+
+@pytest.fixture
+def ws_switchboard(switchboard_server: Callable[..., SwitchboardServer], tmp_path: Path
+                   ) -> WsSwitchboard:
+    """`switchboard serve` on udp:P, ws:Q and wss:R (a certificate from a test CA)."""
+    pki = make_pki(tmp_path / "pki")
+    cert = pki.issue("switchboard")
+    config = tmp_path / "switchboard.toml"
+    config.write_text(f'[tls]\ncertificate = "{cert.certificate}"\n'
+                      f'private_key = "{cert.private_key}"\n'
+                      "[websocket]\nping_interval = 5\n")
+    ws_port, wss_port = free_port("tcp"), free_port("tcp")
+    server = switchboard_server("--config", str(config), "--listen", f"ws:{HOST}:{ws_port}",
+                                "--listen", f"wss:{HOST}:{wss_port}", tcp=False)
+    return WsSwitchboard(server, ws_port, wss_port, pki)
+
+
+@pytest.fixture
+def phone(ws_switchboard: WsSwitchboard, tmp_path: Path) -> Iterator[Callable[..., JsSipPhone]]:
+    """`phone(user, transport)`: a registered JsSIP phone for sip:USER@127.0.0.1."""
+    why = jssip.missing()
+    if why is not None:
+        pytest.fail(why, pytrace=False)  # never a silent skip: scripts/test installs them
+    phones: list[JsSipPhone] = []
+
+    def start(user: str, transport: str) -> JsSipPhone:
+        p = JsSipPhone(ws_switchboard.url(transport), f"sip:{user}@{HOST}", log_dir=tmp_path,
+                       name=f"jssip-{user}", ca_file=ws_switchboard.pki.ca_file)
+        phones.append(p)
+        registered = p.wait_event("registered")
+        assert ".invalid;transport=ws" in registered["contact"], registered
+        return p
+
+    yield start
+    for p in phones:
+        p.stop()
+        print(p.describe())
+
+
+@pytest.mark.sipp
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+def test_sipp_calls_a_registered_jssip_phone(sipp: StartSipp, ws_switchboard: WsSwitchboard,
+                                             phone: Callable[..., JsSipPhone],
+                                             transport: str) -> None:
+    """A UDP caller reaches the phone at its address of record: the INVITE, the ACK and the
+    BYE all go over the phone's WebSocket, with our WS/WSS Via on top."""
+    alice = phone("alice", transport)
+    server = ws_switchboard.server
+    uac = sipp("uac", "uac.xml", local_port=free_port("udp"), remote=f"{HOST}:{server.udp_port}",
+               service="alice", keys={"uas_port": server.udp_port}, calls=1)
+    incoming = alice.wait_event("incoming")
+    assert incoming["via"].startswith(f"SIP/2.0/{transport.upper()} {HOST}:"), incoming
+    alice.wait_event("confirmed")
+    ended = alice.wait_event("ended")
+    assert ended["originator"] == "remote", ended
+    assert_clean(uac.wait())
+
+
+@pytest.mark.sipp
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+def test_a_jssip_phone_calls_sipp_and_hangs_up(sipp: StartSipp, ws_switchboard: WsSwitchboard,
+                                               phone: Callable[..., JsSipPhone],
+                                               transport: str) -> None:
+    alice = phone("alice", transport)
+    uas_port = free_port("udp")
+    uas = sipp("uas", "uas.xml", local_port=uas_port, calls=1).wait_listening()
+    alice.command(f"call sip:uas@{HOST}:{uas_port}")
+    alice.wait_event("confirmed")
+    alice.command("hangup")
+    alice.wait_event("ended")
+    result = uas.wait()
+    assert_clean(result)
+    invite = received(result, "INVITE")[0]
+    routes = invite.headers("record-route")
+    # RFC 5658: the call crosses from WebSocket to UDP, so both sides get their own entry.
+    assert len(routes) == 2 and f";transport={transport}" in routes[1], routes
+
+
+def test_two_jssip_phones_held_unheld_and_ended_from_the_mi(
+        ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
+    """alice on ws: calls bob on wss:; callops:hold and callops:unhold reach both over their
+    connections, and dialog:end_dlg sends each a BYE."""
+    alice = phone("alice", "ws")
+    bob = phone("bob", "wss")
+    server = ws_switchboard.server
+    alice.command(f"call sip:bob@{HOST}")
+    callid = bob.wait_event("incoming")["call_id"]
+    alice.wait_event("confirmed")
+    bob.wait_event("confirmed")
+    wait_confirmed(server, callid)
+    for action in ("hold", "unhold"):
+        assert server.mi_result(f"callops:{action}", callid=callid) == "OK"
+        for p in (alice, bob):
+            assert p.wait_event(action)["originator"] == "remote"
+            # The proxy ACKs each answer: the leg's state is settled before the next step.
+            assert callid in p.wait_received("ACK ")
+    assert "error" not in server.mi("dialog:end_dlg", dialog_id=callid)
+    assert alice.wait_event("ended")["originator"] == "remote"
+    assert bob.wait_event("ended")["originator"] == "remote"
