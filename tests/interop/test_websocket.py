@@ -6,9 +6,14 @@ on a random `.invalid` host, so every request toward it must go over its own con
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support import jssip
@@ -132,3 +137,65 @@ def test_two_jssip_phones_held_unheld_and_ended_from_the_mi(
     assert "error" not in server.mi("dialog:end_dlg", dialog_id=callid)
     assert alice.wait_event("ended")["originator"] == "remote"
     assert bob.wait_event("ended")["originator"] == "remote"
+
+
+async def _bad_clients(board: WsSwitchboard) -> dict[str, object]:
+    """Garbage at the wss: port, a handshake without `sip`, an oversize frame and a frame
+    that is not SIP at the ws: port; and a new WSS handshake's certificate subject."""
+    seen: dict[str, object] = {}
+    reader, writer = await asyncio.open_connection(HOST, board.ports["wss"])
+    writer.write(b"\x16\x03\x01\x00\x10not a client hello at all")
+    seen["garbage closed"] = await asyncio.wait_for(reader.read(100), 10) == b""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    async with aiohttp.ClientSession() as session:
+        try:
+            await session.ws_connect(board.url("ws"))
+        except aiohttp.WSServerHandshakeError as exc:
+            seen["no sip"] = exc.status
+        big = await session.ws_connect(board.url("ws"), protocols=("sip",))
+        await big.send_str("x" * 70000)
+        await big.receive(timeout=5)
+        seen["oversize"] = big.close_code
+        junk = await session.ws_connect(board.url("ws"), protocols=("sip",))
+        await junk.send_bytes(b"\xff\xfe not SIP")
+        await junk.close()
+    ctx = ssl.create_default_context(cafile=str(board.pki.ca_file))
+    _, writer = await asyncio.open_connection(HOST, board.ports["wss"], ssl=ctx,
+                                              server_hostname="localhost")
+    seen["subject"] = writer.get_extra_info("peercert")["subject"]
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return seen
+
+
+def test_bad_input_and_a_certificate_reload_leave_a_call_undisturbed(
+        ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
+    alice = phone("alice", "ws")
+    bob = phone("bob", "wss")
+    server = ws_switchboard.server
+    alice.command(f"call sip:bob@{HOST}")
+    callid = bob.wait_event("incoming")["call_id"]
+    alice.wait_event("confirmed")
+    bob.wait_event("confirmed")
+    wait_confirmed(server, callid)
+    # SIGHUP with a new certificate in the files: new handshakes get it, nothing closes.
+    ws_switchboard.pki.issue("switchboard", common_name="reloaded")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_output("TLS certificates reloaded")
+    seen = asyncio.run(_bad_clients(ws_switchboard))
+    assert seen["garbage closed"] is True, seen
+    assert seen["no sip"] == 400, seen
+    assert seen["oversize"] == 1009, seen
+    assert (("commonName", "reloaded"),) in seen["subject"], seen  # type: ignore[operator]
+    # The call in flight never noticed: both legs still reached over their connections.
+    assert server.mi_result("callops:hold", callid=callid) == "OK"
+    for p in (alice, bob):
+        assert p.wait_event("hold")["originator"] == "remote"
+        assert callid in p.wait_received("ACK ")
+    assert "error" not in server.mi("dialog:end_dlg", dialog_id=callid)
+    assert alice.wait_event("ended")["originator"] == "remote"
+    assert bob.wait_event("ended")["originator"] == "remote"
+    assert server.proc.poll() is None
