@@ -173,3 +173,15 @@ class CallOperations:
         """Resume legs put on hold by `call_hold`."""
         await self.operate(made(hold, callid, leg, headers, on=False))
 
+
+
+def refusal(error: CommandError) -> Refused:
+    """The core's `Refused` behind `error` (the inverse of `command_error`), for an edge that
+    maps refusals rather than JSON-RPC codes (the REST API). Bad input gets back the field
+    its detail names (`field: why`)."""
+    for status, (code, message) in _REFUSALS.items():
+        if error.code == code:
+            field, colon, _ = (error.data or "").partition(":")
+            named = field.strip() if status == BAD_INPUT and colon else None
+            return Refused(status, message, error.data, named or None)
+    return Refused(error.code, error.message, error.data)

@@ -10,6 +10,8 @@ The same server answers the operations probes, which need no token and reveal no
 `GET /livez` (200 while the process serves HTTP), `GET /readyz` (200, or 503 listing what is
 not ready, from the `ready` callable) and `GET /metrics` (the Prometheus exposition the
 `metrics` callable renders; absent when none is given).
+
+The REST API (`switchboard.rest`) is mounted on the same server, behind the same token.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from switchboard.api import ControlApi
 from switchboard.mi.commands import REGISTRY
 from switchboard.mi.dispatch import encode_response_parts, handle_request
 from switchboard.mi.registry import CommandContext, Registry
+from switchboard.rest import mount as mount_rest
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,9 @@ async def start_mi_server(
     app[_CONTEXT_KEY] = CommandContext(api=api, registry=registry)
     app[_TOKEN_KEY] = token.encode() if token else None
     app.router.add_post(path, _handle)
+    # The REST API (/api/v1, /openapi.json), behind the same token.
+    secret = app[_TOKEN_KEY]
+    mount_rest(app, api, lambda request: secret is None or _authorized(request, secret))
     app[_READY_KEY] = ready
     app.router.add_get("/livez", _livez)
     app.router.add_get("/readyz", _readyz)
