@@ -88,7 +88,7 @@ class EventFeed:
         self._subscribed: set[str] = set()
         self._lock = asyncio.Lock()
         self._renewer: asyncio.Task[None] | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._listeners: set[Listener] = set()
         self._seq = 0
         self._closed = False
@@ -168,9 +168,7 @@ class EventFeed:
         return item
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._readers.add(task)
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -182,8 +180,7 @@ class EventFeed:
                 self._take(line)
         finally:
             writer.close()
-            if task is not None:
-                self._readers.discard(task)
+            self._writers.discard(writer)
 
     def _take(self, line: bytes) -> None:
         try:
@@ -217,7 +214,7 @@ class EventFeed:
         self._subscribed.clear()
         if self._server is not None:
             self._server.close()
-            for task in list(self._readers):
-                task.cancel()
+            for writer in list(self._writers):
+                writer.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()

@@ -11,6 +11,7 @@ Knows nothing of runtimes or of how SIP is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ PREFIX: Final = "/api/v1"
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 KEEPALIVE: Final = 15.0
+POLL: Final = 1.0
 MAX_KEY: Final = 255
 
 Authorized = Callable[[web.Request], bool]
@@ -312,11 +314,18 @@ async def _events_impl(request: web.Request, state: RestState) -> web.StreamResp
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         await response.write(b": switchboard events\n\n")
+        quiet = 0.0
         while True:
             try:
-                item = await asyncio.wait_for(listener.queue.get(), KEEPALIVE)
+                item = await asyncio.wait_for(listener.queue.get(), POLL)
             except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+                # A client that went away is only noticed on a write, or here.
+                if request.transport is None or request.transport.is_closing():
+                    break
+                quiet += POLL
+                if quiet >= KEEPALIVE:
+                    quiet = 0.0
+                    await response.write(b": keep-alive\n\n")
                 continue
             if item is None:
                 break
@@ -329,10 +338,9 @@ async def _events_impl(request: web.Request, state: RestState) -> web.StreamResp
             data = encode(item.view()).decode()
             await response.write(
                 f"id: {item.seq}\nevent: {item.event}\ndata: {data}\n\n".encode())
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
     finally:
         await state.feed.leave(listener)
 
