@@ -22,7 +22,7 @@ _CALL_PARAM: Final = {
 _IDEMPOTENCY: Final = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "A retry with the same key gets the first answer; nothing is sent twice.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"},
 }
 _LEG: Final = {"type": "string", "enum": ["caller", "callee"]}
 _TEXT_OR_NULL: Final = {"type": ["string", "null"]}
