@@ -41,6 +41,10 @@ log = logging.getLogger("switchboard")
 
 DEFAULT_MI_URL: Final = "http://127.0.0.1:8888/mi"
 
+WEBHOOK_SECRET_MISSING: Final = (
+    "events.webhook_secret: webhooks are configured, and every webhook request is signed: "
+    "set a secret")
+
 # opensips-cli's test for a named argument (opensipscli/modules/mi.py get_params_set).
 _NAMED_ARG = re.compile(r"([a-zA-Z._-]+)=")
 
@@ -101,6 +105,8 @@ def serve(config_path: str | None, **flags: Any) -> None:
         config = apply_overrides(config, **flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if config.events.missing_secret():
+        raise click.UsageError(WEBHOOK_SECRET_MISSING)
     setup_logging(config.log.format, config.log.level)
     import uvloop
 
@@ -265,6 +271,9 @@ def check_config(path: str, show: bool) -> None:
         config = load_config(path)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if config.events.missing_secret():
+        click.echo(f"error: {path}: {WEBHOOK_SECRET_MISSING}", err=True)
         sys.exit(1)
     if config.script.path and not os.path.isfile(config.script.path):
         click.echo(f"error: {path}: script.path: no such file {config.script.path!r}", err=True)

@@ -155,6 +155,10 @@ _COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("core:bad_msg_hdr", "sip_messages_unparsable", "SIP messages that could not be parsed."),
     ("tm:retransmissions", "retransmissions", "Request retransmissions absorbed."),
     ("evi:dropped_events", "events_dropped", "Events not delivered to a subscriber."),
+    ("evi:webhook_delivered_events", "webhook_events_delivered",
+     "Events a webhook accepted (answered 2xx)."),
+    ("evi:webhook_retries", "webhook_retries",
+     "Webhook requests sent again after a 5xx, a timeout or a connection error."),
     ("hep:sent_packets", "hep_packets_sent", "HEP capture packets sent."),
     ("hep:dropped_packets", "hep_packets_dropped", "SIP packets the HEP mirror could not send."),
     ("auth:challenges", "auth_challenges", "Digest challenges sent (401 and 407)."),
@@ -172,6 +176,11 @@ _GAUGES: Final[tuple[tuple[str, str, str], ...]] = (
     ("tm:inuse_transactions", "transactions", "SIP transactions in progress."),
     ("usrloc:registered_contacts", "registered_contacts", "Contacts in the location table."),
     ("evi:subscriptions", "event_subscriptions", "Event subscriptions in force."),
+)
+_WEBHOOK_DROPS: Final = (
+    ("queue_full", "evi:webhook_queue_full_drops"),
+    ("rejected", "evi:webhook_rejected_events"),
+    ("failed", "evi:webhook_failed_events"),
 )
 _METHOD_STAT = re.compile(r"core:rcv_requests_([a-z]+)\Z")
 _CLASS_STAT = re.compile(r"tm:([1-6])xx_transactions\Z")
@@ -251,6 +260,13 @@ def metric_families(
         for result in HOLD_RESULTS:
             holds.add_metric([op, result], stat(f"callops:{op}_{result}"))
     yield holds
+    webhook_drops = _counter(
+        "webhook_events_dropped",
+        "Events a webhook did not get: its queue was full, it refused them (3xx, 4xx), or "
+        "the last retry failed.", labels=["reason"])
+    for reason, key in _WEBHOOK_DROPS:
+        webhook_drops.add_metric([reason], stat(key))
+    yield webhook_drops
 
     yield _histogram(setup)
 

@@ -3,29 +3,51 @@
 Everything that changes the bus goes through its mailbox and is handled one message at a time
 by a single asyncio task, so `publish` costs the caller one enqueue and never blocks, and a
 subscription made with `await subscribe(...)` is in force for every event published after it.
-The bus owns the subscription table and one sink per subscribed socket (shared by all events
-sent to it). It does not know what the events mean or who raises them.
+The bus owns the subscription table and one sink per subscribed socket or webhook URL
+(shared by all events sent to it), and counts what its sinks did not deliver, closed ones
+included. It does not know what the events mean or who raises them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from switchboard.config import EventsConfig
 from switchboard.events import KNOWN_EVENTS
-from switchboard.events.envelope import encode_event
+from switchboard.events.envelope import encode_event, encode_webhook
 from switchboard.events.sinks import Sink, SinkAddress, open_sink, parse_sink
 from switchboard.events.subscriptions import Subscription, SubscriptionTable
+from switchboard.events.webhooks import (
+    WEBHOOK_STATISTICS,
+    Backoff,
+    WebhookSettings,
+    WebhookSink,
+)
 
 log = logging.getLogger(__name__)
 
 # OpenSIPS evi:subscribe default.
 DEFAULT_EXPIRE: Final = 3600
+
+
+def webhook_settings(config: EventsConfig) -> WebhookSettings | None:
+    """The webhook settings of `[events]`; None without a secret (webhooks are refused)."""
+    if not config.webhook_secret:
+        return None
+    return WebhookSettings(
+        secret=config.webhook_secret.encode(),
+        timeout=float(config.webhook_timeout),
+        backoff=Backoff(retries=config.webhook_retries),
+        queue_size=config.webhook_queue,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +72,11 @@ _Message = _Publish | _Subscribe | _Stop
 
 
 class EventBus:
-    """Publish/subscribe for E_* events toward `udp:`/`tcp:` sinks.
+    """Publish/subscribe for E_* events toward `udp:`/`tcp:` sinks and webhooks.
 
-    `clock` gives the time subscriptions expire by (monotonic seconds); `sink_factory` opens
-    a sink for an address (tests may pass their own).
+    `clock` gives the time subscriptions expire by (monotonic seconds); `webhook` is what
+    webhook sinks sign with and how they retry (None: webhooks are refused); `sink_factory`
+    opens a sink for an address (tests may pass their own).
     """
 
     def __init__(
@@ -62,11 +85,13 @@ class EventBus:
         events: Iterable[str] = KNOWN_EVENTS,
         clock: Callable[[], float] = time.monotonic,
         mailbox_size: int = 65536,
-        sink_factory: Callable[[SinkAddress], Awaitable[Sink]] = open_sink,
+        webhook: WebhookSettings | None = None,
+        sink_factory: Callable[[SinkAddress], Awaitable[Sink]] | None = None,
     ) -> None:
         self._events = frozenset(events)
         self._clock = clock
-        self._sink_factory = sink_factory
+        self._webhook = webhook
+        self._sink_factory = sink_factory or functools.partial(open_sink, webhook=webhook)
         self._mailbox: asyncio.Queue[_Message] = asyncio.Queue(maxsize=mailbox_size)
         self._table = SubscriptionTable()
         self._sinks: dict[str, Sink] = {}
@@ -74,6 +99,8 @@ class EventBus:
         self._closed = False
         # Events dropped because the mailbox was full or the bus closed.
         self.dropped = 0
+        # The counters of the sinks closed so far, so that the statistics never go back.
+        self._retired: dict[str, int] = {}
 
     @property
     def events(self) -> frozenset[str]:
@@ -111,6 +138,8 @@ class EventBus:
         address = parse_sink(socket)
         if expire is not None and expire < 0:
             raise ValueError(f"negative expire value {expire}")
+        if address.webhook and self._webhook is None and expire != 0:
+            raise ValueError(f"{address}: webhooks need [events] webhook_secret")
         if self._closed:
             raise RuntimeError("event bus is closed")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -123,6 +152,18 @@ class EventBus:
         """The subscriptions in force now (a snapshot)."""
         now = self._clock()
         return [s for s in self._table if s.alive(now)]
+
+    def statistics(self) -> dict[str, int]:
+        """`evi:dropped_events` (the bus's and every sink's), `evi:subscriptions`, and the
+        webhook counters summed over the webhook sinks (`WEBHOOK_STATISTICS`)."""
+        totals = dict(self._retired)
+        for sink in self._sinks.values():
+            for name, count in _counts(sink).items():
+                totals[name] = totals.get(name, 0) + count
+        stats = {"evi:dropped_events": self.dropped + totals.pop("dropped", 0),
+                 "evi:subscriptions": len(self.subscriptions())}
+        stats.update({name: totals.get(name, 0) for name in WEBHOOK_STATISTICS})
+        return stats
 
     async def close(self) -> None:
         """Deliver what is already queued, then stop and close every sink."""
@@ -177,17 +218,22 @@ class EventBus:
         sockets = self._table.sockets_for(msg.event, now)
         if not sockets:
             return
-        try:
-            payload = encode_event(msg.event, msg.params)
-        except (TypeError, ValueError) as exc:
-            log.error("event bus: cannot encode %s: %s", msg.event, exc)
-            return
+        payloads: dict[bool, bytes] = {}
         for socket in sockets:
             sink = self._sinks.get(socket)
             if sink is None:
                 continue
+            webhook = sink.address.webhook
+            if webhook not in payloads:
+                try:
+                    payloads[webhook] = (
+                        encode_webhook(msg.event, msg.params, uuid.uuid4().hex) if webhook
+                        else encode_event(msg.event, msg.params))
+                except (TypeError, ValueError) as exc:
+                    log.error("event bus: cannot encode %s: %s", msg.event, exc)
+                    return
             try:
-                sink.send(payload)
+                sink.send(payloads[webhook])
             except Exception:  # a sink must not take the others down with it
                 log.exception("event sink %s: send failed", socket)
 
@@ -214,9 +260,18 @@ class EventBus:
         for socket in [s for s in self._sinks if s not in used]:
             await self._close_sink(self._sinks.pop(socket))
 
-    @staticmethod
-    async def _close_sink(sink: Sink) -> None:
+    async def _close_sink(self, sink: Sink) -> None:
         try:
             await sink.close()
         except Exception:
             log.exception("event sink %s: close failed", sink.address)
+        for name, count in _counts(sink).items():
+            self._retired[name] = self._retired.get(name, 0) + count
+
+
+def _counts(sink: Sink) -> dict[str, int]:
+    """A sink's counters: "dropped", and a webhook's statistics."""
+    counts = {"dropped": sink.dropped}
+    if isinstance(sink, WebhookSink):
+        counts.update(sink.counts())
+    return counts

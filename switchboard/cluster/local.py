@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..actors.eventbus import EventBus
+from ..actors.eventbus import EventBus, webhook_settings
 from ..actors.worker import Worker
 from ..api import CallOperations, CommandError, command_error
 from ..config import Config, ListenSocket
@@ -255,7 +255,7 @@ class LocalSwitchboard(CallOperations):
 
     async def start(self) -> None:
         cfg = self.config
-        self.events = EventBus()
+        self.events = EventBus(webhook=webhook_settings(cfg.events))
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
         built = await build_worker(cfg, self.events.publish)
@@ -331,8 +331,7 @@ class LocalSwitchboard(CallOperations):
         assert self._built is not None
         stats = self._built.statistics()
         if self.events is not None:
-            stats["evi:dropped_events"] = self.events.dropped
-            stats["evi:subscriptions"] = len(self.events.subscriptions())
+            stats.update(self.events.statistics())
         return dict(sorted(stats.items()))
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:

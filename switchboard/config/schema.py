@@ -49,6 +49,7 @@ from .values import (
     parse_method,
     parse_mi_http,
     parse_network,
+    parse_webhook,
     show_hep,
     show_mi_http,
 )
@@ -156,7 +157,8 @@ class EventSubscription:
     event: str = field(metadata=setting(
         Text(parse_event), " | ".join(KNOWN_EVENTS), example="E_CALL_TRANSFER"))
     socket: str = field(metadata=setting(
-        Text(parse_event_socket), "udp:IP:PORT or tcp:IP:PORT", example="tcp:127.0.0.1:9000"))
+        Text(parse_event_socket), "udp:IP:PORT, tcp:IP:PORT or an http(s):// webhook URL",
+        example="tcp:127.0.0.1:9000"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +168,39 @@ class EventsConfig:
         flag=Flag("--event-datagram",
                   "Send every event to this socket (repeatable; static subscription).",
                   "udp:IP:PORT")))
+    webhooks: tuple[str, ...] = field(default=(), metadata=setting(
+        TextList(parse_webhook, unique=True),
+        "http:// or https:// URLs that get every event as a signed POST (needs "
+        "webhook_secret)",
+        flag=Flag("--event-webhook",
+                  "POST every event to this URL, signed (repeatable; needs [events] "
+                  "webhook_secret).", "URL")))
+    webhook_secret: str = field(default="", metadata=setting(
+        STRING, "key of the HMAC-SHA256 signature every webhook request carries "
+        "(X-Switchboard-Signature)", secret=True))
+    webhook_timeout: int = field(default=5, metadata=setting(
+        Int(1), "seconds one webhook request may take before it is retried"))
+    webhook_retries: int = field(default=5, metadata=setting(
+        Int(0), "retries of an event after a 5xx, a timeout or a refused connection, "
+        "0.5 s apart and doubling (a 4xx is not retried)"))
+    webhook_queue: int = field(default=1024, metadata=setting(
+        Int(1), "events waiting per webhook; more are dropped and counted"))
     subscribe: tuple[EventSubscription, ...] = field(default=(), metadata=setting(
         Tables(EventSubscription), "static subscriptions (never expire), any number of them"))
 
     def static_subscriptions(self) -> tuple[EventSubscription, ...]:
-        """Every static (event, socket) pair: each datagram socket for every known event,
-        then the explicit subscriptions; duplicates removed, order kept."""
-        pairs = [EventSubscription(e, s) for s in self.datagram for e in KNOWN_EVENTS]
+        """Every static (event, socket) pair: each datagram socket and each webhook for
+        every known event, then the explicit subscriptions; duplicates removed, order kept."""
+        pairs = [EventSubscription(e, s) for s in (*self.datagram, *self.webhooks)
+                 for e in KNOWN_EVENTS]
         pairs.extend(self.subscribe)
         return tuple(dict.fromkeys(pairs))
+
+    def missing_secret(self) -> bool:
+        """Whether a static subscription goes to a webhook while no secret is set to sign
+        its requests with (checked once the flags are applied: `--event-webhook`)."""
+        return not self.webhook_secret and any(
+            s.socket.startswith(("http://", "https://")) for s in self.static_subscriptions())
 
 
 @dataclass(frozen=True, slots=True)

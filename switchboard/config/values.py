@@ -139,6 +139,13 @@ def parse_event_socket(text: str) -> str:
     return str(parse_sink(text))
 
 
+def parse_webhook(text: str) -> str:
+    address = parse_sink(text)
+    if not address.webhook:
+        raise ValueError(f"expected an http:// or https:// URL, not {text!r}")
+    return str(address)
+
+
 def parse_event(text: str) -> str:
     if text not in KNOWN_EVENTS:
         raise ValueError(f"unknown event {text!r} (known: {', '.join(KNOWN_EVENTS)})")

@@ -2,9 +2,10 @@
 
 `udp:IP:PORT` sends one datagram per event (OpenSIPS `event_datagram`); `tcp:IP:PORT` writes
 newline-delimited JSON over one persistent connection (OpenSIPS `event_stream`, without its
-`/method` suffix and reliable mode). A sink never blocks and never raises into its caller: what
-cannot be delivered is dropped with a log line. This module does not know which events exist
-or who is subscribed (`subscriptions`, `actors/eventbus`).
+`/method` suffix and reliable mode); an `http://` or `https://` URL is a webhook (`webhooks`).
+A sink never blocks and never raises into its caller: what cannot be delivered is dropped with
+a log line and counted. This module does not know which events exist or who is subscribed
+(`subscriptions`, `actors/eventbus`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,25 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    from .webhooks import WebhookSettings
 
 log = logging.getLogger(__name__)
 
-SinkTransport = Literal["udp", "tcp"]
+SinkTransport = Literal["udp", "tcp", "http", "https"]
+
+WEBHOOK_TRANSPORTS: Final = ("http", "https")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# RFC 1123 host names: letters, digits and hyphens between dots.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?\Z")
 
 # OpenSIPS event_datagram refuses payloads above this size; so do we, rather than fragmenting.
 MAX_DATAGRAM: Final = 65457
@@ -28,23 +40,35 @@ MAX_DATAGRAM: Final = 65457
 
 @dataclass(frozen=True, slots=True)
 class SinkAddress:
-    """A parsed sink socket string. `host` is an IP literal, without IPv6 brackets."""
+    """A parsed sink socket string. `host` is an IP literal, without IPv6 brackets, or (for a
+    webhook) a host name; `target` is a webhook's path and query, empty for the others."""
 
     transport: SinkTransport
     host: str
     port: int
+    target: str = ""
+
+    @property
+    def webhook(self) -> bool:
+        return self.transport in WEBHOOK_TRANSPORTS
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        if not self.webhook:
+            return f"{self.transport}:{host}:{self.port}"
+        port = "" if self.port == _DEFAULT_PORTS[self.transport] else f":{self.port}"
+        return f"{self.transport}://{host}{port}{self.target}"
 
 
 def parse_sink(socket: str) -> SinkAddress:
-    """Parse `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 as `udp:[::1]:PORT`).
+    """Parse `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 as `udp:[::1]:PORT`), or a webhook's
+    `http://HOST[:PORT]/PATH` or `https://...` URL.
 
     Raises ValueError with a message that says what is wrong with the string.
     """
     text = socket.strip()
+    if text[:8].lower().startswith(("http://", "https://")):
+        return _parse_webhook(socket, text)
     transport, sep, rest = text.partition(":")
     if not sep:
         raise ValueError(f"bad event socket {socket!r}: expected udp:IP:PORT or tcp:IP:PORT")
@@ -80,11 +104,49 @@ def parse_sink(socket: str) -> SinkAddress:
     return SinkAddress(kind, str(ip), int(port_text))
 
 
+def _parse_webhook(socket: str, text: str) -> SinkAddress:
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(
+            f"bad webhook URL {socket!r}: spaces and control characters are not allowed")
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"bad webhook URL {socket!r}: {exc}") from None
+    scheme = url.scheme.lower()
+    if url.username is not None or url.password is not None:
+        # The URL is shown by evi:list and in logs; requests are authenticated by signature.
+        raise ValueError(f"bad webhook URL {socket!r}: credentials in the URL are not supported")
+    if url.fragment or text.endswith("#"):
+        raise ValueError(f"bad webhook URL {socket!r}: a #fragment is not sent to a server")
+    host = (url.hostname or "").lower()
+    if not host:
+        raise ValueError(f"bad webhook URL {socket!r}: no host")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if url.netloc.startswith("[") or not _HOSTNAME.match(host):
+            raise ValueError(f"bad webhook URL {socket!r}: {host!r} is not a host name "
+                             "or an IP address") from None
+    if port == 0:
+        raise ValueError(f"bad webhook URL {socket!r}: port must be a number in 1..65535")
+    target = url.path or "/"
+    if url.query:
+        target += f"?{url.query}"
+    kind: SinkTransport = "https" if scheme == "https" else "http"
+    return SinkAddress(kind, host, port or _DEFAULT_PORTS[kind], target)
+
+
 class Sink(Protocol):
     """A destination for event payloads."""
 
     @property
     def address(self) -> SinkAddress: ...
+
+    @property
+    def dropped(self) -> int:
+        """Events this sink did not deliver since it was opened."""
+        ...
 
     def send(self, payload: bytes) -> None:
         """Queue or send one event; never blocks, never raises."""
@@ -109,6 +171,7 @@ class UdpSink:
     def __init__(self, address: SinkAddress) -> None:
         self._address = address
         self._transport: asyncio.DatagramTransport | None = None
+        self.dropped = 0
 
     @property
     def address(self) -> SinkAddress:
@@ -124,6 +187,7 @@ class UdpSink:
 
     def send(self, payload: bytes) -> None:
         if len(payload) > MAX_DATAGRAM:
+            self.dropped += 1
             log.warning(
                 "event sink %s: dropped a %d-byte event (datagram limit %d)",
                 self._address,
@@ -132,11 +196,13 @@ class UdpSink:
             )
             return
         if self._transport is None or self._transport.is_closing():
+            self.dropped += 1
             log.warning("event sink %s: dropped an event, sink is not open", self._address)
             return
         try:
             self._transport.sendto(payload)
         except OSError as exc:
+            self.dropped += 1
             log.warning("event sink %s: dropped an event: %s", self._address, exc)
 
     async def close(self) -> None:
@@ -302,8 +368,18 @@ class TcpSink:
             log.debug("event sink %s: dropped an event: %s", self._address, reason)
 
 
-async def open_sink(address: SinkAddress) -> Sink:
-    """Create and open the sink for `address`."""
+async def open_sink(address: SinkAddress, webhook: WebhookSettings | None = None) -> Sink:
+    """Create and open the sink for `address`; a webhook needs its `webhook` settings (the
+    secret it signs with). Raises ValueError for a webhook without them."""
+    if address.webhook:
+        # Imported here: `webhooks` builds on this module's addresses.
+        from .webhooks import WebhookSink
+
+        if webhook is None:
+            raise ValueError(f"event sink {address}: a webhook needs [events] webhook_secret")
+        hook = WebhookSink(address, webhook)
+        await hook.open()
+        return hook
     sink: UdpSink | TcpSink = UdpSink(address) if address.transport == "udp" else TcpSink(address)
     await sink.open()
     return sink

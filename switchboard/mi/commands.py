@@ -132,7 +132,8 @@ def select_statistics(available: dict[str, int], wanted: list[str]) -> dict[str,
     "evi:subscribe",
     aliases=("event_subscribe",),
     recipes=(("event", "socket"), ("event", "socket", "expire")),
-    help="subscribes a udp:IP:PORT or tcp:IP:PORT socket to an event; expire 0 unsubscribes",
+    help="subscribes a udp:IP:PORT or tcp:IP:PORT socket or an http(s):// webhook URL to an "
+    "event; expire 0 unsubscribes",
 )
 async def evi_subscribe(ctx: CommandContext, params: Params) -> str:
     event = params.get_str("event")

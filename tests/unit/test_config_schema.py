@@ -74,6 +74,7 @@ def test_the_serve_flags_and_the_keys_they_override() -> None:
         "--mode": "callops.mode",
         "--match-param": "callops.match_param",
         "--event-datagram": "events.datagram",
+        "--event-webhook": "events.webhooks",
         "--script": "script.path",
         "--log-format": "log.format",
         "--log-level": "log.level",
@@ -87,7 +88,8 @@ def test_a_flag_sets_only_its_key() -> None:
     given: dict[str, object] = {
         "listen": ["tcp:127.0.0.1:6000"], "mi_http": "", "runtime": "ray",
         "ray_address": "10.0.0.1:6379", "workers": 3, "mode": "callid", "match_param": "x",
-        "event_datagram": ["udp:127.0.0.1:9"], "script": "r.py", "log_format": "json",
+        "event_datagram": ["udp:127.0.0.1:9"], "event_webhook": ["http://127.0.0.1:9/hook"],
+        "script": "r.py", "log_format": "json",
         "log_level": "WARNING", "hep": "udp:127.0.0.1:9060",
     }
     flags = {f.flag.param: f for f in serve_flags()}
@@ -104,11 +106,12 @@ def test_a_flag_sets_only_its_key() -> None:
 
 def test_secrets_are_hidden_unless_asked_for() -> None:
     assert [key for key, _, s in _keys() if s.secret] == [
-        "mi.token", "proxy.route_secret", "auth.users"]
+        "mi.token", "events.webhook_secret", "proxy.route_secret", "auth.users"]
     config = parse_config('[mi]\ntoken = "t0ken"\n[proxy]\nroute_secret = "k3y"\n'
-                          '[auth]\nusers = {alice = "pa55", bob = "w0rd"}\n')
+                          '[auth]\nusers = {alice = "pa55", bob = "w0rd"}\n'
+                          '[events]\nwebhook_secret = "h00k"\n')
     hidden = dump_config(config)
-    for secret in ("t0ken", "k3y", "pa55", "w0rd"):
+    for secret in ("t0ken", "k3y", "pa55", "w0rd", "h00k"):
         assert secret not in hidden
     assert 'token = "<hidden>"  # set, not shown' in hidden
     assert 'users = {"alice" = "<hidden>", "bob" = "<hidden>"}' in hidden

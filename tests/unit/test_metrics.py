@@ -60,6 +60,11 @@ STATS = {
     "core:relay_denied": 6,
     "core:unknown_dialog_requests": 8,
     "core:rate_limited": 9,
+    "evi:webhook_delivered_events": 13,
+    "evi:webhook_retries": 5,
+    "evi:webhook_queue_full_drops": 21,
+    "evi:webhook_rejected_events": 2,
+    "evi:webhook_failed_events": 1,
 }
 
 
@@ -118,12 +123,17 @@ def test_statistics_become_the_ecosystem_metric_names() -> None:
     assert value("relay_denied_total") == 6
     assert value("unknown_dialog_requests_total") == 8
     assert value("rate_limited_requests_total") == 9
+    assert value("webhook_events_delivered_total") == 13
+    assert value("webhook_retries_total") == 5
+    assert value("webhook_events_dropped_total", reason="queue_full") == 21
+    assert value("webhook_events_dropped_total", reason="rejected") == 2
+    assert value("webhook_events_dropped_total", reason="failed") == 1
     # Counters end in _total, gauges do not; no label carries a Call-ID or anything unbounded.
     for name, labels in samples:
         assert name.startswith("switchboard_")
         assert {k for k, _ in labels} <= {
             "state", "side", "code_class", "method", "result", "op", "le",
-            "version", "python", "runtime",
+            "version", "python", "runtime", "reason",
         }
 
 

@@ -38,7 +38,7 @@ import ray
 import ray.actor
 import ray.exceptions
 
-from ...actors.eventbus import DEFAULT_EXPIRE, EventBus
+from ...actors.eventbus import DEFAULT_EXPIRE, EventBus, webhook_settings
 from ...api import INVALID_PARAMS, SERVER_ERROR, CallOperations, CommandError, command_error
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from ...events.sinks import parse_sink
@@ -89,7 +89,7 @@ class Controller(CallOperations):
 
     def __init__(self, spec: bytes) -> None:
         self.spec = ServiceSpec.unpack(spec)
-        self.events = EventBus()
+        self.events = EventBus(webhook=webhook_settings(self.spec.config.events))
         self.workers: list[Any] = []
         self.info: list[dict[str, Any]] = []
         # Call-ID -> index of the worker that owns the dialog, from E_DLG_STATE_CHANGED.
@@ -459,10 +459,12 @@ class Controller(CallOperations):
             counts, seconds = snapshot["setup"]
             setup.merge(SetupTimes(counts=[int(c) for c in counts], total=float(seconds)))
         now = time.monotonic()
-        dropped = self.events.dropped + self._python_sinks.dropped()
+        bus = self.events.statistics()
+        dropped = bus.pop("evi:dropped_events") + self._python_sinks.dropped()
         total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + dropped
-        total["evi:subscriptions"] = (len(self.events.subscriptions())
+        total["evi:subscriptions"] = (bus.pop("evi:subscriptions")
                                       + self._python_sinks.subscriptions(now))
+        total.update(bus)
         return {"statistics": dict(sorted(total.items())), "setup": [setup.counts, setup.total]}
 
     async def statistics(self) -> dict[str, int]:
