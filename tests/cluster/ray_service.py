@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -87,14 +88,20 @@ class Service:
         return mi_call(self.sb.mi.url, method, params or None)
 
 
+# What the service signs its webhook requests with (tests subscribe webhooks at run time).
+WEBHOOK_SECRET = "ray-webhook-secret"
+
+
 def service_config(base: int, mi_port: int, workers: int) -> Config:
-    return apply_overrides(
+    config = apply_overrides(
         Config(),
         listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
         mi_http=f"{HOST}:{mi_port}",
         runtime="ray",
         workers=workers,
     )
+    return dataclasses.replace(
+        config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET))
 
 
 def start_service(workers: int) -> Service:

@@ -10,6 +10,7 @@ SIPp callers aim at one worker's port or the other's; the callee is SIPp on its 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import secrets
 import time
 import urllib.request
@@ -22,7 +23,7 @@ import pytest
 
 from switchboard.api import CommandError
 from switchboard.config import Config, ListenSocket, apply_overrides
-from tests.cluster.ray_service import Service, import_ray, service_config
+from tests.cluster.ray_service import WEBHOOK_SECRET, Service, import_ray, service_config
 from tests.support.events import EventCollector, collecting
 from tests.support.ports import HOST, free_port, free_port_block
 from tests.support.sipp import (
@@ -35,6 +36,7 @@ from tests.support.sipp import (
     wait_caller_first,
     wait_clean,
 )
+from tests.support.webhooks import WebhookReceiver, verify
 
 ray = import_ray()
 
@@ -228,6 +230,42 @@ def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: S
         finally:
             service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=events.socket,
                        expire=0)
+
+
+def test_a_webhook_gets_the_events_of_both_workers_signed(
+    sipp: StartSipp, service: Service,
+) -> None:
+    """The controller's bus POSTs every worker's events to a webhook, signed with the
+    configured secret, each call's state changes in order; its counters join the statistics."""
+    prefixes = [_prefix(f"wh{w}") for w in range(WORKERS)]
+    secret = WEBHOOK_SECRET.encode()
+    with WebhookReceiver(secret) as hooks:
+        assert service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=hooks.url,
+                          expire=120) == "OK"
+        try:
+            pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
+                     for w in range(WORKERS)]
+            for uas, uac in pairs:
+                wait_clean(uac, uas)
+            hooks.wait_for(lambda _: sum(r.json["params"]["new_state"] == 5
+                                         for r in hooks.delivered()) == WORKERS,
+                           "both calls ended")
+        finally:
+            service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=hooks.url,
+                       expire=0)
+    for request in hooks.requests():
+        assert verify(secret, request.signature, request.body)
+        assert not verify(b"wrong", request.signature, request.body)
+    for w in range(WORKERS):
+        states = [(r.json["params"]["id"], r.json["params"]["old_state"],
+                   r.json["params"]["new_state"]) for r in hooks.delivered()
+                  if r.json["params"]["callid"].startswith(prefixes[w])]
+        assert {i for i, _, _ in states} == {states[-1][0]}
+        assert states[-1][0].startswith(f"{w:x}.")
+        assert all(a[2] == b[1] for a, b in itertools.pairwise(states)), states
+        assert states[-1][2] == 5
+    stats = service.mi("statistics:get", statistics=["evi:webhook_delivered_events"])
+    assert stats["evi:webhook_delivered_events"] >= len(hooks.delivered())
 
 
 def test_second_serve_in_the_same_cluster_is_refused(service: Service) -> None:
