@@ -5,18 +5,30 @@ from the peer, a message from its user (the proxy core), a timer firing — and 
 outputs — datagrams (through the `send` callable it is given) and calls on its user
 (`TransactionUser`). Time is always an argument; timers are armed in a `TimerQueue` the driver
 runs. Transport reliability decides which timers exist (§17.1.1.2, §17.1.2.2, §17.2.1,
-§17.2.2).
+§17.2.2); a timer that is zero on a reliable transport fires at once.
+
+Each machine moves only through its table in `states.py`: an input its state does not expect
+raises `LocalProtocolError`, and a stray one the RFC says to absorb (a retransmission, a late
+answer) is absorbed because the table says so.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .message import Request, Response
+from .states import (
+    INVITE_CLIENT,
+    INVITE_SERVER,
+    NON_INVITE_CLIENT,
+    NON_INVITE_SERVER,
+    TransactionEvent,
+    TransactionState,
+    transition,
+)
 from .timers import Timer, TimerQueue
 from .wire import Address, Datagram
 
@@ -34,14 +46,10 @@ class TimerSettings:
     timer_c: float = 180.0
 
 
-class State(enum.Enum):
-    CALLING = "calling"
-    TRYING = "trying"
-    PROCEEDING = "proceeding"
-    COMPLETED = "completed"
-    CONFIRMED = "confirmed"
-    ACCEPTED = "accepted"
-    TERMINATED = "terminated"
+# The machines' states and inputs (RFC 3261 §17 names); their transitions are the tables in
+# `states.py`.
+State = TransactionState
+Event = TransactionEvent
 
 
 class TransactionUser(Protocol):
@@ -99,7 +107,13 @@ class _Base:
         self._retransmitter: Timer | None = None
         self._ender: Timer | None = None
 
-    def _terminate(self) -> None:
+    def _next(self, event: Event) -> State:
+        """The state `event` moves this machine to, from its table (`states.py`); raises
+        LocalProtocolError when the table has no such move."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Entered Terminated: stop the timers and tell the owner."""
         raise NotImplementedError
 
     def settle(self, now: float) -> None:
@@ -107,15 +121,16 @@ class _Base:
         coming but one already on its way. Wait T4 for those instead of 64*T1 (Timer L on
         the server side, M on the client side: the same end slot), as Kamailio's wait timer
         does; a later 2xx copy is relayed statelessly by its Via (RFC 3261 §16.11). Only
-        INVITE transactions are ever Accepted (RFC 6026); at 1,500 calls/s this is 40,000
-        fewer transactions held."""
-        if self.state is State.ACCEPTED:
-            self._arm("L", self.settings.t4, now, self._end)
+        INVITE transactions are ever Accepted (RFC 6026); thousands fewer transactions are
+        held at high call rates."""
+        old = self.state
+        self.state = self._next(Event.SETTLE)
+        if old is State.ACCEPTED:
+            self._arm("L", self.settings.t4, now, self._accepted_over)
 
-    def _end(self, _now: float) -> None:
-        """Timers D, J, K, L, M: the wait is over. A bound method, not a lambda: thousands
-        of these wait at once, and a closure with its cell costs three times the memory."""
-        self._terminate()
+    def _accepted_over(self, now: float) -> None:
+        """Timer L (server) or M (client): the Accepted wait is over."""
+        raise NotImplementedError
 
     def _arm(self, name: str, delay: float, now: float, fn: Callable[[float], None]) -> None:
         timer = self.timers.call_at(now + delay, fn)
@@ -137,6 +152,12 @@ class _Base:
 
     def _disarm_all(self) -> None:
         self._disarm("A", "B")  # a name for each slot: the retransmitter and the ender
+
+
+def _response_event(status: int) -> Event:
+    if status < 200:
+        return Event.PROVISIONAL
+    return Event.SUCCESS if status < 300 else Event.FAILURE
 
 
 class ServerTransaction(_Base):
@@ -174,11 +195,13 @@ class ServerTransaction(_Base):
         self.last_response = data
         self.send(Datagram(data, self.reply_to, self.local))
 
-    def _terminate(self) -> None:
-        if self.state is not State.TERMINATED:
-            self.state = State.TERMINATED
-            self._disarm_all()
-            self.on_terminated(self)
+    def _resend(self) -> None:
+        if self.last_response:
+            self.send(Datagram(self.last_response, self.reply_to, self.local))
+
+    def _finish(self) -> None:
+        self._disarm_all()
+        self.on_terminated(self)
 
     def receive_request(self, request: Request, now: float) -> None:
         raise NotImplementedError
@@ -196,56 +219,68 @@ class InviteServerTransaction(ServerTransaction):
         self.state = State.PROCEEDING
         self._g_interval = self.settings.t1
 
+    def _next(self, event: Event) -> State:
+        return transition("INVITE server transaction", INVITE_SERVER, self.state, event)
+
     def receive_request(self, request: Request, now: float) -> None:
+        old = self.state
         if request.method == "ACK":
-            if self.state is State.COMPLETED:
-                self.state = State.CONFIRMED
+            self.state = self._next(Event.ACK)
+            if old is State.COMPLETED:
                 self._disarm("G", "H")
                 if self.reliable:
-                    self._terminate()
+                    self._timer_i(now)  # timer I is zero on a reliable transport
                 else:
                     self._arm("I", self.settings.t4, now, self._timer_i)
             return
-        # A retransmitted INVITE: resend the latest response (§17.2.1); absorbed when Accepted.
-        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response:
-            self.send(Datagram(self.last_response, self.reply_to, self.local))
+        self.state = self._next(Event.REQUEST)
+        # A retransmitted INVITE: resend the latest response (§17.2.1); absorbed otherwise.
+        if old is State.PROCEEDING or old is State.COMPLETED:
+            self._resend()
 
     def respond(self, response: Response, now: float) -> None:
-        status = response.status
-        if self.state is State.PROCEEDING:
+        old = self.state
+        event = _response_event(response.status)
+        new = self.state = self._next(event)
+        if old is State.PROCEEDING:
             self._transmit(response.to_bytes())
-            if status < 200:
+            if new is State.PROCEEDING:
                 return
             # From here on only retransmissions are absorbed: let go of the parsed values
             # (thousands of finished transactions wait out their timers at high call rates).
             self.request.shrink()
-            if status < 300:
-                self.state = State.ACCEPTED
+            if new is State.ACCEPTED:
                 # Accepted absorbs INVITE copies without answering them: the 2xx we sent is
                 # never resent by us (its retransmissions come from downstream).
                 self.last_response = None
-                self._arm("L", 64 * self.settings.t1, now, self._end)
+                self._arm("L", 64 * self.settings.t1, now, self._accepted_over)
                 return
-            self.state = State.COMPLETED
             if not self.reliable:
                 self._arm("G", self._g_interval, now, self._timer_g)
             self._arm("H", 64 * self.settings.t1, now, self._timer_h)
-        elif self.state is State.ACCEPTED and 200 <= status < 300:
+        elif old is State.ACCEPTED and event is Event.SUCCESS:
             # 2xx retransmissions from downstream pass straight through (RFC 6026 §7.1).
             self.send(Datagram(response.to_bytes(), self.reply_to, self.local))
 
     def _timer_g(self, now: float) -> None:
-        if self.state is State.COMPLETED and self.last_response:
+        self.state = self._next(Event.TIMER_G)
+        if self.last_response:
             self.send(Datagram(self.last_response, self.reply_to, self.local))
             self._g_interval = min(2 * self._g_interval, self.settings.t2)
             self._arm("G", self._g_interval, now, self._timer_g)
 
     def _timer_h(self, now: float) -> None:
         # No ACK ever came; RFC 3261 §17.2.1 informs the TU — nothing else to undo here.
-        self._terminate()
+        self.state = self._next(Event.TIMER_H)
+        self._finish()
 
     def _timer_i(self, now: float) -> None:
-        self._terminate()
+        self.state = self._next(Event.TIMER_I)
+        self._finish()
+
+    def _accepted_over(self, now: float) -> None:
+        self.state = self._next(Event.TIMER_L)
+        self._finish()
 
 
 class NonInviteServerTransaction(ServerTransaction):
@@ -253,23 +288,33 @@ class NonInviteServerTransaction(ServerTransaction):
 
     __slots__ = ()
 
+    def _next(self, event: Event) -> State:
+        return transition("non-INVITE server transaction", NON_INVITE_SERVER, self.state,
+                          event)
+
     def receive_request(self, request: Request, now: float) -> None:
-        if self.state in (State.PROCEEDING, State.COMPLETED) and self.last_response:
-            self.send(Datagram(self.last_response, self.reply_to, self.local))
+        old = self.state
+        self.state = self._next(Event.REQUEST)
+        if old is State.PROCEEDING or old is State.COMPLETED:
+            self._resend()
 
     def respond(self, response: Response, now: float) -> None:
-        if self.state in (State.COMPLETED, State.TERMINATED):
-            return
+        old = self.state
+        new = self.state = self._next(_response_event(response.status))
+        if old is State.COMPLETED or old is State.TERMINATED:
+            return  # absorbed (the table says why)
         self._transmit(response.to_bytes())
-        if response.status < 200:
-            self.state = State.PROCEEDING
+        if new is State.PROCEEDING:
             return
-        self.state = State.COMPLETED
         self.request.shrink()
         if self.reliable:
-            self._terminate()
+            self._timer_j(now)  # timer J is zero on a reliable transport
         else:
-            self._arm("J", 64 * self.settings.t1, now, self._end)
+            self._arm("J", 64 * self.settings.t1, now, self._timer_j)
+
+    def _timer_j(self, now: float) -> None:
+        self.state = self._next(Event.TIMER_J)
+        self._finish()
 
 
 class ClientTransaction(_Base):
@@ -305,26 +350,29 @@ class ClientTransaction(_Base):
     def receive_response(self, response: Response, now: float) -> None:
         raise NotImplementedError
 
-    def _terminate(self) -> None:
-        if self.state is not State.TERMINATED:
-            self.state = State.TERMINATED
-            self._disarm_all()
-            self.user.on_terminated(self)
+    def _finish(self) -> None:
+        self._disarm_all()
+        self.user.on_terminated(self)
 
     def _transmit(self) -> None:
         self.send(Datagram(self.data, self.dest, self.local))
 
     def transport_error(self, now: float) -> None:
         """The transport could not deliver the request (§17.1.4): same as a timeout."""
-        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+        old = self.state
+        new = self.state = self._next(Event.TRANSPORT_ERROR)
+        if new is State.TERMINATED and old is not State.TERMINATED:
             self.user.on_timeout(self, now)
-            self._terminate()
+            self._finish()
 
 
 class InviteClientTransaction(ClientTransaction):
     """§17.1.1 with RFC 6026 §7.2: 2xx moves to Accepted so 2xx retransmissions reach the TU."""
 
     __slots__ = ("_a_interval",)
+
+    def _next(self, event: Event) -> State:
+        return transition("INVITE client transaction", INVITE_CLIENT, self.state, event)
 
     def start(self, now: float) -> None:
         self.state = State.CALLING
@@ -335,47 +383,54 @@ class InviteClientTransaction(ClientTransaction):
         self._arm("B", 64 * self.settings.t1, now, self._timer_b)
 
     def _timer_a(self, now: float) -> None:
-        if self.state is State.CALLING:
-            self._transmit()
-            self._a_interval *= 2
-            self._arm("A", self._a_interval, now, self._timer_a)
+        self.state = self._next(Event.TIMER_A)
+        self._transmit()
+        self._a_interval *= 2
+        self._arm("A", self._a_interval, now, self._timer_a)
 
     def _timer_b(self, now: float) -> None:
-        if self.state is State.CALLING:
-            self.user.on_timeout(self, now)
-            self._terminate()
+        self.state = self._next(Event.TIMER_B)
+        self.user.on_timeout(self, now)
+        self._finish()
 
     def receive_response(self, response: Response, now: float) -> None:
         status = response.status
-        state = self.state
-        if state in (State.CALLING, State.PROCEEDING):
+        old = self.state
+        new = self.state = self._next(_response_event(status))
+        if old is State.CALLING or old is State.PROCEEDING:
             self.last_status = status
-            if status < 200:
-                if state is State.CALLING:
-                    self.state = State.PROCEEDING
+            if new is State.PROCEEDING:
+                if old is State.CALLING:
                     self._disarm("A", "B")
                 self.user.on_response(self, response, now)
-            elif status < 300:
-                self.state = State.ACCEPTED
+            elif new is State.ACCEPTED:
                 self._disarm("A", "B")
                 self.data = b""  # the INVITE is never retransmitted again
-                self._arm("M", 64 * self.settings.t1, now, self._end)
+                self._arm("M", 64 * self.settings.t1, now, self._accepted_over)
                 self.user.on_response(self, response, now)
             else:
-                self.state = State.COMPLETED
                 self._disarm("A", "B")
                 self.data = b""
                 self._send_ack(response)
                 if self.reliable:
                     self.user.on_response(self, response, now)
-                    self._terminate()
+                    self._timer_d(now)  # timer D is zero on a reliable transport
                 else:
-                    self._arm("D", 32.0, now, self._end)
+                    self._arm("D", 32.0, now, self._timer_d)
                     self.user.on_response(self, response, now)
-        elif state is State.ACCEPTED and 200 <= status < 300:
-            self.user.on_response(self, response, now)
-        elif state is State.COMPLETED and status >= 300:
+        elif old is State.ACCEPTED:
+            if 200 <= status < 300:
+                self.user.on_response(self, response, now)
+        elif old is State.COMPLETED and status >= 300:
             self._send_ack(response)
+
+    def _timer_d(self, now: float) -> None:
+        self.state = self._next(Event.TIMER_D)
+        self._finish()
+
+    def _accepted_over(self, now: float) -> None:
+        self.state = self._next(Event.TIMER_M)
+        self._finish()
 
     def _send_ack(self, response: Response) -> None:
         """Hop-by-hop ACK for a non-2xx final response (§17.1.1.3)."""
@@ -395,6 +450,10 @@ class NonInviteClientTransaction(ClientTransaction):
 
     __slots__ = ("_e_interval",)
 
+    def _next(self, event: Event) -> State:
+        return transition("non-INVITE client transaction", NON_INVITE_CLIENT, self.state,
+                          event)
+
     def start(self, now: float) -> None:
         self.state = State.TRYING
         self._transmit()
@@ -404,36 +463,41 @@ class NonInviteClientTransaction(ClientTransaction):
         self._arm("F", 64 * self.settings.t1, now, self._timer_f)
 
     def _timer_e(self, now: float) -> None:
-        if self.state in (State.TRYING, State.PROCEEDING):
-            self._transmit()
-            if self.state is State.TRYING:
-                self._e_interval = min(2 * self._e_interval, self.settings.t2)
-            else:
-                self._e_interval = self.settings.t2
-            self._arm("E", self._e_interval, now, self._timer_e)
+        old = self.state
+        self.state = self._next(Event.TIMER_E)
+        self._transmit()
+        if old is State.TRYING:
+            self._e_interval = min(2 * self._e_interval, self.settings.t2)
+        else:
+            self._e_interval = self.settings.t2
+        self._arm("E", self._e_interval, now, self._timer_e)
 
     def _timer_f(self, now: float) -> None:
-        if self.state in (State.TRYING, State.PROCEEDING):
-            self.user.on_timeout(self, now)
-            self._terminate()
+        self.state = self._next(Event.TIMER_F)
+        self.user.on_timeout(self, now)
+        self._finish()
 
     def receive_response(self, response: Response, now: float) -> None:
-        if self.state not in (State.TRYING, State.PROCEEDING):
-            return  # retransmitted final response: absorbed in Completed
+        old = self.state
+        new = self.state = self._next(_response_event(response.status))
+        if old is State.COMPLETED:
+            return  # a retransmitted final response: absorbed
         self.last_status = response.status
-        if response.status < 200:
-            self.state = State.PROCEEDING
+        if new is State.PROCEEDING:
             self.user.on_response(self, response, now)
             return
-        self.state = State.COMPLETED
         self._disarm("E", "F")
         self.data = b""  # nothing is retransmitted any more
         self.user.on_response(self, response, now)
         self.request.shrink()
         if self.reliable:
-            self._terminate()
+            self._timer_k(now)  # timer K is zero on a reliable transport
         else:
-            self._arm("K", self.settings.t4, now, self._end)
+            self._arm("K", self.settings.t4, now, self._timer_k)
+
+    def _timer_k(self, now: float) -> None:
+        self.state = self._next(Event.TIMER_K)
+        self._finish()
 
 
 def response_address(request: Request, source: Address) -> Address:

@@ -13,7 +13,7 @@ SIP = Path(__file__).resolve().parents[3] / "switchboard" / "sip"
 # Lowest first. The package's __init__ is its facade and may re-export anything.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "wire", "timers", "events", "auth", "guard"}),
-    frozenset({"uri", "sdp"}),
+    frozenset({"uri", "sdp", "states"}),
     frozenset({"headers", "refer"}),
     frozenset({"message", "operations"}),
     frozenset({"framing", "registrar", "transaction", "addressing"}),
