@@ -1,9 +1,12 @@
 """INVITE dialogs as a proxy tracks them, after the OpenSIPS dialog module.
 
 A `Dialog` is created when an initial INVITE is relayed and follows the states
-unconfirmed (1) → early (2) → confirmed without ACK (3) → confirmed (4) → deleted (5). For
-each leg it keeps the tag, the remote target (Contact), the route set toward that leg, the
-last CSeq the leg sent and the last SDP the leg sent. Every state change is reported as a
+unconfirmed (1) → early (2) → confirmed without ACK (3) → confirmed (4) → deleted (5) of the
+table `states.DIALOG`: the answer to the initial INVITE, an ACK, a BYE or the proxy ending
+it move it; an input that table does not allow in a state raises `LocalProtocolError`, and a
+late one it absorbs leaves the dialog as it is. For each leg it keeps the tag, the remote
+target (Contact), the route set toward that leg, the last CSeq the leg sent and the last SDP
+the leg sent. Every state change is reported as a
 `DialogStateChanged` event. The table finds dialogs by id and by Call-ID.
 
 Owns no transactions and sends nothing: the proxy core feeds it what it relays.
@@ -17,23 +20,16 @@ clocks of two processes (or nodes) do not agree.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ParseError
 from .message import Request, Response
+from .states import DIALOG, HOLD, DialogEvent, HoldEvent, HoldState, transition
+from .states import DialogState as DialogState
 from .timers import Timer
 from .wire import Address
-
-
-class DialogState(enum.IntEnum):
-    UNCONFIRMED = 1
-    EARLY = 2
-    CONFIRMED_NA = 3
-    CONFIRMED = 4
-    DELETED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +61,18 @@ class Leg:
     cseq_offset: int = 0
     sdp_version_sent: int = 0  # highest o= version we offered this leg ourselves
     # Media state the proxy set with its own re-INVITEs (call operations' hold): what the leg
-    # must stop doing (SEND_OFF / RECV_OFF bits), and whether such an offer is in flight.
+    # must stop doing (SEND_OFF / RECV_OFF bits), set when such an offer is answered, and
+    # where the offer in flight is (`states.HOLD`).
     hold_mask: int = 0
-    reinvite_pending: bool = False
+    hold_state: HoldState = HoldState.IDLE
+
+    @property
+    def reinvite_pending(self) -> bool:
+        """A hold re-INVITE of ours toward this leg is out or waits to be retried."""
+        return self.hold_state is not HoldState.IDLE
+
+    def hold_event(self, event: HoldEvent) -> None:
+        self.hold_state = transition("hold", HOLD, self.hold_state, event)
 
 
 class Dialog:
@@ -178,9 +183,12 @@ class Dialog:
             return self.callee, self.caller
         return None
 
-    def _move(self, new: DialogState, emit: Emit) -> None:
+    def _next(self, event: DialogEvent) -> DialogState:
+        return transition("dialog", DIALOG, self.state, event)
+
+    def _enter(self, new: DialogState, emit: Emit) -> None:
         old = self.state
-        if old is new or old is DialogState.DELETED:
+        if new is old:
             return
         self.state = new
         if new is DialogState.DELETED:
@@ -203,17 +211,24 @@ class Dialog:
     ) -> None:
         """A response to the initial INVITE came from downstream."""
         status = response.status
-        if self.state in (DialogState.CONFIRMED_NA, DialogState.CONFIRMED, DialogState.DELETED):
-            return
+        old = self.state
+        unanswered = old is DialogState.UNCONFIRMED or old is DialogState.EARLY
         if status >= 300:
+            event = DialogEvent.FAILURE
+        elif status >= 200:
+            event = DialogEvent.SUCCESS
+        elif status == 100 or (unanswered and not response.to_tag):
+            event = DialogEvent.TRYING
+        else:
+            event = DialogEvent.PROVISIONAL
+        new = self._next(event)
+        if not unanswered or event is DialogEvent.TRYING:
+            return  # absorbed once answered (the table says why), or no dialog yet (§12.1)
+        if event is DialogEvent.FAILURE:
             self.end_reason = f"{status}"
-            self._move(DialogState.DELETED, emit)
+            self._enter(new, emit)
             return
         to_tag = response.to_tag
-        if status < 200 and not to_tag:
-            return
-        if status == 100:
-            return
         callee = self.callee
         callee.tag = to_tag or callee.tag
         try:
@@ -233,7 +248,7 @@ class Dialog:
         sdp = _sdp_of(response)
         if sdp is not None:
             callee.sdp = sdp
-        self._move(DialogState.EARLY if status < 200 else DialogState.CONFIRMED_NA, emit)
+        self._enter(new, emit)
 
     def on_request(self, request: Request, sender: Leg, emit: Emit) -> None:
         """An in-dialog request from `sender` is being relayed."""
@@ -247,11 +262,12 @@ class Dialog:
             contacts = request.contacts
             if contacts and contacts[0].uri is not None:
                 sender.contact = str(contacts[0].uri)
-        if method == "ACK" and self.state is DialogState.CONFIRMED_NA:
-            self._move(DialogState.CONFIRMED, emit)
+        if method == "ACK":
+            self._enter(self._next(DialogEvent.ACK), emit)
         elif method == "BYE":
+            new = self._next(DialogEvent.BYE)
             self.end_reason = "bye"
-            self._move(DialogState.DELETED, emit)
+            self._enter(new, emit)
 
     def on_response_to(self, request_method: str, response: Response, responder: Leg) -> None:
         """A response to an in-dialog request, sent by `responder`: its SDP, and for a
@@ -268,8 +284,10 @@ class Dialog:
                 responder.contact = str(contacts[0].uri)
 
     def delete(self, reason: str, emit: Emit) -> None:
+        """The proxy ends this (still active) dialog itself."""
+        new = self._next(DialogEvent.END)
         self.end_reason = reason
-        self._move(DialogState.DELETED, emit)
+        self._enter(new, emit)
 
 
 def _sdp_of(message: Request | Response) -> bytes | None:
