@@ -62,6 +62,16 @@ from .refer import (
     sipfrag_status,
 )
 from .sdp import origin_version, set_direction, with_origin_version
+from .states import (
+    SUBSCRIPTION,
+    TRANSFER,
+    HoldEvent,
+    SubscriptionEvent,
+    SubscriptionState,
+    TransferEvent,
+    TransferState,
+    transition,
+)
 from .timers import Timer, TimerQueue
 from .uri import SipUri
 
@@ -85,23 +95,40 @@ END_OLD_CALL_GRACE = 2.0
 
 @dataclass(slots=True)
 class DialogOps:
-    """Transfer state of one dialog (the reference's dialog values, typed). The hold state
-    is media state of each leg and lives on the `Leg`."""
+    """Transfer state of one dialog: where its transfer is (`states.TRANSFER`), the
+    subscription its REFER created (`states.SUBSCRIPTION`), and the values they carry. The
+    hold state is media state of each leg and lives on the `Leg`."""
 
-    transfer_leg: str = ""  # "" = idle: a dialog may be transferred again (spec §10.1 fixed)
+    # A busy transfer (one whose state allows no START) makes a second one wait: a dialog
+    # may be transferred again once it is over (spec §10.1 fixed).
+    state: TransferState = TransferState.IDLE
+    subscription: SubscriptionState = SubscriptionState.NONE
+    leg: str = ""  # the leg of the running transfer
     last_leg: str = ""  # the leg of the latest transfer, for NOTIFYs that come after its end
     transfer_callid: str = ""
     destination: str = ""
     notify_leg: Leg | None = None  # the leg whose refer NOTIFYs we answer
-    subscription_active: bool = False
-    linked: bool = False  # the new call has been seen
     # The Replaces (call_id, to_tag, from_tag) an attended REFER asked for, when the replaced
     # call is not one of ours: the new call is then linked by this instead.
     replaces: tuple[str, str, str] | None = None
-    succeeded: bool = False
-    final_notify: bool = False  # the transferee's last NOTIFY (subscription terminated) came
     end_timer: Timer | None = None
     guard_timer: Timer | None = None  # gives up on a transfer whose new call never comes
+
+    @property
+    def busy(self) -> bool:
+        return TransferEvent.START not in TRANSFER[self.state]
+
+    @property
+    def transfer_leg(self) -> str:
+        """The leg of the running transfer; "" when none runs."""
+        return self.leg if self.busy else ""
+
+    def after(self, event: TransferEvent) -> TransferState:
+        """The state `event` moves the transfer to (LocalProtocolError if it may not)."""
+        return transition("transfer", TRANSFER, self.state, event)
+
+    def subscription_after(self, event: SubscriptionEvent) -> SubscriptionState:
+        return transition("subscription", SUBSCRIPTION, self.subscription, event)
 
 
 _IDLE = DialogOps()  # read only: what a dialog without call operations looks like
@@ -308,7 +335,7 @@ class CallOps:
         target, peer = self._legs(dialog, op.leg)
         self._require_confirmed(dialog)
         ops = self.ops_of(dialog)
-        if ops.transfer_leg:
+        if ops.busy:
             raise Refused(PENDING, "Request Pending")
         if self.mode == "param":
             value: str | None = dialog.id
@@ -325,10 +352,10 @@ class CallOps:
 
     def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
                         leg: str, refer_to: str, destination: str, now: float) -> None:
-        ops.transfer_leg = ops.last_leg = leg
+        ops.state = ops.after(TransferEvent.START)
+        ops.leg = ops.last_leg = leg
         ops.transfer_callid = ""
         ops.destination = destination
-        ops.linked = ops.succeeded = ops.final_notify = False
         ops.replaces = None
         headers = [("Contact", f"<{peer.contact}>"), ("Refer-To", refer_to)]
         sent = self.proxy.send_in_dialog(
@@ -336,31 +363,41 @@ class CallOps:
             lambda status, reason, t: self._refer_answered(dialog, status, reason, t), now)
         if not sent:
             self._transfer_event(dialog, "fail", "")
-            ops.transfer_leg = ""
+            ops.state = ops.after(TransferEvent.UNSENT)
+            ops.subscription = ops.subscription_after(SubscriptionEvent.UNSENT)
             raise Refused(NOT_SENT, "Server error", "the REFER could not be sent")
         ops.notify_leg = target
-        ops.subscription_active = self.mode != "manual"
+        ops.subscription = ops.subscription_after(
+            SubscriptionEvent.UNSUBSCRIBED if self.mode == "manual"
+            else SubscriptionEvent.SUBSCRIBED)
         self._transfer_event(dialog, "start", "")
         if ops.guard_timer is not None:
             ops.guard_timer.cancel()
         ops.guard_timer = self.proxy.timers.call_at(
-            now + NEW_CALL_TIMEOUT, partial(self._new_call_overdue, dialog, leg))
+            now + NEW_CALL_TIMEOUT, partial(self._new_call_overdue, dialog))
 
-    def _new_call_overdue(self, dialog: Dialog, leg: str, now: float) -> None:
+    def _new_call_overdue(self, dialog: Dialog, now: float) -> None:
         ops = self.ops_of(dialog)
         ops.guard_timer = None
-        if ops.transfer_leg == leg and not ops.linked and dialog.active:
-            self._transfer_event(dialog, "fail", "408 Request Timeout")
-            ops.transfer_leg = ""
-            ops.subscription_active = False
+        if not dialog.active:
+            return  # the transfer ended with its dialog
+        new = ops.after(TransferEvent.OVERDUE)
+        if new is ops.state:
+            return  # absorbed: the transfer ended before its new call was due
+        self._transfer_event(dialog, "fail", "408 Request Timeout")
+        ops.state = new
+        ops.subscription = ops.subscription_after(SubscriptionEvent.GIVEN_UP)
 
     def _refer_answered(self, dialog: Dialog, status: int, reason: str, now: float) -> None:
         ops = self.ops_of(dialog)
-        if status < 300 or not ops.transfer_leg:
-            return
+        if status < 300:
+            return  # accepted: the NOTIFYs and the new call tell the rest
+        new = ops.after(TransferEvent.REFUSED)
+        if new is ops.state:
+            return  # absorbed: the transfer already ended
         self._transfer_event(dialog, "fail", f"{status} {reason}")
-        ops.transfer_leg = ""
-        ops.subscription_active = False
+        ops.state = new
+        ops.subscription = ops.subscription_after(SubscriptionEvent.GIVEN_UP)
         if ops.guard_timer is not None:
             ops.guard_timer.cancel()
             ops.guard_timer = None
@@ -388,7 +425,7 @@ class CallOps:
         target, peer = self._legs(dialog, op.leg)
         self._require_confirmed(dialog)
         ops = self.ops_of(dialog)
-        if ops.transfer_leg:
+        if ops.busy:
             raise Refused(PENDING, "Request Pending")
         try:
             refer_to = attended_refer_to(destination, op.transfer_callid, totag, fromtag)
@@ -456,15 +493,21 @@ class CallOps:
             return False
         if leg is not None:
             check_text(leg, "leg")
-            self.ops_of(old).transfer_leg = self.ops_of(old).last_leg = leg
-        self._link(old, req.call_id, req.uri, links)
+            self.ops_of(old).last_leg = leg
+        self._link(old, req.call_id, req.uri, links, claim=leg or "")
         return True
 
     def _link(self, old: Dialog, new_callid: str, destination: str,
-              links: list[NewCallLink]) -> None:
+              links: list[NewCallLink], claim: str = "") -> None:
+        """`new_callid` is the new call of `old`'s transfer; with `claim` (a leg of `old`), a
+        new call that takes `old` over, which is busy until that call is answered."""
         ops = self.ops_of(old)
+        if claim:
+            ops.state = ops.after(TransferEvent.CLAIM)
+            ops.leg = claim
+        else:
+            ops.state = ops.after(TransferEvent.LINK)
         ops.transfer_callid = new_callid
-        ops.linked = True
         if ops.guard_timer is not None:
             ops.guard_timer.cancel()
             ops.guard_timer = None
@@ -502,8 +545,7 @@ class CallOps:
             key = f"callid:{initiator_id}"
             self.remote.link(key, req.call_id, req.uri)
             links.append(_RemoteLink(self.remote, key, req.call_id, req.uri))
-        r_ops.transfer_leg = replaced_leg
-        self._link(replaced, req.call_id, req.uri, links)
+        self._link(replaced, req.call_id, req.uri, links, claim=replaced_leg)
         return True
 
     # -- dialogs of this worker linked by a new call on another one ---------------------------
@@ -565,8 +607,8 @@ class CallOps:
         found = self._resolve_remote(key)
         for dialog, leg in found:
             if leg is not None:
-                self.ops_of(dialog).transfer_leg = self.ops_of(dialog).last_leg = leg
-            self._link(dialog, new_callid, destination, [])
+                self.ops_of(dialog).last_leg = leg
+            self._link(dialog, new_callid, destination, [], claim=leg or "")
         return bool(found)
 
     def remote_answer(self, key: str, new_callid: str, destination: str, status: int,
@@ -612,17 +654,15 @@ class CallOps:
         text = f"{status} {reason}".strip()
         self._transfer_event(dialog, "ok" if ok else "fail", text,
                              destination=destination, transfer_callid=new_callid)
-        ops.transfer_leg = ""
-        if ok:
-            ops.succeeded = True
-            if self.end_old_call and dialog.active:
-                if ops.final_notify:
-                    # The transferee's last NOTIFY overtook the new call's answer (it can,
-                    # when the new call went through another worker): nothing to wait for.
-                    self._end_old(dialog, now)
-                else:
-                    ops.end_timer = self.proxy.timers.call_at(
-                        now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
+        ops.state = ops.after(TransferEvent.ANSWERED if ok else TransferEvent.FAILED)
+        if ok and self.end_old_call and dialog.active:
+            if ops.subscription is SubscriptionState.TERMINATED:
+                # The transferee's last NOTIFY overtook the new call's answer (it can,
+                # when the new call went through another worker): nothing to wait for.
+                self._end_old(dialog, now)
+            else:
+                ops.end_timer = self.proxy.timers.call_at(
+                    now + END_OLD_CALL_GRACE, partial(self._end_old, dialog))
 
     def _end_old(self, dialog: Dialog, now: float) -> None:
         ops = self.ops_of(dialog)
@@ -640,7 +680,7 @@ class CallOps:
         if req.method != "NOTIFY" or self.mode == "manual":
             return False
         ops = self._ops.get(dialog.id)
-        if ops is None or not ops.subscription_active:
+        if ops is None or ops.subscription is not SubscriptionState.ACTIVE:
             return False
         if ops.notify_leg is not sender:
             return False
@@ -660,14 +700,13 @@ class CallOps:
         reply(200, "OK")
         sub_state = (req.get("subscription-state") or "").split(";", 1)[0].strip().lower()
         if sub_state == "terminated":
-            ops.subscription_active = False
-            ops.final_notify = True
+            ops.subscription = ops.subscription_after(SubscriptionEvent.FINAL_NOTIFY)
             # The transferee is done with the REFER; its new call, if it came through us, was
             # answered before this. Either way the transfer is over and the dialog may be
             # transferred again, even when the new call never reached us (or lost the match
             # parameter) and so was never linked.
-            ops.transfer_leg = ""
-            if ops.succeeded and self.end_old_call:
+            ops.state = ops.after(TransferEvent.FINAL_NOTIFY)
+            if ops.state is TransferState.SUCCEEDED and self.end_old_call:
                 self._end_old(dialog, now)
         return True
 
@@ -747,18 +786,18 @@ class CallOps:
         base = peer.sdp  # what `body` was built from
 
         def answered(status: int, reason: str, t: float) -> None:
-            target.reinvite_pending = False
             if status == 491 and attempt < 3 and dialog.active:
                 # Glare (RFC 3261 §14.1): retry after a random wait; 2.1-4 s when we speak
                 # for the Call-ID's owner (the caller), 0-2 s otherwise.
                 wait = self.proxy.random_fraction() * 2.0
                 if peer is dialog.caller:
                     wait = 2.1 + wait * 0.95
-                target.reinvite_pending = True
+                target.hold_event(HoldEvent.GLARE)
                 self.proxy.timers.call_at(t + wait, lambda t2: self._retry(
                     dialog, name, target, peer, mask, base, body, extra, action, t2,
                     attempt + 1))
                 return
+            target.hold_event(HoldEvent.ANSWERED)
             ok = status < 300
             if ok:
                 target.hold_mask = mask
@@ -766,10 +805,10 @@ class CallOps:
 
         if attempt == 0:
             self._hold_event(dialog, name, action, "start")
-        target.reinvite_pending = True
+        target.hold_event(HoldEvent.OFFER if attempt == 0 else HoldEvent.RETRY)
         if not self.proxy.send_in_dialog(dialog, target, peer, "INVITE", headers, body,
                                          answered, now):
-            target.reinvite_pending = False
+            target.hold_event(HoldEvent.UNSENT)
             self._hold_event(dialog, name, action, "fail")
             return False
         return True
@@ -778,7 +817,7 @@ class CallOps:
                base: bytes | None, body: bytes, extra: Headers, action: str,
                now: float, attempt: int) -> None:
         if not dialog.active:
-            target.reinvite_pending = False
+            target.hold_event(HoldEvent.ABANDONED)
             self._hold_event(dialog, name, action, "fail")
             return
         version: int | None = None
