@@ -1,10 +1,10 @@
 """The state machines of the SIP core as tables: (state, event) → next state (after h11's
 `_state.py`).
 
-Five machines live here, each a plain dict of dicts beside the enums it uses: the four RFC 3261
-§17 transactions (with the RFC 6026 Accepted state), an INVITE dialog as a proxy tracks it,
-a transfer of a dialog with the implicit subscription its REFER creates (RFC 3515), and the
-hold re-INVITE of one leg. The machines in `transaction.py`, `dialog.py` and `callops.py`
+Each table is a plain dict of dicts beside the enums it uses: the four RFC 3261 §17
+transactions (with the RFC 6026 Accepted state), an INVITE dialog as a proxy tracks it, a
+transfer of a dialog and the implicit subscription its REFER creates (RFC 3515), and the hold
+re-INVITE of one leg. The machines in `transaction.py`, `dialog.py` and `callops.py`
 move only through `transition`; what they do on the way (send, arm a timer, report an event)
 stays with them.
 
