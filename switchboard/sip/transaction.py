@@ -20,17 +20,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .message import Request, Response
-from .states import (
-    INVITE_CLIENT,
-    INVITE_SERVER,
-    NON_INVITE_CLIENT,
-    NON_INVITE_SERVER,
-    TransactionEvent,
-    TransactionState,
-    transition,
-)
+from .states import INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_SERVER, transition
+
+# The machines' states and inputs (RFC 3261 §17 names), whose transitions are the tables in
+# `states.py`. Imported under these names, not assigned: compiled code reaches an imported
+# class directly, an alias through the module's dict.
+from .states import TransactionEvent as Event
+from .states import TransactionState as State
 from .timers import Timer, TimerQueue
 from .wire import Address, Datagram
+
+__all__ = [
+    "ClientKey", "ClientTransaction", "Event", "InviteClientTransaction",
+    "InviteServerTransaction", "NonInviteClientTransaction", "NonInviteServerTransaction",
+    "Send", "ServerKey", "ServerTransaction", "State", "TimerSettings", "TransactionUser",
+    "client_key", "response_address", "server_key",
+]
 
 Send = Callable[[Datagram], None]
 
@@ -44,12 +49,6 @@ class TimerSettings:
     t4: float = 5.0
     # Timer C (§16.6 step 11): a proxy gives up on an INVITE branch after this long.
     timer_c: float = 180.0
-
-
-# The machines' states and inputs (RFC 3261 §17 names); their transitions are the tables in
-# `states.py`.
-State = TransactionState
-Event = TransactionEvent
 
 
 class TransactionUser(Protocol):
