@@ -6,8 +6,8 @@ table `states.DIALOG`: the answer to the initial INVITE, an ACK, a BYE or the pr
 it move it; an input that table does not allow in a state raises `LocalProtocolError`, and a
 late one it absorbs leaves the dialog as it is. For each leg it keeps the tag, the remote
 target (Contact), the route set toward that leg, the last CSeq the leg sent and the last SDP
-the leg sent. Every state change is reported as a
-`DialogStateChanged` event. The table finds dialogs by id and by Call-ID.
+the leg sent. Every state change is reported as a `DialogStateChanged` event. The table
+finds dialogs by id and by Call-ID.
 
 Owns no transactions and sends nothing: the proxy core feeds it what it relays.
 
