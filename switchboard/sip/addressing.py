@@ -64,11 +64,24 @@ def target(uri: Uri | None) -> str:
     return f"{uri.scheme}:{uri.user or ''}@{uri.host.lower()}:{uri.port or 0}"
 
 
-def rr_uri(local: Address, signature: str) -> str:
-    """Our Record-Route URI on socket `local`, with the route's signature if any."""
-    suffix = "" if local.transport == "udp" else f";transport={local.transport}"
+def rr_uri(local: Address, signature: str, sips: bool = False) -> str:
+    """Our Record-Route URI on socket `local`, with the route's signature if any. For a
+    `sips:` request the entry on a TLS-backed socket is a `sips:` URI too (RFC 3261 §16.6
+    step 4; RFC 5658 for each of a doubled pair), so the route set keeps every hop
+    secure; `transport=tls` is not written under `sips:` (RFC 5630 deprecates it), and
+    WSS is `sips:` with `transport=ws` (RFC 7118 §5.2)."""
     signed = f";{SIG_PARAM}{signature}" if signature else ""
+    transport = local.transport
+    if sips and local.secure:
+        suffix = "" if transport == "tls" else ";transport=ws"
+        return f"sips:{local.hostport}{suffix};lr{signed}"
+    suffix = "" if transport == "udp" else f";transport={transport}"
     return f"sip:{local.hostport}{suffix};lr{signed}"
+
+
+def is_sips(uri: str) -> bool:
+    """A `sips:` URI, from its text (the scheme is case-insensitive, RFC 3261 §19.1.4)."""
+    return uri[:5].lower() == "sips:"
 
 
 def via(local: Address, branch: str) -> Via:

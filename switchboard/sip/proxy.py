@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .addressing import SIG_PARAM, Addressing, rr_uri, signature_of
+from .addressing import SIG_PARAM, Addressing, is_sips, rr_uri, signature_of
 from .addressing import target as target_key
 from .addressing import via as our_via
 from .auth import Verdict
@@ -66,6 +66,9 @@ ALLOW = (
     "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, SUBSCRIBE, UPDATE, INFO, "
     "MESSAGE, PRACK"
 )
+# Where each read is one whole message, so no Content-Length is needed: a datagram, and a
+# WebSocket frame (RFC 7118 §5.1).
+WHOLE_MESSAGES = frozenset(("udp", "ws", "wss"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,8 @@ class _Forward:
     """One relayed request: its server transaction, its client branch, its dialog."""
 
     __slots__ = ("cancel_sent", "cancelled", "client", "cseq_delta", "dialog", "final_sent",
-                 "initial", "links", "own_rr", "server", "timer_c", "timer_c_due")
+                 "initial", "links", "own_rr", "server", "timer_c", "timer_c_due",
+                 "undelivered")
 
     def __init__(self, server: ServerTransaction, dialog: Dialog | None, initial: bool) -> None:
         self.server = server
@@ -173,6 +177,7 @@ class _Forward:
         self.timer_c_due = 0.0
         self.cseq_delta = 0  # CSeq shift applied toward the receiving leg (callops)
         self.links: list[NewCallLink] = []  # calls this new call transfers
+        self.undelivered = False  # the transport found no way to the next hop
 
 
 class Proxy:
@@ -241,7 +246,7 @@ class Proxy:
             self.stats["auth:banned_drops"] += 1  # a banned guesser learns nothing, not even "no"
             return
         try:
-            msg = parse_message(data, datagram=not source.reliable)
+            msg = parse_message(data, datagram=source.transport in WHOLE_MESSAGES)
         except ParseError as exc:
             self.stats["core:bad_msg_hdr"] += 1
             self._answer_unparsable(data, exc, source, local)
@@ -447,6 +452,10 @@ class Proxy:
                 if binding is None and (new or self.addressing.is_own(ruri)):
                     binding = bindings[0]
             if binding is not None:
+                if is_sips(req.uri) and not is_sips(binding.contact):
+                    # RFC 5630 §5.3: a sips: AOR is retargeted to sips: contacts only.
+                    self._refuse_insecure(txn, local, now)
+                    return
                 req.uri = binding.contact
             elif self.addressing.is_own(ruri):
                 if method == "OPTIONS":
@@ -492,6 +501,8 @@ class Proxy:
                     was_active = dialog.active
                     dialog.on_request(req, sender, self.events.append)
                     cseq_delta = receiver.cseq_offset
+                    if via_binding is None:
+                        via_binding = self._known_connection(receiver)
                     if was_active and not dialog.active:
                         self._dialog_ended(dialog, now)
         ctx = _Forward(txn, dialog, initial)
@@ -501,6 +512,27 @@ class Proxy:
         if initial and dialog is not None:
             self._invites[dialog.id] = ctx
         self._forward(req, ctx, local, now, via_binding)
+
+    @staticmethod
+    def _known_connection(leg: Leg) -> Address | None:
+        """The connection a dialog's party last sent over, if it came over one: requests
+        toward it go back that way even when its Contact names another address (behind a
+        NAT, or a Contact that differs from its Via), as RFC 5923 aliasing does for the
+        sent-by."""
+        address = leg.address
+        return address if address is not None and address.transport != "udp" else None
+
+    @staticmethod
+    def _insecure_hop(req: Request, dest: Address) -> bool:
+        """A `sips:` Request-URI must be reached over TLS on every hop (RFC 3261 §26.2.2)."""
+        return not dest.secure and is_sips(req.uri)
+
+    def _refuse_insecure(self, txn: ServerTransaction, local: Address, now: float) -> None:
+        """480 with Warning 380 for a `sips:` request that could only go on without TLS
+        (RFC 5630 §5.3). Not 416: that says the scheme is unknown here, and `sips:` is not;
+        only this destination cannot be reached securely."""
+        self._respond(txn, 480, now, extra=[
+            ("Warning", f'380 {local.hostport} "SIPS Not Allowed"')])
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
                  via_binding: Address | None) -> None:
@@ -520,6 +552,10 @@ class Proxy:
             self._respond(ctx.server, 503, now, reason="Unresolvable destination")
             self._fail_initial(ctx, now)
             return
+        if self._insecure_hop(req, dest):
+            self._refuse_insecure(ctx.server, local_in, now)
+            self._fail_initial(ctx, now)
+            return
         local_out = self.addressing.local_for(dest)
         if local_out is None:
             self._respond(ctx.server, 503, now, reason="No socket for transport")
@@ -532,10 +568,11 @@ class Proxy:
             # next hop needs no signature to come back through us.
             signature = "" if self.policy.is_trusted(dest.host) else self.policy.sign(
                 req.call_id, req.from_tag or "", self._contact_target(req))
+            sips = is_sips(req.uri)
             if local_out != local_in:
-                out.prepend("record-route", f"<{rr_uri(local_in, signature)}>")
+                out.prepend("record-route", f"<{rr_uri(local_in, signature, sips)}>")
                 ctx.own_rr += 1
-            out.prepend("record-route", f"<{rr_uri(local_out, signature)}>")
+            out.prepend("record-route", f"<{rr_uri(local_out, signature, sips)}>")
             ctx.own_rr += 1
         out.prepend_via(our_via(local_out, self._branch(req)))
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
@@ -562,11 +599,13 @@ class Proxy:
         if not self.policy.is_trusted(source.host) and self._in_dialog_refusal(req, signature):
             self.stats["core:unknown_dialog_requests"] += 1  # an ACK gets no answer
             return
+        known: Address | None = None
         if dialog is not None:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None:
                 dialog.on_request(req, legs[0], self.events.append)
                 cseq_delta = legs[1].cseq_offset
+                known = self._known_connection(legs[1])
                 self.replication.changed(dialog)
                 invite = self._invites.get(dialog.id)
                 if invite is not None and invite.final_sent:
@@ -588,9 +627,11 @@ class Proxy:
             self.stats["core:drop_requests"] += 1
             return
         dest = self.addressing.resolve(next_hop)
+        if known is not None and (dest is None or dest.transport == known.transport):
+            dest = known
         local_out = self.addressing.local_for(dest) if dest is not None else None
-        if dest is None or local_out is None:
-            self.stats["core:drop_requests"] += 1
+        if dest is None or local_out is None or self._insecure_hop(req, dest):
+            self.stats["core:drop_requests"] += 1  # an ACK gets no answer
             return
         # Stateless relay (§16.11): a deterministic branch, so a retransmitted ACK reuses it.
         top_branch = (req.top_via.branch or "").encode("utf-8", "surrogateescape")
@@ -714,7 +755,9 @@ class Proxy:
     def on_timeout(self, txn: ClientTransaction, now: float) -> None:
         owner = txn.owner
         if isinstance(owner, _Forward) and not owner.final_sent:
-            self._respond(owner.server, 408, now)
+            # A request the transport could not deliver is answered at once, and not as a
+            # timeout: 480 says the callee is not reachable now (see `undeliverable`).
+            self._respond(owner.server, 480 if owner.undelivered else 408, now)
             self._fail_initial(owner, now)
 
     def on_terminated(self, txn: ClientTransaction) -> None:
@@ -860,6 +903,38 @@ class Proxy:
                        on_final: FinalCallback | None, now: float) -> bool:
         """Originate `method` toward `target` as if `peer` sent it; False if it can't go."""
         return self.uac.send(dialog, target, peer, method, headers, body, on_final, now)
+
+    def undeliverable(self, datagram: Datagram, now: float) -> None:
+        """The driver had no way to send `datagram`: no connection to a WebSocket client any
+        more (a server does not connect to one, RFC 7118 §5), or no socket. The client
+        transaction that sent it fails now with a transport error (RFC 3261 §17.1.4)
+        rather than at its timeout: 480 upstream for a relayed request, 480 to whoever
+        asked for a request of our own.
+
+        480 rather than RFC 5626's 430 (Flow Failed): 430 is the edge proxy telling the
+        registrar behind it to try another of the user's flows; here the two are one, and
+        what the caller needs to hear is that the callee cannot be reached now. A response
+        that cannot be sent has nowhere else to go (its connection is gone) and is left to
+        its transaction's timers, as is an ACK (it has no transaction)."""
+        data = datagram.data
+        if data.startswith(b"SIP/"):
+            return
+        try:
+            msg = parse_message(data)
+        except ParseError:
+            return
+        if not isinstance(msg, Request) or msg.method == "ACK":
+            return
+        txn = self.client_txns.get(client_key(msg.top_branch, msg.method))
+        if txn is None:
+            return
+        self.stats["core:undeliverable_requests"] += 1
+        owner = txn.owner
+        if isinstance(owner, _Forward):
+            owner.undelivered = True
+            txn.transport_error(now)
+        else:
+            self.uac.undeliverable(txn, now)
 
     def statistics(self) -> dict[str, int]:
         return report(self.stats, self.dialogs, len(self.server_txns) + len(self.client_txns),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from .addressing import Addressing
+from .addressing import Addressing, is_sips
 from .addressing import via as our_via
 from .dialog import Dialog, Leg
 from .errors import ParseError
@@ -43,7 +43,7 @@ class _Local:
     """One request of our own: the dialog it belongs to, who hears its final answer, and
     the ACK it needs if it is an INVITE answered 2xx (kept for the 2xx's retransmissions)."""
 
-    __slots__ = ("ack", "dialog", "done", "on_final", "target")
+    __slots__ = ("ack", "dialog", "done", "on_final", "target", "undelivered")
 
     def __init__(self, dialog: Dialog | None, on_final: FinalCallback | None = None,
                  target: Leg | None = None) -> None:
@@ -52,6 +52,7 @@ class _Local:
         self.target = target
         self.done = False
         self.ack: Datagram | None = None
+        self.undelivered = False  # the transport found no way to the target
 
 
 class Uac:
@@ -83,7 +84,7 @@ class Uac:
         target.cseq_offset += 1
         self.replication.changed(dialog)
         cseq = peer.cseq + target.cseq_offset
-        uri = target.contact or to_uri
+        uri = remote = target.contact or to_uri
         routes = list(target.route_set)
         headers: list[tuple[str, str, str]] = [
             ("to", "To", f"<{to_uri}>;tag={target.tag}"),
@@ -109,10 +110,18 @@ class Uac:
             # leaves this leg unreachable from here, not the dialog stuck.
             return None
         dest = self.addressing.resolve(hop) if hop is not None else None
+        known = target.address
+        if known is not None and known.reliable and (
+                dest is None or dest.transport == known.transport):
+            # The connection the target last sent over, though its Contact may name another
+            # address (RFC 5923 aliasing, as the relay does).
+            dest = known
         if dest is None:
-            dest = target.address
+            dest = known  # an unresolvable Contact: where the target's messages came from
         if dest is None:
             return None
+        if not dest.secure and is_sips(remote):
+            return None  # a sips: target is never reached over a hop without TLS (§26.2.2)
         local = self.addressing.local_for(dest)
         if local is None:
             return None
@@ -187,7 +196,18 @@ class Uac:
         owner = txn.owner
         if isinstance(owner, _Local) and not owner.done and owner.on_final is not None:
             owner.done = True
-            owner.on_final(408, "Request Timeout", now)
+            if owner.undelivered:
+                owner.on_final(480, "Temporarily Unavailable", now)
+            else:
+                owner.on_final(408, "Request Timeout", now)
+
+    def undeliverable(self, txn: ClientTransaction, now: float) -> None:
+        """The transport could not send `txn`'s request: it ends now (RFC 3261 §17.1.4),
+        reported as 480, the target being unreachable rather than silent."""
+        owner = txn.owner
+        if isinstance(owner, _Local):
+            owner.undelivered = True
+        txn.transport_error(now)
 
     def on_terminated(self, txn: ClientTransaction) -> None:
         if self.client_txns.get(txn.key) is txn:
@@ -211,7 +231,8 @@ class Uac:
             uri = str(contacts[0].uri)
         ack = Request("ACK", uri, headers)
         dest = txn.dest
-        if not req.has("route"):
+        # Over a connection the ACK follows its INVITE on it (RFC 3261 §18.1.1).
+        if not req.has("route") and not dest.reliable:
             hop = self.addressing.next_hop(ack)
             resolved = self.addressing.resolve(hop) if hop is not None else None
             if resolved is not None and resolved.transport == txn.local.transport:
