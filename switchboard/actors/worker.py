@@ -70,13 +70,18 @@ class Worker:
         proxy = self.proxy
         if proxy.outbox:
             endpoints = self.endpoints
+            # The core may answer an undeliverable request here (480 upstream): the answer
+            # joins the outbox being walked and goes out in this same pass.
             for dgram in proxy.outbox:
                 endpoint = endpoints.get(dgram.local)
-                if endpoint is not None:
-                    try:
-                        endpoint.send(dgram.data, dgram.dest)
-                    except Exception:  # one bad destination must not stop every send after it
-                        log.exception("sending to %s failed", dgram.dest)
+                if endpoint is None:
+                    proxy.undeliverable(dgram, self._loop.time())
+                    continue
+                try:
+                    if endpoint.send(dgram.data, dgram.dest) is False:
+                        proxy.undeliverable(dgram, self._loop.time())
+                except Exception:  # one bad destination must not stop every send after it
+                    log.exception("sending to %s failed", dgram.dest)
             proxy.outbox.clear()
         if proxy.events:
             for ev in proxy.events:

@@ -186,7 +186,9 @@ class TcpEndpoint:
         endpoint.local = Address(transport, host, bound[1])
         return endpoint
 
-    def send(self, data: bytes, dest: Address) -> None:
+    def send(self, data: bytes, dest: Address) -> bool:
+        """Over the connection to `dest` (or aliased to it), else over a new one; True
+        always, since a connection can be opened (one that fails to is logged)."""
         conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)
@@ -195,6 +197,7 @@ class TcpEndpoint:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         conn.write(data)
+        return True
 
     async def _connect(self, conn: _Connection, dest: Address) -> None:
         loop = asyncio.get_running_loop()

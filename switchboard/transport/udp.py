@@ -45,9 +45,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         # ICMP port unreachable and the like: the transaction timers deal with the loss.
         log.debug("udp error on %s: %s", self.local, exc)
 
-    def send(self, data: bytes, dest: Address) -> None:
-        if self._transport is not None:
-            self._transport.sendto(data, (dest.host, dest.port))
+    def send(self, data: bytes, dest: Address) -> bool:
+        if self._transport is None:
+            return False
+        self._transport.sendto(data, (dest.host, dest.port))
+        return True  # a loss is the transaction timers' to notice
 
     def close(self) -> None:
         if self._transport is not None:

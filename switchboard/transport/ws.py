@@ -228,15 +228,16 @@ class WsEndpoint:
                 conn.close()
         self._sweeper = self._loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
 
-    def send(self, data: bytes, dest: Address) -> None:
+    def send(self, data: bytes, dest: Address) -> bool:
         conn = (self.connections.get(dest) or self.flows.get(f"{dest.host}:{dest.port}")
                 or self.flows.get(dest.host))
         if conn is None or conn.ws.closed:
             # RFC 7118 §5: a WebSocket server does not connect to clients.
             self.undeliverable += 1
             log.info("%s: no connection to %s, message dropped", self.transport, dest)
-            return
+            return False
         conn.outbox.put_nowait(data)
+        return True
 
     def close(self) -> None:
         if self._sweeper is not None:
