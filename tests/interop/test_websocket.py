@@ -18,6 +18,7 @@ import pytest
 
 from tests.support import jssip
 from tests.support.certs import TestPki, make_pki
+from tests.support.events import EventCollector
 from tests.support.jssip import JsSipPhone
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer, wait_confirmed
@@ -40,9 +41,10 @@ class WsSwitchboard:
 
 
 @pytest.fixture
-def ws_switchboard(switchboard_server: Callable[..., SwitchboardServer], tmp_path: Path
-                   ) -> WsSwitchboard:
-    """`switchboard serve` on udp:P, ws:Q and wss:R (a certificate from a test CA)."""
+def ws_switchboard(switchboard_server: Callable[..., SwitchboardServer], tmp_path: Path,
+                   events: EventCollector) -> WsSwitchboard:
+    """`switchboard serve` on udp:P, ws:Q and wss:R (a certificate from a test CA), its
+    events to `events`."""
     pki = make_pki(tmp_path / "pki")
     cert = pki.issue("switchboard")
     config = tmp_path / "switchboard.toml"
@@ -51,7 +53,8 @@ def ws_switchboard(switchboard_server: Callable[..., SwitchboardServer], tmp_pat
                       "[websocket]\nping_interval = 5\n")
     ws_port, wss_port = free_port("tcp"), free_port("tcp")
     server = switchboard_server("--config", str(config), "--listen", f"ws:{HOST}:{ws_port}",
-                                "--listen", f"wss:{HOST}:{wss_port}", tcp=False)
+                                "--listen", f"wss:{HOST}:{wss_port}",
+                                "--event-datagram", events.socket, tcp=False)
     return WsSwitchboard(server, ws_port, wss_port, pki)
 
 
@@ -114,6 +117,51 @@ def test_a_jssip_phone_calls_sipp_and_hangs_up(sipp: StartSipp, ws_switchboard: 
     routes = invite.headers("record-route")
     # RFC 5658: the call crosses from WebSocket to UDP, so both sides get their own entry.
     assert len(routes) == 2 and f";transport={transport}" in routes[1], routes
+
+
+@pytest.mark.sipp
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+def test_a_jssip_caller_blind_transferred_from_the_mi(
+        sipp: StartSipp, ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone],
+        events: EventCollector, transport: str) -> None:
+    """alice (JsSIP) calls bob (SIPp); the MI transfers alice to carol (SIPp). The REFER
+    reaches alice over her connection, JsSIP accepts it and its new INVITE reaches carol;
+    the proxy ends the old call both ways and the events tell each step."""
+    alice = phone("alice", transport)
+    server = ws_switchboard.server
+    bob_port, carol_port = free_port("udp"), free_port("udp")
+    bob = sipp("bob", "uas.xml", local_port=bob_port, calls=1).wait_listening()
+    carol = sipp("carol", "uas.xml", local_port=carol_port, calls=1).wait_listening()
+    alice.command(f"call sip:bob@{HOST}:{bob_port}")
+    old = alice.wait_event("confirmed")["call_id"]
+    dialog_id = wait_confirmed(server, old)["ID"]
+    destination = f"sip:carol@{HOST}:{carol_port}"
+    assert server.mi_result("callops:transfer", callid=old, leg="caller",
+                            destination=destination) == "Accepted"
+    refer = alice.wait_event("refer")
+    assert refer["target"] == f"{destination};osid={dialog_id}", refer
+    assert refer["via"].startswith(f"SIP/2.0/{transport.upper()} {HOST}:"), refer
+    new = alice.wait_event("transferring")["call_id"]
+    assert new and new != old
+    assert alice.wait_event("confirmed")["call_id"] == new
+    # The old call ends toward both parties: bob's scenario ends with the proxy's BYE.
+    assert_clean(bob.wait())
+    events.wait_for("E_CALL_TRANSFER", lambda p: p["callid"] == old and p["state"] == "notify"
+                    and p["status"] == "200 OK")
+    steps = events.sequence("E_CALL_TRANSFER", old, "transfer_callid", "state", "status")
+    # JsSIP's NOTIFY of the 180 may pass the 200 on its way: the NOTIFYs of the new call are
+    # compared apart, the last one being its 200.
+    assert [s for s in steps if s[:2] != (new, "notify")] == [
+        ("", "start", ""), ("", "notify", "100 Trying"), (new, "start", ""),
+        (new, "ok", "200 OK")], events.describe("E_CALL_TRANSFER")
+    assert steps[-1] == (new, "notify", "200 OK"), events.describe("E_CALL_TRANSFER")
+    wait_confirmed(server, new)
+    alice.command("hangup")
+    result = carol.wait()
+    assert_clean(result)
+    invite = received(result, "INVITE")[0]
+    assert invite.ruri == destination, invite.text
+    assert invite.header("Call-ID") == new
 
 
 def test_two_jssip_phones_held_unheld_and_ended_from_the_mi(

@@ -3,7 +3,7 @@
 // it SDP (node has no WebRTC; no media flows). It registers, answers incoming calls or
 // places one, and reports what happens as JSON lines on stdout:
 //   {"event": "registered"|"registrationFailed"|"incoming"|"progress"|"confirmed"|"ended"|
-//             "failed"|"hold"|"unhold"|"refer"|"disconnected", ...}
+//             "failed"|"hold"|"unhold"|"refer"|"transferring"|"disconnected", ...}
 // Commands come as lines on stdin: `call SIP-URI`, `hangup`, `quit`.
 // A wss: URL is verified against NODE_EXTRA_CA_CERTS (the test's CA).
 'use strict';
@@ -78,7 +78,15 @@ function watch(s) {
   s.on('hold', (e) => say('hold', { originator: e.originator }));
   s.on('unhold', (e) => say('unhold', { originator: e.originator }));
   s.on('reinvite', (e) => say('reinvite', { sdp: e.request.body }));
-  s.on('refer', (e) => { say('refer', { target: String(e.request.refer_to.uri) }); e.reject(); });
+  // A REFER (blind transfer, RFC 3515) is accepted: JsSIP NOTIFYs its progress and places
+  // the new call, which becomes the phone's current session.
+  s.on('refer', (e) => {
+    say('refer', { target: String(e.request.refer_to.uri), via: e.request.getHeader('via') });
+    e.accept((next) => {
+      say('transferring', { call_id: next._request ? next._request.call_id : null });
+      watch(next);
+    }, media);
+  });
 }
 
 ua.on('registered', () => say('registered', { contact: ua.contact.toString() }));
