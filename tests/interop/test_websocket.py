@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.support.events import EventCollector
 from tests.support.jssip import JsSipPhone
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer, wait_confirmed
-from tests.support.sipp import Sipp, assert_clean, received
+from tests.support.sipp import Sipp, assert_clean, received, sip_messages
 
 pytestmark = [pytest.mark.interop]
 
@@ -97,6 +98,28 @@ def test_sipp_calls_a_registered_jssip_phone(sipp: StartSipp, ws_switchboard: Ws
     ended = alice.wait_event("ended")
     assert ended["originator"] == "remote", ended
     assert_clean(uac.wait())
+
+
+@pytest.mark.sipp
+def test_a_jssip_phone_whose_connection_closed_gets_its_caller_a_480(
+        sipp: StartSipp, ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
+    """The phone dies without unregistering: its binding stays, but no connection reaches
+    its `.invalid` Contact any more. The INVITE fails at once with 480 (the transport error
+    of RFC 3261 §17.1.4), well inside SIPp's receive timeout, instead of timer B's 408."""
+    alice = phone("alice", "ws")
+    alice.proc.kill()
+    alice.proc.wait(5)
+    time.sleep(0.5)  # the server reads the connection's end
+    server = ws_switchboard.server
+    uac = sipp("uac", "uac_unavailable.xml", local_port=free_port("udp"),
+               remote=f"{HOST}:{server.udp_port}", service="alice",
+               keys={"uas_port": server.udp_port}, calls=1)
+    result = uac.wait()
+    assert_clean(result)
+    finals = [m.status for m in sip_messages(result)
+              if m.direction == "received" and (m.status or 0) >= 200]
+    assert finals == [480], finals
+    assert server.proc.poll() is None
 
 
 @pytest.mark.sipp
