@@ -248,6 +248,12 @@ class Controller(CallOperations):
         dicts), for tests and tools."""
         return [_unpack(snapshot) for _, snapshot, _ in self.replicas.get(index, {}).values()]
 
+    async def reload_certificates(self) -> bool:
+        """Every worker reads its `[tls]` files again; False when any could not (those keep
+        their old ones). A worker that is down reads the files when it starts again."""
+        replies = await self._fan_out(lambda w: w.reload_certificates.remote())
+        return all(bool(r) for r in replies)
+
     async def stop(self) -> None:
         """Close every worker's sockets and the event sinks; the actors stay until killed."""
         with contextlib.suppress(Exception):

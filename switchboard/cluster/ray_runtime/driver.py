@@ -60,6 +60,8 @@ class RaySwitchboard(CallOperations):
         self._started_wall = float(ready["started_at"])
         self._owns_ray = owns_ray
         self._stopped = False
+        self._sighup = False
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     @property
     def listeners(self) -> list[Address]:
@@ -81,11 +83,41 @@ class RaySwitchboard(CallOperations):
         stats: dict[str, int] = snapshot["statistics"]
         return stats
 
+    async def reload_certificates(self) -> bool:
+        """Every worker reads the `[tls]` files again, as SIGHUP does; False when some did
+        not load them (those keep the old ones). Calls and connections stay up."""
+        done = bool(await self._call(self.controller.reload_certificates.remote()))
+        if done:
+            log.info("TLS certificates reloaded on every worker")
+        else:
+            log.error("TLS files not reloaded on some worker, the old ones stay in use there")
+        return done
+
+    def watch_sighup(self) -> None:
+        """SIGHUP has the workers read their certificates again (only where this loop may
+        own signals: the main thread of `switchboard serve`)."""
+        loop = asyncio.get_running_loop()
+
+        def reload() -> None:
+            task = loop.create_task(self.reload_certificates())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            log.debug("no SIGHUP certificate reload here: %s", exc)
+            return
+        self._sighup = True
+
     async def stop(self) -> None:
         """Stop the MI, the workers and the controller; leave Ray if `serve` started it."""
         if self._stopped:
             return
         self._stopped = True
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
         if self.mi is not None:
             await self.mi.close()
         with contextlib.suppress(Exception):
@@ -195,6 +227,8 @@ async def serve(config: Config) -> RaySwitchboard:
                 raise_start_error(ready["error"])
             sb = RaySwitchboard(config, controller, ready, owns_ray)
             await sb.start_mi()
+            if any(sock.transport in ("tls", "wss") for sock in config.listen.sockets):
+                sb.watch_sighup()
         except BaseException:
             with contextlib.suppress(Exception):
                 ray.kill(controller)

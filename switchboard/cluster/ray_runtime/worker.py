@@ -311,6 +311,12 @@ class WorkerActor:
         return _pack({"statistics": self._statistics(),
                       "setup": [list(setup.counts), setup.total]})
 
+    async def reload_certificates(self) -> bool:
+        """Read this worker's `[tls]` files again (the driver's SIGHUP); False when they did
+        not load and the old ones stay in use."""
+        await self._started()
+        return self.built.reload_certificates() if self.built is not None else True
+
     async def stop(self) -> None:
         if self._replicator is not None:
             self._replicator.cancel()
