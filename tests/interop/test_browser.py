@@ -87,6 +87,7 @@ class BrowserBench:
 
     def screenshot(self, step: str) -> None:
         for user, phone in self.phones.items():
+            phone.page.evaluate("window.phone.render()")
             phone.page.screenshot(self.shots / f"{step}-{user}.png")
 
     def to_switchboard(self, message: Captured) -> bool:

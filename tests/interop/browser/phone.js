@@ -8,6 +8,7 @@
 //   phone.state()               the UA and every session as JsSIP reports them now
 //   phone.media(index)          what WebRTC says of a session's media (ICE, RTP counters)
 //   phone.hangup()              ends every live session
+//   phone.render()              shows every call's state now (the screenshots' subject)
 'use strict';
 
 import JsSIP from 'jssip';
@@ -63,8 +64,26 @@ function watch(s) {
   });
 }
 
+// What the screenshots show beside the event log: each call as JsSIP and WebRTC see it now.
+async function render() {
+  const lines = [];
+  for (const [index, s] of sessions.entries()) {
+    const d = describe(s, index);
+    let rtp = '';
+    if (s.connection && !d.ended) {
+      const m = await window.phone.media(index);
+      rtp = ` rtp sent ${m.packets_sent} received ${m.packets_received}`;
+    }
+    lines.push(`#${index} ${d.direction} ${d.call_id} status ${d.status}` +
+               ` hold ${JSON.stringify(d.on_hold)} ice ${d.ice}${rtp}${d.ended ? ' ended' : ''}`);
+  }
+  document.getElementById('calls').textContent = lines.join('\n');
+}
+setInterval(() => { render().catch(() => {}); }, 250);
+
 window.phone = {
   events,
+  render,
   start(url, uri) {
     ua = new JsSIP.UA({
       sockets: [new JsSIP.WebSocketInterface(url)],
