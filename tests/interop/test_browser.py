@@ -19,9 +19,12 @@ the test opens (the MI client, the HEP collector, the page server, DevTools) is 
 Chromium gathers no ICE candidate on loopback unless `--allow-loopback-in-peer-connection` is
 given; with it, `lo` is all it has. Needs root, as the test command runs.
 
-The wire is checked on both ends: switchboard's HEP mirror (`--hep`) reports every SIP
-message it sent and received (tests/support/hep_collector.py), and the browser's network
-stack reports the WebSocket handshake (with its `Origin`) and every frame through CDP.
+The wire is checked on both ends: switchboard's HEP mirror (`--hep`, read back by
+tests/support/hep_collector.py) for what switchboard received, and the browser's network
+stack, through CDP, for the WebSocket handshake (with its `Origin`) and every frame the
+browser sent and received. What switchboard sends to a browser is read on the browser's
+side: the mirror drops the requests it sends to a client known only by its `.invalid` name
+(HEP carries IP addresses, and that name is what the mirror is given).
 Screenshots of both tabs at each step go to the test's tmp_path (`screenshots/`).
 """
 
@@ -90,6 +93,10 @@ class BrowserBench:
             phone.page.evaluate("window.phone.render()")
             phone.page.screenshot(self.shots / f"{step}-{user}.png")
 
+    def received(self, match: Callable[[Captured], bool], what: str) -> Captured:
+        """The first message switchboard received on its wss: port that `match`es (HEP)."""
+        return self.hep.wait_for(lambda m: self.to_switchboard(m) and match(m), what=what)
+
     def to_switchboard(self, message: Captured) -> bool:
         return message.dst == (HOST, self.wss_port)
 
@@ -141,13 +148,24 @@ def bench(private_net: None, switchboard_server: StartServer, tmp_path: Path
             hep.close()
 
 
+def in_call(callid: str, *, method: str | None = None, status: int | None = None,
+            cseq: str | None = None) -> Callable[[Captured], bool]:
+    """Matches a message of the call `callid` (a request `method`, a response `status`, a
+    `CSeq` value, as given)."""
+    def match(m: Captured) -> bool:
+        return (m.header("Call-ID") == callid and (method is None or m.method == method)
+                and (status is None or m.status == status)
+                and (cseq is None or m.header("CSeq") == cseq))
+    return match
+
+
 def wait_received(phone: BrowserPhone, match: Callable[[Captured], bool], what: str,
-                  timeout: float = 10.0) -> Captured:
+                  timeout: float = 10.0, after: int = 0) -> Captured:
     """The first SIP message the browser received (a WebSocket frame, as its network stack
-    reports it) that `match`es."""
+    reports it) that `match`es, from its `after`th frame on."""
     deadline = time.monotonic() + timeout
     while True:
-        for frame in phone.frames("received"):
+        for frame in phone.frames("received")[after:]:
             message = Captured(("switchboard", 0), (phone.name, 0), frame.encode())
             if match(message):
                 return message
@@ -230,21 +248,16 @@ def test_browser_phone_called_held_unheld_and_transferred(bench: BrowserBench,
         seen = len(alice.frames("received"))
         assert server.mi_result(f"callops:{action}", callid=callid) == "OK"
         alice.wait_event(action, index=0, originator="remote")
-        reinvite = wait_received(
-            alice, lambda m, seen=seen: m.method == "INVITE" and m.header("Call-ID") == callid
-            and m.payload.decode() not in alice.frames("received")[:seen],
-            what=f"the {action} re-INVITE")
+        reinvite = wait_received(alice, in_call(callid, method="INVITE"),
+                                 what=f"the {action} re-INVITE", after=seen)
         assert direction in _sdp_lines(reinvite), reinvite.text
         cseq = reinvite.header("CSeq")
-        answered = bench.hep.wait_for(
-            lambda m, cseq=cseq: m.status == 200 and m.header("CSeq") == cseq
-            and m.header("Call-ID") == callid and bench.to_switchboard(m),
-            what=f"alice's 200 to the {action} re-INVITE")
+        answered = bench.received(in_call(callid, status=200, cseq=cseq),
+                                  what=f"alice's 200 to the {action} re-INVITE")
         assert direction in _sdp_lines(answered), answered.text
         # The proxy ACKs the answer itself (RFC 3261 §13.2.2.4).
-        wait_received(alice, lambda m, cseq=cseq: m.method == "ACK" and m.header("Call-ID")
-                      == callid and m.header("CSeq").split()[0] == cseq.split()[0],
-                      what=f"the ACK of the {action}")
+        wait_received(alice, in_call(callid, cseq=f"{cseq.split()[0]} ACK"),
+                      what=f"the ACK of the {action}", after=seen)
         [session] = alice.state()["sessions"]
         assert session["on_hold"]["remote"] is held and session["established"], session
         bench.screenshot(f"3-{action}")
@@ -272,9 +285,13 @@ def test_browser_phone_called_held_unheld_and_transferred(bench: BrowserBench,
     assert notify.header("Event").startswith("refer"), notify.text
     wait_received(alice, lambda m: m.method == "BYE" and m.header("Call-ID") == callid,
                   what="the BYE of the old call")
-    bench.hep.wait_for(lambda m: m.method == "INVITE" and m.header("Call-ID") == new_callid
-                       and bench.to_switchboard(m) and "sip:bob@" in m.start_line,
-                       what="alice's INVITE to bob")
+    sent = bench.received(in_call(new_callid, method="INVITE"), what="alice's INVITE to bob")
+    assert sent.start_line.startswith(f"INVITE {refer['target']} "), sent.text
+    # Linked to the old call by the match parameter, which is taken out before bob sees it.
+    reached = wait_received(bob, in_call(new_callid, method="INVITE"), what="the INVITE")
+    assert re.match(r"INVITE sip:[a-z0-9]+@[a-z0-9]+\.invalid;transport=ws SIP/2\.0$",
+                    reached.start_line), reached.text
+    assert reached.headers("Via")[0].startswith(f"SIP/2.0/WSS {HOST}:"), reached.text
     sessions = alice.state()["sessions"]
     assert [s["ended"] for s in sessions] == [True, False], sessions
     assert sessions[1]["direction"] == "outgoing" and sessions[1]["established"], sessions
