@@ -244,7 +244,9 @@ class Chromium:
         for domain in ("Page", "Runtime", "Network"):
             page.send(f"{domain}.enable")
         page.send("Page.navigate", url=url)
-        page.wait_until("document.readyState === 'complete'", what="the page loaded")
+        # about:blank is complete too: wait for the new document's own load.
+        page.wait_until(f"location.href === {json.dumps(url)} && "
+                        "document.readyState === 'complete'", what=f"{url} loaded")
         return page
 
     def describe(self, lines: int = 60) -> str:
