@@ -3,7 +3,9 @@
 
 Flags and behaviour are the contract of DESIGN.md §3. `serve` builds the `Config` (file, then
 flags; the options that override a key are made from the configuration schema), runs the
-local runtime under uvloop, logs one `ready` line and stops cleanly on SIGINT/SIGTERM. `mi`
+local runtime under uvloop, logs one `ready` line and on SIGINT/SIGTERM (or the MI's
+`kill`) drains the runtime when it can (new INVITEs refused, transactions in flight
+finished; a second signal cuts it short) and stops cleanly. `mi`
 follows `opensips-cli -x mi`: when every argument is `name=value` they are named params,
 otherwise positional. The runtimes are imported only when `serve` runs, so `mi` starts fast
 and without them.
@@ -169,13 +171,33 @@ async def _serve(config: Config) -> None:
                 "switchboard %s ready: listening on %s, MI %s%s", __version__, sockets, mi,
                 capture, extra={"event": "ready"},
             )
-            await stop.wait()
+            await _stop_asked(stop, getattr(sb, "shutdown_requested", None))
             log.info("switchboard stopping", extra={"event": "stopping"})
+            drain = getattr(sb, "drain", None)
+            if drain is not None:
+                # A second signal while draining stops at once.
+                stop.clear()
+                draining = asyncio.ensure_future(drain())
+                signalled = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({draining, signalled}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (draining, signalled):
+                    task.cancel()
         finally:
             await sb.stop()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def _stop_asked(signalled: asyncio.Event, requested: asyncio.Event | None) -> None:
+    """Until a signal came, or the runtime was asked to stop (MI `kill`)."""
+    if requested is None:
+        await signalled.wait()
+        return
+    waits = {asyncio.ensure_future(signalled.wait()), asyncio.ensure_future(requested.wait())}
+    _done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
 
 
 def build_params(command: str, args: Sequence[str], *, as_json: bool = False) -> Any:

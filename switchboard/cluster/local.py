@@ -8,6 +8,12 @@ and call-setup time (`metrics.CallMetrics`); the MI server also serves `/metrics
 and `/readyz`; with a HEP collector configured, the endpoints and the receiver are wrapped to
 mirror every SIP message (without one, the hot path is exactly as before).
 
+With a `[dialog] store`, confirmed dialogs are written there behind the hot path
+(`store.DialogKeeper`) and read back at start, before the first message is served; a route
+secret left empty is generated once and kept in the store. `drain` (SIGTERM, MI `kill`)
+turns `/readyz` unready, answers new INVITEs 503 and waits for the transactions in flight
+before `stop` writes the store a last time.
+
 `build_worker` (and `proxy_config`) do that wiring for one worker from the configuration; the
 `ray` runtime builds each of its workers with them too, so both runtimes run the same thing.
 """
@@ -15,6 +21,7 @@ mirror every SIP message (without one, the hot path is exactly as before).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -37,7 +44,9 @@ from ..sip.callops import CallOps
 from ..sip.guard import GuardSettings
 from ..sip.operations import Operation, Refused
 from ..sip.proxy import Proxy, ProxyConfig
+from ..sip.transaction import State
 from ..sip.wire import Address
+from ..store import DialogKeeper, StoredDialog, open_store
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
 from ..transport.tls import TlsContexts, TlsFiles
@@ -59,6 +68,17 @@ log = logging.getLogger(__name__)
 
 def _token() -> str:
     return secrets.token_hex(4)
+
+
+# Transaction states still waiting for a final answer (the rest only absorb retransmissions).
+_PENDING = (State.CALLING, State.TRYING, State.PROCEEDING)
+DRAIN_POLL = 0.05  # seconds between two looks at the transactions in flight while draining
+
+
+def transactions_in_flight(proxy: Proxy) -> int:
+    """Server and client transactions of `proxy` that have no final answer yet."""
+    return (sum(1 for t in proxy.server_txns.values() if t.state in _PENDING)
+            + sum(1 for t in proxy.client_txns.values() if t.state in _PENDING))
 
 
 # -- building a worker (every runtime's) ----------------------------------------------------
@@ -244,7 +264,11 @@ class LocalSwitchboard(CallOperations):
         self.hep: HepMirror | None = None
         self.call_metrics: CallMetrics | None = None
         self._built: BuiltWorker | None = None
+        self.keeper: DialogKeeper | None = None
         self._ready = False
+        self._draining = False
+        # Set by `request_shutdown` (MI `kill`): whoever runs this node drains and stops it.
+        self.shutdown_requested = asyncio.Event()
         self._sighup = False
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
@@ -258,7 +282,32 @@ class LocalSwitchboard(CallOperations):
         self.events = EventBus(webhook=webhook_settings(cfg.events))
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
-        built = await build_worker(cfg, self.events.publish)
+        store = open_store(cfg.dialog.store) if cfg.dialog.store else None
+        stored: list[StoredDialog] = []
+        try:
+            if store is not None:
+                loop = asyncio.get_running_loop()
+                if not cfg.proxy.route_secret:
+                    # Routes we signed before a restart must stay valid after it.
+                    secret = await loop.run_in_executor(
+                        None, store.route_secret, lambda: secrets.token_hex(32))
+                    cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
+                        cfg.proxy, route_secret=secret))
+                stored = await loop.run_in_executor(None, store.load)
+            built = await build_worker(cfg, self.events.publish)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+        if store is not None:
+            # No await from build_worker's last bind to here: nothing was served before the
+            # stored dialogs are back.
+            self.keeper = DialogKeeper(store, built.worker,
+                                       cfg.dialog.store_interval_ms / 1000)
+            restored = self.keeper.restore(stored)
+            self.keeper.start()
+            log.info("dialog store %s: %d of %d stored dialogs restored", cfg.dialog.store,
+                     restored, len(stored), extra={"event": "dialogs_restored"})
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
         self._built = built
         if built.tls is not None:
@@ -288,6 +337,36 @@ class LocalSwitchboard(CallOperations):
             return
         self._sighup = True
 
+    def request_shutdown(self) -> None:
+        """Ask whoever runs this node to drain and stop it (MI `kill`); unready at once."""
+        self._ready = False
+        self.shutdown_requested.set()
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Stop taking new calls (`/readyz` unready, new INVITEs answered 503 with
+        Retry-After) and wait up to `timeout` seconds (default `[runtime] drain_timeout`)
+        for the transactions in flight to be answered; in-dialog requests keep flowing.
+        Answers how many were still in flight at the end. `stop` follows."""
+        self._ready = False
+        self._draining = True
+        worker = self.worker
+        if worker is None:
+            return 0
+        worker.proxy.draining = True
+        loop = asyncio.get_running_loop()
+        limit = float(self.config.runtime.drain_timeout if timeout is None else timeout)
+        deadline = loop.time() + limit
+        left = transactions_in_flight(worker.proxy)
+        log.info("draining: new INVITEs refused, %d transactions in flight", left,
+                 extra={"event": "draining"})
+        while left and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+            left = transactions_in_flight(worker.proxy)
+        if left:
+            log.warning("drained for %.0f s: %d transactions still in flight are dropped",
+                        limit, left)
+        return left
+
     async def stop(self) -> None:
         self._ready = False
         if self._sighup:
@@ -295,6 +374,13 @@ class LocalSwitchboard(CallOperations):
             self._sighup = False
         if self.mi is not None:
             await self.mi.close()
+        if self.keeper is not None:
+            # The last changes, before the sockets close (nothing changes after this).
+            try:
+                await self.keeper.close()
+            except Exception:
+                log.exception("dialog store: the last write failed")
+            self.keeper = None
         if self.worker is not None:
             self.worker.close()
         if self.hep is not None:
@@ -305,7 +391,9 @@ class LocalSwitchboard(CallOperations):
     async def readiness(self) -> list[str]:
         """What keeps this node from taking calls; empty when it is ready (`/readyz`)."""
         if not self._ready or self.worker is None:
-            return ["starting" if self.worker is None else "stopping"]
+            return ["starting" if self.worker is None else
+                    "draining" if self._draining or self.shutdown_requested.is_set()
+                    else "stopping"]
         bound = len(self.worker.endpoints)
         wanted = len(self.config.listen.sockets)
         if bound < wanted:
@@ -330,6 +418,8 @@ class LocalSwitchboard(CallOperations):
     async def statistics(self) -> dict[str, int]:
         assert self._built is not None
         stats = self._built.statistics()
+        if self.keeper is not None:
+            stats.update(self.keeper.statistics())
         if self.events is not None:
             stats.update(self.events.statistics())
         return dict(sorted(stats.items()))

@@ -40,6 +40,7 @@ from .values import (
     RuntimeKind,
     parse_algorithm,
     parse_datagram_socket,
+    parse_dialog_store,
     parse_domain,
     parse_event,
     parse_event_socket,
@@ -134,6 +135,9 @@ class RuntimeConfig:
     workers: int = field(default=0, metadata=setting(
         Int(0), "worker count for ray; 0 = one per CPU",
         flag=Flag("--workers", "Worker count; 0 = one per CPU.", "N")))
+    drain_timeout: int = field(default=30, metadata=setting(
+        Int(0), "on SIGTERM or MI kill: seconds transactions in flight may take to finish "
+        "(new INVITEs get 503) before the node stops"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +211,11 @@ class EventsConfig:
 class DialogConfig:
     lifetime: int = field(default=43200, metadata=setting(
         Int(1), "seconds a confirmed dialog may live, then BYE both ways"))
+    store: str = field(default="", metadata=setting(
+        Text(parse_dialog_store), "sqlite:PATH: confirmed dialogs are kept there and read "
+        'back at start (local runtime); "" = in memory only'))
+    store_interval_ms: int = field(default=200, metadata=setting(
+        Int(10, 60000), "milliseconds between two writes of the dialogs that changed"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +233,8 @@ class ProxySection:
         "domains and registered users (else 403)"))
     route_secret: str = field(default="", metadata=setting(
         STRING, "key signing our Record-Route (an untrusted source's in-dialog request needs "
-        'it or a known dialog, else 481); "" = random at each start', secret=True))
+        'it or a known dialog, else 481); "" = random at first start, kept in the [dialog] '
+        "store if there is one, else new at each start", secret=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,18 @@ def show_mi_http(value: HostPort | None) -> str:
     return "" if value is None else str(value)
 
 
+def parse_dialog_store(text: str) -> str:
+    """A dialog store URL, `sqlite:PATH`; "" for none (memory only)."""
+    if text == "":
+        return text
+    kind, sep, rest = text.partition(":")
+    if kind == "sqlite" and sep and rest:
+        return text
+    if kind == "redis":
+        raise ValueError("a redis dialog store is not available yet; use sqlite:PATH")
+    raise ValueError('expected sqlite:PATH, or "" for none')
+
+
 def parse_hep(text: str) -> HostPort | None:
     """A HEP collector, `udp:IP:PORT`; "" for none."""
     if text == "":

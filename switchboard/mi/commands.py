@@ -59,6 +59,21 @@ async def uptime(ctx: CommandContext, params: Params) -> dict[str, str]:
 
 
 @REGISTRY.command(
+    "kill",
+    aliases=("core:shutdown",),
+    help="drains switchboard (new INVITEs get 503, transactions in flight finish, the "
+    "dialog store is written) and stops it",
+)
+async def kill(ctx: CommandContext, params: Params) -> str:
+    # OpenSIPS's core `kill`: no arguments, no output; the answer goes out before the stop.
+    request_shutdown = getattr(ctx.api, "request_shutdown", None)
+    if not callable(request_shutdown):
+        raise CommandError(500, "this runtime cannot be stopped from the MI")
+    request_shutdown()
+    return "OK"
+
+
+@REGISTRY.command(
     "dialog:list",
     aliases=("dlg_list",),
     # OpenSIPS also has [index, counter]; it would make the positional `dlg_list CALLID TAG`

@@ -240,6 +240,13 @@ class CallOps:
         """The transfer state of `dialog` to read (a shared idle one when it has none)."""
         return self._ops.get(dialog.id, _IDLE)
 
+    def transfer_in_flight(self, dialog: Dialog) -> tuple[str, str, str] | None:
+        """(leg, transfer Call-ID, destination) of the transfer `dialog` has under way."""
+        ops = self._ops.get(dialog.id)
+        if ops is None or not ops.transfer_leg:
+            return None
+        return ops.transfer_leg, ops.transfer_callid, ops.destination
+
     def ops_of(self, dialog: Dialog) -> DialogOps:
         ops = self._ops.get(dialog.id)
         if ops is None:

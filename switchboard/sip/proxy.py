@@ -199,6 +199,8 @@ class Proxy:
         # Set by the driver when it cannot keep up: this share of new INVITEs is refused
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
+        # Set by the driver when it drains before stopping: every new INVITE gets the 503.
+        self.draining = False
         realm = config.auth_realm or (config.domains[0] if config.domains
                                       else config.listeners[0].host)
         self.policy = Policy(
@@ -405,8 +407,8 @@ class Proxy:
         dropped); else whether its source may relay anywhere, being trusted or having just
         authenticated."""
         method = req.method
-        if (method == "INVITE" and self.shed_fraction
-                and self.random_fraction() < self.shed_fraction):
+        if method == "INVITE" and (self.draining or (
+                self.shed_fraction and self.random_fraction() < self.shed_fraction)):
             self.stats["core:shed_requests"] += 1
             self._respond(txn, 503, now, extra=[("Retry-After", str(self.config.retry_after))])
             return None

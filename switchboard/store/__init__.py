@@ -1,0 +1,18 @@
+"""Durable dialog state: where a node keeps its confirmed dialogs so that a restarted node
+gets them back.
+
+`open_store(url)` opens the store a `[dialog] store` URL names (`sqlite:PATH`); every store
+is a `DialogStore` (`base.py`): blocking calls, made from one thread beside the event loop.
+`DialogKeeper` (`keeper.py`) feeds one from a worker's changed dialogs, behind the hot path,
+and brings stored dialogs back into a fresh worker. Nothing here is part of the sans-IO core:
+the core only says which dialogs changed (`sip/replication.py`).
+"""
+
+from .base import DialogStore as DialogStore
+from .base import StoreBatch as StoreBatch
+from .base import StoredDialog as StoredDialog
+from .base import StoreError as StoreError
+from .base import open_store as open_store
+from .base import parse_store_url as parse_store_url
+from .keeper import DialogKeeper as DialogKeeper
+from .sqlite import SqliteStore as SqliteStore

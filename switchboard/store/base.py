@@ -1,0 +1,97 @@
+"""What every dialog store offers (`DialogStore`), what goes in and comes out of one, and
+the store a `[dialog] store` URL names.
+
+A store keeps, per confirmed dialog, its snapshot (`Dialog.snapshot`: a dict of str, int,
+bytes, lists and dicts), the wall time it was taken and the transfer it had in flight, if
+any; and one value besides the dialogs: the key that signs our Record-Route when the
+configuration leaves it empty, so that routes signed before a restart stay valid after it.
+A store's calls block: the runtime makes them from a thread of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# A transfer in flight, as kept beside its dialog: (leg, transfer Call-ID, destination).
+Transfer = tuple[str, str, str]
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (a bad URL, a file that is not a store of ours,
+    a full disk)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDialog:
+    """One dialog read back: its snapshot, when it was taken (wall-clock seconds) and the
+    transfer it had in flight then."""
+
+    snapshot: dict[str, Any]
+    taken: float
+    transfer: Transfer | None = None
+
+
+@dataclass(slots=True)
+class StoreBatch:
+    """What changed since the last batch: snapshots to put (each with the wall time it was
+    taken and the transfer its dialog has in flight), transfer states of dialogs whose
+    snapshot did not change, and the ids of dialogs that ended."""
+
+    put: list[tuple[dict[str, Any], float, Transfer | None]] = field(default_factory=list)
+    transfers: list[tuple[str, Transfer | None]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.put or self.transfers or self.dropped)
+
+    def merge(self, later: StoreBatch) -> None:
+        """Add `later`'s changes after these (the later wins for a dialog in both)."""
+        self.put.extend(later.put)
+        self.transfers.extend(later.transfers)
+        self.dropped.extend(later.dropped)
+
+
+class DialogStore(Protocol):
+    def load(self) -> list[StoredDialog]:
+        """Every dialog stored (the ones that do not decode are left out, logged)."""
+        ...
+
+    def write(self, batch: StoreBatch) -> None:
+        """Apply `batch` at once (all of it or nothing); raises StoreError."""
+        ...
+
+    def route_secret(self, generate: Callable[[], str]) -> str:
+        """The Record-Route key kept here; `generate()`'s, stored, when there is none yet."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every dialog (the key stays)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """(kind, location) of a store URL; raises ValueError for one no store reads."""
+    kind, sep, rest = url.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"{url!r}: expected sqlite:PATH")
+    if kind == "sqlite":
+        return kind, rest
+    if kind == "redis":
+        raise ValueError(f"{url!r}: a redis store is not available yet; use sqlite:PATH")
+    raise ValueError(f"{url!r}: unknown store {kind!r}; expected sqlite:PATH")
+
+
+def open_store(url: str) -> DialogStore:
+    """Open (creating if needed) the store `url` names; raises StoreError."""
+    try:
+        kind, location = parse_store_url(url)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    from .sqlite import SqliteStore
+
+    assert kind == "sqlite"
+    return SqliteStore(location)

@@ -1,0 +1,183 @@
+"""Keeping one worker's confirmed dialogs in a store, behind the hot path, and bringing them
+back into a fresh worker.
+
+On the message path nothing happens but the core's set add (`Proxy.track_changes`). Every
+`interval` seconds the keeper takes the changed dialogs (`Proxy.take_dirty`: snapshots of
+the confirmed ones, ids of the ended ones), notes which of them have a transfer in flight,
+and hands the batch to the store in a thread of its own: one write in flight at a time, a
+write that failed is merged into the next one. Knows the worker and the call operations; the
+store behind it is any `DialogStore`.
+
+A transfer is not resumed after a restart (its REFER transaction and NOTIFY subscription
+were in the old process): a dialog that comes back with one in flight reports it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
+
+from ..actors.worker import Worker
+from ..sip.events import TransferEnded
+from .base import DialogStore, StoreBatch, StoredDialog, StoreError, Transfer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The status of a transfer that was in flight when the node stopped (E_CALL_TRANSFER fail).
+RESTARTED: Final = "500 Restarted"
+
+
+class DialogKeeper:
+    def __init__(self, store: DialogStore, worker: Worker, interval: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.worker = worker
+        self.interval = interval
+        self.clock = clock
+        # Statistics: batches written, writes that failed, dialogs restored at start.
+        self.writes = 0
+        self.failures = 0
+        self.restored = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="switchboard-store")
+        self._pending = StoreBatch()  # what is still to write (a failed write's too)
+        # Dialog id -> the transfer in flight its stored row names.
+        self._transfers: dict[str, Transfer] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        worker.proxy.track_changes()
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- start: reading back ------------------------------------------------------------------
+
+    def restore(self, stored: list[StoredDialog]) -> int:
+        """Put the stored dialogs into the worker's core (call it before the worker serves
+        a message: no await in here). A transfer that was in flight is reported failed;
+        rows that do not come back are deleted with the next write. Answers how many came
+        back."""
+        worker = self.worker
+        proxy = worker.proxy
+        now, wall = worker.now(), self.clock()
+        pending = self._pending
+        for item in stored:
+            snapshot = item.snapshot
+            dialog_id = snapshot.get("id")
+            try:
+                dialog = proxy.restore_dialog(snapshot, now, max(0.0, wall - item.taken))
+            except ValueError as exc:
+                log.warning("stored dialog %s not restored: %s", dialog_id, exc)
+                dialog = None
+            if dialog is None:
+                if isinstance(dialog_id, str):
+                    pending.dropped.append(dialog_id)
+                continue
+            self.restored += 1
+            if item.transfer is not None:
+                leg, transfer_callid, destination = item.transfer
+                proxy.events.append(TransferEnded(dialog.call_id, leg, transfer_callid,
+                                                  destination, False, RESTARTED))
+                pending.transfers.append((dialog.id, None))
+        worker.flush()  # publishes the failed transfers, arms the restored lifetimes
+        return self.restored
+
+    # -- running: writing behind ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("dialog store: a write failed")
+
+    def collect(self) -> StoreBatch:
+        """What changed since the last call, as a batch (on the loop; no I/O)."""
+        worker = self.worker
+        snapshots, dropped = worker.proxy.take_dirty(worker.now())
+        taken = self.clock()
+        batch = StoreBatch(dropped=dropped)
+        transfers = self._transfers
+        in_flight = worker.callops.transfer_in_flight
+        dialogs = worker.proxy.dialogs
+        seen: set[str] = set()
+        for snapshot in snapshots:
+            dialog_id = snapshot["id"]
+            dialog = dialogs.by_id(dialog_id)
+            transfer = in_flight(dialog) if dialog is not None else None
+            batch.put.append((snapshot, taken, transfer))
+            seen.add(dialog_id)
+            if transfer is not None:
+                transfers[dialog_id] = transfer
+            else:
+                transfers.pop(dialog_id, None)
+        # A transfer can end without a change to its dialog (the new call answered).
+        for dialog_id, transfer in list(transfers.items()):
+            if dialog_id in seen:
+                continue
+            dialog = dialogs.by_id(dialog_id)
+            now_in_flight = (in_flight(dialog) if dialog is not None and dialog.active
+                             else None)
+            if now_in_flight != transfer:
+                batch.transfers.append((dialog_id, now_in_flight))
+                if now_in_flight is None:
+                    del transfers[dialog_id]
+                else:
+                    transfers[dialog_id] = now_in_flight
+        for dialog_id in dropped:
+            transfers.pop(dialog_id, None)
+        return batch
+
+    async def flush(self) -> None:
+        """Write what changed since the last write; a failed write is kept for the next."""
+        self._pending.merge(self.collect())
+        batch = self._pending
+        if not batch:
+            return
+        self._pending = StoreBatch()
+        try:
+            await self._call(self.store.write, batch)
+        except BaseException as exc:
+            # Kept for the next write (writes repeat safely: puts replace, deletes delete).
+            batch.merge(self._pending)
+            self._pending = batch
+            if not isinstance(exc, StoreError):
+                raise
+            self.failures += 1
+            if not self._failing:
+                log.error("dialog store: writes fail, dialogs kept in memory until one "
+                          "succeeds: %s", exc)
+                self._failing = True
+            return
+        self.writes += 1
+        if self._failing:
+            log.warning("dialog store: writes succeed again")
+            self._failing = False
+
+    def statistics(self) -> dict[str, int]:
+        return {"store:writes": self.writes, "store:write_failures": self.failures,
+                "store:restored_dialogs": self.restored}
+
+    async def close(self) -> None:
+        """Stop writing behind, write what is left, close the store."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._call(self.store.close)
+            self._executor.shutdown(wait=False)
