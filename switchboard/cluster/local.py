@@ -357,8 +357,7 @@ class LocalSwitchboard(CallOperations):
         limit = float(self.config.runtime.drain_timeout if timeout is None else timeout)
         deadline = loop.time() + limit
         left = transactions_in_flight(worker.proxy)
-        log.info("draining: new INVITEs refused, %d transactions in flight", left,
-                 extra={"event": "draining"})
+        log.debug("draining: new INVITEs refused, %d transactions in flight", left)
         while left and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
             left = transactions_in_flight(worker.proxy)

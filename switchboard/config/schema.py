@@ -135,7 +135,7 @@ class RuntimeConfig:
     workers: int = field(default=0, metadata=setting(
         Int(0), "worker count for ray; 0 = one per CPU",
         flag=Flag("--workers", "Worker count; 0 = one per CPU.", "N")))
-    drain_timeout: int = field(default=30, metadata=setting(
+    drain_timeout: int = field(default=3, metadata=setting(
         Int(0), "on SIGTERM or MI kill: seconds transactions in flight may take to finish "
         "(new INVITEs get 503) before the node stops"))
 
