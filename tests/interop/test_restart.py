@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from switchboard.readout import unpack
 from tests.support.events import EventCollector
 from tests.support.ports import free_port
 from tests.support.server import (
@@ -30,7 +31,6 @@ from tests.support.server import (
     wait_dialogs,
 )
 from tests.support.sipp import SipMessage, Sipp, StartSipp, killed_on_failure, received, wait_clean
-from switchboard.readout import unpack
 
 pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
