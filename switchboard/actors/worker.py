@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..capture import Tap, TappedEndpoint, tapped_receiver
 from ..events.opensips import opensips_event
 from ..sip.callops import CallOps
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
@@ -59,6 +60,16 @@ class Worker:
 
     def add_endpoint(self, endpoint: Endpoint) -> None:
         self.endpoints[endpoint.local] = endpoint
+
+    def tap(self, tap: Tap | None) -> None:
+        """Copy every message sent and received to `tap` (None: stop). The endpoints are
+        wrapped and `receive` shadowed on the instance, so untapped the hot path is as it was."""
+        for local, endpoint in list(self.endpoints.items()):
+            inner = endpoint.inner if isinstance(endpoint, TappedEndpoint) else endpoint
+            self.endpoints[local] = inner if tap is None else TappedEndpoint(inner, tap)
+        vars(self).pop("receive", None)
+        if tap is not None:
+            vars(self)["receive"] = tapped_receiver(self.receive, tap)
 
     # -- the hot path ---------------------------------------------------------------------
 
