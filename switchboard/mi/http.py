@@ -11,7 +11,8 @@ The same server answers the operations probes, which need no token and reveal no
 not ready, from the `ready` callable) and `GET /metrics` (the Prometheus exposition the
 `metrics` callable renders; absent when none is given).
 
-The REST API (`switchboard.rest`) is mounted on the same server, behind the same token.
+The REST API (`switchboard.rest`) is mounted on the same server, behind the same token, and
+the operator console (`switchboard.console`) at `/`, whose page uses that API.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from switchboard.actors.worker import Worker
 from switchboard.api import ControlApi
+from switchboard.capture import CaptureSwitch
+from switchboard.console import mount as mount_console
 from switchboard.mi.commands import REGISTRY
 from switchboard.mi.dispatch import encode_response_parts, handle_request
 from switchboard.mi.registry import CommandContext, Registry
@@ -103,6 +107,13 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _capture_of(api: ControlApi) -> CaptureSwitch | None:
+    """The message capture of a node whose worker runs in this process (the `local`
+    runtime's); None for one whose workers are elsewhere."""
+    worker = getattr(api, "worker", None)
+    return CaptureSwitch(worker) if isinstance(worker, Worker) else None
+
+
 def _authorized(request: web.Request, token: bytes) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -137,7 +148,9 @@ async def start_mi_server(
     app.router.add_post(path, _handle)
     # The REST API (/api/v1, /openapi.json), behind the same token.
     secret = app[_TOKEN_KEY]
-    mount_rest(app, api, lambda request: secret is None or _authorized(request, secret))
+    mount_rest(app, api, lambda request: secret is None or _authorized(request, secret),
+               _capture_of(api))
+    mount_console(app)
     app[_READY_KEY] = ready
     app.router.add_get("/livez", _livez)
     app.router.add_get("/readyz", _readyz)

@@ -154,6 +154,33 @@ def document() -> dict[str, Any]:
             "transfer_totag": {"type": "string"},
         },
     }
+    message = {
+        "type": "object",
+        "required": ["at", "direction", "peer", "local", "first_line", "cseq"],
+        "properties": {
+            "at": {"type": "number", "description": "Unix time"},
+            "direction": {"type": "string", "enum": ["in", "out"],
+                          "description": "in: from peer to local; out: local to peer"},
+            "peer": {"type": "string", "description": "transport:host:port"},
+            "local": {"type": "string", "description": "our address, transport:host:port"},
+            "first_line": {"type": "string", "description": "request or status line"},
+            "cseq": {"type": "string", "description": "e.g. 1 INVITE; empty when absent"},
+        },
+    }
+    capture = {
+        "type": "object",
+        "required": ["enabled", "until", "calls", "max_calls", "max_messages"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "until": {"type": ["number", "null"],
+                      "description": "Unix time the capture stops unless renewed"},
+            "calls": {"type": "integer", "description": "calls with captured messages"},
+            "max_calls": {"type": "integer"},
+            "max_messages": {"type": "integer", "description": "kept per call"},
+        },
+    }
+    capture_answer = {"description": "The capture", "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Capture"}}}}
     hold_body = {
         "type": "object",
         "additionalProperties": False,
@@ -222,6 +249,42 @@ def document() -> dict[str, Any]:
                 "post": _call_operation("Take a leg (or both) off hold",
                                         {"$ref": "#/components/schemas/HoldRequest"}),
             },
+            "/api/v1/calls/{call}/messages": {
+                "parameters": [_CALL_PARAM],
+                "get": {
+                    "summary": "The call's captured SIP messages, oldest first (a ladder)",
+                    "description": "Kept while the capture is on (`PUT /api/v1/capture`), "
+                                   "for the last calls that carried traffic; a call that "
+                                   "ended stays while its messages are kept.",
+                    "responses": {
+                        "200": {"description": "The messages", "content": {
+                            "application/json": {"schema": {
+                                "type": "object",
+                                "required": ["call_id", "capturing", "messages"],
+                                "properties": {
+                                    "call_id": {"type": "string"},
+                                    "capturing": {"type": "boolean"},
+                                    "messages": {"type": "array", "items": {
+                                        "$ref": "#/components/schemas/CapturedMessage"}}}}}}},
+                        "401": _PROBLEM, "404": _PROBLEM,
+                    },
+                },
+            },
+            "/api/v1/capture": {
+                "get": {
+                    "summary": "Whether SIP messages are being captured for the ladders",
+                    "responses": {"200": capture_answer, "401": _PROBLEM, "404": _PROBLEM},
+                },
+                "put": {
+                    "summary": "Capture on (for a lease: renew it) or off",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "additionalProperties": False,
+                                   "required": ["enabled"],
+                                   "properties": {"enabled": {"type": "boolean"}}}}}},
+                    "responses": {"200": capture_answer, "400": _PROBLEM, "401": _PROBLEM,
+                                  "404": _PROBLEM, "422": _PROBLEM},
+                },
+            },
             "/api/v1/operations/{operation}": {"get": {
                 "summary": "A tracked operation: pending, ok or fail, with its steps",
                 "parameters": [{"name": "operation", "in": "path", "required": True,
@@ -259,7 +322,7 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Call": call, "Leg": leg, "TransferLink": link, "Operation": operation,
                 "Step": step, "Problem": problem, "TransferRequest": transfer_body,
-                "HoldRequest": hold_body,
+                "HoldRequest": hold_body, "CapturedMessage": message, "Capture": capture,
             },
         },
     }

@@ -22,6 +22,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from switchboard.api import CommandError, ControlApi, refusal
+from switchboard.capture import CaptureSwitch
 from switchboard.events import E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from switchboard.sip.operations import Operation, Refused, end_call, hold, transfer
 
@@ -50,16 +51,20 @@ class RestState:
     tracker: OperationTracker
     feed: EventFeed
     idempotency: Idempotency
+    capture: CaptureSwitch | None = None
     clock: Callable[[], float] = time.time
 
 
 _STATE: web.AppKey[RestState] = web.AppKey("switchboard.rest.state")
 
 
-def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> RestState:
-    """Add the REST routes to `app`; the feed is closed with the app."""
+def mount(app: web.Application, api: ControlApi, authorized: Authorized,
+          capture: CaptureSwitch | None = None) -> RestState:
+    """Add the REST routes to `app`; the feed is closed with the app. `capture` is the
+    node's message capture, when its runtime has one in this process."""
     tracker = OperationTracker()
-    state = RestState(api, authorized, tracker, EventFeed(api, tracker), Idempotency())
+    state = RestState(api, authorized, tracker, EventFeed(api, tracker), Idempotency(),
+                      capture)
     app[_STATE] = state
     r = app.router
     r.add_get("/openapi.json", _openapi)
@@ -69,6 +74,9 @@ def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> Rest
     r.add_post(f"{PREFIX}/calls/{{call}}/transfer", _transfer)
     r.add_post(f"{PREFIX}/calls/{{call}}/hold", _hold)
     r.add_post(f"{PREFIX}/calls/{{call}}/unhold", _unhold)
+    r.add_get(f"{PREFIX}/calls/{{call}}/messages", _call_messages)
+    r.add_get(f"{PREFIX}/capture", _get_capture)
+    r.add_put(f"{PREFIX}/capture", _put_capture)
     r.add_get(f"{PREFIX}/operations/{{operation}}", _get_operation)
     r.add_get(f"{PREFIX}/events", _events)
 
@@ -78,7 +86,12 @@ def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> Rest
     async def cleanup(app: web.Application) -> None:
         await state.feed.close()
 
+    async def stop_capture(app: web.Application) -> None:
+        if capture is not None:
+            capture.stop()
+
     app.on_shutdown.append(shutdown)
+    app.on_shutdown.append(stop_capture)
     app.on_cleanup.append(cleanup)
     return state
 
@@ -292,6 +305,52 @@ _hold = _guarded(_hold_impl)
 _unhold = _guarded(_unhold_impl)
 _end_call = _guarded(_end_call_impl)
 _get_operation = _guarded(_get_operation_impl)
+
+
+# -- the message capture (the console's ladder diagrams) --------------------------------------
+
+
+def _capture_of(state: RestState) -> CaptureSwitch:
+    if state.capture is None:
+        raise Problem(404, "no-capture", "No message capture",
+                      "this runtime keeps no message capture in the management process")
+    return state.capture
+
+
+async def _get_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
+    return _json(_capture_of(state).view())
+
+
+async def _put_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
+    capture = _capture_of(state)
+    body = await _body(request)
+    _members(body, ("enabled",))
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise Problem.invalid("enabled", "true or false")
+    if enabled:
+        capture.lease()
+    else:
+        capture.stop()
+    return _json(capture.view())
+
+
+async def _call_messages_impl(request: web.Request, state: RestState) -> web.StreamResponse:
+    """The captured messages of a call, live or not (an ended call's stay while the capture
+    holds them), by Call-ID or, for a live call, dialog id."""
+    capture = _capture_of(state)
+    call_id = request.match_info["call"]
+    found = capture.capture.messages(call_id)
+    if found is None:  # a live call's dialog id, or a live call nothing was captured of
+        call_id = str((await _find_call(state, call_id)).get("callid", ""))
+        found = capture.capture.messages(call_id) or []
+    return _json({"call_id": call_id, "capturing": capture.enabled,
+                  "messages": [m.view() for m in found]})
+
+
+_get_capture = _guarded(_get_capture_impl)
+_put_capture = _guarded(_put_capture_impl)
+_call_messages = _guarded(_call_messages_impl)
 
 
 # -- the event stream -------------------------------------------------------------------------
