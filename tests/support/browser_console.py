@@ -65,8 +65,10 @@ async def console_page(base_url: str, shots: Path) -> AsyncIterator[Page]:
             page = await context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page
-            await page.screenshot(path=str(shots / "last.png"), full_page=True)
+            try:
+                yield page
+            finally:  # the page as it was at the end, failed or not
+                await page.screenshot(path=str(shots / "last.png"), full_page=True)
             assert not errors, errors
         finally:
             await browser.close()

@@ -20,6 +20,7 @@ const calls = new Map();      // Call-ID -> call, as GET /api/v1/calls/{call} gi
 const rows = new Map();       // Call-ID -> row element, for the page shown only
 const ladders = new Set();    // Call-IDs whose ladder is open
 const lastOp = new Map();     // Call-ID -> what the last operation did
+const opNews = new Map();     // operation id -> what its latest event said
 const dirty = new Set();
 let batch = null;
 let pageNo = 0;
@@ -127,7 +128,10 @@ function onEvent(name, data) {
   if (data.operation && id) {
     const what = [name === "E_CALL_HOLD" ? `${params.action}` : "transfer", params.state,
       params.status || ""].join(" ").trim();
-    lastOp.set(id, `${what} (operation ${data.operation})`);
+    const text = `${what} (operation ${data.operation})`;
+    lastOp.set(id, text);
+    opNews.set(data.operation, text);
+    if (opNews.size > 1000) opNews.delete(opNews.keys().next().value);
   }
   if (name === "E_DLG_STATE_CHANGED" && params.new_state === ENDED) {
     calls.delete(id);
@@ -286,8 +290,9 @@ function fillRow(row, call) {
 
 async function operate(callId, kind, method, path, body) {
   const { status, doc } = await api(method, path, body);
+  // The operation's events may have come in on the stream before this answer did.
   const text = status === 202
-    ? `${kind}: ${doc.state} (operation ${doc.id})`
+    ? opNews.get(doc.id) || `${kind}: ${doc.state} (operation ${doc.id})`
     : `${kind} refused: ${status} ${doc ? doc.detail || doc.title : ""}`;
   lastOp.set(callId, text);
   const row = rows.get(callId);
