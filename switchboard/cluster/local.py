@@ -282,17 +282,20 @@ class LocalSwitchboard(CallOperations):
         self.events = EventBus(webhook=webhook_settings(cfg.events))
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
-        store = open_store(cfg.dialog.store) if cfg.dialog.store else None
+        loop = asyncio.get_running_loop()
+        # Opening may wait for a network store to answer: not on the loop.
+        store = (await loop.run_in_executor(None, open_store, cfg.dialog.store)
+                 if cfg.dialog.store else None)
         stored: list[StoredDialog] = []
+        stored_secret = ""
         try:
             if store is not None:
-                loop = asyncio.get_running_loop()
                 if not cfg.proxy.route_secret:
                     # Routes we signed before a restart must stay valid after it.
-                    secret = await loop.run_in_executor(
+                    stored_secret = await loop.run_in_executor(
                         None, store.route_secret, lambda: secrets.token_hex(32))
                     cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
-                        cfg.proxy, route_secret=secret))
+                        cfg.proxy, route_secret=stored_secret))
                 stored = await loop.run_in_executor(None, store.load)
             built = await build_worker(cfg, self.events.publish)
         except BaseException:
@@ -303,7 +306,8 @@ class LocalSwitchboard(CallOperations):
             # No await from build_worker's last bind to here: nothing was served before the
             # stored dialogs are back.
             self.keeper = DialogKeeper(store, built.worker,
-                                       cfg.dialog.store_interval_ms / 1000)
+                                       cfg.dialog.store_interval_ms / 1000,
+                                       route_secret=stored_secret)
             restored = self.keeper.restore(stored)
             self.keeper.start()
             log.info("dialog store %s: %d of %d stored dialogs restored", cfg.dialog.store,

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from switchboard.events import KNOWN_EVENTS
 from switchboard.events.sinks import parse_sink
@@ -115,15 +116,24 @@ def show_mi_http(value: HostPort | None) -> str:
 
 
 def parse_dialog_store(text: str) -> str:
-    """A dialog store URL, `sqlite:PATH`; "" for none (memory only)."""
+    """A dialog store URL, `sqlite:PATH` or `redis://HOST[:PORT][/DB]`; "" for none
+    (memory only)."""
     if text == "":
         return text
     kind, sep, rest = text.partition(":")
     if kind == "sqlite" and sep and rest:
         return text
     if kind == "redis":
-        raise ValueError("a redis dialog store is not available yet; use sqlite:PATH")
-    raise ValueError('expected sqlite:PATH, or "" for none')
+        try:
+            parts = urlsplit(text)
+            port = parts.port  # ValueError when it is not a number
+        except ValueError as exc:
+            raise ValueError(f"{exc}: expected redis://HOST[:PORT][/DB]") from None
+        db = parts.path.strip("/")
+        if parts.hostname and (not db or db.isdigit()) and not parts.query and port != 0:
+            return text
+        raise ValueError("expected redis://HOST[:PORT][/DB]")
+    raise ValueError('expected sqlite:PATH or redis://HOST[:PORT][/DB], or "" for none')
 
 
 def parse_hep(text: str) -> HostPort | None:

@@ -1,7 +1,8 @@
 """Durable dialog state: where a node keeps its confirmed dialogs so that a restarted node
 gets them back.
 
-`open_store(url)` opens the store a `[dialog] store` URL names (`sqlite:PATH`); every store
+`open_store(url)` opens the store a `[dialog] store` URL names (`sqlite:PATH`, or
+`redis://HOST:PORT/DB`: `redisdb.py`, imported only then); every store
 is a `DialogStore` (`base.py`): blocking calls, made from one thread beside the event loop.
 `DialogKeeper` (`keeper.py`) feeds one from a worker's changed dialogs, behind the hot path,
 and brings stored dialogs back into a fresh worker. Nothing here is part of the sans-IO core:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 # A transfer in flight, as kept beside its dialog: (leg, transfer Call-ID, destination).
 Transfer = tuple[str, str, str]
@@ -37,17 +38,25 @@ class StoredDialog:
 class StoreBatch:
     """What changed since the last batch: snapshots to put (each with the wall time it was
     taken and the transfer its dialog has in flight), transfer states of dialogs whose
-    snapshot did not change, and the ids of dialogs that ended."""
+    snapshot did not change, and the ids of dialogs that ended. With `replace`, every
+    stored dialog is forgotten first: the batch is the whole state (a catch-up)."""
 
     put: list[tuple[dict[str, Any], float, Transfer | None]] = field(default_factory=list)
     transfers: list[tuple[str, Transfer | None]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    replace: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.put or self.transfers or self.dropped)
+        return bool(self.put or self.transfers or self.dropped or self.replace)
+
+    def __len__(self) -> int:
+        return len(self.put) + len(self.transfers) + len(self.dropped)
 
     def merge(self, later: StoreBatch) -> None:
         """Add `later`'s changes after these (the later wins for a dialog in both)."""
+        if later.replace:
+            self.put, self.transfers, self.dropped = [], [], []
+            self.replace = True
         self.put.extend(later.put)
         self.transfers.extend(later.transfers)
         self.dropped.extend(later.dropped)
@@ -70,28 +79,49 @@ class DialogStore(Protocol):
         """Forget every dialog (the key stays)."""
         ...
 
+    def ping(self) -> None:
+        """Return when the store answers; raises StoreError (a cheap look, made before a
+        catch-up write is attempted)."""
+        ...
+
     def close(self) -> None: ...
 
 
+EXPECTED: Final = "expected sqlite:PATH or redis://HOST[:PORT][/DB]"
+
+
 def parse_store_url(url: str) -> tuple[str, str]:
-    """(kind, location) of a store URL; raises ValueError for one no store reads."""
+    """(kind, location) of a store URL; raises ValueError for one no store reads. A redis
+    URL's location is the URL itself (`redis://HOST[:PORT][/DB]`, as redis-py reads it)."""
     kind, sep, rest = url.partition(":")
     if not sep or not rest:
-        raise ValueError(f"{url!r}: expected sqlite:PATH")
+        raise ValueError(f"{url!r}: {EXPECTED}")
     if kind == "sqlite":
         return kind, rest
     if kind == "redis":
-        raise ValueError(f"{url!r}: a redis store is not available yet; use sqlite:PATH")
-    raise ValueError(f"{url!r}: unknown store {kind!r}; expected sqlite:PATH")
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises ValueError for one that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{url!r}: {exc}; {EXPECTED}") from None
+        db = parts.path.strip("/")
+        if parts.hostname and (not db or db.isdigit()) and not parts.query and port != 0:
+            return kind, url
+        raise ValueError(f"{url!r}: {EXPECTED}")
+    raise ValueError(f"{url!r}: unknown store {kind!r}; {EXPECTED}")
 
 
 def open_store(url: str) -> DialogStore:
-    """Open (creating if needed) the store `url` names; raises StoreError."""
+    """Open (creating if needed) the store `url` names; raises StoreError. Blocks (a
+    redis store is asked whether it answers): call it from a thread."""
     try:
         kind, location = parse_store_url(url)
     except ValueError as exc:
         raise StoreError(str(exc)) from None
+    if kind == "redis":
+        from .redisdb import RedisStore
+
+        return RedisStore(location)
     from .sqlite import SqliteStore
 
-    assert kind == "sqlite"
     return SqliteStore(location)

@@ -4,9 +4,11 @@ back into a fresh worker.
 On the message path nothing happens but the core's set add (`Proxy.track_changes`). Every
 `interval` seconds the keeper takes the changed dialogs (`Proxy.take_dirty`: snapshots of
 the confirmed ones, ids of the ended ones), notes which of them have a transfer in flight,
-and hands the batch to the store in a thread of its own: one write in flight at a time, a
-write that failed is merged into the next one. Knows the worker and the call operations; the
-store behind it is any `DialogStore`.
+and hands the batch to the store in a thread of its own: one write in flight at a time.
+When a write fails (the store is down) the node goes on in memory only, with one log line
+and `store:available` at 0; the changes are not kept, and once the store answers again
+every confirmed dialog is written in one batch that replaces what it holds. Knows the
+worker and the call operations; the store behind it is any `DialogStore`.
 
 A transfer is not resumed after a restart (its REFER transaction and NOTIFY subscription
 were in the old process): a dialog that comes back with one in flight reports it failed.
@@ -24,6 +26,7 @@ from typing import Final, TypeVar
 
 from ..actors.worker import Worker
 from ..sip.events import TransferEnded
+from ..sip.replication import RESTORABLE
 from .base import DialogStore, StoreBatch, StoredDialog, StoreError, Transfer
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,11 @@ RESTARTED: Final = "500 Restarted"
 
 class DialogKeeper:
     def __init__(self, store: DialogStore, worker: Worker, interval: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, route_secret: str = "") -> None:
         self.store = store
+        # The Record-Route key the store gave us ("" when the configuration sets it): a
+        # catch-up writes it again.
+        self.route_secret = route_secret
         self.worker = worker
         self.interval = interval
         self.clock = clock
@@ -46,11 +52,14 @@ class DialogKeeper:
         self.failures = 0
         self.restored = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="switchboard-store")
-        self._pending = StoreBatch()  # what is still to write (a failed write's too)
+        self._pending = StoreBatch()  # what is still to write (the restore's deletions)
         # Dialog id -> the transfer in flight its stored row names.
         self._transfers: dict[str, Transfer] = {}
         self._task: asyncio.Task[None] | None = None
+        # A write failed: until one succeeds, the store may hold anything (it may have come
+        # back empty), so the next write is a catch-up; `store:available` is 0 meanwhile.
         self._failing = False
+        self._catch_up = False  # the next write must be one (set after a failure too)
         worker.proxy.track_changes()
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -138,35 +147,77 @@ class DialogKeeper:
             transfers.pop(dialog_id, None)
         return batch
 
+    def everything(self) -> StoreBatch:
+        """Every confirmed dialog as it is now, with its transfer in flight, as a batch that
+        replaces what the store holds (on the loop; no I/O)."""
+        worker = self.worker
+        now, taken = worker.now(), self.clock()
+        in_flight = worker.callops.transfer_in_flight
+        transfers = self._transfers
+        transfers.clear()
+        batch = StoreBatch(replace=True)
+        for dialog in worker.proxy.dialogs:
+            if dialog.state not in RESTORABLE:
+                continue
+            transfer = in_flight(dialog)
+            batch.put.append((dialog.snapshot(now), taken, transfer))
+            if transfer is not None:
+                transfers[dialog.id] = transfer
+        return batch
+
     async def flush(self) -> None:
-        """Write what changed since the last write; a failed write is kept for the next."""
-        self._pending.merge(self.collect())
-        batch = self._pending
-        if not batch:
-            return
+        """Write what changed since the last write. After a failed write the store is
+        trusted with nothing: changes are not kept (memory stays bounded however long it is
+        away); once it answers again, every confirmed dialog is written (a catch-up)."""
+        changes = self.collect()  # taken even while failing: the core keeps no backlog
+        if self._catch_up:
+            try:
+                await self._call(self.store.ping)
+            except StoreError:
+                return
+            batch = self.everything()
+        else:
+            self._pending.merge(changes)
+            batch = self._pending
+            if not batch:
+                return
         self._pending = StoreBatch()
         try:
-            await self._call(self.store.write, batch)
+            await self._call(self._write, batch)
         except BaseException as exc:
-            # Kept for the next write (writes repeat safely: puts replace, deletes delete).
-            batch.merge(self._pending)
-            self._pending = batch
             if not isinstance(exc, StoreError):
+                # Cancelled or a bug: nothing is known of what the store holds now.
+                self._catch_up = True
                 raise
             self.failures += 1
             if not self._failing:
-                log.error("dialog store: writes fail, dialogs kept in memory until one "
-                          "succeeds: %s", exc)
+                log.error("dialog store: a write failed, dialogs kept in memory only until "
+                          "the store answers again, then all written: %s", exc,
+                          extra={"event": "dialog_store_down"})
                 self._failing = True
+            self._catch_up = True
             return
         self.writes += 1
+        self._catch_up = False
         if self._failing:
-            log.warning("dialog store: writes succeed again")
+            log.warning("dialog store: available again, %d confirmed dialogs written",
+                        len(batch.put), extra={"event": "dialog_store_up"})
             self._failing = False
+
+    def _write(self, batch: StoreBatch) -> None:
+        """In the store thread: the write, and for a catch-up the route secret again (a
+        store that came back empty lost it too)."""
+        self.store.write(batch)
+        if batch.replace and self.route_secret:
+            kept = self.store.route_secret(lambda: self.route_secret or "")
+            if kept != self.route_secret:
+                log.warning("dialog store: it holds another route secret than the one in "
+                            "use; routes signed since the start stay valid until a restart")
 
     def statistics(self) -> dict[str, int]:
         return {"store:writes": self.writes, "store:write_failures": self.failures,
-                "store:restored_dialogs": self.restored}
+                "store:restored_dialogs": self.restored,
+                "store:available": 0 if self._failing else 1}
 
     async def close(self) -> None:
         """Stop writing behind, write what is left, close the store."""
@@ -177,6 +228,9 @@ class DialogKeeper:
             self._task = None
         try:
             await self.flush()
+            if self._failing:
+                log.error("dialog store: unavailable at stop, the last state of the dialogs "
+                          "is not written")
         finally:
             with contextlib.suppress(Exception):
                 await self._call(self.store.close)

@@ -83,6 +83,8 @@ class SqliteStore:
         try:
             with self._db:
                 self._db.execute("BEGIN")
+                if batch.replace:
+                    self._db.execute("DELETE FROM dialogs")
                 self._db.executemany("INSERT OR REPLACE INTO dialogs VALUES (?, ?, ?, ?, ?)",
                                      rows)
                 self._db.executemany(
@@ -112,6 +114,12 @@ class SqliteStore:
         try:
             with self._db:
                 self._db.execute("DELETE FROM dialogs")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
+    def ping(self) -> None:
+        try:
+            self._db.execute("SELECT count(*) FROM meta").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
 

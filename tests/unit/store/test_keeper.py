@@ -99,6 +99,9 @@ async def test_a_failed_write_is_merged_into_the_next() -> None:
                 raise StoreError("disk full")
             written.append(batch)
 
+        def ping(self) -> None:
+            pass
+
         def close(self) -> None:
             pass
 

@@ -32,6 +32,10 @@ def test_a_batch_is_read_back_after_reopening(tmp_path: Path) -> None:
     assert loaded["0.1"].taken == 10.0
     assert loaded["0.1"].transfer == ("callee", "x", "sip:d@x")
     assert loaded["0.2"].transfer is None
+    # A catch-up batch replaces every stored dialog.
+    again.write(StoreBatch(put=[(snap("0.4"), 12.0, None)], replace=True))
+    assert [s.snapshot["id"] for s in again.load()] == ["0.4"]
+    again.ping()
     again.clear()
     assert again.load() == []
     again.close()
@@ -73,8 +77,8 @@ def test_another_format_or_a_bad_url_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
     with pytest.raises(StoreError, match="format '99'"):
         SqliteStore(str(path))
-    with pytest.raises(StoreError, match="not available yet"):
-        open_store("redis://127.0.0.1:6379/0")
+    with pytest.raises(StoreError, match="expected sqlite:PATH or redis://"):
+        open_store("redis://127.0.0.1:6379/zero")
     with pytest.raises(StoreError, match="expected sqlite:PATH"):
         open_store("sqlite:")
     assert isinstance(open_store(f"sqlite:{tmp_path / 'other.sqlite'}"), SqliteStore)

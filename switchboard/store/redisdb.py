@@ -1,0 +1,153 @@
+"""The dialog store in a Redis database (`[dialog] store = "redis://HOST:PORT/DB"`), through
+redis-py: a store that outlives the machine a node runs on.
+
+Keys, all under `switchboard:`: `meta` (a hash: the format, the route secret), `dialogs` (the
+set of stored dialog ids) and one hash per dialog, `dialog:ID` (`call_id`, `taken`,
+`snapshot` and `transfer`, the last two packed as `readout.pack` does; an empty `transfer`
+is none). A batch is one MULTI/EXEC pipeline: applied whole or not at all. The database is
+one node's: two nodes must not share one (their dialog ids may be the same).
+
+How long a write survives is Redis's to say (`appendonly`, `save`): a Redis that restarts
+empty is written again whole by the keeper's catch-up, route secret included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import redis
+from redis.exceptions import RedisError
+
+from ..readout import pack, unpack
+from .base import StoreBatch, StoredDialog, StoreError, Transfer
+
+log = logging.getLogger(__name__)
+
+FORMAT: Final = "1"  # what `meta` says of the keys below
+PREFIX: Final = "switchboard:"
+META: Final = PREFIX + "meta"
+IDS: Final = PREFIX + "dialogs"
+# Seconds to connect and to wait for an answer: a Redis that went away must not hold the
+# store thread (and so the final write at stop) for long.
+TIMEOUT: Final = 2.0
+LOAD_CHUNK: Final = 1000  # dialogs read per round trip at start
+
+# A transfer state for a dialog that is still stored (a dialog deleted in the meantime
+# must not come back as a hash without a snapshot).
+_SET_TRANSFER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'transfer', ARGV[1])
+end
+return 0
+"""
+
+
+def dialog_key(dialog_id: str) -> str:
+    return f"{PREFIX}dialog:{dialog_id}"
+
+
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
+
+
+def _packed_transfer(transfer: Transfer | None) -> bytes:
+    return b"" if transfer is None else pack(list(transfer))
+
+
+def _transfer(value: bytes | None) -> Transfer | None:
+    if not value:
+        return None
+    leg, callid, destination = unpack(value)
+    return str(leg), str(callid), str(destination)
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self._redis: redis.Redis = redis.Redis.from_url(
+                url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
+            self._redis.hsetnx(META, "format", FORMAT)
+            found = self._redis.hget(META, "format")
+        except (RedisError, ValueError) as exc:
+            raise StoreError(f"{url}: {exc}") from None
+        if found is None or _text(found) != FORMAT:
+            self._redis.close()
+            raise StoreError(f"{url}: a dialog store of format {found!r}, this version "
+                             f"reads {FORMAT!r}")
+        self._set_transfer = self._redis.register_script(_SET_TRANSFER)
+
+    def load(self) -> list[StoredDialog]:
+        out: list[StoredDialog] = []
+        try:
+            ids = sorted(_text(i) for i in self._redis.smembers(IDS))
+            rows: list[tuple[str, dict[bytes, bytes]]] = []
+            for start in range(0, len(ids), LOAD_CHUNK):
+                chunk = ids[start:start + LOAD_CHUNK]
+                pipe = self._redis.pipeline(transaction=False)
+                for dialog_id in chunk:
+                    pipe.hgetall(dialog_key(dialog_id))
+                rows.extend(zip(chunk, pipe.execute(), strict=True))
+        except RedisError as exc:
+            raise StoreError(f"{self.url}: {exc}") from None
+        for dialog_id, fields in rows:
+            try:
+                snap = unpack(fields[b"snapshot"])
+                if not isinstance(snap, dict):
+                    raise ValueError("not a map")
+                out.append(StoredDialog(snap, float(fields[b"taken"]),
+                                        _transfer(fields.get(b"transfer"))))
+            except Exception as exc:  # a missing field, msgpack's errors
+                log.warning("stored dialog %s left out: %s", dialog_id, exc)
+        return out
+
+    def write(self, batch: StoreBatch) -> None:
+        try:
+            old = [_text(i) for i in self._redis.smembers(IDS)] if batch.replace else []
+            pipe = self._redis.pipeline(transaction=True)
+            if old:
+                pipe.delete(*(dialog_key(i) for i in old))
+                pipe.delete(IDS)
+            for snap, taken, transfer in batch.put:
+                dialog_id = snap["id"]
+                pipe.hset(dialog_key(dialog_id), mapping={
+                    "call_id": snap["call_id"], "taken": repr(taken), "snapshot": pack(snap),
+                    "transfer": _packed_transfer(transfer)})
+                pipe.sadd(IDS, dialog_id)
+            for dialog_id, transfer in batch.transfers:
+                self._set_transfer(keys=[dialog_key(dialog_id)],
+                                   args=[_packed_transfer(transfer)], client=pipe)
+            for dialog_id in batch.dropped:
+                pipe.delete(dialog_key(dialog_id))
+                pipe.srem(IDS, dialog_id)
+            pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"{self.url}: {exc}") from None
+
+    def route_secret(self, generate: Callable[[], str]) -> str:
+        try:
+            if (found := self._redis.hget(META, "route_secret")) is None:
+                # Set only if still absent: a concurrent writer's secret is kept.
+                self._redis.hsetnx(META, "route_secret", generate())
+                found = self._redis.hget(META, "route_secret")
+        except RedisError as exc:
+            raise StoreError(f"{self.url}: {exc}") from None
+        assert found is not None
+        return _text(found)
+
+    def clear(self) -> None:
+        self.write(StoreBatch(replace=True))
+
+    def ping(self) -> None:
+        try:
+            self._redis.ping()
+        except RedisError as exc:
+            raise StoreError(f"{self.url}: {exc}") from None
+
+    def __len__(self) -> int:
+        return int(self._redis.scard(IDS))
+
+    def close(self) -> None:
+        self._redis.close()
