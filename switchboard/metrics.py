@@ -177,6 +177,11 @@ _GAUGES: Final[tuple[tuple[str, str, str], ...]] = (
     ("usrloc:registered_contacts", "registered_contacts", "Contacts in the location table."),
     ("evi:subscriptions", "event_subscriptions", "Event subscriptions in force."),
 )
+_STORE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("store:writes", "dialog_store_writes", "Batches written to the dialog store."),
+    ("store:write_failures", "dialog_store_write_failures",
+     "Writes to the dialog store that failed."),
+)
 _WEBHOOK_DROPS: Final = (
     ("queue_full", "evi:webhook_queue_full_drops"),
     ("rejected", "evi:webhook_rejected_events"),
@@ -223,6 +228,16 @@ def metric_families(
         counter = _counter(name, documentation)
         counter.add_metric([], stat(key))
         yield counter
+    if "store:available" in stats:  # only a node with a `[dialog] store`
+        available = _gauge("dialog_store_available",
+                           "1 while the dialog store takes writes, 0 while the node keeps "
+                           "its dialogs in memory only (the store failed a write).")
+        available.add_metric([], stat("store:available"))
+        yield available
+        for key, name, documentation in _STORE_COUNTERS:
+            counter = _counter(name, documentation)
+            counter.add_metric([], stat(key))
+            yield counter
 
     yield _by_label(
         stats, "sip_requests_received", "SIP requests received.", "core:rcv_requests",
