@@ -1,5 +1,6 @@
 """Calls that outlive a restart of `switchboard serve` (local runtime, `[dialog] store =
-"sqlite:PATH"`), with SIPp as both parties.
+"sqlite:PATH"` or `"redis://HOST:PORT/DB"` with a real redis-server), with SIPp as both
+parties.
 
 A calls B through the proxy; the call is held; the proxy is stopped (SIGKILL, or SIGTERM
 and its drain) and started again on the same port with the same store. The call is listed
@@ -7,6 +8,9 @@ again with the same id, is unheld, transferred (A declines the REFER) and hung u
 through the restarted proxy; the proxy's requests continue each party's CSeq sequence where
 it was before the restart, and the BYE ends the listed dialog. Another call, whose lifetime
 runs out after the restart, is ended by the restarted proxy with a BYE each way.
+With Redis, one run also kills redis-server before the hold and starts it again, empty,
+after it: the proxy goes on in memory only meanwhile and writes the held call again when
+Redis is back, so the call survives the proxy's restart that follows.
 Scenarios: scenarios/restart/ (the second test reuses uac_wait_bye.xml, uas_wait_bye.xml).
 """
 
@@ -16,6 +20,7 @@ import secrets
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import pytest
 from switchboard.readout import unpack
 from tests.support.events import EventCollector
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
 from tests.support.server import (
     StartServer,
     SwitchboardServer,
@@ -37,25 +43,57 @@ pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
-def write_config(tmp_path: Path, store: Path, lifetime: int = 43200) -> Path:
+class Store:
+    """A `[dialog] store`: an SQLite file, or a Redis database of a redis-server of its
+    own."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.path = tmp_path / "dialogs.sqlite"
+        self.redis = RedisServer(tmp_path / "redis") if kind == "redis" else None
+        self.url = f"sqlite:{self.path}" if self.redis is None else self.redis.url
+
+    def stored(self, callid: str) -> dict[str, Any] | None:
+        """The snapshot the store holds of the call, read as another process would."""
+        if self.redis is not None:
+            client = self.redis.client()
+            try:
+                for key in client.scan_iter(match="switchboard:dialog:*"):
+                    if client.hget(key, "call_id") == callid.encode():
+                        return dict(unpack(client.hget(key, "snapshot")))
+                return None
+            finally:
+                client.close()
+        if not self.path.exists():
+            return None
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT snapshot FROM dialogs WHERE call_id = ?",
+                             (callid,)).fetchone()
+        return None if row is None else dict(unpack(row[0]))
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store("sqlite", tmp_path)
+    yield store
+    store.close()
+
+
+def write_config(tmp_path: Path, store: Store, lifetime: int = 43200) -> Path:
     path = tmp_path / "switchboard.toml"
-    path.write_text(f'[dialog]\nstore = "sqlite:{store}"\nlifetime = {lifetime}\n'
+    path.write_text(f'[dialog]\nstore = "{store.url}"\nlifetime = {lifetime}\n'
                     "store_interval_ms = 50\n", encoding="utf-8")
     return path
 
 
-def stored(store: Path, callid: str) -> dict[str, Any] | None:
-    """The snapshot the store holds of the call, read as another process would."""
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT snapshot FROM dialogs WHERE call_id = ?", (callid,)).fetchone()
-    return None if row is None else dict(unpack(row[0]))
-
-
-def wait_stored(store: Path, callid: str, held: bool, timeout: float = 10.0) -> None:
+def wait_stored(store: Store, callid: str, held: bool, timeout: float = 10.0) -> None:
     """Until the store holds the call (with a hold state when `held`)."""
     deadline = time.monotonic() + timeout
     while True:
-        snap = stored(store, callid) if store.exists() else None
+        snap = store.stored(callid)
         if snap is not None and ("hold" in snap) == held:
             return
         if time.monotonic() > deadline:
@@ -91,12 +129,39 @@ def mi_ok(server: SwitchboardServer, method: str, **params: Any) -> Any:
     return reply["result"]
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def wait_available(server: SwitchboardServer, available: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = server.mi_result("statistics:get", statistics=["store:available"])
+        if stats == {"store:available": available}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"store:available not {available} after {timeout} s: {stats}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("kind", "how"), [
+    ("sqlite", "SIGKILL"), ("sqlite", "SIGTERM"),
+    pytest.param("redis", "SIGKILL", marks=pytest.mark.redis),
+    pytest.param("redis", "SIGTERM", marks=pytest.mark.redis),
+    pytest.param("redis-restarted", "SIGKILL", marks=pytest.mark.redis),
+])
 def test_a_call_is_operated_and_ended_after_a_restart(
-    how: str, sipp: StartSipp, switchboard_server: StartServer, events: EventCollector,
-    tmp_path: Path,
+    kind: str, how: str, sipp: StartSipp, switchboard_server: StartServer,
+    events: EventCollector, tmp_path: Path,
 ) -> None:
-    store = tmp_path / "dialogs.sqlite"
+    store = Store(kind.split("-")[0], tmp_path)
+    try:
+        operated_and_ended_after_a_restart(store, kind == "redis-restarted", how, sipp,
+                                           switchboard_server, events, tmp_path)
+    finally:
+        store.close()
+
+
+def operated_and_ended_after_a_restart(
+    store: Store, redis_restarted: bool, how: str, sipp: StartSipp,
+    switchboard_server: StartServer, events: EventCollector, tmp_path: Path,
+) -> None:
     args = ("--config", str(write_config(tmp_path, store)), "--event-datagram", events.socket)
     server = switchboard_server(*args)
     a, b, callid = start_call(sipp, server, SCENARIOS / "restart/uac_held_transferred_hangs_up.xml",
@@ -108,8 +173,17 @@ def test_a_call_is_operated_and_ended_after_a_restart(
 
     with killed_on_failure(a, b):
         before = wait_confirmed(server, callid)
+        if redis_restarted:
+            assert store.redis is not None
+            wait_stored(store, callid, held=False)
+            store.redis.kill()
         assert mi_ok(server, "callops:hold", callid=callid) == "OK"
         hold_ok("hold")
+        if redis_restarted:
+            assert store.redis is not None
+            wait_available(server, 0)  # the hold's write failed: memory only
+            store.redis.start()  # empty
+            wait_available(server, 1)
         wait_stored(store, callid, held=True)
         stop(server, how)
 
@@ -137,15 +211,15 @@ def test_a_call_is_operated_and_ended_after_a_restart(
     assert "dialog:restored_dialogs" in restarted.mi_result("statistics:get", statistics=["all"])
     restored = restarted.mi_result("statistics:get", statistics=["store:restored_dialogs"])
     assert restored == {"store:restored_dialogs": 1}
-    assert stored(store, callid) is None
+    assert store.stored(callid) is None
 
 
 def test_the_lifetime_of_a_restored_call_runs_out(
-    sipp: StartSipp, switchboard_server: StartServer, tmp_path: Path,
+    sipp: StartSipp, switchboard_server: StartServer, tmp_path: Path, sqlite_store: Store,
 ) -> None:
     """The lifetime timer comes back with the call: the restarted proxy ends it in time,
     with a BYE to each party."""
-    store = tmp_path / "dialogs.sqlite"
+    store = sqlite_store
     args = ("--config", str(write_config(tmp_path, store, lifetime=6)))
     server = switchboard_server(*args)
     a, b, callid = start_call(sipp, server, SCENARIOS / "uac_wait_bye.xml",
