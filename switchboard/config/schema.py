@@ -212,8 +212,8 @@ class DialogConfig:
     lifetime: int = field(default=43200, metadata=setting(
         Int(1), "seconds a confirmed dialog may live, then BYE both ways"))
     store: str = field(default="", metadata=setting(
-        Text(parse_dialog_store), "sqlite:PATH or redis://HOST:PORT/DB: confirmed dialogs "
-        'are kept there and read back at start (local runtime); "" = in memory only'))
+        Text(parse_dialog_store), "sqlite:PATH: confirmed dialogs are kept there and read "
+        'back at start (local runtime); "" = in memory only'))
     store_interval_ms: int = field(default=200, metadata=setting(
         Int(10, 60000), "milliseconds between two writes of the dialogs that changed"))
 

@@ -201,6 +201,12 @@ async def serve(config: Config) -> RaySwitchboard:
     Raises OSError when a worker cannot bind its sockets or a switchboard already runs in
     the cluster, ScriptError for a routing script that does not load.
     """
+    if config.dialog.store:
+        # Its workers replicate to the controller instead (docs/ray.md); saying nothing
+        # would let an operator believe calls outlive a restart of the whole cluster.
+        log.warning("[dialog] store = %r is not used by the ray runtime: dialogs are kept "
+                    "in the controller's memory only", config.dialog.store,
+                    extra={"event": "dialog_store_unused"})
     owns_ray = _connect(config)
     try:
         try:
