@@ -7,8 +7,9 @@ every SIP message sent or received goes through (`MirroredEndpoint` and `mirrore
 wrap an endpoint and a receiver, so nothing changes when capture is off). It never fails the
 caller: a packet it cannot encode or send is counted and dropped. This module knows addresses
 and bytes, not SIP: the payload is the message's bytes as they went, never decoded, so a byte
-that is not UTF-8 reaches the collector as it was. Only the addresses are read; one HEP cannot
-carry (a host that is not an IP literal) makes the packet one of those dropped.
+that is not UTF-8 reaches the collector as it was. Only the addresses are read: a message sent
+over a connection names the peer it went to (`ConnectionEndpoint.peer_of`); one HEP still
+cannot carry (a host that is not an IP literal) makes the packet one of those dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from typing import Final, cast
 
 from .sip.wire import Address
-from .transport.base import Endpoint, Receiver
+from .transport.base import ConnectionEndpoint, Endpoint, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -165,16 +166,24 @@ class HepMirror(asyncio.DatagramProtocol):
 
 
 class MirroredEndpoint:
-    """`inner`, with a HEP copy of every message it sends."""
+    """`inner`, with a HEP copy of every message it sends. What `inner.send` answers is
+    passed on, so a message it could not deliver is still reported to the core; such a
+    message never reached the network and is not mirrored.
+
+    Over a connection the copy names the peer the bytes went to: HEP carries IP addresses,
+    and a WebSocket client is addressed by its `.invalid` name, a TCP one by its alias."""
 
     def __init__(self, inner: Endpoint, mirror: HepMirror) -> None:
         self.inner = inner
         self.local = inner.local
         self._mirror = mirror.mirror
+        self._peer_of = inner.peer_of if isinstance(inner, ConnectionEndpoint) else None
 
-    def send(self, data: bytes, dest: Address) -> None:
-        self.inner.send(data, dest)
-        self._mirror(data, self.local, dest)
+    def send(self, data: bytes, dest: Address) -> bool | None:
+        sent = self.inner.send(data, dest)
+        if sent is not False:
+            self._mirror(data, self.local, dest if self._peer_of is None else self._peer_of(dest))
+        return sent
 
     def close(self) -> None:
         self.inner.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..sip.wire import Address
 
@@ -22,3 +22,15 @@ class Endpoint(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConnectionEndpoint(Protocol):
+    """An endpoint whose messages go over connections, where the address a message is sent
+    to may be a name the connection is known by (an RFC 5923 alias, a WebSocket client's
+    `.invalid` host) rather than the peer the bytes actually reach."""
+
+    def peer_of(self, dest: Address) -> Address:
+        """The address of the peer a message to `dest` would reach now: the connection's
+        remote end when one is known by `dest`, else `dest` itself."""
+        ...

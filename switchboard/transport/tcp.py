@@ -186,6 +186,10 @@ class TcpEndpoint:
         endpoint.local = Address(transport, host, bound[1])
         return endpoint
 
+    def peer_of(self, dest: Address) -> Address:
+        conn = self.connections.get(dest) or self.aliases.get(dest)
+        return dest if conn is None or conn.peer is None else conn.peer
+
     def send(self, data: bytes, dest: Address) -> bool:
         """Over the connection to `dest` (or aliased to it), else over a new one; True
         always, since a connection can be opened (one that fails to is logged)."""

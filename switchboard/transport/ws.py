@@ -228,9 +228,16 @@ class WsEndpoint:
                 conn.close()
         self._sweeper = self._loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
 
-    def send(self, data: bytes, dest: Address) -> bool:
-        conn = (self.connections.get(dest) or self.flows.get(f"{dest.host}:{dest.port}")
+    def _connection(self, dest: Address) -> WsConnection | None:
+        return (self.connections.get(dest) or self.flows.get(f"{dest.host}:{dest.port}")
                 or self.flows.get(dest.host))
+
+    def peer_of(self, dest: Address) -> Address:
+        conn = self._connection(dest)
+        return dest if conn is None else conn.peer
+
+    def send(self, data: bytes, dest: Address) -> bool:
+        conn = self._connection(dest)
         if conn is None or conn.ws.closed:
             # RFC 7118 §5: a WebSocket server does not connect to clients.
             self.undeliverable += 1

@@ -202,6 +202,65 @@ def test_wrappers_capture_both_directions() -> None:
     assert mirror.seen[-1] == (INVITE, B, inner.local)
 
 
+class _Reporting:
+    """An endpoint that says whether it could send, over connections known by other names."""
+
+    def __init__(self, reachable: bool, peers: dict[Address, Address]) -> None:
+        self.local = Address("ws", "127.0.0.1", 8080)
+        self.reachable = reachable
+        self.peers = peers
+        self.sent: list[Address] = []
+
+    def peer_of(self, dest: Address) -> Address:
+        return self.peers.get(dest, dest)
+
+    def send(self, data: bytes, dest: Address) -> bool:
+        if self.reachable:
+            self.sent.append(dest)
+        return self.reachable
+
+    def close(self) -> None:
+        pass
+
+
+CLIENT = Address("ws", "k2h3.invalid", 80)
+CLIENT_PEER = Address("ws", "127.0.0.1", 41000)
+
+
+def test_the_mirror_passes_on_what_the_send_answered() -> None:
+    """An undeliverable send is still reported to the core (False) and, having never reached
+    the network, not mirrored; a sent one is True and mirrored."""
+    mirror = _FakeMirror()
+    assert MirroredEndpoint(_Reporting(False, {}), mirror).send(INVITE, CLIENT) is False
+    assert mirror.seen == []
+    up = _Reporting(True, {CLIENT: CLIENT_PEER})
+    assert MirroredEndpoint(up, mirror).send(INVITE, CLIENT) is True
+    assert up.sent == [CLIENT]
+    # The copy names the peer the connection reached, not the name it was sent to.
+    assert mirror.seen == [(INVITE, up.local, CLIENT_PEER)]
+
+
+def test_a_message_to_a_client_known_by_an_invalid_name_is_encoded() -> None:
+    """HEP needs IP addresses: with the connection's peer resolved, the mirror drops nothing."""
+    mirror = HepMirror(Address("udp", "127.0.0.1", 9060), 1)
+    packets: list[bytes] = []
+
+    class Transport:
+        def is_closing(self) -> bool:
+            return False
+
+        def sendto(self, data: bytes) -> None:
+            packets.append(data)
+
+    mirror.connection_made(Transport())  # type: ignore[arg-type]
+    endpoint = MirroredEndpoint(_Reporting(True, {CLIENT: CLIENT_PEER}), mirror)
+    endpoint.send(INVITE, CLIENT)
+    assert (mirror.sent, mirror.dropped) == (1, 0)
+    chunks = by_type(packets[0])
+    assert chunks[4] == bytes([127, 0, 0, 1]) and u(chunks[8]) == CLIENT_PEER.port
+    assert u(chunks[2]) == 6  # WebSocket runs over TCP
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 
