@@ -16,12 +16,14 @@ from typing import Any
 
 from ..capture import Tap, TappedEndpoint, tapped_receiver
 from ..events.opensips import opensips_event
+from ..hep import MirroredEndpoint
 from ..sip.callops import CallOps
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
 from ..sip.operations import NOT_FOUND, EndCall, Operation, Refused
 from ..sip.proxy import Proxy
-from ..sip.wire import Address
+from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
+from ..transport.tcp import TcpEndpoint
 from .dialog import DialogActor, dialog_info
 from .overload import OverloadMonitor
 
@@ -60,6 +62,11 @@ class Worker:
 
     def add_endpoint(self, endpoint: Endpoint) -> None:
         self.endpoints[endpoint.local] = endpoint
+        inner = endpoint
+        while isinstance(inner, (MirroredEndpoint, TappedEndpoint)):
+            inner = inner.inner
+        if isinstance(inner, TcpEndpoint):
+            inner.undelivered = self.undelivered
 
     def tap(self, tap: Tap | None) -> None:
         """Copy every message sent and received to `tap` (None: stop). The endpoints are
@@ -121,6 +128,13 @@ class Worker:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def undelivered(self, data: bytes, dest: Address, local: Address) -> None:
+        """An endpoint took `data` but could not deliver it after all (the connection it
+        waited for did not open): the core fails the request's transaction now and the
+        answer (480 upstream) goes out at once."""
+        self.proxy.undeliverable(Datagram(data, dest, local), self._loop.time())
+        self.flush()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -908,7 +908,8 @@ class Proxy:
 
     def undeliverable(self, datagram: Datagram, now: float) -> None:
         """The driver had no way to send `datagram`: no connection to a WebSocket client any
-        more (a server does not connect to one, RFC 7118 §5), or no socket. The client
+        more (a server does not connect to one, RFC 7118 §5), no socket, or a TCP or TLS
+        connection that did not open (refused, handshake failed, timed out). The client
         transaction that sent it fails now with a transport error (RFC 3261 §17.1.4)
         rather than at its timeout: 480 upstream for a relayed request, 480 to whoever
         asked for a request of our own.

@@ -9,6 +9,9 @@ from ..sip.wire import Address
 
 # (data, source, local): one whole SIP message as bytes.
 Receiver = Callable[[bytes, Address, Address], None]
+# (data, dest, local): a message an endpoint took but could not deliver after all (the
+# connection it waited for did not open).
+Undelivered = Callable[[bytes, Address, Address], None]
 
 
 class Endpoint(Protocol):

@@ -25,7 +25,7 @@ from ..sip.errors import ParseError
 from ..sip.framing import StreamFramer
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address, default_port
-from .base import Receiver
+from .base import Receiver, Undelivered
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ class TcpEndpoint:
         # without one the certificate must name the IP address.
         self.server_names = server_names or {}
         self.refused = 0  # inbound connections refused by the per-source limit
+        # Told of each message that waited for a connection that failed to open (the
+        # worker, so the transaction that sent it fails now, RFC 3261 §17.1.4).
+        self.undelivered: Undelivered | None = None
         self._per_source: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -192,7 +195,8 @@ class TcpEndpoint:
 
     def send(self, data: bytes, dest: Address) -> bool:
         """Over the connection to `dest` (or aliased to it), else over a new one; True
-        always, since a connection can be opened (one that fails to is logged)."""
+        always, since a connection can be opened. The messages waiting for one that fails
+        to open (refused, TLS handshake failed, timed out) go to `undelivered`."""
         conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)
@@ -218,6 +222,13 @@ class TcpEndpoint:
             log.info("%s connect to %s failed: %s", self.transport, dest, exc)
             if self.connections.get(dest) is conn:
                 del self.connections[dest]
+            waiting, conn.pending = conn.pending, []
+            if self.undelivered is not None:
+                for data in waiting:
+                    try:
+                        self.undelivered(data, dest, self.local)
+                    except Exception:
+                        log.exception("reporting a message to %s undelivered failed", dest)
 
     def close(self) -> None:
         if self._sweeper is not None:
