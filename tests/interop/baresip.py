@@ -58,6 +58,11 @@ class BaresipPeer:
         domain: AOR domain; defaults to the registrar's host, else ``127.0.0.1``.
         transfer_policy: What a received REFER does: "manual", "auto" or "reject".
         auto_answer: Answer every incoming call at once (callee-role tests).
+        transport: "udp", "tcp" or "tls" toward the registrar / outbound proxy (give its
+            URI a matching ``;transport=`` parameter).
+        ca_file: CAs that sign the TLS servers the peer connects to (baresip's
+            ``sip_cafile``); with ``transport="tls"`` the server's certificate is verified
+            against them (``sip_verify_server``) unless ``verify_server`` is False.
         sip_trace: Log every SIP message the peer sends and receives to its stderr.
         extra_args: More command-line arguments for ``baresip_peer.py``.
     """
@@ -72,6 +77,9 @@ class BaresipPeer:
         domain: str | None = None,
         transfer_policy: str = "manual",
         auto_answer: bool = False,
+        transport: str = "udp",
+        ca_file: str | os.PathLike[str] | None = None,
+        verify_server: bool = True,
         sip_trace: bool = False,
         extra_args: tuple[str, ...] = (),
     ):
@@ -83,6 +91,9 @@ class BaresipPeer:
         self.domain = domain
         self.transfer_policy = transfer_policy
         self.auto_answer = auto_answer
+        self.transport = transport
+        self.ca_file = ca_file
+        self.verify_server = verify_server
         self.sip_trace = sip_trace
         self.extra_args = tuple(extra_args)
         self.ready: Message | None = None
@@ -112,6 +123,12 @@ class BaresipPeer:
             argv += ["--domain", self.domain]
         if self.auto_answer:
             argv.append("--auto-answer")
+        if self.transport != "udp":
+            argv += ["--transport", self.transport]
+        if self.ca_file is not None:
+            argv += ["--ca-file", os.fspath(self.ca_file)]
+        if not self.verify_server:
+            argv.append("--no-verify-server")
         if self.sip_trace:
             argv.append("--sip-trace")
         argv += list(self.extra_args)

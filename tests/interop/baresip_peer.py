@@ -42,7 +42,8 @@ Replies (stdout): ``{"reply": NAME, "id": ID, "ok": true, ...}`` or ``{"reply": 
 
 Events (stdout) ``{"event": NAME, "t": unix time, ...}``. Call events carry ``call``,
 ``call_id`` (SIP Call-ID), ``peer`` (remote URI) and usually ``text`` (baresip's detail):
-ready {user, domain, aor, sip_port, contact_uri, registered, outbound_proxy, pid} |
+ready {user, domain, aor, sip_port, contact_uri, registered, outbound_proxy, transport,
+pid} |
 start_failed {error} | registering | registered {text} | register_failed {text|error} |
 unregistering | unregistered | incoming {from, to?} | outgoing | ringing | progress |
 answered | established | closed {reason} | remote_hold {on} | local_sdp / remote_sdp
@@ -205,8 +206,19 @@ class Peer:
             # URI with a Route header naming it.
             registrar=outbound,
             reg_interval=a.reg_interval if a.registrar else 0,
-            transport="udp",
+            transport=a.transport,
         )
+
+    def extra_config(self) -> str:
+        """baresip's own configuration lines: where it listens (UDP and TCP on the port; TLS
+        on a port of its choosing, named in its Contact), and how it checks TLS servers."""
+        a = self.args
+        lines = [f"sip_listen 127.0.0.1:{a.sip_port}"]
+        if a.ca_file:
+            lines.append(f"sip_cafile {a.ca_file}")
+        if a.transport == "tls":
+            lines.append(f"sip_verify_server {'yes' if a.verify_server else 'no'}")
+        return "".join(line + "\n" for line in lines)
 
     async def start(self) -> None:
         a = self.args
@@ -215,7 +227,7 @@ class Peer:
             native_log_level=a.native_log_level,
             sip_trace=a.sip_trace,
             max_concurrent_calls=a.max_calls,
-            extra_config_text=f"sip_listen 127.0.0.1:{a.sip_port}\n",
+            extra_config_text=self.extra_config(),
         )
         self.runtime = Runtime(native_log_level=a.native_log_level)
         await self.runtime.start(config)
@@ -243,6 +255,7 @@ class Peer:
             outbound_proxy=account.registrar,
             transfer_policy=a.transfer_policy,
             auto_answer=a.auto_answer,
+            transport=a.transport,
             pid=os.getpid(),
         )
 
@@ -669,6 +682,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--outbound-proxy",
         help="route every request via this URI (default: --registrar, if given)",
     )
+    p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp",
+                   help="toward the registrar / outbound proxy")
+    p.add_argument("--ca-file", help="CAs that sign the TLS servers it connects to")
+    p.add_argument("--no-verify-server", dest="verify_server", action="store_false",
+                   help="with --transport tls: accept any server certificate")
     p.add_argument("--reg-interval", type=int, default=3600)
     p.add_argument("--register-timeout", type=float, default=10.0)
     p.add_argument("--transfer-policy", choices=("manual", "auto", "reject"), default="manual")

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from tests.interop.baresip import BaresipPeer
 
-# "<date> <time> <user> baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B", then
-# the message, up to the next log line.
+# "<date> <time> <user> baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B" (or TCP,
+# TLS), then the message, up to the next log line.
 _TRACE_HEAD = re.compile(
-    r"^\S+ \S+ \S+ baresip\.native\.sip DEBUG (?P<dir>TX|RX) UDP (?P<src>\S+) -> (?P<dst>\S+)$"
+    r"^\S+ \S+ \S+ baresip\.native\.sip DEBUG (?P<dir>TX|RX) (?P<transport>UDP|TCP|TLS) "
+    r"(?P<src>\S+) -> (?P<dst>\S+)$"
 )
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 
@@ -24,6 +25,7 @@ class Traced:
     src: str
     dst: str
     text: str
+    transport: str = "UDP"  # UDP, TCP or TLS, as baresip writes it
 
     @property
     def start_line(self) -> str:
@@ -76,7 +78,8 @@ def trace(p: BaresipPeer, call_id: str | None = None) -> list[Traced]:
         if current is not None:
             head, lines = current
             messages.append(
-                Traced(head["dir"], head["src"], head["dst"], "\n".join(lines).strip("\n"))
+                Traced(head["dir"], head["src"], head["dst"], "\n".join(lines).strip("\n"),
+                       head["transport"])
             )
 
     for line in p.stderr.splitlines():
