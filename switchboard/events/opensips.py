@@ -1,5 +1,9 @@
 """The OpenSIPS-shaped events (name and parameters, spec/callops.md §8) made from what the core
 reports: the one place where the `E_*` parameter dicts are written.
+
+An event a tracked operation caused (one the REST API made) carries two members OpenSIPS has
+not: `operation_id` (`envelope.OPERATION_ID`), and in the answer of a hold re-INVITE its
+`status` line. An untracked operation's events are exactly OpenSIPS'.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..sip.events import (
     TransferStarted,
 )
 from . import E_CALL_HOLD, E_CALL_TRANSFER, E_DLG_STATE_CHANGED
+from .envelope import OPERATION_ID
 
 
 def opensips_event(event: DialogStateChanged | CallEvent) -> tuple[str, dict[str, Any]]:
@@ -32,8 +37,13 @@ def opensips_event(event: DialogStateChanged | CallEvent) -> tuple[str, dict[str
         }
     if isinstance(event, HoldStarted | HoldAnswered):
         state = "start" if isinstance(event, HoldStarted) else "ok" if event.ok else "fail"
-        return E_CALL_HOLD, {"callid": event.call_id, "leg": event.leg,
-                             "action": event.action, "state": state}
+        hold: dict[str, Any] = {"callid": event.call_id, "leg": event.leg,
+                                "action": event.action, "state": state}
+        if event.operation_id is not None:
+            if isinstance(event, HoldAnswered):
+                hold["status"] = event.status
+            hold[OPERATION_ID] = event.operation_id
+        return E_CALL_HOLD, hold
     if isinstance(event, TransferStarted | TransferLinked):
         state, status, destination = "start", "", event.destination
     elif isinstance(event, TransferNotified):
@@ -41,7 +51,7 @@ def opensips_event(event: DialogStateChanged | CallEvent) -> tuple[str, dict[str
     else:
         state = "ok" if event.ok else "fail"
         status, destination = event.status, event.destination
-    return E_CALL_TRANSFER, {
+    params: dict[str, Any] = {
         "callid": event.call_id,
         "leg": event.leg,
         "transfer_callid": event.transfer_callid,
@@ -49,6 +59,9 @@ def opensips_event(event: DialogStateChanged | CallEvent) -> tuple[str, dict[str
         "state": state,
         "status": status,
     }
+    if event.operation_id is not None:
+        params[OPERATION_ID] = event.operation_id
+    return E_CALL_TRANSFER, params
 
 
 def db_id(dialog_id: str) -> int:

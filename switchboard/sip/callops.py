@@ -113,6 +113,7 @@ class DialogOps:
     replaces: tuple[str, str, str] | None = None
     end_timer: Timer | None = None
     guard_timer: Timer | None = None  # gives up on a transfer whose new call never comes
+    operation_id: str | None = None  # of the latest transfer: its events carry it
 
     @property
     def busy(self) -> bool:
@@ -265,22 +266,27 @@ class CallOps:
         leg = leg if leg is not None else (ops.transfer_leg or ops.last_leg or "unknown")
         new_call = ops.transfer_callid if transfer_callid is None else transfer_callid
         destination = ops.destination if destination is None else destination
+        op_id = ops.operation_id
         if state == "start":
             event: TransferStarted | TransferLinked | TransferNotified | TransferEnded = (
-                TransferStarted(call_id, leg, new_call, destination))
+                TransferStarted(call_id, leg, new_call, destination, op_id))
         elif state == "linked":
-            event = TransferLinked(call_id, leg, new_call, destination)
+            event = TransferLinked(call_id, leg, new_call, destination, op_id)
         elif state == "notify":
-            event = TransferNotified(call_id, leg, new_call, status)
+            event = TransferNotified(call_id, leg, new_call, status, op_id)
         else:
-            event = TransferEnded(call_id, leg, new_call, destination, state == "ok", status)
+            event = TransferEnded(call_id, leg, new_call, destination, state == "ok", status,
+                                  op_id)
         self.proxy.events.append(event)
 
-    def _hold_event(self, dialog: Dialog, leg: str, action: str, state: str) -> None:
-        """`state`: `start` (the re-INVITE went out), `ok` or `fail`."""
+    def _hold_event(self, dialog: Dialog, leg: str, action: str, state: str,
+                    operation_id: str | None, status: str = "") -> None:
+        """`state`: `start` (the re-INVITE went out), `ok` or `fail` (`status`: the answer's
+        status line, "" when none came)."""
         self.proxy.events.append(
-            HoldStarted(dialog.call_id, leg, action) if state == "start"
-            else HoldAnswered(dialog.call_id, leg, action, state == "ok"))
+            HoldStarted(dialog.call_id, leg, action, operation_id) if state == "start"
+            else HoldAnswered(dialog.call_id, leg, action, state == "ok", status,
+                              operation_id))
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -355,11 +361,13 @@ class CallOps:
         except LocalProtocolError as exc:
             raise Refused.bad_input("destination", str(exc)) from None
         self._start_transfer(dialog, ops, target, peer, op.leg, refer_to,
-                             str(parse_destination(op.destination)), now)
+                             str(parse_destination(op.destination)), op.operation_id, now)
 
     def _start_transfer(self, dialog: Dialog, ops: DialogOps, target: Leg, peer: Leg,
-                        leg: str, refer_to: str, destination: str, now: float) -> None:
+                        leg: str, refer_to: str, destination: str, operation_id: str | None,
+                        now: float) -> None:
         ops.state = ops.after(TransferEvent.START)
+        ops.operation_id = operation_id
         ops.leg = ops.last_leg = leg
         ops.transfer_callid = ""
         ops.destination = destination
@@ -441,7 +449,7 @@ class CallOps:
         if other is not None:
             self.ops_of(other).transfer_callid = dialog.call_id
         self._start_transfer(dialog, ops, target, peer, op.leg, refer_to,
-                             str(parse_destination(destination)), now)
+                             str(parse_destination(destination)), op.operation_id, now)
         if other is None:
             ops.replaces = (op.transfer_callid, totag, fromtag)
             self._await_replaces(op.transfer_callid, dialog)
@@ -753,7 +761,7 @@ class CallOps:
             # The version is used up only by an offer that went out (RFC 3264 §8: the next
             # one the leg sees must be exactly one higher).
             sent = self._reinvite(dialog, name, target, peer, new_mask, body, hdrs, action,
-                                  now, 0)
+                                  op.operation_id, now, 0)
             if sent and version is not None:
                 target.sdp_version_sent = version
             any_sent = any_sent or sent
@@ -784,8 +792,8 @@ class CallOps:
         return with_origin_version(body, next_version), next_version
 
     def _reinvite(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
-                  body: bytes, extra: Headers, action: str, now: float,
-                  attempt: int) -> bool:
+                  body: bytes, extra: Headers, action: str, operation_id: str | None,
+                  now: float, attempt: int) -> bool:
         """Send one hold/unhold offer; False (and a `fail` event) if it could not go."""
         headers = [("Contact", f"<{peer.contact}>"), ("Content-Type", "application/sdp"),
                    *extra]
@@ -801,31 +809,32 @@ class CallOps:
                     wait = 2.1 + wait * 0.95
                 target.hold_event(HoldEvent.GLARE)
                 self.proxy.timers.call_at(t + wait, lambda t2: self._retry(
-                    dialog, name, target, peer, mask, base, body, extra, action, t2,
-                    attempt + 1))
+                    dialog, name, target, peer, mask, base, body, extra, action,
+                    operation_id, t2, attempt + 1))
                 return
             target.hold_event(HoldEvent.ANSWERED)
             ok = status < 300
             if ok:
                 target.hold_mask = mask
-            self._hold_event(dialog, name, action, "ok" if ok else "fail")
+            self._hold_event(dialog, name, action, "ok" if ok else "fail", operation_id,
+                             f"{status} {reason}".strip())
 
         if attempt == 0:
-            self._hold_event(dialog, name, action, "start")
+            self._hold_event(dialog, name, action, "start", operation_id)
         target.hold_event(HoldEvent.OFFER if attempt == 0 else HoldEvent.RETRY)
         if not self.proxy.send_in_dialog(dialog, target, peer, "INVITE", headers, body,
                                          answered, now):
             target.hold_event(HoldEvent.UNSENT)
-            self._hold_event(dialog, name, action, "fail")
+            self._hold_event(dialog, name, action, "fail", operation_id)
             return False
         return True
 
     def _retry(self, dialog: Dialog, name: str, target: Leg, peer: Leg, mask: int,
                base: bytes | None, body: bytes, extra: Headers, action: str,
-               now: float, attempt: int) -> None:
+               operation_id: str | None, now: float, attempt: int) -> None:
         if not dialog.active:
             target.hold_event(HoldEvent.ABANDONED)
-            self._hold_event(dialog, name, action, "fail")
+            self._hold_event(dialog, name, action, "fail", operation_id)
             return
         version: int | None = None
         if peer.sdp != base:
@@ -835,7 +844,7 @@ class CallOps:
             if offer is not None:
                 body, version = offer
         # Otherwise the same offer again: the 491 left the leg's session as it was.
-        sent = self._reinvite(dialog, name, target, peer, mask, body, extra, action, now,
-                              attempt)
+        sent = self._reinvite(dialog, name, target, peer, mask, body, extra, action,
+                              operation_id, now, attempt)
         if sent and version is not None:
             target.sdp_version_sent = version

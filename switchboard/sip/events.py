@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every event ends with `operation_id`: the id of the tracked operation that caused it (the
+# REST API's), None for an untracked one or for what no operation caused.
+
 
 @dataclass(frozen=True, slots=True)
 class TransferStarted:
@@ -20,6 +23,7 @@ class TransferStarted:
     leg: str
     transfer_callid: str
     destination: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class TransferLinked:
     leg: str
     transfer_callid: str
     destination: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class TransferNotified:
     leg: str
     transfer_callid: str
     status: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class TransferEnded:
     destination: str
     ok: bool
     status: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +69,20 @@ class HoldStarted:
     call_id: str
     leg: str
     action: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HoldAnswered:
-    """It was answered (`ok`: a 2xx), or it failed or could not be sent."""
+    """It was answered (`ok`: a 2xx), or it failed or could not be sent; `status` is the
+    answer's status line ("" when none came)."""
 
     call_id: str
     leg: str
     action: str
     ok: bool
+    status: str = ""
+    operation_id: str | None = None
 
 
 CallEvent = (TransferStarted | TransferLinked | TransferNotified | TransferEnded | HoldStarted

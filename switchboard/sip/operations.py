@@ -7,6 +7,10 @@ carries it out. `Refused` is how the core says no: a status and a reason of its 
 numbers OpenSIPS' callops answers with), never a JSON-RPC code; each edge (the MI, the Python
 API) maps it in one table.
 
+Each carries an optional `operation_id`: the id a front end that tracks its operations (the REST
+API) gave it; callops copies it into the events the operation causes, so they can be told from
+another front end's. None for an untracked one (the MI's).
+
 Knows nothing of dialogs: whether the call exists, is confirmed or has an operation pending is
 for callops to say, on the worker that owns it.
 """
@@ -62,6 +66,7 @@ class BlindTransfer:
     call_id: str
     leg: LegName
     destination: str
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class AttendedTransfer:
     destination: str | None
     from_tag: str | None
     to_tag: str | None
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class HoldChange:
     leg: LegName | None
     caller_headers: Headers
     callee_headers: Headers
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,7 @@ class EndCall:
 
     key: str
     extra_headers: Headers
+    operation_id: str | None = None
 
 
 Operation = BlindTransfer | AttendedTransfer | HoldChange | EndCall
@@ -108,10 +116,11 @@ Operation = BlindTransfer | AttendedTransfer | HoldChange | EndCall
 def transfer(call_id: object, leg: object, destination: object = None,
              transfer_callid: object = None, transfer_leg: object = None,
              transfer_fromtag: object = None, transfer_totag: object = None,
-             ) -> BlindTransfer | AttendedTransfer:
+             *, operation_id: str | None = None) -> BlindTransfer | AttendedTransfer:
     """The `callops:transfer` operation: blind without `transfer_callid`, attended with it.
     Arguments are `object`: they come from a management request or a Python caller."""
     call_id = _text("callid", call_id)
+    _operation_id(operation_id)
     a_leg = _leg("leg", leg)
     dest = _opt_text("destination", destination)
     if dest is not None:
@@ -119,38 +128,41 @@ def transfer(call_id: object, leg: object, destination: object = None,
     if transfer_callid is None:
         if dest is None:
             raise Refused.bad_input("destination", "missing")
-        return BlindTransfer(call_id, a_leg, dest)
+        return BlindTransfer(call_id, a_leg, dest, operation_id)
     other = _text("transfer_callid", transfer_callid)
     _header_text("transfer_callid", other)
     from_tag = _opt_text("transfer_fromtag", transfer_fromtag)
     to_tag = _opt_text("transfer_totag", transfer_totag)
     if transfer_leg is not None:
         return AttendedTransfer(call_id, a_leg, other, _leg("transfer_leg", transfer_leg), dest,
-                                None, None)
+                                None, None, operation_id)
     if not from_tag or not to_tag or not dest:
         raise Refused.bad_input(
             "transfer_destination",
             "transfer_fromtag, transfer_totag and transfer_destination go together")
     _header_text("transfer_fromtag", from_tag)
     _header_text("transfer_totag", to_tag)
-    return AttendedTransfer(call_id, a_leg, other, None, dest, from_tag, to_tag)
+    return AttendedTransfer(call_id, a_leg, other, None, dest, from_tag, to_tag, operation_id)
 
 
 def hold(call_id: object, leg: object = None, headers: object = None, *,
-         on: bool = True) -> HoldChange:
+         on: bool = True, operation_id: str | None = None) -> HoldChange:
     """`callops:hold` (`on`) or `callops:unhold`. `leg`: caller, callee, both or None (both).
     `headers`: one text for both re-INVITEs, or [caller's, callee's]; each `Name: value`
     lines, literal `\\r\\n` accepted as a line break (spec §7.1)."""
     call_id = _text("callid", call_id)
+    _operation_id(operation_id)
     if not (leg is None or isinstance(leg, str)) or leg not in _HOLD_LEGS:
         raise Refused(BAD_LEG, "Bad leg")
     caller, callee = _hold_headers(headers)
-    return HoldChange(call_id, on, _HOLD_LEGS[leg], caller, callee)
+    return HoldChange(call_id, on, _HOLD_LEGS[leg], caller, callee, operation_id)
 
 
-def end_call(key: object, extra_headers: object = None) -> EndCall:
+def end_call(key: object, extra_headers: object = None, *,
+             operation_id: str | None = None) -> EndCall:
     """`dialog:end_dlg`: `extra_headers` are `Name: value` lines (CRLF or LF)."""
     key = _text("dialog_id", key)
+    _operation_id(operation_id)
     text = _opt_text("extra_hdrs", extra_headers)
     out: list[tuple[str, str]] = []
     for line in (text or "").replace("\r\n", "\n").split("\n"):
@@ -163,7 +175,7 @@ def end_call(key: object, extra_headers: object = None) -> EndCall:
         if "\r" in value:
             raise Refused.bad_input("extra_hdrs", "CR inside a header value")
         out.append((name, value.strip()))
-    return EndCall(key, tuple(out))
+    return EndCall(key, tuple(out), operation_id)
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -187,6 +199,12 @@ def _text(name: str, value: object) -> str:
 
 def _opt_text(name: str, value: object) -> str | None:
     return None if value is None else _text(name, value)
+
+
+def _operation_id(value: str | None) -> None:
+    # It travels in event parameters and webhook bodies: a short token, nothing to escape.
+    if value is not None and not (0 < len(value) <= 64 and _token(value)):
+        raise Refused.bad_input("operation_id", "1 to 64 token characters")
 
 
 def _leg(name: str, value: object) -> LegName:

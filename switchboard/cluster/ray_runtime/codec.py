@@ -143,6 +143,8 @@ def pack_operation(op: Operation) -> bytes:
         fields = ["hold", op.call_id, op.hold, op.leg, op.caller_headers, op.callee_headers]
     else:
         fields = ["end", op.key, op.extra_headers]
+    # Last, so each kind's fields keep their places.
+    fields.append(op.operation_id)
     return _pack(fields)
 
 
@@ -152,13 +154,14 @@ def _headers(items: Any) -> Headers:
 
 def unpack_operation(data: bytes) -> Operation:
     """The operation `pack_operation` packed, as it was (nothing is checked again)."""
-    kind, *f = _unpack(data)
+    kind, *f, operation_id = _unpack(data)
     if kind == "blind":
-        return BlindTransfer(f[0], f[1], f[2])
+        return BlindTransfer(f[0], f[1], f[2], operation_id)
     if kind == "attended":
-        return AttendedTransfer(f[0], f[1], f[2], f[3], f[4], f[5], f[6])
+        return AttendedTransfer(f[0], f[1], f[2], f[3], f[4], f[5], f[6], operation_id)
     if kind == "hold":
-        return HoldChange(f[0], bool(f[1]), f[2], _headers(f[3]), _headers(f[4]))
+        return HoldChange(f[0], bool(f[1]), f[2], _headers(f[3]), _headers(f[4]),
+                          operation_id)
     if kind == "end":
-        return EndCall(f[0], _headers(f[1]))
+        return EndCall(f[0], _headers(f[1]), operation_id)
     raise ValueError(f"not a call operation: {kind!r}")

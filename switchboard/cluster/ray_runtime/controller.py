@@ -424,7 +424,8 @@ class Controller(CallOperations):
                 raise CommandError(NOT_FOUND, "Transfer dialog not found")
             to_tag, from_tag, default_destination = found
             op = AttendedTransfer(callid, op.leg, transfer_callid, None,
-                                  op.destination or default_destination, from_tag, to_tag)
+                                  op.destination or default_destination, from_tag, to_tag,
+                                  op.operation_id)
         key = f"replaces:{transfer_callid};{op.to_tag};{op.from_tag}"
         # Both before the REFER goes: the transferee may send its INVITE at once.
         previous = _unpack(await self._ask(
