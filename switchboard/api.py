@@ -11,8 +11,8 @@ about HTTP, JSON-RPC framing or actors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from .sip.operations import (
     BAD_INPUT,
@@ -23,6 +23,9 @@ from .sip.operations import (
     hold,
     transfer,
 )
+
+if TYPE_CHECKING:
+    from .capture import CaptureSwitch
 
 # JSON-RPC 2.0 core codes, with the messages OpenSIPS uses for them (mi/mi.h).
 PARSE_ERROR: Final = -32700
@@ -70,6 +73,12 @@ class CommandError(Exception):
         return (type(self), (self.code, self.message, self.data))
 
 
+# `observer(event, params)`: what `ControlApi.watch` calls for each event (params shared with
+# the other watchers: not to be changed); awaiting the `Unwatch` it returns stops it.
+EventObserver = Callable[[str, dict[str, Any]], None]
+Unwatch = Callable[[], Awaitable[None]]
+
+
 class ControlApi(Protocol):
     """Operations on a running node. Async methods may cross to other workers."""
 
@@ -99,6 +108,18 @@ class ControlApi(Protocol):
         """Send `event` to the sink `socket` (`udp:IP:PORT`, `tcp:IP:PORT`) for `expire`
         seconds; 0 removes the subscription. The MI has already checked that the event exists
         and the socket string parses; an implementation may still raise `CommandError`."""
+        ...
+
+    async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
+        """Call `observer(event, params)` in this process, in the order the node raised them,
+        for each of `events` raised from when this returns until the `Unwatch` it returns is
+        awaited. Unlike `subscribe_event` it opens no socket another process could write
+        to. `observer` must return quickly. Raises `CommandError` for an unknown event."""
+        ...
+
+    def capture(self) -> CaptureSwitch | None:
+        """The node's message capture (the console's ladder diagrams), when its worker runs
+        in this process; None when the workers are elsewhere."""
         ...
 
     def uptime_seconds(self) -> float:

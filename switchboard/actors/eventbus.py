@@ -5,7 +5,9 @@ by a single asyncio task, so `publish` costs the caller one enqueue and never bl
 subscription made with `await subscribe(...)` is in force for every event published after it.
 The bus owns the subscription table and one sink per subscribed socket or webhook URL
 (shared by all events sent to it), and counts what its sinks did not deliver, closed ones
-included. It does not know what the events mean or who raises them.
+included. Code of this process may watch events too (`watch`): its callable is called from
+the bus's task, in publish order, with no socket in between. It does not know what the events
+mean or who raises them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from switchboard.events.webhooks import (
 )
 
 log = logging.getLogger(__name__)
+
+# `observer(event, params)`: an in-process watcher; `params` is shared with the other
+# watchers of the event and must not be changed.
+EventObserver = Callable[[str, dict[str, Any]], None]
 
 # OpenSIPS evi:subscribe default.
 DEFAULT_EXPIRE: Final = 3600
@@ -101,6 +107,10 @@ class EventBus:
         self.dropped = 0
         # The counters of the sinks closed so far, so that the statistics never go back.
         self._retired: dict[str, int] = {}
+        # In-process watchers by the id `watch` gave them, and how many watch each event.
+        self._watchers: dict[int, tuple[frozenset[str], EventObserver]] = {}
+        self._watched: dict[str, int] = {}
+        self._next_watcher = 0
 
     @property
     def events(self) -> frozenset[str]:
@@ -112,7 +122,7 @@ class EventBus:
             self.dropped += 1
             log.debug("event bus closed: dropped %s", event)
             return
-        if not self._table.sockets_for(event, self._clock()):
+        if event not in self._watched and not self._table.sockets_for(event, self._clock()):
             # Nobody listens (the common case: four state changes per call): queueing it
             # would only wake the bus task to find no subscriber. A subscription counts
             # from the moment `subscribe` returns, so nothing it was promised is lost.
@@ -148,6 +158,32 @@ class EventBus:
         self._ensure_running()
         await done
 
+    def watch(self, events: Iterable[str], observer: EventObserver) -> Callable[[], None]:
+        """Call `observer(event, params)` for each of `events` published from now on, in
+        publish order, until the returned callable is called. It runs in the bus's task: it
+        must return quickly; what it raises is logged. Raises ValueError for an unknown
+        event."""
+        wanted = frozenset(events)
+        unknown = wanted - self._events
+        if unknown:
+            raise ValueError(f"unknown event {sorted(unknown)[0]!r}")
+        if self._closed:
+            raise RuntimeError("event bus is closed")
+        key = self._next_watcher
+        self._next_watcher += 1
+        self._watchers[key] = (wanted, observer)
+        for event in wanted:
+            self._watched[event] = self._watched.get(event, 0) + 1
+
+        def unwatch() -> None:
+            gone = self._watchers.pop(key, None)
+            for event in gone[0] if gone is not None else ():
+                self._watched[event] -= 1
+                if not self._watched[event]:
+                    del self._watched[event]
+
+        return unwatch
+
     def subscriptions(self) -> list[Subscription]:
         """The subscriptions in force now (a snapshot)."""
         now = self._clock()
@@ -182,6 +218,8 @@ class EventBus:
             msg = self._mailbox.get_nowait()
             if isinstance(msg, _Subscribe) and not msg.done.done():
                 msg.done.set_exception(RuntimeError("event bus is closed"))
+        self._watchers.clear()
+        self._watched.clear()
         sinks, self._sinks = list(self._sinks.values()), {}
         for sink in sinks:
             await self._close_sink(sink)
@@ -212,6 +250,13 @@ class EventBus:
                     msg.done.set_exception(exc)
 
     async def _deliver(self, msg: _Publish) -> None:
+        if msg.event in self._watched:
+            for events, observer in list(self._watchers.values()):
+                if msg.event in events:
+                    try:
+                        observer(msg.event, msg.params)
+                    except Exception:  # a watcher must not take the sinks down with it
+                        log.exception("event watcher %r failed on %s", observer, msg.event)
         now = self._clock()
         if self._table.expire(now):
             await self._release_unused()

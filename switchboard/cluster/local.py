@@ -28,13 +28,14 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..actors.eventbus import EventBus, webhook_settings
 from ..actors.worker import Worker
-from ..api import CallOperations, CommandError, command_error
+from ..api import CallOperations, CommandError, EventObserver, Unwatch, command_error
+from ..capture import CaptureSwitch
 from ..config import Config, ListenSocket
 from ..hep import HepMirror, MirroredEndpoint, mirrored_receiver
 from ..metrics import CallMetrics, Metrics
@@ -265,6 +266,7 @@ class LocalSwitchboard(CallOperations):
         self.call_metrics: CallMetrics | None = None
         self._built: BuiltWorker | None = None
         self.keeper: DialogKeeper | None = None
+        self._capture: CaptureSwitch | None = None
         self._ready = False
         self._draining = False
         # Set by `request_shutdown` (MI `kill`): whoever runs this node drains and stops it.
@@ -433,6 +435,26 @@ class LocalSwitchboard(CallOperations):
             await self.events.subscribe(event, socket, expire)
         except ValueError as exc:
             raise CommandError.invalid_params(str(exc)) from None
+
+    async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
+        """On the event bus: the observer is called from its task."""
+        assert self.events is not None
+        try:
+            stop = self.events.watch(events, observer)
+        except ValueError as exc:
+            raise CommandError.invalid_params(str(exc)) from None
+
+        async def unwatch() -> None:
+            stop()
+
+        return unwatch
+
+    def capture(self) -> CaptureSwitch | None:
+        if self.worker is None:
+            return None
+        if self._capture is None:
+            self._capture = CaptureSwitch(self.worker)
+        return self._capture
 
     def uptime_seconds(self) -> float:
         return time.monotonic() - self._started_mono

@@ -23,9 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from switchboard.actors.worker import Worker
 from switchboard.api import ControlApi
-from switchboard.capture import CaptureSwitch
 from switchboard.console import mount as mount_console
 from switchboard.mi.commands import REGISTRY
 from switchboard.mi.dispatch import encode_response_parts, handle_request
@@ -107,13 +105,6 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def _capture_of(api: ControlApi) -> CaptureSwitch | None:
-    """The message capture of a node whose worker runs in this process (the `local`
-    runtime's); None for one whose workers are elsewhere."""
-    worker = getattr(api, "worker", None)
-    return CaptureSwitch(worker) if isinstance(worker, Worker) else None
-
-
 def _authorized(request: web.Request, token: bytes) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -149,7 +140,7 @@ async def start_mi_server(
     # The REST API (/api/v1, /openapi.json), behind the same token.
     secret = app[_TOKEN_KEY]
     mount_rest(app, api, lambda request: secret is None or _authorized(request, secret),
-               _capture_of(api))
+               api.capture())
     mount_console(app)
     app[_READY_KEY] = ready
     app.router.add_get("/livez", _livez)

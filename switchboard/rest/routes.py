@@ -200,7 +200,8 @@ _get_call = _guarded(_get_call_impl)
 
 # -- operations -------------------------------------------------------------------------------
 
-MakeOperation = Callable[[dict[str, Any], dict[str, Any]], Operation]
+# (the call's `dialog:list` object, the body, the operation id) -> the operation.
+MakeOperation = Callable[[dict[str, Any], dict[str, Any], str], Operation]
 
 
 async def _operate(request: web.Request, state: RestState,
@@ -232,7 +233,7 @@ async def _carry_out(request: web.Request, state: RestState,
         body = await _body(request)
         dialog = await _find_call(state, request.match_info["call"])
         try:
-            op = make(dialog, body)
+            op = make(dialog, body, state.tracker.new_id())
         except Refused as exc:
             raise problem_for(exc) from None
         await state.feed.need(TRACKED_EVENTS)
@@ -252,27 +253,29 @@ async def _carry_out(request: web.Request, state: RestState,
     return Answer(202, encode(tracked.view()), "application/json", (("Location", location),))
 
 
-def _make_transfer(dialog: dict[str, Any], body: dict[str, Any]) -> Operation:
+def _make_transfer(dialog: dict[str, Any], body: dict[str, Any], op_id: str) -> Operation:
     _members(body, ("leg", "destination", "transfer_callid", "transfer_leg",
                     "transfer_fromtag", "transfer_totag"))
     if "leg" not in body:
         raise Refused.bad_input("leg", "missing")
     return transfer(dialog["callid"], body["leg"], body.get("destination"),
                     body.get("transfer_callid"), body.get("transfer_leg"),
-                    body.get("transfer_fromtag"), body.get("transfer_totag"))
+                    body.get("transfer_fromtag"), body.get("transfer_totag"),
+                    operation_id=op_id)
 
 
 def _hold_maker(on: bool) -> MakeOperation:
-    def make(dialog: dict[str, Any], body: dict[str, Any]) -> Operation:
+    def make(dialog: dict[str, Any], body: dict[str, Any], op_id: str) -> Operation:
         _members(body, ("leg", "headers"))
-        return hold(dialog["callid"], body.get("leg"), body.get("headers"), on=on)
+        return hold(dialog["callid"], body.get("leg"), body.get("headers"), on=on,
+                    operation_id=op_id)
 
     return make
 
 
-def _make_end(dialog: dict[str, Any], body: dict[str, Any]) -> Operation:
+def _make_end(dialog: dict[str, Any], body: dict[str, Any], op_id: str) -> Operation:
     _members(body, ())
-    return end_call(dialog["ID"])
+    return end_call(dialog["ID"], operation_id=op_id)
 
 
 async def _transfer_impl(request: web.Request, state: RestState) -> web.StreamResponse:

@@ -1,10 +1,13 @@
 """Tracked operations: what became of each transfer, hold, unhold and end asked through REST.
 
-An operation is registered before it is handed to the node (`begin`), marked sent when the
-node has sent its request (`sent`), and then follows the call's `E_CALL_TRANSFER` /
-`E_CALL_HOLD` events (`observe`) to `ok` or `fail`, with the SIP status and the time of each
-step. The tracker also keeps what those events tell about calls: the transfer links between
-them and the hold state the proxy's own re-INVITEs left. `Idempotency` remembers the first
+An operation gets its id (`new_id`) before it is made, so that the operation value carries it
+and the node copies it into every event the operation causes (`operation_id`). It is
+registered before it is handed to the node (`begin`), marked sent when the node has sent its
+request (`sent`), and then follows the `E_CALL_TRANSFER` / `E_CALL_HOLD` events that carry its
+id (`observe`) to `ok` or `fail`, with the SIP status and the time of each step; an event of
+another front end's operation (no id) belongs to none. The tracker also keeps what those
+events tell about calls, whoever caused them: the transfer links between them and the hold
+state the proxy's own re-INVITEs left. `Idempotency` remembers the first
 answer to each `Idempotency-Key`.
 
 Sans-IO: time comes in as `now` (Unix seconds), nothing here sends, receives or sleeps; it
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from switchboard.events import E_CALL_HOLD, E_CALL_TRANSFER
+from switchboard.events.envelope import OPERATION_ID
 from switchboard.sip.operations import (
     AttendedTransfer,
     BlindTransfer,
@@ -67,13 +71,10 @@ class Tracked:
     reason: str | None = None
     transfer_callid: str | None = None
     sent: bool = False
-    # The operation whose events this one's took over until it is sent (restored if the
-    # node refuses this one).
-    replaced: str | None = None
     steps: list[Step] = field(default_factory=list)
-    # hold/unhold: the legs a re-INVITE went to, and how each was answered.
+    # hold/unhold: the legs a re-INVITE went to, and how each was answered (ok, status line).
     started: set[str] = field(default_factory=set)
-    answered: dict[str, bool] = field(default_factory=dict)
+    answered: dict[str, tuple[bool, str | None]] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         return {
@@ -128,13 +129,16 @@ class OperationTracker:
     def __init__(self, new_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
         self._new_id = new_id
         self._ops: OrderedDict[str, Tracked] = OrderedDict()
-        # (call_id, event name) -> the id of the latest operation those events belong to.
-        self._latest: dict[tuple[str, str], str] = {}
         self._links: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._held: OrderedDict[str, dict[str, bool]] = OrderedDict()
 
+    def new_id(self) -> str:
+        """An id for an operation about to be made (its `operation_id`)."""
+        return self._new_id()
+
     def begin(self, op: Operation, now: float) -> Tracked:
-        """Register `op`, about to be handed to the node."""
+        """Register `op`, about to be handed to the node, under its `operation_id` (a new id
+        when it has none: its events will then belong to no operation)."""
         kind = kind_of(op)
         if isinstance(op, EndCall):
             call_id, leg = op.key, None
@@ -142,17 +146,14 @@ class OperationTracker:
             call_id, leg = op.call_id, op.leg or "both"
         else:
             call_id, leg = op.call_id, op.leg
-        tracked = Tracked(self._new_id(), kind, call_id, leg, now, updated_at=now)
+        tracked = Tracked(op.operation_id or self._new_id(), kind, call_id, leg, now,
+                          updated_at=now)
         if isinstance(op, AttendedTransfer):
             tracked.transfer_callid = op.transfer_callid
         tracked.step(now, "accepted")
         self._ops[tracked.id] = tracked
         while len(self._ops) > MAX_OPERATIONS:
-            self._forget(next(iter(self._ops)))
-        if kind != "end":
-            key = (call_id, E_CALL_TRANSFER if kind == "transfer" else E_CALL_HOLD)
-            tracked.replaced = self._latest.get(key)
-            self._latest[key] = tracked.id
+            self._ops.popitem(last=False)
         return tracked
 
     def sent(self, op_id: str, now: float) -> None:
@@ -168,32 +169,10 @@ class OperationTracker:
 
     def abandon(self, op_id: str) -> None:
         """The node refused the operation: it never was one."""
-        tracked = self._ops.get(op_id)
-        self._forget(op_id)
-        if tracked is not None and tracked.replaced is not None and (
-                tracked.replaced in self._ops):
-            event = E_CALL_TRANSFER if tracked.kind == "transfer" else E_CALL_HOLD
-            self._latest.setdefault((tracked.call_id, event), tracked.replaced)
+        self._ops.pop(op_id, None)
 
     def get(self, op_id: str) -> Tracked | None:
         return self._ops.get(op_id)
-
-    def pending(self, call_id: str, kind: Kind) -> Tracked | None:
-        """The pending operation of `kind` on `call_id`, if any."""
-        event = E_CALL_TRANSFER if kind == "transfer" else E_CALL_HOLD
-        tracked = self._ops.get(self._latest.get((call_id, event), ""))
-        if tracked is None or tracked.state != "pending":
-            return None
-        if event == E_CALL_HOLD and tracked.kind != kind:
-            return None
-        return tracked
-
-    def _forget(self, op_id: str) -> None:
-        tracked = self._ops.pop(op_id, None)
-        if tracked is None:
-            return
-        for key in [k for k, v in self._latest.items() if v == op_id]:
-            del self._latest[key]
 
     # -- events -----------------------------------------------------------------------------
 
@@ -208,11 +187,9 @@ class OperationTracker:
             self._note_hold(call_id, params)
         else:
             return None
-        op_id = self._latest.get((call_id, event))
-        tracked = self._ops.get(op_id) if op_id is not None else None
-        if tracked is None:
-            return None
-        if event == E_CALL_HOLD and params.get("action") != tracked.kind:
+        op_id = params.get(OPERATION_ID)
+        tracked = self._ops.get(op_id) if isinstance(op_id, str) else None
+        if tracked is None or tracked.call_id != call_id:
             return None
         state = str(params.get("state", ""))
         leg = params.get("leg") if isinstance(params.get("leg"), str) else None
@@ -226,15 +203,19 @@ class OperationTracker:
             if state in ("ok", "fail"):
                 tracked.finish(now, state == "ok", status)
             return tracked.id
-        tracked.step(now, state, leg)
+        tracked.step(now, state, leg, status)
         if leg is not None and tracked.state == "pending":
             if state == "start":
                 tracked.started.add(leg)
             elif state in ("ok", "fail"):
-                tracked.answered[leg] = state == "ok"
+                tracked.answered[leg] = (state == "ok", status)
                 # Every re-INVITE goes out before any answer comes back (one mailbox turn).
                 if tracked.started <= set(tracked.answered):
-                    tracked.finish(now, all(tracked.answered.values()))
+                    answers = list(tracked.answered.values())
+                    ok = all(a[0] for a in answers)
+                    # The status of the leg that failed, else of the last answer.
+                    tracked.finish(now, ok, next(
+                        (a[1] for a in answers if not a[0]), answers[-1][1]))
         return tracked.id
 
     def _note_link(self, call_id: str, params: Mapping[str, Any]) -> None:

@@ -19,12 +19,13 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 import ray
 import ray.exceptions
 
-from ...api import SERVER_ERROR, CallOperations, CommandError
+from ...api import SERVER_ERROR, CallOperations, CommandError, EventObserver, Unwatch
 from ...config import Config
 from ...metrics import Metrics, SetupTimes
 from ...mi.http import MIServer, start_mi_server
@@ -34,6 +35,10 @@ from ...sip.wire import Address
 from .codec import ServiceSpec, pack_operation, raise_start_error
 from .context import await_ref
 from .controller import START_TIMEOUT, Controller
+from .watch import LoopbackWatch
+
+if TYPE_CHECKING:
+    from ...capture import CaptureSwitch
 
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
@@ -62,6 +67,7 @@ class RaySwitchboard(CallOperations):
         self._stopped = False
         self._sighup = False
         self._reloads: set[asyncio.Task[bool]] = set()
+        self._watch = LoopbackWatch(self.subscribe_event)
 
     @property
     def listeners(self) -> list[Address]:
@@ -120,6 +126,7 @@ class RaySwitchboard(CallOperations):
             self._sighup = False
         if self.mi is not None:
             await self.mi.close()
+        await self._watch.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(await_ref(self.controller.stop.remote()), 10.0)
         with contextlib.suppress(Exception):
@@ -168,6 +175,14 @@ class RaySwitchboard(CallOperations):
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         await self._call(self.controller.subscribe_event.remote(event, socket, expire))
+
+    async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
+        """Through a socket on the driver's loopback (`watch.py` says why)."""
+        return await self._watch.watch(events, observer)
+
+    def capture(self) -> CaptureSwitch | None:
+        """None: the workers, and what they send and receive, are in other processes."""
+        return None
 
     def uptime_seconds(self) -> float:
         return max(0.0, time.time() - self._started_wall)
