@@ -139,8 +139,7 @@ async def start_mi_server(
     app.router.add_post(path, _handle)
     # The REST API (/api/v1, /openapi.json), behind the same token.
     secret = app[_TOKEN_KEY]
-    mount_rest(app, api, lambda request: secret is None or _authorized(request, secret),
-               api.capture())
+    mount_rest(app, api, lambda request: secret is None or _authorized(request, secret))
     mount_console(app)
     app[_READY_KEY] = ready
     app.router.add_get("/livez", _livez)

@@ -51,20 +51,20 @@ class RestState:
     tracker: OperationTracker
     feed: EventFeed
     idempotency: Idempotency
-    capture: CaptureSwitch | None = None
     clock: Callable[[], float] = time.time
+    # The node's message capture, asked of the API when first needed (`_capture_of`).
+    capture: CaptureSwitch | None = None
+    capture_asked: bool = False
 
 
 _STATE: web.AppKey[RestState] = web.AppKey("switchboard.rest.state")
 
 
-def mount(app: web.Application, api: ControlApi, authorized: Authorized,
-          capture: CaptureSwitch | None = None) -> RestState:
-    """Add the REST routes to `app`; the feed is closed with the app. `capture` is the
-    node's message capture, when its runtime has one in this process."""
+def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> RestState:
+    """Add the REST routes to `app`; the feed is closed with the app, the node's message
+    capture (`ControlApi.capture`) stopped."""
     tracker = OperationTracker()
-    state = RestState(api, authorized, tracker, EventFeed(api, tracker), Idempotency(),
-                      capture)
+    state = RestState(api, authorized, tracker, EventFeed(api, tracker), Idempotency())
     app[_STATE] = state
     r = app.router
     r.add_get("/openapi.json", _openapi)
@@ -87,8 +87,8 @@ def mount(app: web.Application, api: ControlApi, authorized: Authorized,
         await state.feed.close()
 
     async def stop_capture(app: web.Application) -> None:
-        if capture is not None:
-            capture.stop()
+        if state.capture is not None:
+            state.capture.stop()
 
     app.on_shutdown.append(shutdown)
     app.on_shutdown.append(stop_capture)
@@ -314,6 +314,8 @@ _get_operation = _guarded(_get_operation_impl)
 
 
 def _capture_of(state: RestState) -> CaptureSwitch:
+    if not state.capture_asked:
+        state.capture, state.capture_asked = state.api.capture(), True
     if state.capture is None:
         raise Problem(404, "no-capture", "No message capture",
                       "this runtime keeps no message capture in the management process")

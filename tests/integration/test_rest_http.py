@@ -1,6 +1,6 @@
-"""The REST API on a real socket, against a fake node whose events go out through a real
-`tcp:` event sink (as the event bus sends them): calls, operations and their tracking, the
-Idempotency-Key, problem details, the bearer token and the SSE stream."""
+"""The REST API on a real socket, against a fake node whose events reach the API the way the
+runtimes hand them over (`ControlApi.watch`): calls, operations and their tracking by
+operation id, the Idempotency-Key, problem details, the bearer token and the SSE stream."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 
 from switchboard.api import CommandError
-from switchboard.events.sinks import TcpSink, parse_sink
 from switchboard.mi.http import MIServer, start_mi_server
 from switchboard.sip.operations import BlindTransfer, EndCall, HoldChange, Operation
 from tests.support.fake_api import FakeApi
@@ -34,24 +33,11 @@ def dialog(n: int, callid: str, state: int = 4, from_user: str = "alice") -> dic
 
 
 class EventingApi(FakeApi):
-    """FakeApi whose subscriptions are real: `emit` sends through a TcpSink to each socket
-    subscribed to the event. `refuse` makes `operate` raise once."""
+    """FakeApi whose `operate` raises once what `refuse` holds."""
 
     def __init__(self, dialogs: list[dict[str, Any]]) -> None:
         super().__init__(dialogs, {}, uptime=1.0, started_at=1_700_000_000.0)
-        self.sinks: dict[str, TcpSink] = {}
-        self.wanted: dict[str, set[str]] = {}
         self.refuse: CommandError | None = None
-
-    async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
-        await super().subscribe_event(event, socket, expire)
-        if expire == 0:
-            self.wanted.get(event, set()).discard(socket)
-            return
-        self.wanted.setdefault(event, set()).add(socket)
-        if socket not in self.sinks:
-            sink = self.sinks[socket] = TcpSink(parse_sink(socket))
-            await sink.open()
 
     async def operate(self, op: Operation) -> None:
         if self.refuse is not None:
@@ -59,22 +45,12 @@ class EventingApi(FakeApi):
             raise refuse
         await super().operate(op)
 
-    def emit(self, event: str, **params: Any) -> None:
-        payload = json.dumps({"jsonrpc": "2.0", "method": event, "params": params}).encode()
-        for socket in self.wanted.get(event, ()):
-            self.sinks[socket].send(payload)
-
-    async def close(self) -> None:
-        for sink in self.sinks.values():
-            await sink.close()
-
 
 @pytest.fixture
 async def api() -> AsyncIterator[EventingApi]:
     fake = EventingApi([dialog(1, "call-1"), dialog(2, "call-2", state=2, from_user="carol"),
                         dialog(3, "call-3")])
     yield fake
-    await fake.close()
 
 
 @pytest.fixture
@@ -160,8 +136,14 @@ async def test_transfer_is_tracked_to_its_end(api: EventingApi,
         op = await r.json()
     assert location == f"/api/v1/operations/{op['id']}"
     assert (op["kind"], op["state"], op["call_id"]) == ("transfer", "pending", "call-1")
-    assert api.operated == [BlindTransfer("call-1", "caller", "sip:carol@example.com")]
-    common = {"callid": "call-1", "leg": "caller", "destination": "sip:carol@example.com"}
+    # The operation carries its id to the node, which puts it in the events it causes.
+    assert api.operated == [BlindTransfer("call-1", "caller", "sip:carol@example.com",
+                                          op["id"])]
+    common = {"callid": "call-1", "leg": "caller", "destination": "sip:carol@example.com",
+              "operation_id": op["id"]}
+    # Another front end's transfer of the same call (no operation id) is not this one.
+    api.emit("E_CALL_TRANSFER", **{**common, "operation_id": None}, transfer_callid="",
+             state="fail", status="603 Decline")
     api.emit("E_CALL_TRANSFER", **common, transfer_callid="", state="start", status="")
     api.emit("E_CALL_TRANSFER", **common, transfer_callid="new-1", state="start", status="")
     api.emit("E_CALL_TRANSFER", **common, transfer_callid="new-1", state="fail",
@@ -183,17 +165,22 @@ async def test_hold_of_both_legs_is_ok_when_both_answer(api: EventingApi,
     async with http.post("/api/v1/calls/call-3/hold") as r:
         assert r.status == 202
         location = r.headers["Location"]
-    assert api.operated == [HoldChange("call-3", True, None, (), ())]
+        op_id = (await r.json())["id"]
+    assert api.operated == [HoldChange("call-3", True, None, (), (), op_id)]
+    hold = {"callid": "call-3", "action": "hold", "operation_id": op_id}
     for leg in ("caller", "callee"):
-        api.emit("E_CALL_HOLD", callid="call-3", leg=leg, action="hold", state="start")
-    api.emit("E_CALL_HOLD", callid="call-3", leg="caller", action="hold", state="ok")
+        api.emit("E_CALL_HOLD", **hold, leg=leg, state="start")
+    api.emit("E_CALL_HOLD", **hold, leg="caller", state="ok", status="200 OK")
+    # An MI-made hold's answer (no operation id) does not finish this one.
+    api.emit("E_CALL_HOLD", callid="call-3", leg="callee", action="hold", state="ok")
     await asyncio.sleep(0.1)
     async with http.get(location) as r:
         assert (await r.json())["state"] == "pending"
-    api.emit("E_CALL_HOLD", callid="call-3", leg="callee", action="hold", state="ok")
+    api.emit("E_CALL_HOLD", **hold, leg="callee", state="ok", status="200 OK")
     done = await wait_state(http, location, "ok")
     assert [s["step"] for s in done["steps"]] == ["accepted", "sent", "start", "start", "ok",
                                                   "ok"]
+    assert (done["sip_status"], done["reason"]) == (200, "OK")
     async with http.get("/api/v1/calls/call-3") as r:
         assert (await r.json())["hold"] == "both"
 
@@ -278,18 +265,20 @@ async def test_event_stream(api: EventingApi, server: MIServer,
         async with http.post("/api/v1/calls/call-3/hold", json={"leg": "caller"}) as r:
             op = await r.json()
         api.emit("E_DLG_STATE_CHANGED", id="a.1", callid="call-1", new_state=5)
-        api.emit("E_CALL_HOLD", callid="call-3", leg="caller", action="hold", state="start")
+        api.emit("E_CALL_HOLD", callid="call-3", leg="caller", action="hold", state="start",
+                 operation_id=op["id"])
         lines = [await stream.content.readline() for _ in range(3)]
     assert lines[1] == b"event: E_CALL_HOLD\n"
     data = json.loads(lines[2].removeprefix(b"data: "))
     assert data["operation"] == op["id"]
     assert data["params"] == {"callid": "call-3", "leg": "caller", "action": "hold",
-                              "state": "start"}
-    assert api.operated == [HoldChange("call-3", True, "caller", (), ())]
+                              "state": "start", "operation_id": op["id"]}
+    assert api.operated == [HoldChange("call-3", True, "caller", (), (), op["id"])]
     assert not any(isinstance(o, EndCall) for o in api.operated)
     # The last stream client gone, the dialog state changes are unsubscribed again.
     for _ in range(250):
-        if not api.wanted.get("E_DLG_STATE_CHANGED"):
+        if "E_DLG_STATE_CHANGED" not in api.watched():
             break
         await asyncio.sleep(0.02)
-    assert not api.wanted.get("E_DLG_STATE_CHANGED")
+    assert "E_DLG_STATE_CHANGED" not in api.watched()
+    assert "E_CALL_HOLD" in api.watched()

@@ -4,9 +4,11 @@ tests and the MI HTTP server's integration tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from switchboard.api import CommandError
+from switchboard.api import CommandError, EventObserver, Unwatch
+from switchboard.capture import CaptureSwitch
 from switchboard.sip.operations import EndCall, Operation
 
 
@@ -22,6 +24,7 @@ class FakeApi:
         self.ended: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         self.operated: list[Operation] = []
         self.subscribed: list[tuple[str, str, int]] = []
+        self.watchers: dict[int, tuple[frozenset[str], EventObserver]] = {}
 
     async def list_dialogs(
         self, callid: str | None = None, from_tag: str | None = None
@@ -47,6 +50,28 @@ class FakeApi:
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         self.subscribed.append((event, socket, expire))
+
+    async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
+        key = self._next_watcher = getattr(self, "_next_watcher", 0) + 1
+        self.watchers[key] = (frozenset(events), observer)
+
+        async def unwatch() -> None:
+            self.watchers.pop(key, None)
+
+        return unwatch
+
+    def watched(self) -> set[str]:
+        """The events some watcher wants now."""
+        return {e for events, _ in self.watchers.values() for e in events}
+
+    def emit(self, event: str, **params: Any) -> None:
+        """Raise `event`: every watcher of it gets it, as the node's event bus calls them."""
+        for events, observer in list(self.watchers.values()):
+            if event in events:
+                observer(event, params)
+
+    def capture(self) -> CaptureSwitch | None:
+        return None
 
     def uptime_seconds(self) -> float:
         return self.uptime

@@ -45,11 +45,19 @@ def test_refusal_of_a_module_error_keeps_its_status() -> None:
 
 def test_tracker_follows_a_transfer_and_ignores_other_calls() -> None:
     tracker = OperationTracker(new_id=iter(["op1", "op2"]).__next__)
-    op = tracker.begin(transfer("c1", "caller", "sip:x@example.com"), 10.0)
+    op = tracker.begin(transfer("c1", "caller", "sip:x@example.com",
+                                operation_id=tracker.new_id()), 10.0)
+    assert op.id == "op1"
     tracker.sent(op.id, 10.5)
-    base = {"leg": "caller", "destination": "sip:x@example.com", "transfer_callid": ""}
+    base = {"leg": "caller", "destination": "sip:x@example.com", "transfer_callid": "",
+            "operation_id": "op1"}
     assert tracker.observe("E_CALL_TRANSFER", {**base, "callid": "c2", "state": "fail",
                                                "status": "603 Decline"}, 11.0) is None
+    # The same call's events of an operation made elsewhere (the MI: no id) are not its.
+    untracked = {k: v for k, v in base.items() if k != "operation_id"}
+    assert tracker.observe("E_CALL_TRANSFER", {**untracked, "callid": "c1", "state": "ok",
+                                               "status": "200 OK"}, 11.5) is None
+    assert op.state == "pending"
     assert tracker.observe("E_CALL_TRANSFER", {**base, "callid": "c1", "state": "fail",
                                                "status": "603 Decline"}, 12.0) == "op1"
     assert (op.state, op.sip_status, op.reason, op.updated_at) == ("fail", 603, "Decline", 12.0)
@@ -61,11 +69,11 @@ def test_tracker_follows_a_transfer_and_ignores_other_calls() -> None:
 
 def test_a_refused_operation_gives_the_events_back() -> None:
     tracker = OperationTracker(new_id=iter(["op1", "op2"]).__next__)
-    first = tracker.begin(hold("c1", "caller"), 1.0)
-    second = tracker.begin(hold("c1", "caller"), 2.0)
+    first = tracker.begin(hold("c1", "caller", operation_id=tracker.new_id()), 1.0)
+    second = tracker.begin(hold("c1", "caller", operation_id=tracker.new_id()), 2.0)
     tracker.abandon(second.id)
     assert tracker.get("op2") is None
-    params = {"callid": "c1", "leg": "caller", "action": "hold"}
+    params = {"callid": "c1", "leg": "caller", "action": "hold", "operation_id": "op1"}
     assert tracker.observe("E_CALL_HOLD", {**params, "state": "start"}, 3.0) == first.id
     assert tracker.observe("E_CALL_HOLD", {**params, "state": "ok"}, 4.0) == first.id
     assert first.state == "ok"
@@ -74,20 +82,36 @@ def test_a_refused_operation_gives_the_events_back() -> None:
 
 def test_unhold_events_do_not_finish_a_hold() -> None:
     tracker = OperationTracker()
-    op = tracker.begin(hold("c1", None), 1.0)
+    op = tracker.begin(hold("c1", None, operation_id=tracker.new_id()), 1.0)
+    other = tracker.begin(hold("c1", None, on=False, operation_id=tracker.new_id()), 1.5)
     params = {"callid": "c1", "leg": "caller", "action": "unhold"}
     assert tracker.observe("E_CALL_HOLD", {**params, "state": "ok"}, 2.0) is None
+    assert tracker.observe("E_CALL_HOLD", {**params, "state": "ok",
+                                           "operation_id": other.id}, 2.0) == other.id
     assert op.state == "pending"
 
 
 def test_hold_fails_when_one_leg_fails() -> None:
     tracker = OperationTracker()
-    op = tracker.begin(hold("c1", None), 1.0)
-    for leg, state in (("caller", "start"), ("callee", "start"), ("caller", "ok"),
-                       ("callee", "fail")):
+    op = tracker.begin(hold("c1", None, operation_id=tracker.new_id()), 1.0)
+    for leg, state, status in (("caller", "start", None), ("callee", "start", None),
+                               ("caller", "ok", "200 OK"),
+                               ("callee", "fail", "488 Not Acceptable Here")):
         tracker.observe("E_CALL_HOLD", {"callid": "c1", "leg": leg, "action": "hold",
-                                        "state": state}, 2.0)
+                                        "state": state, "status": status,
+                                        "operation_id": op.id}, 2.0)
     assert op.state == "fail"
+    # The answer of the leg that failed.
+    assert (op.sip_status, op.reason) == (488, "Not Acceptable Here")
+
+
+def test_an_operation_without_an_id_gets_one_its_events_never_carry() -> None:
+    tracker = OperationTracker(new_id=iter(["op1"]).__next__)
+    op = tracker.begin(hold("c1", "caller"), 1.0)
+    assert op.id == "op1"
+    assert tracker.observe("E_CALL_HOLD", {"callid": "c1", "leg": "caller",
+                                           "action": "hold", "state": "ok"}, 2.0) is None
+    assert op.state == "pending"
 
 
 async def test_idempotency_makes_once_and_refuses_another_request() -> None:
