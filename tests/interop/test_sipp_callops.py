@@ -416,6 +416,8 @@ def test_hold_glare_is_retried(
             hold(cid, "callee", "hold", "ok"),
         ],
     )
+    # An MI-made operation is untracked: its events are OpenSIPS', with no operation id.
+    assert not any("operation_id" in n.params for n in callops_events(events, cid))
     done = {
         n.params["leg"]: n.received - sent
         for n in callops_events(events, cid)
