@@ -160,9 +160,9 @@ class EventBus:
 
     def watch(self, events: Iterable[str], observer: EventObserver) -> Callable[[], None]:
         """Call `observer(event, params)` for each of `events` published from now on, in
-        publish order, until the returned callable is called. It runs in the bus's task: it
-        must return quickly; what it raises is logged. Raises ValueError for an unknown
-        event."""
+        publish order, and never after the returned callable was called. It runs in the
+        bus's task: it must return quickly; what it raises is logged. Raises ValueError for
+        an unknown event."""
         wanted = frozenset(events)
         unknown = wanted - self._events
         if unknown:

@@ -62,3 +62,22 @@ def test_call_events_are_frozen_values() -> None:
 def test_db_id_is_the_worker_and_sequence() -> None:
     assert db_id("0.1") == 1
     assert db_id("ff.ffffffff") == (0xFF << 32) | 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(("event", "extra"), [
+    (TransferStarted("c1", "caller", "", "sip:carol@x", "op1"), {}),
+    (TransferNotified("c1", "caller", "c2", "SIP/2.0 180 Ringing", "op1"), {}),
+    (TransferEnded("c1", "caller", "c2", "sip:carol@x", True, "200 OK", "op1"), {}),
+    (HoldStarted("c1", "callee", "hold", "op1"), {}),
+    (HoldAnswered("c1", "callee", "hold", False, "488 Not Acceptable Here", "op1"),
+     {"status": "488 Not Acceptable Here"}),
+])
+def test_a_tracked_operation_s_events_name_it(event: object,
+                                              extra: dict[str, str]) -> None:
+    """The parameters of the untracked event, then the answer's status (a hold's) and the
+    operation id, last."""
+    untracked = dataclasses.replace(event, operation_id=None)  # type: ignore[type-var]
+    name, params = opensips_event(event)  # type: ignore[arg-type]
+    assert (name, params) == (name, {**opensips_event(untracked)[1], **extra,
+                                     "operation_id": "op1"})
+    assert list(params)[-1] == "operation_id"
