@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from switchboard.cluster.local import LocalSwitchboard
-from switchboard.config import Config, ListenConfig, ListenSocket, HostPort, ListenConfig, ListenSocket, MIConfig
+from switchboard.config import Config, HostPort, ListenConfig, ListenSocket, MIConfig
 
 HOST = "127.0.0.1"
 
