@@ -133,9 +133,13 @@ class TappedEndpoint:
         self.local = inner.local
         self._sent = tap.sent
 
-    def send(self, data: bytes, dest: Address) -> None:
-        self.inner.send(data, dest)
-        self._sent(data, dest, self.local)
+    def send(self, data: bytes, dest: Address) -> bool | None:
+        # The inner result goes back to the worker: False (no connection) makes the core
+        # answer 480 at once (`Proxy.undeliverable`), with a console open as without one.
+        sent = self.inner.send(data, dest)
+        if sent is not False:
+            self._sent(data, dest, self.local)
+        return sent
 
     def close(self) -> None:
         self.inner.close()

@@ -130,3 +130,22 @@ async def test_a_lease_ends_by_itself() -> None:
     switch.stop()
     assert not switch.enabled and not isinstance(worker.endpoints[US], TappedEndpoint)
     worker.close()
+
+
+class _Unreachable:
+    """An endpoint with no connection to its destination (a WebSocket client that left)."""
+
+    local = Address("ws", "127.0.0.1", 5070)
+
+    def send(self, data: bytes, dest: Address) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_tap_passes_a_failed_send_on_and_captures_nothing() -> None:
+    capture = MessageCapture()
+    tapped = TappedEndpoint(_Unreachable(), capture)
+    assert tapped.send(invite(), Address("ws", "df7jal23ls0d.invalid", 0)) is False
+    assert capture.messages("c1@alice") is None
