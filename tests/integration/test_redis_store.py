@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.store import DialogKeeper, StoreBatch, StoreError, open_store
+from switchboard.store import StoreBatch, StoreError, open_store
 from switchboard.store.redisdb import META, RedisStore, dialog_key
 from tests.support.redis_server import RedisServer
 from tests.unit.kit.callops import CAROL_URI, Net, answer, established, only_request
+from tests.unit.kit.store import assert_two_batches_read_back, keeper, snap
 
 pytestmark = [pytest.mark.redis]
 
@@ -28,11 +29,6 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         srv.close()
 
 
-def snap(dialog_id: str, sdp: bytes = b"v=0\r\n") -> dict[str, object]:
-    return {"v": 1, "id": dialog_id, "call_id": f"call-{dialog_id}", "sdp": sdp,
-            "caller": {"tag": "a\udcff"}}
-
-
 def test_a_batch_is_read_back_after_reopening(server: RedisServer) -> None:
     store = open_store(server.url)
     assert isinstance(store, RedisStore)
@@ -44,12 +40,7 @@ def test_a_batch_is_read_back_after_reopening(server: RedisServer) -> None:
                            dropped=["0.3"]))
     store.close()
     again = RedisStore(server.url)
-    loaded = {s.snapshot["id"]: s for s in again.load()}
-    assert sorted(loaded) == ["0.1", "0.2"]
-    assert loaded["0.1"].snapshot == snap("0.1")  # bytes and non-UTF-8 tags as they were
-    assert loaded["0.1"].taken == 10.0
-    assert loaded["0.1"].transfer == ("callee", "x", "sip:d@x")
-    assert loaded["0.2"].transfer is None
+    assert_two_batches_read_back(again)
     # A transfer state for a dialog never stored (or deleted) leaves no key behind.
     assert not server.client().exists(dialog_key("0.9"), dialog_key("0.3"))
     again.write(StoreBatch(put=[(snap("0.4"), 12.0, None)], replace=True))
@@ -88,28 +79,12 @@ def test_another_format_an_unreachable_server_or_a_bad_url_is_refused(
             open_store(url)
 
 
-class NetWorker:
-    """What the keeper uses of a worker, over the kit's proxy and clock."""
-
-    def __init__(self, net: Net) -> None:
-        self.net = net
-        self.proxy = net.proxy
-        self.callops = net.callops
-
-    def now(self) -> float:
-        return self.net.now
-
-    def flush(self) -> None:
-        pass
-
-
 async def test_redis_down_memory_only_then_a_catch_up_when_it_returns(
         server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     net = Net()
     store = RedisStore(server.url)
     store.route_secret(lambda: "kept")
-    keep = DialogKeeper(store, NetWorker(net), 0.05,  # type: ignore[arg-type]
-                        clock=lambda: 1000.0, route_secret="kept")
+    keep = keeper(net, store, route_secret="kept")
     first = established(net)
     await keep.flush()
     assert [s.snapshot["call_id"] for s in store.load()] == [first.call_id]

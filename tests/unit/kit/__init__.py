@@ -5,7 +5,8 @@
 - `callops`: named user agents, a dialog through the proxy and its in-dialog requests, the call
   events the tests expect;
 - `auth`: the client side of digest authentication;
-- `message`: a parsed message read as the proxy reads it (only `ParseError` may come out).
+- `message`: a parsed message read as the proxy reads it (only `ParseError` may come out);
+- `store`: a stored snapshot and a dialog keeper over `Net`, for the dialog-store tests.
 
 Imported as `tests.unit.kit.<module>`; test modules import from here, never from each other.
 """

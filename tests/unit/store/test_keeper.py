@@ -6,31 +6,19 @@ flight reported failed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from switchboard.sip.replication import RESTORABLE
 from switchboard.store import DialogKeeper, SqliteStore, StoreBatch, StoredDialog, StoreError
 from switchboard.store.keeper import RESTARTED
 from tests.unit.kit.callops import CAROL_URI, Call, Net, answer, established, only_request
+from tests.unit.kit.store import keeper
 
 
-class NetWorker:
-    """What the keeper uses of a worker, over the kit's proxy and clock."""
-
-    def __init__(self, net: Net) -> None:
-        self.net = net
-        self.proxy = net.proxy
-        self.callops = net.callops
-
-    def now(self) -> float:
-        return self.net.now
-
-    def flush(self) -> None:
-        pass
-
-
-def keeper(net: Net, store: Any) -> DialogKeeper:
-    return DialogKeeper(store, NetWorker(net), 0.05, clock=lambda: 1000.0)  # type: ignore[arg-type]
+def on_disk(tmp_path: Path) -> tuple[Net, SqliteStore, DialogKeeper]:
+    """A fresh core and a keeper over the SQLite file in `tmp_path` (a restart opens it again)."""
+    net = Net()
+    store = SqliteStore(str(tmp_path / "d.sqlite"))
+    return net, store, keeper(net, store)
 
 
 def row(store: SqliteStore, call: Call) -> StoredDialog | None:
@@ -39,9 +27,7 @@ def row(store: SqliteStore, call: Call) -> StoredDialog | None:
 
 
 async def test_a_confirmed_call_and_its_transfer_are_stored_then_its_end(tmp_path: Path) -> None:
-    net = Net()
-    store = SqliteStore(str(tmp_path / "d.sqlite"))
-    keep = keeper(net, store)
+    net, store, keep = on_disk(tmp_path)
     call = established(net)
     await keep.flush()
     stored = row(store, call)
@@ -118,10 +104,7 @@ async def test_a_failed_write_is_merged_into_the_next() -> None:
 
 
 async def test_stored_calls_come_back_and_a_transfer_in_flight_fails(tmp_path: Path) -> None:
-    path = str(tmp_path / "d.sqlite")
-    net = Net()
-    store = SqliteStore(path)
-    keep = keeper(net, store)
+    net, store, keep = on_disk(tmp_path)
     call = established(net)
     other = established(net, call_id="call-2@alice", caller_tag="a2", callee_tag="b2")
     net.callops.transfer(call.call_id, "caller", CAROL_URI, net.now)
@@ -129,9 +112,7 @@ async def test_stored_calls_come_back_and_a_transfer_in_flight_fails(tmp_path: P
     await keep.flush()
     await keep.close()  # the process goes away
 
-    fresh = Net()
-    store = SqliteStore(path)
-    keep = keeper(fresh, store)
+    fresh, store, keep = on_disk(tmp_path)
     assert keep.restore(store.load()) == 2
     for c in (call, other):
         dialog = fresh.proxy.dialogs.by_call_id(c.call_id)
@@ -148,10 +129,7 @@ async def test_stored_calls_come_back_and_a_transfer_in_flight_fails(tmp_path: P
 
 
 async def test_a_stored_dialog_that_does_not_come_back_is_deleted(tmp_path: Path) -> None:
-    path = str(tmp_path / "d.sqlite")
-    net = Net()
-    store = SqliteStore(path)
-    keep = keeper(net, store)
+    net, store, keep = on_disk(tmp_path)
     call = established(net)
     await keep.flush()
     snapshot = store.load()[0].snapshot

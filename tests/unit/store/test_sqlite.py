@@ -9,11 +9,7 @@ from pathlib import Path
 import pytest
 
 from switchboard.store import SqliteStore, StoreBatch, StoreError, open_store
-
-
-def snap(dialog_id: str, sdp: bytes = b"v=0\r\n") -> dict[str, object]:
-    return {"v": 1, "id": dialog_id, "call_id": f"call-{dialog_id}", "sdp": sdp,
-            "caller": {"tag": "a\udcff"}}
+from tests.unit.kit.store import assert_two_batches_read_back, snap
 
 
 def test_a_batch_is_read_back_after_reopening(tmp_path: Path) -> None:
@@ -26,12 +22,7 @@ def test_a_batch_is_read_back_after_reopening(tmp_path: Path) -> None:
                            dropped=["0.3"]))
     store.close()
     again = SqliteStore(str(path))
-    loaded = {s.snapshot["id"]: s for s in again.load()}
-    assert sorted(loaded) == ["0.1", "0.2"]
-    assert loaded["0.1"].snapshot == snap("0.1")  # bytes and non-UTF-8 tags as they were
-    assert loaded["0.1"].taken == 10.0
-    assert loaded["0.1"].transfer == ("callee", "x", "sip:d@x")
-    assert loaded["0.2"].transfer is None
+    assert_two_batches_read_back(again)
     # A catch-up batch replaces every stored dialog.
     again.write(StoreBatch(put=[(snap("0.4"), 12.0, None)], replace=True))
     assert [s.snapshot["id"] for s in again.load()] == ["0.4"]
