@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from tests.interop.baresip import BaresipPeer
+from tests.support.sip import StartLine
 
 # "<date> <time> <user> baresip.native.sip DEBUG TX UDP 127.0.0.1:A -> 127.0.0.1:B" (or TCP,
 # TLS), then the message, up to the next log line.
@@ -18,7 +19,7 @@ _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 
 
 @dataclass(frozen=True)
-class Traced:
+class Traced(StartLine):
     """One SIP message from a peer's --sip-trace."""
 
     direction: str  # "TX" | "RX"
@@ -30,18 +31,6 @@ class Traced:
     @property
     def start_line(self) -> str:
         return self.text.split("\n", 1)[0]
-
-    @property
-    def method(self) -> str | None:
-        """The request's method, or None for a response."""
-        first = self.start_line.split(" ", 1)[0]
-        return None if first == "SIP/2.0" else first
-
-    @property
-    def status(self) -> int | None:
-        if self.method is not None:
-            return None
-        return int(self.start_line.split(" ", 2)[1])
 
     @property
     def cseq(self) -> tuple[int, str]:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from tests.support.hep import by_type
 from tests.support.ports import HOST
+from tests.support.sip import StartLine
 
 # Generic HEP3 chunk types (sipcapture's HEP spec).
 IPV4_SRC, IPV4_DST, SRC_PORT, DST_PORT, PAYLOAD = 3, 4, 7, 8, 15
 
 
 @dataclass(frozen=True)
-class Captured:
+class Captured(StartLine):
     """One SIP message from the mirror, with the addresses it went between."""
 
     src: tuple[str, int]
@@ -36,16 +37,6 @@ class Captured:
     @property
     def start_line(self) -> str:
         return self.text.split("\r\n", 1)[0]
-
-    @property
-    def method(self) -> str | None:
-        """The request's method, or None for a response."""
-        first = self.start_line.split(" ", 1)[0]
-        return None if first == "SIP/2.0" else first
-
-    @property
-    def status(self) -> int | None:
-        return int(self.start_line.split(" ", 2)[1]) if self.method is None else None
 
     @property
     def body(self) -> str:
