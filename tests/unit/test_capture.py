@@ -12,6 +12,7 @@ from switchboard.capture import CaptureSwitch, MessageCapture, TappedEndpoint
 from switchboard.sip.callops import CallOps
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
+from tests.unit.kit.endpoint import RecordingEndpoint
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 US = Address("udp", "127.0.0.1", 5060)
@@ -73,23 +74,10 @@ def test_bounded_per_call_and_in_calls_oldest_forgotten_first() -> None:
     assert len((capture.messages("long") or [])[0].first_line) == 200
 
 
-class Sent:
-    def __init__(self, local: Address) -> None:
-        self.local = local
-        self.sent: list[tuple[bytes, Address]] = []
-        self.closed = False
-
-    def send(self, data: bytes, dest: Address) -> None:
-        self.sent.append((data, dest))
-
-    def close(self) -> None:
-        self.closed = True
-
-
 async def test_worker_tap_sees_a_call_and_untapped_is_as_before() -> None:
     proxy = Proxy(ProxyConfig(listeners=(US,), record_route=True), lambda: "t")
     worker = Worker(proxy, CallOps(proxy), lambda name, params: None)
-    endpoint = Sent(US)
+    endpoint = RecordingEndpoint(US)
     worker.add_endpoint(endpoint)
     switch = CaptureSwitch(worker)
     assert not switch.enabled and "receive" not in vars(worker)
@@ -119,7 +107,7 @@ async def test_a_lease_ends_by_itself() -> None:
     """The lease's end is a loop timer; calling what it calls shows what it does."""
     proxy = Proxy(ProxyConfig(listeners=(US,)), lambda: "t")
     worker = Worker(proxy, CallOps(proxy), lambda name, params: None)
-    worker.add_endpoint(Sent(US))
+    worker.add_endpoint(RecordingEndpoint(US))
     switch = CaptureSwitch(worker)
     switch.lease(30)
     timer = switch._timer

@@ -19,6 +19,7 @@ from switchboard.hep import HepMirror, MirroredEndpoint, encode_hep3, mirrored_r
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
 from tests.support.hep import by_type, decode
+from tests.unit.kit.endpoint import RecordingEndpoint
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INVITE = b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\nCall-ID: abc\r\nContent-Length: 0\r\n\r\n"
@@ -171,22 +172,9 @@ class _FakeMirror(HepMirror):
         self.seen.append((data, source, dest))
 
 
-class _FakeEndpoint:
-    def __init__(self) -> None:
-        self.local = Address("udp", "127.0.0.1", 5060)
-        self.sent: list[tuple[bytes, Address]] = []
-        self.closed = False
-
-    def send(self, data: bytes, dest: Address) -> None:
-        self.sent.append((data, dest))
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def test_wrappers_capture_both_directions() -> None:
     mirror = _FakeMirror()
-    inner = _FakeEndpoint()
+    inner = RecordingEndpoint(Address("udp", "127.0.0.1", 5060))
     endpoint = MirroredEndpoint(inner, mirror)
     assert endpoint.local == inner.local
     endpoint.send(INVITE, B)

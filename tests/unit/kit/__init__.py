@@ -6,7 +6,8 @@
   events the tests expect;
 - `auth`: the client side of digest authentication;
 - `message`: a parsed message read as the proxy reads it (only `ParseError` may come out);
-- `store`: a stored snapshot and a dialog keeper over `Net`, for the dialog-store tests.
+- `store`: a stored snapshot and a dialog keeper over `Net`, for the dialog-store tests;
+- `endpoint`: an endpoint that keeps what is sent through it.
 
 Imported as `tests.unit.kit.<module>`; test modules import from here, never from each other.
 """
