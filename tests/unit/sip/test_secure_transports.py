@@ -6,6 +6,8 @@ connection a party last sent over, a request the transport cannot deliver fails 
 
 from __future__ import annotations
 
+import pytest
+
 from switchboard.sip import Request, Response, parse_message
 from switchboard.sip.dialog import DialogState
 from switchboard.sip.proxy import Proxy, ProxyConfig
@@ -88,24 +90,21 @@ def test_a_sips_request_from_wss_to_tls_records_two_sips_routes() -> None:
     assert fwd.top_via.transport == "TLS"
 
 
-def test_a_sips_request_toward_tls_records_a_sips_route_beside_a_plain_one() -> None:
-    """The caller's side is plain UDP (its own mistake): that entry stays `sip:`, the one
-    the callee sees is `sips:`."""
+@pytest.mark.parametrize(("ruri", "record_route"), [
+    # A sips: request toward TLS: the caller's side is plain UDP (its own mistake), so that
+    # entry stays `sip:`; the one the callee sees is `sips:`.
+    ("sips:bob@127.0.0.1:5063", ["<sips:127.0.0.1:5071;lr>", "<sip:127.0.0.1:5060;lr>"]),
+    # A plain sip: request keeps plain routes on TLS.
+    ("sip:bob@127.0.0.1:5063;transport=tls",
+     ["<sip:127.0.0.1:5071;transport=tls;lr>", "<sip:127.0.0.1:5060;lr>"]),
+], ids=["sips-request-beside-plain-udp", "plain-request-over-tls"])
+def test_a_route_entry_toward_tls_is_sips_only_for_a_sips_request(
+        ruri: str, record_route: list[str]) -> None:
     net = every_transport()
-    out = parsed(net.send(invite(ruri="sips:bob@127.0.0.1:5063"), ALICE))
+    out = parsed(net.send(invite(ruri=ruri), ALICE))
     fwd = out[1][1]
     assert isinstance(fwd, Request)
-    assert fwd.get_all("record-route") == [
-        "<sips:127.0.0.1:5071;lr>", "<sip:127.0.0.1:5060;lr>"]
-
-
-def test_a_plain_sip_request_keeps_plain_routes_on_tls() -> None:
-    net = every_transport()
-    out = parsed(net.send(invite(ruri="sip:bob@127.0.0.1:5063;transport=tls"), ALICE))
-    fwd = out[1][1]
-    assert isinstance(fwd, Request)
-    assert fwd.get_all("record-route") == [
-        "<sip:127.0.0.1:5071;transport=tls;lr>", "<sip:127.0.0.1:5060;lr>"]
+    assert fwd.get_all("record-route") == record_route
 
 
 # -- in-dialog requests over the known connection ---------------------------------------------
