@@ -187,18 +187,26 @@ def test_a_jssip_caller_blind_transferred_from_the_mi(
     assert invite.header("Call-ID") == new
 
 
-def test_two_jssip_phones_held_unheld_and_ended_from_the_mi(
-        ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
-    """alice on ws: calls bob on wss:; callops:hold and callops:unhold reach both over their
-    connections, and dialog:end_dlg sends each a BYE."""
+def ws_to_wss_call(server: SwitchboardServer, phone: Callable[..., JsSipPhone]
+                   ) -> tuple[JsSipPhone, JsSipPhone, str]:
+    """alice on ws: calls bob on wss:; returns both phones and the Call-ID once both sides
+    and switchboard's dialog are confirmed."""
     alice = phone("alice", "ws")
     bob = phone("bob", "wss")
-    server = ws_switchboard.server
     alice.command(f"call sip:bob@{HOST}")
     callid = bob.wait_event("incoming")["call_id"]
     alice.wait_event("confirmed")
     bob.wait_event("confirmed")
     wait_confirmed(server, callid)
+    return alice, bob, callid
+
+
+def test_two_jssip_phones_held_unheld_and_ended_from_the_mi(
+        ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
+    """alice on ws: calls bob on wss:; callops:hold and callops:unhold reach both over their
+    connections, and dialog:end_dlg sends each a BYE."""
+    server = ws_switchboard.server
+    alice, bob, callid = ws_to_wss_call(server, phone)
     for action in ("hold", "unhold"):
         assert server.mi_result(f"callops:{action}", callid=callid) == "OK"
         for p in (alice, bob):
@@ -244,14 +252,8 @@ async def _bad_clients(board: WsSwitchboard) -> dict[str, object]:
 
 def test_bad_input_and_a_certificate_reload_leave_a_call_undisturbed(
         ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
-    alice = phone("alice", "ws")
-    bob = phone("bob", "wss")
     server = ws_switchboard.server
-    alice.command(f"call sip:bob@{HOST}")
-    callid = bob.wait_event("incoming")["call_id"]
-    alice.wait_event("confirmed")
-    bob.wait_event("confirmed")
-    wait_confirmed(server, callid)
+    alice, bob, callid = ws_to_wss_call(server, phone)
     # SIGHUP with a new certificate in the files: new handshakes get it, nothing closes.
     ws_switchboard.pki.issue("switchboard", common_name="reloaded")
     server.proc.send_signal(signal.SIGHUP)
