@@ -9,12 +9,13 @@ SIPp callers aim at one worker's port or the other's; the callee is SIPp on its 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,30 +207,41 @@ def test_actor_handle_api(sipp: StartSipp, service: Service) -> None:
     assert ray.get(controller.list_dialogs.remote(callid)) == []
 
 
+@contextlib.contextmanager
+def _state_changes_to(service: Service, socket: str) -> Iterator[None]:
+    """E_DLG_STATE_CHANGED subscribed to `socket` through the MI for the block, then
+    unsubscribed."""
+    assert service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=socket,
+                      expire=120) == "OK"
+    try:
+        yield
+    finally:
+        service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=socket, expire=0)
+
+
+def _one_call_per_worker(sipp: StartSipp, service: Service, prefixes: list[str]) -> None:
+    """One SIPp call to each worker, its Call-ID starting with that worker's prefix, run to
+    its end."""
+    pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
+             for w in range(WORKERS)]
+    for uas, uac in pairs:
+        wait_clean(uac, uas)
+
+
 def test_events_from_both_workers_reach_a_subscriber(sipp: StartSipp, service: Service) -> None:
     """One evi:subscribe, one call on each worker: the subscriber gets every state change of
     both calls, each dialog id naming the worker that owns it."""
     prefixes = [_prefix(f"ev{w}") for w in range(WORKERS)]
-    with collecting() as events:
-        assert service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=events.socket,
-                          expire=120) == "OK"
-        try:
-            pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
-                     for w in range(WORKERS)]
-            for uas, uac in pairs:
-                wait_clean(uac, uas)
-            for w in range(WORKERS):
-                last = events.wait_for(
-                    "E_DLG_STATE_CHANGED",
-                    lambda p, w=w: p["callid"].startswith(prefixes[w]) and p["new_state"] == 5)
-                states = events.sequence("E_DLG_STATE_CHANGED", last["callid"], "id",
-                                         "new_state")
-                assert {i for i, _ in states} == {last["id"]}
-                assert last["id"].startswith(f"{w:x}.")
-                assert [s for _, s in states][-2:] == [4, 5], states
-        finally:
-            service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=events.socket,
-                       expire=0)
+    with collecting() as events, _state_changes_to(service, events.socket):
+        _one_call_per_worker(sipp, service, prefixes)
+        for w in range(WORKERS):
+            last = events.wait_for(
+                "E_DLG_STATE_CHANGED",
+                lambda p, w=w: p["callid"].startswith(prefixes[w]) and p["new_state"] == 5)
+            states = events.sequence("E_DLG_STATE_CHANGED", last["callid"], "id", "new_state")
+            assert {i for i, _ in states} == {last["id"]}
+            assert last["id"].startswith(f"{w:x}.")
+            assert [s for _, s in states][-2:] == [4, 5], states
 
 
 def test_a_webhook_gets_the_events_of_both_workers_signed(
@@ -239,20 +251,11 @@ def test_a_webhook_gets_the_events_of_both_workers_signed(
     configured secret, each call's state changes in order; its counters join the statistics."""
     prefixes = [_prefix(f"wh{w}") for w in range(WORKERS)]
     secret = WEBHOOK_SECRET.encode()
-    with WebhookReceiver(secret) as hooks:
-        assert service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=hooks.url,
-                          expire=120) == "OK"
-        try:
-            pairs = [_start_calls(sipp, service, w, calls=1, prefix=prefixes[w])
-                     for w in range(WORKERS)]
-            for uas, uac in pairs:
-                wait_clean(uac, uas)
-            hooks.wait_for(lambda _: sum(r.json["params"]["new_state"] == 5
-                                         for r in hooks.delivered()) == WORKERS,
-                           "both calls ended")
-        finally:
-            service.mi("evi:subscribe", event="E_DLG_STATE_CHANGED", socket=hooks.url,
-                       expire=0)
+    with WebhookReceiver(secret) as hooks, _state_changes_to(service, hooks.url):
+        _one_call_per_worker(sipp, service, prefixes)
+        hooks.wait_for(lambda _: sum(r.json["params"]["new_state"] == 5
+                                     for r in hooks.delivered()) == WORKERS,
+                       "both calls ended")
     for request in hooks.requests():
         assert verify(secret, request.signature, request.body)
         assert not verify(b"wrong", request.signature, request.body)
