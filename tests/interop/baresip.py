@@ -417,3 +417,14 @@ class BaresipPeer:
 #: The `peer` fixture (tests/interop/conftest.py): start a peer for a user name, stopped at
 #: teardown.
 PeerFactory = Callable[..., BaresipPeer]
+
+
+def transfer_call_established(transferee: BaresipPeer, target: BaresipPeer
+                              ) -> tuple[Message, Message]:
+    """After a REFER: the call `transferee` placed (its `transfer_call` event) and `target`'s
+    `incoming` event for it, once both sides have it established."""
+    new_call = transferee.wait_event("transfer_call")
+    target_in = target.wait_event("incoming", call_id=new_call["call_id"])
+    target.wait_event("established", call=target_in["call"])
+    transferee.wait_event("established", call=new_call["call"])
+    return new_call, target_in

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer, PeerFactory
+from tests.interop.baresip import BaresipPeer, PeerFactory, transfer_call_established
 from tests.interop.sip_trace import Traced, trace
 from tests.support.events import EventCollector
 from tests.support.server import CONFIRMED, SwitchboardServer, wait_dialogs
@@ -207,13 +207,10 @@ def test_blind_transfer_from_mi(
     request = transferee.wait_event("transfer_request", call=transferee_call)
     assert request["target"] == f"{CAROL};osid={dialog['ID']}", request
     assert request["replaces"] is False
-    new_call = transferee.wait_event("transfer_call")
+    new_call, carol_in = transfer_call_established(transferee, carol)
     new = new_call["call_id"]
     assert new and new != old
-    carol_in = carol.wait_event("incoming", call_id=new)
     assert carol_in["from"].startswith(f"sip:{transferee.user}@127.0.0.1"), carol_in
-    carol.wait_event("established", call=carol_in["call"])
-    transferee.wait_event("established", call=new_call["call"])
 
     # The proxy, as the transferor, ends the old call toward both parties.
     left.wait_event("closed", call=left_call)
@@ -303,12 +300,9 @@ def test_attended_transfer_from_mi(
     request = alice.wait_event("transfer_request", call=d1["call"])
     assert request["replaces"] is True, request
     assert request["target"] == target, request
-    new_call = alice.wait_event("transfer_call")
+    new_call, carol_new = transfer_call_established(alice, carol)
     new = new_call["call_id"]
     assert new not in ("", call1, call2)
-    carol_new = carol.wait_event("incoming", call_id=new)
-    carol.wait_event("established", call=carol_new["call"])
-    alice.wait_event("established", call=new_call["call"])
     # carol's consultation call is replaced (her BYE to bob), the proxy ends call 1.
     carol.wait_event("closed", call=c2["call"])
     bob.wait_event("closed", call=d2["call"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.interop.baresip import BaresipPeer, PeerFactory
+from tests.interop.baresip import BaresipPeer, PeerFactory, transfer_call_established
 from tests.interop.sip_trace import trace
 from tests.support.certs import TestPki, make_pki
 from tests.support.events import EventCollector
@@ -99,12 +99,9 @@ def test_blind_transfer_over_tls_from_mi(
                         destination=CAROL) == "Accepted"
     request = bob.wait_event("transfer_request", call=incoming["call"])
     assert request["target"] == f"{CAROL};osid={dialog['ID']}", request
-    new_call = bob.wait_event("transfer_call")
+    new_call, carol_in = transfer_call_established(bob, carol)
     new = new_call["call_id"]
     assert new and new != old
-    carol_in = carol.wait_event("incoming", call_id=new)
-    carol.wait_event("established", call=carol_in["call"])
-    bob.wait_event("established", call=new_call["call"])
     # The proxy, as the transferor, ends the old call toward both parties.
     alice.wait_event("closed", call=dialed["call"])
     bob.wait_event("closed", call=incoming["call"])
