@@ -19,7 +19,7 @@ from ..events.opensips import opensips_event
 from ..hep import MirroredEndpoint
 from ..sip.callops import CallOps
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
-from ..sip.operations import NOT_FOUND, EndCall, Operation, Refused
+from ..sip.operations import Operation
 from ..sip.proxy import Proxy
 from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
@@ -154,10 +154,7 @@ class Worker:
     async def operate(self, op: Operation) -> None:
         """Carry out `op` on the live dialog it names, through that dialog's mailbox; raises
         `Refused` when there is none or the dialog refuses."""
-        dialog = self.find_dialog(op.key) if isinstance(op, EndCall) else (
-            self.proxy.dialogs.by_call_id(op.call_id))
-        if dialog is None or not dialog.active:
-            raise Refused(NOT_FOUND, "Dialog not found")
+        dialog = self.callops.dialog_of(op)
         actor = self.actors.get(dialog.id)
         if actor is None:
             actor = self.actors[dialog.id] = DialogActor(dialog, self._apply)

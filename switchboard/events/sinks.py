@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 if TYPE_CHECKING:
     from .webhooks import WebhookSettings
@@ -275,12 +275,7 @@ class TcpSink:
             return
         self._closed = True
         if self._task is not None:
-            # join() also waits for the event being written right now, not only queued ones.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), flush_timeout)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_writer(self._queue, self._task, flush_timeout)
             self._task = None
         await self._disconnect()
 
@@ -366,6 +361,17 @@ class TcpSink:
             log.warning("event sink %s: dropping events: %s", self._address, reason)
         else:
             log.debug("event sink %s: dropped an event: %s", self._address, reason)
+
+
+async def stop_writer(queue: asyncio.Queue[Any], task: asyncio.Task[None],
+                      flush_timeout: float) -> None:
+    """Give a sink's writer task up to `flush_timeout` seconds to send what is queued, then
+    stop it. `join()` also waits for the event being written right now."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(queue.join(), flush_timeout)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def open_sink(address: SinkAddress, webhook: WebhookSettings | None = None) -> Sink:

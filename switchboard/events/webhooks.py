@@ -12,7 +12,6 @@ who is subscribed (`actors/eventbus`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -25,7 +24,7 @@ import aiohttp
 
 from switchboard import __version__
 
-from .sinks import SinkAddress
+from .sinks import SinkAddress, stop_writer
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +166,7 @@ class WebhookSink:
             return
         self._closed = True
         if self._task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), flush_timeout)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_writer(self._queue, self._task, flush_timeout)
             self._task = None
         if self._session is not None:
             await self._session.close()

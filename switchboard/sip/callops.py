@@ -290,14 +290,19 @@ class CallOps:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def run(self, op: Operation, now: float) -> None:
-        """Carry out `op` on the live dialog its Call-ID (or, to end a call, its key) names."""
-        key = op.key if isinstance(op, EndCall) else op.call_id
-        dialog = self.proxy.dialogs.find(key) if isinstance(op, EndCall) else (
-            self.proxy.dialogs.by_call_id(key))
+    def dialog_of(self, op: Operation) -> Dialog:
+        """The live dialog `op` acts on: by Call-ID, or (to end a call) by dialog id or
+        Call-ID; `Refused` 404 when there is none."""
+        dialogs = self.proxy.dialogs
+        dialog = dialogs.find(op.key) if isinstance(op, EndCall) else (
+            dialogs.by_call_id(op.call_id))
         if dialog is None or not dialog.active:
             raise Refused(NOT_FOUND, "Dialog not found")
-        self.apply(dialog, op, now)
+        return dialog
+
+    def run(self, op: Operation, now: float) -> None:
+        """Carry out `op` on the live dialog it names."""
+        self.apply(self.dialog_of(op), op, now)
 
     def apply(self, dialog: Dialog, op: Operation, now: float) -> None:
         """Carry out `op` on `dialog` (the live one it names); raises `Refused`."""
