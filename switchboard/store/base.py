@@ -111,17 +111,19 @@ def parse_store_url(url: str) -> tuple[str, str]:
     raise ValueError(f"{url!r}: unknown store {kind!r}; {EXPECTED}")
 
 
-def open_store(url: str) -> DialogStore:
+def open_store(url: str, scope: str = "") -> DialogStore:
     """Open (creating if needed) the store `url` names; raises StoreError. Blocks (a
-    redis store is asked whether it answers): call it from a thread."""
+    redis store is asked whether it answers): call it from a thread. With a `scope`, the
+    dialogs are kept apart from every other scope's in the same store (a redis key prefix,
+    a file of its own beside PATH): one scope a worker of the `ray` runtime."""
     try:
         kind, location = parse_store_url(url)
     except ValueError as exc:
         raise StoreError(str(exc)) from None
     if kind == "redis":
-        from .redisdb import RedisStore
+        from .redisdb import PREFIX, RedisStore
 
-        return RedisStore(location)
+        return RedisStore(location, f"{PREFIX}{scope}:" if scope else PREFIX)
     from .sqlite import SqliteStore
 
-    return SqliteStore(location)
+    return SqliteStore(f"{location}.{scope}" if scope and location != ":memory:" else location)

@@ -5,7 +5,8 @@ Keys, all under `switchboard:`: `meta` (a hash: the format, the route secret), `
 set of stored dialog ids) and one hash per dialog, `dialog:ID` (`call_id`, `taken`,
 `snapshot` and `transfer`, the last two packed as `readout.pack` does; an empty `transfer`
 is none). A batch is one MULTI/EXEC pipeline: applied whole or not at all. The database is
-one node's: two nodes must not share one (their dialog ids may be the same).
+one node's: two nodes must not share one (their dialog ids may be the same), unless each
+opens it with a prefix of its own (the `ray` runtime's workers: `switchboard:w<i>:`).
 
 How long a write survives is Redis's to say (`appendonly`, `save`): a Redis that restarts
 empty is written again whole by the keeper's catch-up, route secret included.
@@ -64,13 +65,16 @@ def _transfer(value: bytes | None) -> Transfer | None:
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, prefix: str = PREFIX) -> None:
         self.url = url
+        self.prefix = prefix
+        self._meta = prefix + "meta"
+        self._ids = prefix + "dialogs"
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
-            self._redis.hsetnx(META, "format", FORMAT)
-            found = self._redis.hget(META, "format")
+            self._redis.hsetnx(self._meta, "format", FORMAT)
+            found = self._redis.hget(self._meta, "format")
         except (RedisError, ValueError) as exc:
             raise StoreError(f"{url}: {exc}") from None
         if found is None or _text(found) != FORMAT:
@@ -79,16 +83,19 @@ class RedisStore:
                              f"reads {FORMAT!r}")
         self._set_transfer = self._redis.register_script(_SET_TRANSFER)
 
+    def _key(self, dialog_id: str) -> str:
+        return f"{self.prefix}dialog:{dialog_id}"
+
     def load(self) -> list[StoredDialog]:
         out: list[StoredDialog] = []
         try:
-            ids = sorted(_text(i) for i in self._redis.smembers(IDS))
+            ids = sorted(_text(i) for i in self._redis.smembers(self._ids))
             rows: list[tuple[str, dict[bytes, bytes]]] = []
             for start in range(0, len(ids), LOAD_CHUNK):
                 chunk = ids[start:start + LOAD_CHUNK]
                 pipe = self._redis.pipeline(transaction=False)
                 for dialog_id in chunk:
-                    pipe.hgetall(dialog_key(dialog_id))
+                    pipe.hgetall(self._key(dialog_id))
                 rows.extend(zip(chunk, pipe.execute(), strict=True))
         except RedisError as exc:
             raise StoreError(f"{self.url}: {exc}") from None
@@ -105,33 +112,33 @@ class RedisStore:
 
     def write(self, batch: StoreBatch) -> None:
         try:
-            old = [_text(i) for i in self._redis.smembers(IDS)] if batch.replace else []
+            old = [_text(i) for i in self._redis.smembers(self._ids)] if batch.replace else []
             pipe = self._redis.pipeline(transaction=True)
             if old:
-                pipe.delete(*(dialog_key(i) for i in old))
-                pipe.delete(IDS)
+                pipe.delete(*(self._key(i) for i in old))
+                pipe.delete(self._ids)
             for snap, taken, transfer in batch.put:
                 dialog_id = snap["id"]
-                pipe.hset(dialog_key(dialog_id), mapping={
+                pipe.hset(self._key(dialog_id), mapping={
                     "call_id": snap["call_id"], "taken": repr(taken), "snapshot": pack(snap),
                     "transfer": _packed_transfer(transfer)})
-                pipe.sadd(IDS, dialog_id)
+                pipe.sadd(self._ids, dialog_id)
             for dialog_id, transfer in batch.transfers:
-                self._set_transfer(keys=[dialog_key(dialog_id)],
+                self._set_transfer(keys=[self._key(dialog_id)],
                                    args=[_packed_transfer(transfer)], client=pipe)
             for dialog_id in batch.dropped:
-                pipe.delete(dialog_key(dialog_id))
-                pipe.srem(IDS, dialog_id)
+                pipe.delete(self._key(dialog_id))
+                pipe.srem(self._ids, dialog_id)
             pipe.execute()
         except RedisError as exc:
             raise StoreError(f"{self.url}: {exc}") from None
 
     def route_secret(self, generate: Callable[[], str]) -> str:
         try:
-            if (found := self._redis.hget(META, "route_secret")) is None:
+            if (found := self._redis.hget(self._meta, "route_secret")) is None:
                 # Set only if still absent: a concurrent writer's secret is kept.
-                self._redis.hsetnx(META, "route_secret", generate())
-                found = self._redis.hget(META, "route_secret")
+                self._redis.hsetnx(self._meta, "route_secret", generate())
+                found = self._redis.hget(self._meta, "route_secret")
         except RedisError as exc:
             raise StoreError(f"{self.url}: {exc}") from None
         assert found is not None
@@ -147,7 +154,7 @@ class RedisStore:
             raise StoreError(f"{self.url}: {exc}") from None
 
     def __len__(self) -> int:
-        return int(self._redis.scard(IDS))
+        return int(self._redis.scard(self._ids))
 
     def close(self) -> None:
         self._redis.close()
