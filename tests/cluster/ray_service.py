@@ -43,11 +43,13 @@ def import_ray() -> Any:
 
 
 def kill_controller() -> None:
-    """Remove a switchboard controller left in the cluster (its workers go with it)."""
+    """Remove a switchboard controller left in the cluster, its (detached) workers and the
+    lease of the driver that started it."""
     import ray
 
-    with contextlib.suppress(ValueError):
-        ray.kill(ray.get_actor("controller", namespace=NAMESPACE))
+    for name in ("controller", "driver", *(f"worker-{i}" for i in range(8))):
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
 
 class InProcessService:

@@ -13,10 +13,19 @@ from typing import Any, Final
 import ray
 import ray.util
 
+NAMESPACE: Final = "switchboard"
+CONTROLLER: Final = "controller"
+# Worker i is the detached actor of this name (so a restarted controller finds it again).
+WORKER_NAME: Final = "worker-{index}"
+
 # How long a management call waits for a worker.
 CALL_TIMEOUT: Final = 30.0
 # Events a worker keeps while the controller is slow or away; more are dropped and counted.
 MAX_PENDING_EVENTS: Final = 100_000
+
+
+def worker_name(index: int) -> str:
+    return WORKER_NAME.format(index=index)
 
 
 def restarted() -> bool:

@@ -1,24 +1,27 @@
 """The controller actor of the `ray` runtime: its control plane and its Python API.
 
 The controller ("controller" in namespace "switchboard", detached, restarted by Ray) places
-the `WorkerActor`s and keeps what no single worker knows: the directory (Call-ID → worker,
-fed by the workers' E_DLG_STATE_CHANGED events; a dialog id names its worker), the routing of
-operations by Call-ID or dialog id, the fan-out and merge of `dialog:list` and statistics,
-the event bus (the workers' events delivered to the socket subscribers exactly as in one
-process, and in batches to the Python ones, `sinks`), and the latest snapshot of every
-confirmed dialog per worker, which a restarted worker gets its calls back from (the directory
-then points at them again). Its public methods are the Python API (DESIGN.md §3):
+the `WorkerActor`s (named and detached: they outlive the controller's restart, which finds
+them again) and keeps what no single worker knows, none of it per call: the run-time event
+subscriptions (told to every worker, which delivers its own events to the socket
+subscribers; kept in Ray's GCS so that a restarted controller has them again), the Python
+subscribers (`sinks`; the workers forward only the events those want), the routing of
+operations by Call-ID or dialog id (a dialog id names its worker; a Call-ID is asked of the
+workers, and the answer remembered), the fan-out and merge of `dialog:list` and statistics,
+and, without a dialog store, the latest snapshot of every confirmed dialog per worker, which
+a restarted worker gets its calls back from (with a store the workers keep them there). Its
+public methods are the Python API (DESIGN.md §3):
 `ray.get_actor("controller", namespace="switchboard")`.
 
 Calls linked across workers. A transfer's new call may reach another worker than the old
 one: that worker's core calls its `RemoteDialogs` (`link`, `answer`), which rides in its
 ordered batch stream; the controller routes it to the owner (`id:` keys by the dialog id's
-prefix, `callid:` keys by the directory, `replaces:` keys to every other worker) through one
+prefix, `callid:` and `replaces:` keys to every other worker) through one
 ordered queue per target worker. An attended transfer whose two calls live on different
 workers is orchestrated by `operate`: the second call's owner gives the Replaces tags
 (`CallOps.replaces_for`), the first call's owner sends the REFER with them (the "untracked
-second call" recipe), and the second call's owner is told to expect the replacing INVITE
-(`CallOps.expect_replacing`).
+second call" recipe) and the events of that call (`WorkerActor.follow`), and the second
+call's owner is told to expect the replacing INVITE (`CallOps.expect_replacing`).
 
 Knows nothing of SIP: the workers own every socket and every dialog.
 """
@@ -37,8 +40,9 @@ from typing import Any, Final
 import ray
 import ray.actor
 import ray.exceptions
+from ray.experimental import internal_kv
 
-from ...actors.eventbus import DEFAULT_EXPIRE, EventBus, webhook_settings
+from ...actors.eventbus import DEFAULT_EXPIRE
 from ...api import INVALID_PARAMS, SERVER_ERROR, CallOperations, CommandError, command_error
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from ...events.sinks import parse_sink
@@ -56,7 +60,7 @@ from .codec import (
     start_error,
     unpack_operation,
 )
-from .context import CALL_TIMEOUT, await_ref, restarted
+from .context import CALL_TIMEOUT, NAMESPACE, await_ref, restarted, worker_name
 from .sinks import PythonSinks
 from .worker import WorkerActor
 
@@ -66,8 +70,27 @@ log = logging.getLogger(__package__)
 # How long placing and starting the workers may take before `serve` gives up (a cluster
 # without the CPUs asked for would otherwise wait forever).
 START_TIMEOUT: Final = 60.0
-# New Call-IDs the controller remembers having routed a link for (see `_routed`).
+# New Call-IDs the controller remembers having routed a link for (see `_routed`), and
+# Call-IDs it remembers the worker of (see `_located`).
 MAX_ROUTED: Final = 10_000
+# Where in Ray's GCS (internal KV, namespace NAMESPACE) the controller keeps what its restart
+# must find again: the run-time socket subscriptions and the service's start time.
+PLANE_KEY: Final = b"controller-plane"
+
+
+def _named(name: str) -> Any:
+    """The live actor of that name in NAMESPACE, or None."""
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _remember(cache: collections.OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > MAX_ROUTED:
+        cache.popitem(last=False)
 
 
 def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
@@ -89,14 +112,18 @@ class Controller(CallOperations):
 
     def __init__(self, spec: bytes) -> None:
         self.spec = ServiceSpec.unpack(spec)
-        self.events = EventBus(webhook=webhook_settings(self.spec.config.events))
         self.workers: list[Any] = []
         self.info: list[dict[str, Any]] = []
-        # Call-ID -> index of the worker that owns the dialog, from E_DLG_STATE_CHANGED.
-        self.directory: dict[str, int] = {}
+        # Call-IDs an operation found on a worker -> that worker (a hint, asked first).
+        self._located: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.started_wall = time.time()
-        # Python subscribers (actor handles, callables).
+        # Run-time socket subscriptions, as every worker has them: (event, socket) -> wall
+        # time they expire at.
+        self._subscriptions: dict[tuple[str, str], float] = {}
+        # Python subscribers (actor handles, callables), and the events they want (what the
+        # workers forward here).
         self._python_sinks = PythonSinks()
+        self._forwarded: frozenset[str] = frozenset()
         # `RemoteDialogs` calls waiting for their target worker (one call in flight each).
         self._remote_out: dict[int, list[tuple[str, Any]]] = {}
         self._remote_sending: set[int] = set()
@@ -137,11 +164,13 @@ class Controller(CallOperations):
             await self._kill_workers()
 
     async def _place_workers(self) -> None:
-        for event, socket in self.spec.subscriptions:
-            await self.events.subscribe(event, socket, None)
         context = ray.get_runtime_context()
         me = context.current_actor
         rebind = restarted()
+        if rebind:
+            await self._load_plane()
+        else:
+            await self._save_plane()
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         count = self.spec.workers or max(1, int(cpus))
         # One CPU each while they fit, an even share when more workers than CPUs are asked
@@ -149,8 +178,23 @@ class Controller(CallOperations):
         share = 1.0 if count <= cpus else math.floor(cpus / count * 10_000) / 10_000
         spec = self.spec.pack()
         remote_worker: Any = ray.remote(WorkerActor)
+        adopted: list[int] = []
         for index in range(count):
+            name = worker_name(index)
+            found = _named(name)
+            if found is not None and rebind:
+                # Ray restarted this controller: the workers kept serving, take them back.
+                self.workers.append(found)
+                adopted.append(index)
+                continue
+            if found is not None:  # a previous service's, left behind
+                ray.kill(found, no_restart=True)
+                while _named(name) is not None:
+                    await asyncio.sleep(0.1)
             self.workers.append(remote_worker.options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
                 max_restarts=-1,
                 num_cpus=share,
                 scheduling_strategy="SPREAD",
@@ -163,6 +207,54 @@ class Controller(CallOperations):
                 self._error = {**error, "message": f"worker {index}: {error['message']}"}
                 return
         self.info = info
+        if adopted:
+            log.warning("switchboard controller restarted: %d running workers taken back",
+                        len(adopted))
+            # Their Python subscribers are gone with the old controller; without a store,
+            # so are the snapshots of their dialogs: each sends all of them again.
+            await asyncio.gather(*(
+                self._ask(i, lambda w: w.forward.remote([])) for i in adopted),
+                return_exceptions=True)
+            await asyncio.gather(*(
+                self._ask(i, lambda w: w.resync.remote()) for i in adopted),
+                return_exceptions=True)
+
+    # -- what a restarted controller finds again (Ray's GCS) ----------------------------------
+
+    async def _load_plane(self) -> None:
+        try:
+            data = await asyncio.to_thread(internal_kv._internal_kv_get, PLANE_KEY,
+                                           namespace=NAMESPACE)
+        except Exception:
+            log.exception("switchboard controller: its subscriptions could not be read back")
+            return
+        if not data:
+            return
+        plane = _unpack(data)
+        self.started_wall = float(plane["started_at"])
+        now = time.time()
+        self._subscriptions = {(str(e), str(s)): float(t) for e, s, t in plane["subscriptions"]
+                               if float(t) > now}
+
+    async def _save_plane(self) -> None:
+        data = _pack({"started_at": self.started_wall,
+                      "subscriptions": [[e, s, t] for (e, s), t in
+                                        self._subscriptions.items()]})
+        try:
+            await asyncio.to_thread(internal_kv._internal_kv_put, PLANE_KEY, data,
+                                    namespace=NAMESPACE)
+        except Exception:
+            log.exception("switchboard controller: its subscriptions could not be kept in "
+                          "Ray's GCS (a restart of the controller would lose them)")
+
+    def plane(self) -> bytes:
+        """What a starting worker needs of the controller: the run-time subscriptions
+        ([event, socket, seconds left]) and the events its Python subscribers want."""
+        now = time.time()
+        return _pack({
+            "subscriptions": [[e, s, math.ceil(t - now)]
+                              for (e, s), t in self._subscriptions.items() if t > now],
+            "forward": sorted(self._forwarded)})
 
     async def _kill_workers(self) -> None:
         for worker in self.workers:
@@ -181,6 +273,10 @@ class Controller(CallOperations):
             return _pack({"error": self._error})
         return _pack({"workers": self.info, "started_at": self.started_wall})
 
+    def service_spec(self) -> bytes:
+        """The service spec it was started with (`ServiceSpec.pack`)."""
+        return self.spec.pack()
+
     def workers_info(self) -> list[dict[str, Any]]:
         """Each worker: index, node id and IP, pid, listeners ([transport, host, port])."""
         return list(self.info)
@@ -193,9 +289,9 @@ class Controller(CallOperations):
         return self.started_wall
 
     async def publish(self, index: int, batch: bytes) -> None:
-        """A worker's events and `RemoteDialogs` calls, in the order it made them (msgpack
-        list of [event, params] / [LINK | ANSWER, args])."""
-        directory = self.directory
+        """What a worker sends here, in the order it made it (msgpack list of [event,
+        params] / [LINK | ANSWER, args] / [SNAPSHOTS, ...]): the events of its calls this
+        controller follows or its Python subscribers want, not every event."""
         for kind, payload in _unpack(batch):
             if kind in (LINK, ANSWER):
                 self._route(index, kind, payload)
@@ -206,31 +302,31 @@ class Controller(CallOperations):
             if kind == E_DLG_STATE_CHANGED:
                 callid = payload.get("callid")
                 if payload.get("new_state") == DialogState.DELETED:
-                    if directory.get(callid) == index:
-                        del directory[callid]
                     pending = self._attended.get(callid)
                     if pending is not None and pending not in self._relayed.values():
                         del self._attended[callid]
-                else:
-                    directory[callid] = index
             elif kind == E_CALL_TRANSFER and self._attended:
                 self._follow_attended(payload)
-            self.events.publish(kind, payload)
             if self._python_sinks:
                 self._python_sinks.publish(kind, payload)
+        if self._forwarded and self._python_sinks.wanted(time.monotonic()) != self._forwarded:
+            await self._push_forward()  # some expired
+
+    async def _push_forward(self) -> None:
+        """Tell every worker which events the Python subscribers want now."""
+        self._forwarded = wanted = self._python_sinks.wanted(time.monotonic())
+        events = sorted(wanted)
+        await self._fan_out(lambda w: w.forward.remote(events))
 
     async def worker_restarted(self, index: int, info: bytes) -> None:
-        """Ray restarted worker `index`, it restored the dialogs kept here and listens again:
-        the directory knows those dialogs and nothing else of it."""
-        for callid in [c for c, owner in self.directory.items() if owner == index]:
-            del self.directory[callid]
-        for callid, _, _ in self.replicas.get(index, {}).values():
-            self.directory[callid] = index
+        """Ray restarted worker `index`; it restored its dialogs and listens again."""
         if 0 <= index < len(self.info):
             self.info[index] = _unpack(info)
 
     def _keep_snapshots(self, index: int, payload: list[Any]) -> None:
-        taken, snapshots, dropped = payload
+        taken, snapshots, dropped, *rest = payload
+        if rest and rest[0]:  # everything the worker has: what was kept of it goes
+            self.replicas.pop(index, None)
         kept = self.replicas.setdefault(index, {})
         for dialog_id, callid, snapshot in snapshots:
             kept[str(dialog_id)] = (str(callid), bytes(snapshot), float(taken))
@@ -262,8 +358,11 @@ class Controller(CallOperations):
                 5.0,
             )
         await self._kill_workers()
-        await self.events.close()
         self._python_sinks.clear()
+        self._subscriptions.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(internal_kv._internal_kv_del, PLANE_KEY,
+                                    namespace=NAMESPACE)
 
     # -- dialogs linked across workers ---------------------------------------------------------
 
@@ -282,12 +381,9 @@ class Controller(CallOperations):
         if kind == "id":
             owner = worker_of(value)
             return [owner] if owner in others else []
-        if kind == "callid":
-            owner = self.directory.get(value)
-            if owner is not None and owner != origin:
-                return [owner]
-        # A Call-ID the directory does not know (yet), or a Replaces: the owner of the
-        # replaced call and the worker whose attended REFER awaits it may be any other.
+        # A Call-ID (`--mode callid`) or a Replaces: the owner of the call, or of the
+        # replaced call and the worker whose attended REFER awaits it, may be any other (a
+        # worker that has no such call does nothing with it).
         return others
 
     def _tell(self, target: int, kind: str, args: list[Any]) -> None:
@@ -368,13 +464,16 @@ class Controller(CallOperations):
                 continue
             tried.add(hint)
             if await self._ask(hint, lambda w: w.find.remote(key)):
+                _remember(self._located, key, hint)
                 return hint
         rest = [i for i in range(len(self.workers)) if i not in tried]
         found = await asyncio.gather(
             *(self._ask(i, lambda w: w.find.remote(key)) for i in rest), return_exceptions=True)
         for index, answer in zip(rest, found, strict=True):
             if answer is True:
+                _remember(self._located, key, index)
                 return index
+        self._located.pop(key, None)
         return None
 
     # -- call operations -----------------------------------------------------------------------
@@ -387,9 +486,9 @@ class Controller(CallOperations):
             op = unpack_operation(op)
         await self._started()
         if isinstance(op, EndCall):
-            index = await self._locate(op.key, [worker_of(op.key), self.directory.get(op.key)])
+            index = await self._locate(op.key, [worker_of(op.key), self._located.get(op.key)])
         else:
-            index = await self._locate(op.call_id, [self.directory.get(op.call_id)])
+            index = await self._locate(op.call_id, [self._located.get(op.call_id)])
         if index is None:
             raise CommandError.dialog_not_found()
         if isinstance(op, AttendedTransfer):
@@ -408,7 +507,7 @@ class Controller(CallOperations):
         """On the worker of the first call when both calls are there (or the second is
         nowhere), across the two workers otherwise."""
         callid, transfer_callid = op.call_id, op.transfer_callid
-        second = await self._locate(transfer_callid, [self.directory.get(transfer_callid)])
+        second = await self._locate(transfer_callid, [self._located.get(transfer_callid)])
         if second is None and op.transfer_leg is not None:
             raise CommandError(NOT_FOUND, "Transfer dialog not found")
         if second is None or second == first:
@@ -432,6 +531,9 @@ class Controller(CallOperations):
             second, lambda w: w.expect_replacing.remote(transfer_callid, callid)))
         self._attended[callid] = (key, second)
         try:
+            # Its worker tells nobody else when the replacing INVITE reaches it: the
+            # controller links the second call from the first one's events.
+            await self._ask(first, lambda w: w.follow.remote(callid))
             await self._operate_on(first, op)
         except BaseException:
             self._attended.pop(callid, None)
@@ -465,13 +567,14 @@ class Controller(CallOperations):
                 total[name] = total.get(name, 0) + int(value)
             counts, seconds = snapshot["setup"]
             setup.merge(SetupTimes(counts=[int(c) for c in counts], total=float(seconds)))
-        now = time.monotonic()
-        bus = self.events.statistics()
-        dropped = bus.pop("evi:dropped_events") + self._python_sinks.dropped()
-        total["evi:dropped_events"] = total.get("evi:dropped_events", 0) + dropped
-        total["evi:subscriptions"] = (bus.pop("evi:subscriptions")
-                                      + self._python_sinks.subscriptions(now))
-        total.update(bus)
+        total["evi:dropped_events"] = (total.get("evi:dropped_events", 0)
+                                       + self._python_sinks.dropped())
+        # Every worker has every subscription: counted once, as in one process.
+        wall = time.time()
+        total["evi:subscriptions"] = (
+            len(self.spec.subscriptions)
+            + sum(1 for t in self._subscriptions.values() if t > wall)
+            + self._python_sinks.subscriptions(time.monotonic()))
         return {"statistics": dict(sorted(total.items())), "setup": [setup.counts, setup.total]}
 
     async def statistics(self) -> dict[str, int]:
@@ -512,16 +615,31 @@ class Controller(CallOperations):
         if python:
             await self._started()
             self._python_sinks.subscribe(event, socket, expire)
+            if self._python_sinks.wanted(time.monotonic()) != self._forwarded:
+                await self._push_forward()
             return
         try:
             address = parse_sink(socket)
         except ValueError as exc:
             raise CommandError.invalid_params(str(exc)) from None
+        if address.webhook and not self.spec.config.events.webhook_secret and expire != 0:
+            raise CommandError.invalid_params(
+                f"{address}: webhooks need [events] webhook_secret")
         await self._started()
+        sink = str(address)
+        key = (event, sink)
+        if expire:
+            self._subscriptions[key] = time.time() + expire
+        else:
+            self._subscriptions.pop(key, None)
+        # Kept before the workers are told: a worker that (re)starts meanwhile asks for it.
+        await self._save_plane()
         try:
-            await self.events.subscribe(event, str(address), expire)
-        except ValueError as exc:
-            raise CommandError.invalid_params(str(exc)) from None
+            await self._fan_out(lambda w: w.subscribe.remote(event, sink, expire))
+        except ray.exceptions.RayTaskError as exc:
+            self._subscriptions.pop(key, None)
+            await self._save_plane()
+            raise CommandError.invalid_params(str(exc.cause)) from None
 
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         """`ControlApi.subscribe_event`: the same as `subscribe`."""

@@ -1,11 +1,15 @@
 """The driver of the `ray` runtime: what `serve` starts and returns, in the calling process.
 
 `serve(config)` starts Ray (or joins the cluster at `runtime.ray_address`), creates the
-controller actor and waits until its workers are bound. What it returns, `RaySwitchboard`,
-implements `ControlApi` by calling the controller (a `CommandError` the controller raised
-comes back as one) and runs the MI HTTP server (with `/metrics` over every worker's
-statistics), so `switchboard mi` works as with the local runtime. Stopping it removes the
-controller and its workers, and leaves Ray if `serve` started it.
+controller actor and waits until its workers are bound; when a controller runs already and
+the driver that started it is gone (killed), it attaches to that one instead, so that its
+calls, dialogs and subscriptions carry on. Every driver holds a lease (`DriverLease`, a
+named actor that dies with the driver's job): while it lives, another `serve` refuses.
+What it returns, `RaySwitchboard`, implements `ControlApi` by calling the controller (a
+`CommandError` the controller raised comes back as one) and runs the MI HTTP server (with
+`/metrics` over every worker's statistics), so `switchboard mi` works as with the local
+runtime. Stopping it removes the controller and its workers, and leaves Ray if `serve`
+started it.
 
 Talks to the controller only through its actor handle.
 """
@@ -20,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.exceptions
@@ -33,7 +37,7 @@ from ...readout import unpack as _unpack
 from ...sip.operations import Operation
 from ...sip.wire import Address
 from .codec import ServiceSpec, pack_operation, raise_start_error
-from .context import await_ref
+from .context import CONTROLLER, NAMESPACE, await_ref
 from .controller import START_TIMEOUT, Controller
 from .watch import LoopbackWatch
 
@@ -43,8 +47,18 @@ if TYPE_CHECKING:
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
 
-NAMESPACE: Final = "switchboard"
-CONTROLLER: Final = "controller"
+__all__ = ["CONTROLLER", "NAMESPACE", "RaySwitchboard", "controller_handle", "serve"]
+
+# The name of the lease the running driver holds.
+DRIVER = "driver"
+
+
+class DriverLease:
+    """Held by the running `serve` (a named actor of its job, not detached: Ray removes it
+    when that process ends, however it ends)."""
+
+    def alive(self) -> bool:
+        return True
 
 
 def controller_handle() -> Any:
@@ -68,6 +82,7 @@ class RaySwitchboard(CallOperations):
         self._sighup = False
         self._reloads: set[asyncio.Task[bool]] = set()
         self._watch = LoopbackWatch(self.subscribe_event)
+        self.lease: Any = None
 
     @property
     def listeners(self) -> list[Address]:
@@ -131,6 +146,10 @@ class RaySwitchboard(CallOperations):
             await asyncio.wait_for(await_ref(self.controller.stop.remote()), 10.0)
         with contextlib.suppress(Exception):
             ray.kill(self.controller)
+        if self.lease is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.lease)
+            self.lease = None
         if self._owns_ray:
             ray.shutdown()
 
@@ -216,31 +235,40 @@ async def serve(config: Config) -> RaySwitchboard:
     Raises OSError when a worker cannot bind its sockets or a switchboard already runs in
     the cluster, ScriptError for a routing script that does not load.
     """
-    if config.dialog.store:
-        # Its workers replicate to the controller instead (docs/ray.md); saying nothing
-        # would let an operator believe calls outlive a restart of the whole cluster.
-        log.warning("[dialog] store = %r is not used by the ray runtime: dialogs are kept "
-                    "in the controller's memory only", config.dialog.store,
-                    extra={"event": "dialog_store_unused"})
     owns_ray = _connect(config)
     try:
+        lease_class: Any = ray.remote(num_cpus=0)(DriverLease)
         try:
-            controller_handle()
+            lease = lease_class.options(name=DRIVER, namespace=NAMESPACE).remote()
         except ValueError:
-            pass
-        else:
             raise OSError(errno.EEXIST, (
-                f"a switchboard controller already runs in Ray namespace {NAMESPACE!r}; "
-                f"stop it first (ray.kill(ray.get_actor({CONTROLLER!r}, "
-                f"namespace={NAMESPACE!r})))"))
-        remote_controller: Any = ray.remote(Controller)
-        controller = remote_controller.options(
-            name=CONTROLLER,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            max_restarts=-1,
-            num_cpus=0,
-        ).remote(ServiceSpec.from_config(config).pack())
+                f"a switchboard controller already runs in Ray namespace {NAMESPACE!r}, "
+                f"and its `serve` too; stop that one first (SIGTERM), or "
+                f"ray.kill(ray.get_actor({CONTROLLER!r}, namespace={NAMESPACE!r}))"
+            )) from None
+        spec = ServiceSpec.from_config(config).pack()
+        created = False
+        try:
+            controller = controller_handle()
+        except ValueError:
+            created = True
+            remote_controller: Any = ray.remote(Controller)
+            controller = remote_controller.options(
+                name=CONTROLLER,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                max_restarts=-1,
+                num_cpus=0,
+            ).remote(spec)
+        else:
+            # Its `serve` was killed: the controller and the workers served on; carry on
+            # with them (their configuration, not this one).
+            running = await await_ref(controller.service_spec.remote())
+            log.warning("attached to the running switchboard controller in Ray namespace "
+                        "%r%s", NAMESPACE,
+                        "" if running == spec else
+                        " (it keeps its own configuration, which differs from this one "
+                        "but for the MI)", extra={"event": "controller_attached"})
         try:
             ready = _unpack(await asyncio.wait_for(
                 await_ref(controller.ready.remote()), START_TIMEOUT + 30))
@@ -252,8 +280,11 @@ async def serve(config: Config) -> RaySwitchboard:
                 sb.watch_sighup()
         except BaseException:
             with contextlib.suppress(Exception):
-                ray.kill(controller)
+                if created:
+                    ray.kill(controller)
+                ray.kill(lease)
             raise
+        sb.lease = lease
     except BaseException:
         if owns_ray:
             ray.shutdown()

@@ -136,6 +136,10 @@ class PythonSinks:
             elif sink.expiry.get(event, 0.0) > now:
                 sink.push(event, params)
 
+    def wanted(self, now: float) -> frozenset[str]:
+        """The events some live subscriber wants at `now` (time.monotonic())."""
+        return frozenset(e for s in self._sinks.values() if not s.gone for e in s.events(now))
+
     def dropped(self) -> int:
         """Events the subscribers did not get (queue full, a subscriber failed or gone)."""
         return sum(s.dropped for s in self._sinks.values())

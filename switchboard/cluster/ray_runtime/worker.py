@@ -5,21 +5,31 @@ endpoints, call metrics, HEP capture), in its own actor's event loop, bound to e
 configured listen socket at port + i, with `worker_id=i` (dialog ids start `<i hex>.`). It
 record-routes itself, so a dialog's SIP traffic never crosses actors (DESIGN.md §1.1, §1.4).
 
-Toward the controller it sends one ordered stream of msgpack batches (one actor call in
-flight: under load a batch carries whatever came meanwhile): its events, its core's
-`RemoteDialogs` calls (`link`, `answer`) for dialogs of other workers, and the snapshots of
-its dialogs. From the controller it takes call operations, the `RemoteDialogs` calls of other
-workers for its own dialogs (`remote_calls`, run as `CallOps.remote_link` / `remote_answer`),
-and the two steps of an attended transfer whose first call lives elsewhere
-(`replaces_for`, `expect_replacing`).
+Its events go from here straight to their `udp:`/`tcp:`/webhook subscribers, through an
+`EventBus` of its own (the static subscriptions of the configuration, and the run-time ones
+the controller holds: asked for at start, then told as they change, `subscribe`). Nothing
+goes to the controller per call: toward it the worker sends one ordered stream of msgpack
+batches (one actor call in flight: under load a batch carries whatever came meanwhile) with
+only what the controller itself needs: the events its Python subscribers want (`forward`),
+the events of a call it follows (`follow`: an attended transfer across workers), its core's
+`RemoteDialogs` calls (`link`, `answer`) for dialogs of other workers, and, without a
+dialog store, the snapshots of its dialogs. From the controller it takes call operations,
+the `RemoteDialogs` calls of other workers for its own dialogs (`remote_calls`, run as
+`CallOps.remote_link` / `remote_answer`), and the two steps of an attended transfer whose
+first call lives elsewhere (`replaces_for`, `expect_replacing`).
 
 A worker that dies is restarted by Ray (`max_restarts=-1`) and gets its confirmed dialogs
 back. Its core tracks which dialogs changed (`Proxy.track_changes`: a set add on the message
-path, nothing encoded there); every `SNAPSHOT_INTERVAL` the worker takes the changed ones
-(`Proxy.take_dirty`) and sends their msgpack snapshots, with the ids of ended ones, in its
-ordered batch stream. A restarted worker asks the controller for its snapshots before it
-binds its sockets and restores them (`Proxy.restore_dialog`) before it serves the first
-message. What is lost in a crash is what had not reached the controller yet (docs/ray.md).
+path, nothing encoded there). With a `[dialog] store` the worker keeps them there itself
+(`store.DialogKeeper`, under a scope of its own index) and reads them back at every start;
+without one, every `SNAPSHOT_INTERVAL` it takes the changed ones (`Proxy.take_dirty`) and
+sends their msgpack snapshots, with the ids of ended ones, in its ordered batch stream to
+the controller, and a restarted worker asks the controller for them. Either way they are
+restored (`Proxy.restore_dialog`) before the first message is served.
+
+The worker is a named, detached actor (`context.worker_name`): it outlives a restart of the
+controller, which finds it again by name. It watches the controller's name and, should the
+controller be gone for good (killed, or replaced by another), stops and removes itself.
 
 Knows nothing of the other workers: the controller routes between them.
 """
@@ -32,19 +42,33 @@ import dataclasses
 import errno
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import ray
 
+from ...actors.eventbus import EventBus, webhook_settings
 from ...actors.worker import Worker
+from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
+from ...sip.dialog import DialogState
 from ...sip.operations import Refused
+from ...sip.replication import RESTORABLE
+from ...store import DialogKeeper, DialogStore, StoredDialog, open_store
 from ..local import BuiltWorker, build_worker
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error, unpack_operation
-from .context import CALL_TIMEOUT, MAX_PENDING_EVENTS, await_ref, node_ip, restarted
+from .context import (
+    CALL_TIMEOUT,
+    CONTROLLER,
+    MAX_PENDING_EVENTS,
+    NAMESPACE,
+    await_ref,
+    node_ip,
+    restarted,
+)
 
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
@@ -53,6 +77,15 @@ log = logging.getLogger(__package__)
 REBIND_TIMEOUT: Final = 10.0
 # How often a worker sends the snapshots of the dialogs that changed (`codec.SNAPSHOTS`).
 SNAPSHOT_INTERVAL: Final = 0.2
+# How often a worker looks whether its controller still exists; it removes itself after
+# this many looks in a row found it gone.
+WATCH_INTERVAL: Final = 5.0
+ORPHANED_AFTER: Final = 2
+
+
+def _actor_id(handle: Any) -> str:
+    actor_id = getattr(handle, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else ""
 
 
 class _ToController:
@@ -88,9 +121,15 @@ class WorkerActor:
         self.rebind = rebind or self.restarted
         self.built: BuiltWorker | None = None
         self.dropped = 0
+        self.events: EventBus | None = None
+        self.keeper: DialogKeeper | None = None
+        # Events the controller's Python subscribers want; Call-IDs whose events it follows.
+        self._forward: frozenset[str] = frozenset()
+        self._follow: set[str] = set()
         self._outbox: list[tuple[str, Any]] = []
         self._sending = False
         self._replicator: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[Worker] | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
             self._starting = asyncio.ensure_future(self._start())
@@ -102,27 +141,101 @@ class WorkerActor:
 
     async def _start(self) -> Worker:
         loop = asyncio.get_running_loop()
-        # Asked before the sockets are bound: once they are, messages of the old dialogs may
+        config = self.spec.config
+        self.events = EventBus(webhook=webhook_settings(config.events))
+        for event, socket in self.spec.subscriptions:
+            await self.events.subscribe(event, socket, None)
+        await self._take_plane()
+        # Read before the sockets are bound: once they are, messages of the old dialogs may
         # come in, and they must find their dialogs.
-        stored = await self._stored_snapshots() if self.restarted else []
+        store: DialogStore | None = None
+        stored: list[StoredDialog] = []
+        replicas: list[tuple[dict[str, Any], float]] = []
+        route_secret = ""
+        if config.dialog.store:
+            store = await loop.run_in_executor(None, open_store, config.dialog.store,
+                                               f"w{self.index}")
+            try:
+                if not config.proxy.route_secret:
+                    # Routes this worker signed before a restart must stay valid after it.
+                    route_secret = await loop.run_in_executor(
+                        None, store.route_secret, lambda: secrets.token_hex(32))
+                stored = await loop.run_in_executor(None, store.load)
+            except BaseException:
+                store.close()
+                raise
+        elif self.restarted:
+            replicas = await self._stored_snapshots()
         deadline = loop.time() + (REBIND_TIMEOUT if self.rebind else 0.0)
         while True:
             try:
-                worker = await self._bind()
+                worker = await self._bind(route_secret)
                 break
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or loop.time() >= deadline:
+                    if store is not None:
+                        store.close()
                     raise
                 await asyncio.sleep(0.2)
-        if self.restarted:
-            restored = self._restore(worker, stored)  # no await before: nothing served yet
-            log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs restored",
-                        self.index, restored, len(stored))
-        self._replicator = loop.create_task(self._replicate(worker))
+        # No await from here to the restore: nothing is served before the dialogs are back.
+        if store is not None:
+            self.keeper = DialogKeeper(store, worker, config.dialog.store_interval_ms / 1000,
+                                       route_secret=route_secret)
+            restored = self.keeper.restore(stored)
+            self.keeper.start()
+            log.info("worker %d: %d of its %d stored dialogs restored from %s", self.index,
+                     restored, len(stored), config.dialog.store,
+                     extra={"event": "dialogs_restored"})
+        else:
+            worker.proxy.track_changes()
+            if self.restarted:
+                restored = self._restore(worker, replicas)
+                log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs "
+                            "restored", self.index, restored, len(replicas))
+            self._replicator = loop.create_task(self._replicate(worker))
+        self._watchdog = loop.create_task(self._watch_controller())
         if self.restarted:
             with contextlib.suppress(Exception):
                 await self.controller.worker_restarted.remote(self.index, self._describe(worker))
         return worker
+
+    async def _take_plane(self) -> None:
+        """The run-time subscriptions and the events to forward, as the controller has them
+        now (what it changes later it tells this worker: `subscribe`, `forward`)."""
+        try:
+            plane = _unpack(await asyncio.wait_for(
+                await_ref(self.controller.plane.remote()), CALL_TIMEOUT))
+        except Exception as exc:
+            log.warning("worker %d: the run-time subscriptions could not be fetched: %s",
+                        self.index, exc)
+            return
+        assert self.events is not None
+        for event, socket, expire in plane["subscriptions"]:
+            try:
+                await self.events.subscribe(str(event), str(socket), int(expire))
+            except Exception as exc:  # one sink that does not open must not stop the worker
+                log.warning("worker %d: event sink %s: %s", self.index, socket, exc)
+        self._forward = frozenset(str(e) for e in plane["forward"])
+
+    async def _watch_controller(self) -> None:
+        """Stop and remove this worker once its controller is gone for good (killed without
+        a restart, or another one took its name); while Ray restarts it, its name stays."""
+        loop = asyncio.get_running_loop()
+        mine = _actor_id(self.controller)
+        missed = 0
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                found = await loop.run_in_executor(None, _controller_id)
+            except Exception:  # the GCS did not answer: no news
+                continue
+            missed = missed + 1 if found != mine else 0
+            if missed >= ORPHANED_AFTER:
+                log.warning("worker %d: its controller is gone, the worker stops",
+                            self.index)
+                await self.stop()
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     # -- replication of the dialogs' state ----------------------------------------------------
 
@@ -153,7 +266,7 @@ class WorkerActor:
             if isinstance(dialog_id, str):
                 left_out.append(dialog_id)
         if left_out:  # the controller need not keep them any longer
-            self._send(SNAPSHOTS, [wall, [], left_out])
+            self._send(SNAPSHOTS, [wall, [], left_out, False])
         worker.flush()  # arms the loop timer for the restored lifetimes
         return restored
 
@@ -167,12 +280,16 @@ class WorkerActor:
             except Exception:
                 log.exception("worker %d: dialog snapshots failed", self.index)
 
-    def _push_snapshots(self, worker: Worker) -> None:
-        snapshots, dropped = worker.proxy.take_dirty(worker.now())
-        if snapshots or dropped:
+    def _push_snapshots(self, worker: Worker, everything: bool = False) -> None:
+        now = worker.now()
+        snapshots, dropped = worker.proxy.take_dirty(now)
+        if everything:  # the controller lost its copies: all of them, replacing what it has
+            snapshots = [d.snapshot(now) for d in worker.proxy.dialogs
+                         if d.state in RESTORABLE]
+        if snapshots or dropped or everything:
             self._send(SNAPSHOTS, [time.time(),
                                    [[s["id"], s["call_id"], _pack(s)] for s in snapshots],
-                                   dropped])
+                                   dropped, everything])
 
     def _describe(self, worker: Worker) -> bytes:
         return _pack({
@@ -183,24 +300,38 @@ class WorkerActor:
             "listeners": [[a.transport, a.host, a.port] for a in worker.endpoints],
         })
 
-    async def _bind(self) -> Worker:
+    async def _bind(self, route_secret: str) -> Worker:
+        config = self.spec.config
+        if route_secret:
+            config = dataclasses.replace(config, proxy=dataclasses.replace(
+                config.proxy, route_secret=route_secret))
         sockets = self.spec.sockets(self.index)
         if any(s.host in ("0.0.0.0", "::") for s in sockets):
             # Via and Record-Route need an address peers can reach: this node's.
             host = node_ip()
             sockets = [dataclasses.replace(s, host=host) if s.host in ("0.0.0.0", "::")
                        else s for s in sockets]
-        built = await build_worker(self.spec.config, self._publish, sockets=sockets,
+        built = await build_worker(config, self._publish, sockets=sockets,
                                    worker_id=self.index)
         built.worker.callops.remote = _ToController(self._send)
-        built.worker.proxy.track_changes()
         self.built = built
         return built.worker
 
     # -- events and remote dialog calls toward the controller ------------------------------
 
     def _publish(self, event: str, params: dict[str, Any]) -> None:
-        self._send(event, dict(params))
+        assert self.events is not None
+        self.events.publish(event, params)
+        follow = self._follow
+        callid = params.get("callid")
+        if follow and callid in follow:
+            self._send(event, dict(params))
+            if ((event == E_CALL_TRANSFER and params.get("state") in ("ok", "fail"))
+                    or (event == E_DLG_STATE_CHANGED
+                        and params.get("new_state") == DialogState.DELETED)):
+                follow.discard(callid)
+        elif event in self._forward:
+            self._send(event, dict(params))
 
     def _send(self, kind: str, payload: Any) -> None:
         if len(self._outbox) >= MAX_PENDING_EVENTS:
@@ -255,6 +386,29 @@ class WorkerActor:
             return _pack([exc.status, exc.reason, exc.detail, exc.field])
         return None
 
+    async def subscribe(self, event: str, socket: str, expire: int) -> None:
+        """A run-time subscription made (or renewed, or removed with 0) at the controller;
+        raises as `EventBus.subscribe` does."""
+        await self._started()
+        assert self.events is not None
+        await self.events.subscribe(event, socket, expire)
+
+    async def forward(self, events: list[str]) -> None:
+        """From now on, send these events to the controller (its Python subscribers')."""
+        self._forward = frozenset(events)
+
+    async def follow(self, callid: str) -> None:
+        """Send the controller the events of call `callid` until its transfer ends (or the
+        call does): the first call of an attended transfer across workers."""
+        self._follow.add(callid)
+
+    async def resync(self) -> None:
+        """The controller restarted without a dialog store: send it the snapshot of every
+        confirmed dialog, replacing whatever it has of this worker."""
+        worker = await self._started()
+        if self.keeper is None:
+            self._push_snapshots(worker, everything=True)
+
     async def remote_calls(self, batch: bytes) -> None:
         """`RemoteDialogs` calls of other workers for dialogs of this one, in the order their
         workers made them (msgpack list of [LINK | ANSWER, args])."""
@@ -296,7 +450,11 @@ class WorkerActor:
     def _statistics(self) -> dict[str, int]:
         assert self.built is not None
         stats = self.built.statistics()
-        stats["evi:dropped_events"] = self.dropped
+        if self.events is not None:
+            stats.update(self.events.statistics())
+        stats["evi:dropped_events"] = stats.get("evi:dropped_events", 0) + self.dropped
+        if self.keeper is not None:
+            stats.update(self.keeper.statistics())
         return stats
 
     async def statistics(self) -> bytes:
@@ -318,10 +476,31 @@ class WorkerActor:
         return self.built.reload_certificates() if self.built is not None else True
 
     async def stop(self) -> None:
+        """Write the store a last time, close the sockets and the event sinks."""
         if self._replicator is not None:
             self._replicator.cancel()
             self._replicator = None
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self.keeper is not None:
+            try:
+                await self.keeper.close()
+            except Exception:
+                log.exception("worker %d: the dialog store's last write failed", self.index)
+            self.keeper = None
         if self.built is not None:
             self.built.close()
             self.built = None
+        if self.events is not None:
+            await self.events.close()
+            self.events = None
+
+
+def _controller_id() -> str:
+    """The actor id the controller's name stands for now ("" when none has it)."""
+    try:
+        return _actor_id(ray.get_actor(CONTROLLER, namespace=NAMESPACE))
+    except ValueError:
+        return ""
 
