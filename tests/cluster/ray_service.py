@@ -94,7 +94,7 @@ class Service:
 WEBHOOK_SECRET = "ray-webhook-secret"
 
 
-def service_config(base: int, mi_port: int, workers: int) -> Config:
+def service_config(base: int, mi_port: int, workers: int, store: str = "") -> Config:
     config = apply_overrides(
         Config(),
         listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
@@ -103,17 +103,20 @@ def service_config(base: int, mi_port: int, workers: int) -> Config:
         workers=workers,
     )
     return dataclasses.replace(
-        config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET))
+        config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET),
+        dialog=dataclasses.replace(config.dialog, store=store))
 
 
-def start_service(workers: int) -> Service:
-    """`serve` in this process (the Ray driver) on a fresh port block; `stop_service` ends it."""
+def start_service(workers: int, store: str = "") -> Service:
+    """`serve` in this process (the Ray driver) on a fresh port block, with `store` as its
+    `[dialog] store`; `stop_service` ends it."""
     from switchboard.cluster.ray_runtime import serve
 
     runner = InProcessService()
     base = free_port_block(workers)
     try:
-        sb = runner.run(serve(service_config(base, free_port("tcp"), workers)), timeout=120)
+        sb = runner.run(serve(service_config(base, free_port("tcp"), workers, store)),
+                        timeout=120)
     except BaseException:
         runner.close()
         kill_controller()

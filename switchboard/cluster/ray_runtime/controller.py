@@ -33,6 +33,7 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -124,6 +125,9 @@ class Controller(CallOperations):
         # workers forward here).
         self._python_sinks = PythonSinks()
         self._forwarded: frozenset[str] = frozenset()
+        # What the workers sent here, by kind ("events", "links", "snapshots"): a read-out
+        # of what the control plane carries.
+        self.received: collections.Counter[str] = collections.Counter()
         # `RemoteDialogs` calls waiting for their target worker (one call in flight each).
         self._remote_out: dict[int, list[tuple[str, Any]]] = {}
         self._remote_sending: set[int] = set()
@@ -265,13 +269,15 @@ class Controller(CallOperations):
     # -- driver and workers ------------------------------------------------------------------
 
     async def ready(self) -> bytes:
-        """Wait until started: `{"workers": [...], "started_at": t}` or `{"error": {...}}`."""
+        """Wait until started: `{"workers": [...], "started_at": t, "pid": controller's
+        process}` or `{"error": {...}}`."""
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         await asyncio.shield(self._starting)
         if self._error is not None:
             return _pack({"error": self._error})
-        return _pack({"workers": self.info, "started_at": self.started_wall})
+        return _pack({"workers": self.info, "started_at": self.started_wall,
+                      "pid": os.getpid()})
 
     def service_spec(self) -> bytes:
         """The service spec it was started with (`ServiceSpec.pack`)."""
@@ -292,13 +298,18 @@ class Controller(CallOperations):
         """What a worker sends here, in the order it made it (msgpack list of [event,
         params] / [LINK | ANSWER, args] / [SNAPSHOTS, ...]): the events of its calls this
         controller follows or its Python subscribers want, not every event."""
+        received = self.received
+        received["batches"] += 1
         for kind, payload in _unpack(batch):
             if kind in (LINK, ANSWER):
+                received["links"] += 1
                 self._route(index, kind, payload)
                 continue
             if kind == SNAPSHOTS:
+                received["snapshots"] += len(payload[1])
                 self._keep_snapshots(index, payload)
                 continue
+            received["events"] += 1
             if kind == E_DLG_STATE_CHANGED:
                 callid = payload.get("callid")
                 if payload.get("new_state") == DialogState.DELETED:
@@ -338,6 +349,11 @@ class Controller(CallOperations):
         (msgpack list of [msgpack snapshot, wall time sent])."""
         return _pack([[snapshot, taken]
                       for _, snapshot, taken in self.replicas.get(index, {}).values()])
+
+    def plane_statistics(self) -> dict[str, int]:
+        """What the workers sent the controller so far: batches, and in them events, links
+        and dialog snapshots (for tests and tools: none of it should grow per call)."""
+        return {k: self.received[k] for k in ("batches", "events", "links", "snapshots")}
 
     def replicated(self, index: int) -> list[dict[str, Any]]:
         """The snapshots kept of worker `index`'s dialogs, decoded (`Dialog.snapshot`

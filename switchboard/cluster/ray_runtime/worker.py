@@ -49,6 +49,7 @@ from typing import Any, Final
 
 import ray
 
+from ... import BUILD
 from ...actors.eventbus import EventBus, webhook_settings
 from ...actors.worker import Worker
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED
@@ -297,6 +298,7 @@ class WorkerActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": node_ip(),
             "pid": os.getpid(),
+            "build": BUILD,
             "listeners": [[a.transport, a.host, a.port] for a in worker.endpoints],
         })
 
