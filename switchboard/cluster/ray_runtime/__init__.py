@@ -2,18 +2,20 @@
 
 `serve(config)` starts Ray (or joins the cluster at `runtime.ray_address`) and creates the
 `Controller` actor ("controller" in namespace "switchboard", detached, restarted by Ray), which
-places the `WorkerActor`s. Each worker runs the local runtime's worker on its own sockets
-and owns the dialogs whose INVITE it received; the controller is the control plane and the
-Python API; the driver (the process that called `serve`) serves the MI (docs/ray.md).
+places the `WorkerActor`s (named, detached). Each worker runs the local runtime's worker on
+its own sockets, owns the dialogs whose INVITE it received and sends its events to their
+sinks itself; the controller is the control plane (nothing per call) and the Python API; the
+driver (the process that called `serve`) serves the MI (docs/ray.md).
 
 One role a module:
 - `codec`: what the actors send each other, as msgpack (the service spec, start errors, call
   operations, the kinds of a worker's batch items);
 - `context`: what every actor asks Ray about itself, and the bounds on calls between actors;
-- `worker`: the worker actor (SIP sockets, proxy core, dialogs and their snapshots);
+- `worker`: the worker actor (SIP sockets, proxy core, dialogs and their snapshots or its
+  dialog store, its event sinks);
 - `sinks`: Python subscribers (actor handles, callables) of the events;
-- `controller`: the controller actor (directory, routing, calls linked across workers,
-  fan-out, event bus, snapshots kept for restarted workers);
+- `controller`: the controller actor (subscriptions, routing, calls linked across workers,
+  fan-out, Python subscribers, snapshots kept for restarted workers without a store);
 - `driver`: `serve` and what it returns (`ControlApi` over the controller, the MI).
 
 Only this package imports `ray` (DESIGN.md §2).
