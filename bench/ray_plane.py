@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,6 +80,7 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
         start = _cpu_by_pid(pids)
         time.sleep(idle)
         before = _cpu_by_pid(pids)
+        started = time.monotonic()
         calls = rate * seconds
         uac = SippProcess(f"uac-{rate}", uac_command(
             binary, uas=(HOST, uas_port), proxy=system.address, local_port=free_port("udp"),
@@ -89,6 +89,7 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
         uac.wait(seconds * 3 + 60)
         time.sleep(1.0)  # what is written or sent behind the calls
         after = _cpu_by_pid(pids)
+        elapsed = time.monotonic() - started
         stats = stats_of(workdir / f"uac-{rate}.csv")
     finally:
         uas.stop()
@@ -96,17 +97,20 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
     failed = stat_int(stats, "FailedCall(C)")
     per_call: dict[str, float] = {}
     idle_per_s: dict[str, float] = {}
+    net: dict[str, float] = {}
     for pid in pids:
         name = categorize(pid)
         used = after.get(pid, 0.0) - before.get(pid, 0.0)
         per_call[name] = per_call.get(name, 0.0) + used * 1000 / max(done, 1)
-        background = before.get(pid, 0.0) - start.get(pid, 0.0)
-        idle_per_s[name] = idle_per_s.get(name, 0.0) + background * 1000 / idle
-    total = sum(per_call.values())
-    return {"rate": rate, "calls": done, "failed": failed,
+        background = (before.get(pid, 0.0) - start.get(pid, 0.0)) / idle
+        idle_per_s[name] = idle_per_s.get(name, 0.0) + background * 1000
+        # Beyond what the process does idle over the same time: the work the calls made.
+        net[name] = net.get(name, 0.0) + (used - background * elapsed) * 1000 / max(done, 1)
+    return {"rate": rate, "calls": done, "failed": failed, "seconds": round(elapsed, 2),
             "cpu_ms_per_call": {k: round(v, 4) for k, v in sorted(per_call.items())},
-            "total_ms_per_call": round(total, 4),
-            "idle_cpu_ms_per_s": {k: round(v, 2) for k, v in sorted(idle_per_s.items())}}
+            "total_ms_per_call": round(sum(per_call.values()), 4),
+            "idle_cpu_ms_per_s": {k: round(v, 2) for k, v in sorted(idle_per_s.items())},
+            "net_cpu_ms_per_call": {k: round(v, 4) for k, v in sorted(net.items())}}
 
 
 def run_local(rates: list[int], seconds: int, idle: float, workdir: Path) -> list[dict[str, Any]]:
@@ -160,15 +164,19 @@ def run_ray(rates: list[int], seconds: int, idle: float, workdir: Path, workers:
 
 
 def _print(title: str, results: list[dict[str, Any]]) -> None:
-    print(f"\n{title}")
     names = sorted({k for r in results for k in r["cpu_ms_per_call"]})
-    print(f"{'calls/s':>8} {'calls':>6} {'failed':>6} {'total':>8}  " +
-          "  ".join(f"{n:>14}" for n in names))
-    for r in results:
-        print(f"{r['rate']:>8} {r['calls']:>6} {r['failed']:>6} {r['total_ms_per_call']:>8.3f}  "
-              + "  ".join(f"{r['cpu_ms_per_call'].get(n, 0.0):>14.4f}" for n in names))
-    print("idle CPU ms per second: " + ", ".join(
-        f"{k} {v:.1f}" for k, v in results[0]["idle_cpu_ms_per_s"].items()))
+    for key, what in (("cpu_ms_per_call", "CPU ms per call"),
+                      ("net_cpu_ms_per_call", "CPU ms per call beyond the idle rate")):
+        print(f"\n{title}: {what}")
+        print(f"{'calls/s':>8} {'calls':>6} {'failed':>6} {'total':>8}  " +
+              "  ".join(f"{n:>14}" for n in names))
+        for r in results:
+            print(f"{r['rate']:>8} {r['calls']:>6} {r['failed']:>6} "
+                  f"{sum(r[key].values()):>8.3f}  "
+                  + "  ".join(f"{r[key].get(n, 0.0):>14.4f}" for n in names))
+    print("idle CPU ms per second (before each run): " + "; ".join(
+        ", ".join(f"{k} {v:.1f}" for k, v in r["idle_cpu_ms_per_s"].items())
+        for r in results))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,23 +191,25 @@ def main(argv: list[str] | None = None) -> None:
                         "(redis://127.0.0.1:PORT/0: a Redis you started)")
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results there too")
+    parser.add_argument("--keep", type=Path,
+                        help="keep SIPp's and switchboard's files in this directory")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     out: dict[str, Any] = {"cpus": os.cpu_count(), "seconds": args.seconds}
     with tempfile.TemporaryDirectory(prefix="bench-ray-plane-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.keep or Path(tmp)
         if not args.skip_local:
             out["local"] = run_local(rates, args.seconds, args.idle, workdir)
-            _print("local runtime (CPU ms per call)", out["local"])
+            _print("local runtime", out["local"])
         out["ray"], out["ray_workers"] = run_ray(rates, args.seconds, args.idle, workdir,
                                                  args.workers, args.store)
         for w in out["ray_workers"]:
             print(f"ray worker {w['index']} (pid {w['pid']}): switchboard.BUILD = {w['build']!r}")
         store = f", store {args.store}" if args.store else ""
-        _print(f"ray runtime, {args.workers} worker(s){store} (CPU ms per call)", out["ray"])
+        _print(f"ray runtime, {args.workers} worker(s){store}", out["ray"])
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
