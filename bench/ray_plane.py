@@ -57,6 +57,25 @@ def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
     return {pid: proc.cpu_seconds([pid]) for pid in pids}
 
 
+def _cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of `pid`, by thread name (threads of one name summed)."""
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        _, utime, stime = proc.parse_stat(text)
+        out[name] = out.get(name, 0.0) + (utime + stime) / proc.CLOCK_TICKS
+    return out
+
+
 def _session_pids(system: Switchboard, ray_session: bool) -> list[int]:
     """The system's processes; for Ray, every process of this bench's tree but SIPp and the
     bench itself (Ray's are children of this process, the actors children of the raylet)."""
@@ -80,6 +99,7 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
         start = _cpu_by_pid(pids)
         time.sleep(idle)
         before = _cpu_by_pid(pids)
+        threads_before = {pid: _cpu_by_thread(pid) for pid in pids}
         started = time.monotonic()
         calls = rate * seconds
         uac = SippProcess(f"uac-{rate}", uac_command(
@@ -89,6 +109,7 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
         uac.wait(seconds * 3 + 60)
         time.sleep(1.0)  # what is written or sent behind the calls
         after = _cpu_by_pid(pids)
+        threads_after = {pid: _cpu_by_thread(pid) for pid in pids}
         elapsed = time.monotonic() - started
         stats = stats_of(workdir / f"uac-{rate}.csv")
     finally:
@@ -106,7 +127,19 @@ def measure(system: Switchboard, *, rate: int, seconds: int, idle: float, workdi
         idle_per_s[name] = idle_per_s.get(name, 0.0) + background * 1000
         # Beyond what the process does idle over the same time: the work the calls made.
         net[name] = net.get(name, 0.0) + (used - background * elapsed) * 1000 / max(done, 1)
+    # Where a switchboard process's CPU went, thread by thread (the SIP work runs in the
+    # event loop's thread; Ray's own threads beside it).
+    threads: dict[str, dict[str, float]] = {}
+    for pid in pids:
+        name = categorize(pid)
+        if not (name.startswith(("worker", "controller", "switchboard"))):
+            continue
+        for thread, seconds in threads_after[pid].items():
+            used = seconds - threads_before[pid].get(thread, 0.0)
+            if used > 0:
+                threads.setdefault(name, {})[thread] = round(used * 1000 / max(done, 1), 4)
     return {"rate": rate, "calls": done, "failed": failed, "seconds": round(elapsed, 2),
+            "threads_ms_per_call": threads,
             "cpu_ms_per_call": {k: round(v, 4) for k, v in sorted(per_call.items())},
             "total_ms_per_call": round(sum(per_call.values()), 4),
             "idle_cpu_ms_per_s": {k: round(v, 2) for k, v in sorted(idle_per_s.items())},
@@ -174,6 +207,11 @@ def _print(title: str, results: list[dict[str, Any]]) -> None:
             print(f"{r['rate']:>8} {r['calls']:>6} {r['failed']:>6} "
                   f"{sum(r[key].values()):>8.3f}  "
                   + "  ".join(f"{r[key].get(n, 0.0):>14.4f}" for n in names))
+    for r in results:
+        print(f"{r['rate']} calls/s, by thread (ms per call): " + "; ".join(
+            f"{process}: " + ", ".join(f"{t} {v:.4f}" for t, v in sorted(
+                threads.items(), key=lambda kv: -kv[1]))
+            for process, threads in sorted(r["threads_ms_per_call"].items())))
     print("idle CPU ms per second (before each run): " + "; ".join(
         ", ".join(f"{k} {v:.1f}" for k, v in r["idle_cpu_ms_per_s"].items())
         for r in results))
