@@ -4,6 +4,7 @@ redis-server: every worker keeps its confirmed dialogs in Redis under its own ke
 
 - A worker killed under a held SIPp call comes back with the call from Redis: listed with
   the same id, held and ended from the MI.
+- Two workers' scopes in one Redis (or beside one SQLite path) keep their dialogs apart.
 - Redis killed under the Ray runtime: the worker goes on in memory only (calls still
   complete, `store:available` 0), and once Redis is back (empty) it writes every confirmed
   dialog again; the held call is then held and ended from the MI.
@@ -21,6 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from switchboard.store import StoreBatch, open_store
 from tests.cluster.ray_service import Service, import_ray, start_service, stop_service
 from tests.support.events import collecting
 from tests.support.ports import HOST, free_port
@@ -33,6 +35,7 @@ from tests.support.sipp import (
     wait_caller_first,
     wait_clean,
 )
+from tests.unit.kit.store import snap
 
 ray = import_ray()
 
@@ -191,3 +194,24 @@ def test_redis_down_memory_only_then_caught_up(
     assert_clean(*wait_caller_first(a, b))
     _until("the ended call gone from redis",
            lambda: held["ID"] not in _stored_ids(redis_server, 0))
+
+
+def test_each_scope_keeps_its_own_dialogs(redis_server: RedisServer, tmp_path: Path) -> None:
+    """What every worker opens (`open_store(url, "w<i>")`): the same dialog id in two scopes
+    is two dialogs; a scope reads back its own only; the unscoped store (the local
+    runtime's) sees neither. A sqlite store's scope is a file beside PATH."""
+    for url in (redis_server.url, f"sqlite:{tmp_path / 'dialogs.db'}"):
+        stores = {scope: open_store(url, scope) for scope in ("w0", "w1", "")}
+        try:
+            stores["w0"].write(StoreBatch(put=[(snap("0.1"), 1.0, None)]))
+            stores["w1"].write(StoreBatch(put=[(snap("0.1"), 2.0, None),
+                                               (snap("1.2"), 2.0, None)]))
+            assert [s.taken for s in stores["w0"].load()] == [1.0]
+            assert sorted(s.snapshot["id"] for s in stores["w1"].load()) == ["0.1", "1.2"]
+            assert stores[""].load() == []
+            stores["w1"].write(StoreBatch(replace=True))
+            assert [s.snapshot["id"] for s in stores["w0"].load()] == ["0.1"]
+        finally:
+            for store in stores.values():
+                store.close()
+    assert (tmp_path / "dialogs.db.w1").is_file()
