@@ -151,11 +151,14 @@ async def build_worker(
     *,
     sockets: Sequence[ListenSocket] | None = None,
     worker_id: int = 0,
+    reuse_port: bool = False,
 ) -> BuiltWorker:
     """Bind `sockets` (default: the configured ones) in the running loop and start a worker
     on them, its events going to `publish` (counted by `CallMetrics` on the way), with HEP
-    capture when a collector is configured. Raises OSError when a socket cannot be bound,
-    ScriptError for a routing script that does not load; nothing stays open then."""
+    capture when a collector is configured; `reuse_port` binds the UDP and TCP sockets so
+    that the other workers of the node can bind the same addresses. Raises OSError when a
+    socket cannot be bound, ScriptError for a routing script that does not load; nothing
+    stays open then."""
     endpoints: list[UdpEndpoint | TcpEndpoint | WsEndpoint] = []
     worker_box: list[Worker] = []
     hep: HepMirror | None = None
@@ -177,7 +180,8 @@ async def build_worker(
             tls = tls_contexts(config)
         flows = Flows()
         for sock in wanted:
-            endpoints.append(await bind_listener(config, sock, receiver, tls, flows))
+            endpoints.append(await bind_listener(config, sock, receiver, tls, flows,
+                                                 reuse_port=reuse_port))
         proxy = Proxy(
             proxy_config(config, tuple(e.local for e in endpoints), worker_id),
             _token,
@@ -230,13 +234,13 @@ def tls_contexts(config: Config) -> TlsContexts:
 
 
 async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
-                        tls: TlsContexts | None, flows: Flows
+                        tls: TlsContexts | None, flows: Flows, *, reuse_port: bool = False
                         ) -> UdpEndpoint | TcpEndpoint | WsEndpoint:
     """Bind one SIP listener. The WebSocket ones of a worker share `flows` (the table that
     finds a WebSocket client's connection by its name)."""
     limits = config.limits
     if sock.transport == "udp":
-        return await UdpEndpoint.bind(sock.host, sock.port, receiver)
+        return await UdpEndpoint.bind(sock.host, sock.port, receiver, reuse_port=reuse_port)
     if sock.transport in ("ws", "wss"):
         ws = config.websocket
         return await WsEndpoint.bind(
@@ -253,7 +257,7 @@ async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
                    "handshake_timeout": float(config.tls.handshake_timeout)}
     return await TcpEndpoint.bind(
         sock.host, sock.port, receiver, max_per_source=limits.tcp_connections_per_source,
-        idle_timeout=float(limits.tcp_idle_timeout), **options)
+        idle_timeout=float(limits.tcp_idle_timeout), reuse_port=reuse_port, **options)
 
 
 class LocalSwitchboard(CallOperations):

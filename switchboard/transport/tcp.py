@@ -173,8 +173,11 @@ class TcpEndpoint:
         self._sweeper = self.loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
 
     @classmethod
-    async def bind(cls, host: str, port: int, receiver: Receiver, **options: Any
-                   ) -> TcpEndpoint:
+    async def bind(cls, host: str, port: int, receiver: Receiver, *, reuse_port: bool = False,
+                   **options: Any) -> TcpEndpoint:
+        """With `reuse_port`, every worker of a node listens on the same address
+        (SO_REUSEPORT): the kernel spreads new connections over them, and a connection
+        lives in the worker that accepted it."""
         transport = "tls" if options.get("server_ssl") is not None else "tcp"
         endpoint = cls(Address(transport, host, port), receiver, **options)
         loop = asyncio.get_running_loop()
@@ -183,7 +186,8 @@ class TcpEndpoint:
             tls = {"ssl": endpoint.server_ssl,
                    "ssl_handshake_timeout": endpoint.handshake_timeout}
         endpoint._server = await loop.create_server(
-            lambda: _Connection(endpoint, None), host, port, reuse_address=True, **tls
+            lambda: _Connection(endpoint, None), host, port, reuse_address=True,
+            reuse_port=reuse_port or None, **tls
         )
         bound = endpoint._server.sockets[0].getsockname()
         endpoint.local = Address(transport, host, bound[1])

@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -43,6 +44,7 @@ from ...readout import pack as _pack
 from ...readout import unpack as _unpack
 from ...sip.operations import Refused
 from ..local import BuiltWorker, build_worker
+from ..shared_port import SharedPort
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error, unpack_operation
 from .context import CALL_TIMEOUT, MAX_PENDING_EVENTS, await_ref, node_ip, restarted
 
@@ -87,6 +89,7 @@ class WorkerActor:
         self.restarted = restarted()
         self.rebind = rebind or self.restarted
         self.built: BuiltWorker | None = None
+        self.shared: SharedPort | None = None
         self.dropped = 0
         self._outbox: list[tuple[str, Any]] = []
         self._sending = False
@@ -118,6 +121,8 @@ class WorkerActor:
             restored = self._restore(worker, stored)  # no await before: nothing served yet
             log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs restored",
                         self.index, restored, len(stored))
+        if self.shared is not None:
+            self.shared.start()
         self._replicator = loop.create_task(self._replicate(worker))
         if self.restarted:
             with contextlib.suppress(Exception):
@@ -184,18 +189,41 @@ class WorkerActor:
         })
 
     async def _bind(self) -> Worker:
-        sockets = self.spec.sockets(self.index)
+        shared = await self._open_shared_port()
+        sockets = self.spec.sockets(0 if shared is not None else self.index)
         if any(s.host in ("0.0.0.0", "::") for s in sockets):
             # Via and Record-Route need an address peers can reach: this node's.
             host = node_ip()
             sockets = [dataclasses.replace(s, host=host) if s.host in ("0.0.0.0", "::")
                        else s for s in sockets]
         built = await build_worker(self.spec.config, self._publish, sockets=sockets,
-                                   worker_id=self.index)
+                                   worker_id=self.index, reuse_port=shared is not None)
+        if shared is not None:
+            shared.attach(built.worker)  # no await since the bind: nothing left unmarked
         built.worker.callops.remote = _ToController(self._send)
         built.worker.proxy.track_changes()
         self.built = built
         return built.worker
+
+    # -- one address for every worker of the node (docs/ray.md) -----------------------------
+
+    async def _open_shared_port(self) -> SharedPort | None:
+        """This worker's end of the node's hand-off channel when the workers share the
+        listen addresses (`[runtime] shared_port`, fixed ports); None for a port each."""
+        config = self.spec.config
+        if not config.runtime.shared_port or any(
+                s.port == 0 for s in config.listen.sockets):
+            return None
+        if self.shared is None:
+            context = ray.get_runtime_context()
+            # One directory per serving session (its job) and node: the workers that
+            # share one node's sockets.
+            directory = os.path.join(
+                tempfile.gettempdir(),
+                f"switchboard-{context.get_job_id()}-{context.get_node_id()[:12]}")
+            match = config.callops.match_param if config.callops.mode == "param" else ""
+            self.shared = await SharedPort.open(directory, self.index, match)
+        return self.shared
 
     # -- events and remote dialog calls toward the controller ------------------------------
 
@@ -297,6 +325,8 @@ class WorkerActor:
         assert self.built is not None
         stats = self.built.statistics()
         stats["evi:dropped_events"] = self.dropped
+        if self.shared is not None:
+            stats.update(self.shared.statistics())
         return stats
 
     async def statistics(self) -> bytes:
@@ -324,4 +354,7 @@ class WorkerActor:
         if self.built is not None:
             self.built.close()
             self.built = None
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
 

@@ -1,0 +1,127 @@
+"""One worker of a node whose workers share one address: its end of the hand-off channel,
+who owns what, and the hook in its receive path.
+
+Every worker binds the node's listen addresses with SO_REUSEPORT, so each can send from
+them (a UA behind NAT accepts messages only from the address it sent to). The kernel gives
+a UDP datagram to one of those sockets by its source; the worker that gets it asks
+`Ownership` whose it is and, when it is another worker's, hands the bytes over
+(`transport/handoff.py`); the owner runs it through its core as if it had received it and
+answers from the shared address. Each worker marks its Record-Route and Via branches
+(`Addressing.worker_mark`) so that later messages name it.
+
+A stream connection (TCP, TLS) lives in the worker that accepted it, and its messages are
+handled there; the worker's own marks are still written, so UDP messages of the same
+dialogs find it.
+
+The node's workers are the sockets in the channel's directory, looked at again every
+`MEMBERS_INTERVAL`: a worker that restarts keeps its place (its socket file stays), one that
+is added or removed changes the Call-ID hash of new transactions only.
+
+Knows nothing of Ray: the runtime gives it the directory and the worker's number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from ..actors.worker import Worker
+from ..sip.wire import Address
+from ..transport.handoff import HandoffChannel
+from .owner import Ownership
+
+log = logging.getLogger(__name__)
+
+MEMBERS_INTERVAL: Final = 1.0  # seconds between two looks at the node's workers
+EARLY_LIMIT: Final = 1024  # messages handed over before the worker is ready, kept for it
+
+
+class SharedPort:
+    """Open with `open` (before the worker's sockets are bound, so peers find it), then
+    `attach` the worker once built, then `start` once it may serve (after a restart: once
+    its dialogs are restored)."""
+
+    def __init__(self, me: int, channel: HandoffChannel, ownership: Ownership) -> None:
+        self.me = me
+        self.channel = channel
+        self.ownership = ownership
+        self.worker: Worker | None = None
+        self._early: list[tuple[bytes, Address, Address]] | None = []
+        self._refresher: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def open(cls, directory: str, me: int, match_param: str) -> SharedPort:
+        """`match_param`: the transfer's Request-URI parameter that names a dialog id
+        (`[callops] match_param` in param mode), "" when transfers do not name one."""
+        box: list[SharedPort] = []
+
+        def deliver(data: bytes, source: Address, local: Address) -> None:
+            box[0].deliver(data, source, local)
+
+        channel = await HandoffChannel.open(directory, me, deliver)
+        shared = cls(me, channel, Ownership(channel.members(), match_param))
+        box.append(shared)
+        return shared
+
+    def attach(self, worker: Worker) -> None:
+        """Mark what `worker` writes and route what it receives; call with no await since
+        its sockets were bound, so that nothing leaves unmarked."""
+        self.worker = worker
+        worker.proxy.addressing.worker_mark = f"{self.me:x}"
+        worker.router = self.route
+        self.refresh()
+
+    def start(self) -> None:
+        """Serve what was handed over meanwhile, and keep the node's workers up to date."""
+        worker = self.worker
+        assert worker is not None
+        early, self._early = self._early, None
+        for data, source, local in early or ():
+            worker.receive_handed(data, source, local)
+        self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL, self._tick)
+
+    def refresh(self) -> None:
+        members = self.channel.members()
+        if tuple(members) != self.ownership.members:
+            log.info("worker %d: the workers sharing its address are %s", self.me, members)
+            self.ownership.update(members)
+
+    def _tick(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL,
+                                                                    self._tick)
+
+    # -- the receive path -----------------------------------------------------------------
+
+    def route(self, data: bytes, source: Address, local: Address) -> bool:
+        """Hand `data` to the worker that owns it; False when that is this one, when no
+        worker of the node can be named, or when the owner cannot be reached: the caller
+        handles it then."""
+        if local.transport != "udp":
+            return False  # a connection's messages stay with the worker that has it
+        owner = self.ownership.owner(data)
+        if owner is None or owner == self.me:
+            return False
+        return self.channel.send(owner, data, source, local)
+
+    def deliver(self, data: bytes, source: Address, local: Address) -> None:
+        worker = self.worker
+        if self._early is not None or worker is None:
+            if self._early is not None and len(self._early) < EARLY_LIMIT:
+                self._early.append((data, source, local))
+            return
+        worker.receive_handed(data, source, local)
+
+    def statistics(self) -> dict[str, int]:
+        return self.channel.statistics()
+
+    def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if self.worker is not None:
+            self.worker.router = None
+        self.channel.close()
