@@ -13,9 +13,10 @@ A stream connection (TCP, TLS) lives in the worker that accepted it, and its mes
 handled there; the worker's own marks are still written, so UDP messages of the same
 dialogs find it.
 
-The node's workers are the sockets in the channel's directory, looked at again every
-`MEMBERS_INTERVAL`: a worker that restarts keeps its place (its socket file stays), one that
-is added or removed changes the Call-ID hash of new transactions only.
+The node's workers are the sockets in the channel's directory, looked at again when a worker
+joins (it says so over the channel) and every `MEMBERS_INTERVAL`: a worker that restarts
+keeps its place (its socket file stays), one that is added or removed changes the Call-ID
+hash of new transactions only.
 
 Knows nothing of Ray: the runtime gives it the directory and the worker's number.
 """
@@ -59,7 +60,11 @@ class SharedPort:
         def deliver(data: bytes, source: Address, local: Address) -> None:
             box[0].deliver(data, source, local)
 
-        channel = await HandoffChannel.open(directory, me, deliver)
+        def joined() -> None:
+            if box:
+                box[0].refresh()
+
+        channel = await HandoffChannel.open(directory, me, deliver, joined)
         shared = cls(me, channel, Ownership(channel.members(), match_param))
         box.append(shared)
         return shared

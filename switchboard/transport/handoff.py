@@ -10,7 +10,10 @@ A frame is an envelope: its kind, the message's source and the local address it 
 then the message. Kind `HANDED` is a message handed to its owner: the owner delivers it to
 its core itself, as if it had received it, and never hands it on. Whatever the workers
 believe about each other, a message crosses the channel at most once: no loop between
-workers is possible.
+workers is possible. Kind `JOINED` (no message) is what a worker that starts listening
+tells the workers already there, so that they count it at once: a worker binds its socket
+before it looks for the others, so of two that start together the later one sees the
+earlier and tells it.
 
 Knows addresses and bytes, not SIP (`cluster/owner.py` says who owns what).
 """
@@ -25,6 +28,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from ..sip.wire import Address
@@ -33,6 +37,8 @@ from .base import Receiver
 log = logging.getLogger(__name__)
 
 HANDED: Final = 1  # a message handed to the worker that owns it: delivered, never routed
+JOINED: Final = 2  # a worker that just started listening: look at the node's workers again
+_NOWHERE: Final = Address("udp", "", 0)
 # Frame: length of the rest, kind, source port, local port, then the lengths of the
 # transport name and of the two hosts; then those texts and the message.
 _HEADER: Final = struct.Struct("!IBHHBBB")
@@ -151,11 +157,13 @@ class HandoffChannel:
     """One worker's end of the channel: `send` hands a message to another worker, and
     messages handed to this one go to `deliver` (the worker's core, not its router)."""
 
-    def __init__(self, directory: str, me: int, deliver: Receiver) -> None:
+    def __init__(self, directory: str, me: int, deliver: Receiver,
+                 joined: Callable[[], None] | None = None) -> None:
         self.directory = directory
         self.me = me
         self.path = socket_path(directory, me)
         self.deliver = deliver
+        self.joined = joined
         self.loop = asyncio.get_running_loop()
         self.outbound: dict[int, _Outbound] = {}
         self.sent = 0  # messages handed to another worker
@@ -165,15 +173,22 @@ class HandoffChannel:
         self._server: asyncio.AbstractServer | None = None
 
     @classmethod
-    async def open(cls, directory: str, me: int, deliver: Receiver) -> HandoffChannel:
-        """Listen at this worker's path in `directory` (made if missing, for this user only);
-        a socket file left by a process this worker replaces is removed first."""
+    async def open(cls, directory: str, me: int, deliver: Receiver,
+                   joined: Callable[[], None] | None = None) -> HandoffChannel:
+        """Listen at this worker's path in `directory` (made if missing, for this user only)
+        and tell the workers already there; a socket file left by a process this worker
+        replaces is removed first. `joined` is called when another worker joins."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        channel = cls(directory, me, deliver)
+        channel = cls(directory, me, deliver, joined)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(channel.path)
         channel._server = await channel.loop.create_unix_server(
             lambda: _Inbound(channel), channel.path)
+        for worker in channel.members():
+            if worker != me:
+                conn = channel.outbound.get(worker) or channel._connect(worker)
+                if conn is not None:
+                    conn.write(encode(JOINED, b"", _NOWHERE, _NOWHERE))
         return channel
 
     def members(self) -> list[int]:
@@ -220,6 +235,10 @@ class HandoffChannel:
             kind, data, source, local = decode(frame)
         except (struct.error, UnicodeDecodeError) as exc:
             log.warning("worker %d: a bad handoff frame dropped: %s", self.me, exc)
+            return
+        if kind == JOINED:
+            if self.joined is not None:
+                self.joined()
             return
         if kind != HANDED:
             log.warning("worker %d: a handoff frame of unknown kind %d dropped", self.me, kind)

@@ -6,7 +6,8 @@
 - `import_ray()`: the ray module, or a failure when it is not installed;
 - `kill_controller()`: remove a detached controller left behind by a failed test;
 - `Service` / `start_service(workers)`: a running `serve` with N workers on ports base + i and
-  the MI (the `service` fixture of conftest.py).
+  the MI (the `service` fixture of conftest.py); `start_service(workers, shared_port=True)`:
+  every worker on the base port (docs/ray.md "One address for every worker").
 """
 
 from __future__ import annotations
@@ -72,14 +73,16 @@ class InProcessService:
 
 @dataclass
 class Service:
-    """A switchboard on Ray run by this process: worker i listens on base + i (UDP and TCP)."""
+    """A switchboard on Ray run by this process: worker i listens on base + i (UDP and TCP),
+    or every worker on base when they share the port."""
 
     sb: Any  # switchboard.cluster.ray_runtime.RaySwitchboard (importing it needs ray)
     runner: InProcessService
     base: int
+    shared_port: bool = False
 
     def port(self, worker: int) -> int:
-        return self.base + worker
+        return self.base if self.shared_port else self.base + worker
 
     def mi(self, method: str, **params: Any) -> Any:
         """Call the MI over HTTP, as `switchboard mi` does; the result (MIClientError on an
@@ -92,7 +95,7 @@ class Service:
 WEBHOOK_SECRET = "ray-webhook-secret"
 
 
-def service_config(base: int, mi_port: int, workers: int) -> Config:
+def service_config(base: int, mi_port: int, workers: int, shared_port: bool = False) -> Config:
     config = apply_overrides(
         Config(),
         listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
@@ -101,22 +104,25 @@ def service_config(base: int, mi_port: int, workers: int) -> Config:
         workers=workers,
     )
     return dataclasses.replace(
-        config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET))
+        config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET),
+        runtime=dataclasses.replace(config.runtime, shared_port=shared_port))
 
 
-def start_service(workers: int) -> Service:
-    """`serve` in this process (the Ray driver) on a fresh port block; `stop_service` ends it."""
+def start_service(workers: int, shared_port: bool = False) -> Service:
+    """`serve` in this process (the Ray driver) on a fresh port block (one port when the
+    workers share it); `stop_service` ends it."""
     from switchboard.cluster.ray_runtime import serve
 
     runner = InProcessService()
-    base = free_port_block(workers)
+    base = free_port_block(1 if shared_port else workers)
     try:
-        sb = runner.run(serve(service_config(base, free_port("tcp"), workers)), timeout=120)
+        sb = runner.run(serve(service_config(base, free_port("tcp"), workers, shared_port)),
+                        timeout=120)
     except BaseException:
         runner.close()
         kill_controller()
         raise
-    return Service(sb, runner, base)
+    return Service(sb, runner, base, shared_port)
 
 
 def stop_service(service: Service) -> None:

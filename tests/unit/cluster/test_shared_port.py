@@ -263,3 +263,21 @@ async def test_a_burst_is_handed_over_whole(tmp_path: Path) -> None:
     finally:
         sender.close()
         target.close()
+
+
+async def test_a_worker_that_joins_is_counted_at_once(tmp_path: Path) -> None:
+    """The first worker saw only itself; the second tells it when it starts listening."""
+    first = await SharedPort.open(str(tmp_path), 0, "osid")
+    assert first.ownership.members == (0,)
+    second = await SharedPort.open(str(tmp_path), 1, "osid")
+    try:
+        assert second.ownership.members == (0, 1)
+        for _ in range(100):
+            if first.ownership.members == (0, 1):
+                break
+            await asyncio.sleep(0.01)
+        assert first.ownership.members == (0, 1)
+        assert first.channel.received == 0  # a join is no message
+    finally:
+        second.close()
+        first.close()
