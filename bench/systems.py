@@ -226,17 +226,26 @@ class Switchboard(System):
 class SwitchboardRay(Switchboard):
     """switchboard's Ray runtime with N workers on a private, loopback-only Ray
     (`bench/_ray_serve.py`). Worker i listens on the base port + i; the bench spreads new
-    calls evenly over the workers' ports, one SIPp UAC per port."""
+    calls evenly over the workers' ports, one SIPp UAC per port. With `shared_port` every
+    worker listens on the base port (`[runtime] shared_port`, docs/ray.md) and one SIPp UAC
+    sends every call there."""
 
     start_timeout = 180.0
     warmup_s = 5.0  # Ray is still busy for a few seconds after the workers answer
 
     def __init__(self, workers: int, python: str | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), shared_port: bool = False) -> None:
         super().__init__(python=python, extra_args=extra_args)
         self.workers = workers
-        self.name = f"switchboard-ray-{workers}"
-        self.label = f"switchboard (Ray runtime, {workers} worker{'s' if workers > 1 else ''})"
+        self.shared_port = shared_port
+        plural = "s" if workers > 1 else ""
+        if shared_port:
+            self.name = f"switchboard-ray-{workers}-shared"
+            self.label = f"switchboard (Ray runtime, {workers} worker{plural}, one address)"
+        else:
+            self.name = f"switchboard-ray-{workers}"
+            self.label = f"switchboard (Ray runtime, {workers} worker{plural})"
+        self._config: Path | None = None
 
     def pick_port(self) -> int:
         # The workers' SIP ports and the MI's in one block below the ephemeral range: Ray
@@ -249,13 +258,20 @@ class SwitchboardRay(Switchboard):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         assert self.port is not None
+        if self.shared_port:
+            return [("127.0.0.1", self.port)]
         return [("127.0.0.1", self.port + i) for i in range(self.workers)]
 
     def command(self, port: int) -> list[str]:
         if self.mi_port is None:
             self.mi_port = free_port("tcp")
-        return [self.python, "-m", "bench._ray_serve", "serve", "--runtime", "ray",
-                "--workers", str(self.workers),
+        if self._config is None:
+            handle, name = tempfile.mkstemp(prefix="bench-ray-", suffix=".toml")
+            with os.fdopen(handle, "w") as out:
+                out.write(f"[runtime]\nshared_port = {'true' if self.shared_port else 'false'}\n")
+            self._config = Path(name)
+        return [self.python, "-m", "bench._ray_serve", "serve", "--config", str(self._config),
+                "--runtime", "ray", "--workers", str(self.workers),
                 "--listen", f"udp:127.0.0.1:{port}",
                 "--mi-http", f"127.0.0.1:{self.mi_port}", *self.extra_args]
 
@@ -271,9 +287,12 @@ class SwitchboardRay(Switchboard):
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
+        if self._config is not None:
+            self._config.unlink(missing_ok=True)
+            self._config = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "workers": self.workers,
+        return {**super().describe(), "workers": self.workers, "shared_port": self.shared_port,
                 "ports": [p for _, p in self.addresses] if self.port else []}
 
 
@@ -489,14 +508,16 @@ def make_system(name: str, **options: Any) -> System:
                         ctl=bool(options.get("ctl", False)))
     if name == "switchboard":
         return Switchboard(extra_args=options.get("extra_args", ()))
-    m = re.fullmatch(r"switchboard-ray-(\d+)", name)
+    m = re.fullmatch(r"switchboard-ray-(\d+)(-shared)?", name)
     if m and int(m.group(1)) >= 1:
-        return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()))
+        return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()),
+                              shared_port=m.group(2) is not None)
     raise SystemError_(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
 
 
 def known_system(name: str) -> bool:
-    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*", name) is not None
+    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*(-shared)?",
+                                            name) is not None
 
 
 # --- readiness probe --------------------------------------------------------------------------
