@@ -31,14 +31,18 @@ from typing import Final
 from ..sip.addressing import BRANCH_MARK, WORKER_PARAM
 from ..sip.dialog import worker_of
 
-_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
-# Header lines, searched in the header section only (a message/sipfrag body may hold some).
-_CALL_ID: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-_TOP_VIA: Final = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n,]*)", re.IGNORECASE)
-_ROUTE: Final = re.compile(rb"\nroute[ \t]*:[ \t]*([^\r\n,]*)", re.IGNORECASE)
-_BRANCH: Final = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t]*)", re.IGNORECASE)
+_HEX: Final = frozenset(b"0123456789abcdef")
+_SPACE: Final = (32, 9)
+_COLON: Final = 58
+# Header names as they start a line of the lower-cased header section (compact forms too).
+_VIA: Final = (b"\nvia", b"\nv")
+_ROUTE: Final = (b"\nroute",)
+_CALL_ID: Final = (b"\ncall-id", b"\ni")
+_BRANCH: Final = b"branch"
+_EQUAL: Final = 61
 _ROUTE_MARK: Final = b";" + WORKER_PARAM.encode()
 _BRANCH_MARK: Final = BRANCH_MARK.encode()
+_PARAM_VALUE: Final = re.compile(rb"[^;?>, \t\r\n]*")
 
 
 def _hex_number(text: bytes) -> int | None:
@@ -47,47 +51,75 @@ def _hex_number(text: bytes) -> int | None:
     return int(text, 16)
 
 
-def _header_end(data: bytes) -> int:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return len(data) if end < 0 else end + 1
+def _value_at(head: bytes, names: tuple[bytes, ...]) -> tuple[int, int]:
+    """(start, end) of the value of the first header line of `head` (the header section in
+    lower case) named one of `names`; (-1, -1) when there is none. Whitespace may come
+    before the colon (RFC 3261 §7.3.1)."""
+    first = start = -1
+    size = len(head)
+    for name in names:
+        at = head.find(name)
+        while at >= 0:
+            i = at + len(name)
+            while i < size and head[i] in _SPACE:
+                i += 1
+            if i < size and head[i] == _COLON:
+                if first < 0 or at < first:
+                    first, start = at, i + 1
+                break
+            at = head.find(name, at + 1)
+    if first < 0:
+        return -1, -1
+    stop = head.find(b"\n", start)
+    return start, size if stop < 0 else stop
 
 
-def branch_worker(data: bytes, end: int) -> int | None:
-    """The worker mark at the end of the top Via's branch, None when there is none."""
-    via = _TOP_VIA.search(data, 0, end)
-    if via is None:
-        return None
-    branch = _BRANCH.search(via.group(1))
-    if branch is None:
-        return None
-    value = branch.group(1)
-    at = value.rfind(_BRANCH_MARK)
-    return None if at < 0 else _hex_number(value[at + len(_BRANCH_MARK):])
+def _token(text: bytes) -> bytes:
+    """`text` up to the end of the parameter value it starts with."""
+    found = _PARAM_VALUE.match(text)
+    return found.group() if found is not None else b""
 
 
 def _uri_param(uri: bytes, prefix: bytes) -> bytes | None:
     """The value of the URI parameter `prefix` (`;name=`) in `uri`, up to the next
     parameter, header part or the end of the URI."""
     at = uri.find(prefix)
+    return None if at < 0 else _token(uri[at + len(prefix):])
+
+
+def branch_worker(head: bytes) -> int | None:
+    """The worker mark at the end of the top Via's branch, None when there is none."""
+    start, stop = _value_at(head, _VIA)
+    if start < 0:
+        return None
+    via = head[start:stop]
+    comma = via.find(b",")
+    if comma >= 0:
+        via = via[:comma]
+    at = via.find(_BRANCH)
+    while at >= 0:
+        # The parameter's name, then `=` (whitespace allowed around it, RFC 3261 §25.1).
+        i = at + len(_BRANCH)
+        while i < len(via) and via[i] in _SPACE:
+            i += 1
+        if i < len(via) and via[i] == _EQUAL:
+            break
+        at = via.find(_BRANCH, at + 1)
     if at < 0:
         return None
-    start = at + len(prefix)
-    stop = start
-    while stop < len(uri) and uri[stop] not in b";?>, \t\r\n":
-        stop += 1
-    return uri[start:stop]
+    branch = _token(via[i + 1:].lstrip(b" \t"))
+    mark = branch.rfind(_BRANCH_MARK)
+    return None if mark < 0 else _hex_number(branch[mark + len(_BRANCH_MARK):])
 
 
-def route_worker(data: bytes, ruri: bytes, end: int) -> int | None:
+def route_worker(head: bytes, ruri: bytes) -> int | None:
     """The worker mark of our Record-Route as a request brings it back: in its top Route,
     or in its Request-URI (a strict router puts our URI there)."""
-    route = _ROUTE.search(data, 0, end)
-    if route is not None:
-        value = route.group(1)
-        close = value.find(b">")
-        mark = _uri_param(value if close < 0 else value[:close], _ROUTE_MARK)
+    start, stop = _value_at(head, _ROUTE)
+    if start >= 0:
+        route = head[start:stop]
+        close = route.find(b">")
+        mark = _uri_param(route if close < 0 else route[:close], _ROUTE_MARK)
         if mark is not None:
             return _hex_number(mark)
     mark = _uri_param(ruri, _ROUTE_MARK)
@@ -103,11 +135,6 @@ def transferred_worker(ruri: bytes, match_param: bytes) -> int | None:
         return worker_of(value.decode("ascii"))
     except UnicodeDecodeError:
         return None
-
-
-def call_id_of(data: bytes, end: int) -> bytes | None:
-    found = _CALL_ID.search(data, 0, end)
-    return found.group(1).strip() if found is not None else None
 
 
 def hashed_worker(call_id: bytes, members: Sequence[int]) -> int:
@@ -128,7 +155,7 @@ class Ownership:
 
     def __init__(self, members: Sequence[int], match_param: str = "osid") -> None:
         self.members: tuple[int, ...] = tuple(sorted(set(members)))
-        self._match = f";{match_param}=".encode() if match_param else b""
+        self._match = f";{match_param.lower()}=".encode() if match_param else b""
 
     def update(self, members: Sequence[int]) -> None:
         self.members = tuple(sorted(set(members)))
@@ -137,14 +164,19 @@ class Ownership:
         members = self.members
         if not members:
             return None
-        end = _header_end(data)
-        if data.startswith(b"SIP/"):
-            marked = branch_worker(data, end)
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            end = data.find(b"\n\n")
+        # Header names, URI parameters and our marks compare in lower case; the offsets are
+        # those of `data` (a Call-ID is read from there, as written).
+        head = (data if end < 0 else data[:end + 1]).lower()
+        if head.startswith(b"sip/"):
+            marked = branch_worker(head)
         else:
-            line_end = data.find(b"\n", 0, end)
-            first = data[:line_end if line_end >= 0 else end]
+            line_end = head.find(b"\n")
+            first = head if line_end < 0 else head[:line_end]
             ruri = first[first.find(b" ") + 1:first.rfind(b" ")]
-            marked = route_worker(data, ruri, end)
+            marked = route_worker(head, ruri)
             if marked is None and self._match:
                 # A new request: one whose dialog is not here is routed as any other.
                 transferred = transferred_worker(ruri, self._match)
@@ -152,7 +184,8 @@ class Ownership:
                     return transferred
         if marked is not None:
             return marked if marked in members else None
-        call_id = call_id_of(data, end)
-        if not call_id:
+        start, stop = _value_at(head, _CALL_ID)
+        if start < 0:
             return None
-        return hashed_worker(call_id, members)
+        call_id = data[start:stop].strip()
+        return hashed_worker(call_id, members) if call_id else None

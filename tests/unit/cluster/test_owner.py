@@ -219,3 +219,20 @@ def test_a_cancel_and_the_ack_of_a_failure_meet_their_invite() -> None:
     cancel = sip_request("CANCEL", "sip:bob@127.0.0.1:5062", branch="z9hG4bKa-inv",
                          call_id="fails@alice")
     assert owner(ack, NODE) == owner(cancel, NODE) == owner(inv, NODE)
+
+
+def test_header_names_are_read_in_any_case_and_spacing() -> None:
+    """RFC 3261 §7.3.1: names are case-insensitive, whitespace may precede the colon; the
+    Call-ID's value is case-sensitive and hashed as written."""
+    bye = sip_request("BYE", "sip:bob@127.0.0.1:5062", branch="z9hG4bKa-bye", to_tag="t",
+                      call_id="CaseKept@alice", routes=("<sip:127.0.0.1:5060;lr;WK=3>",))
+    odd = bye.replace(b"\r\nRoute: ", b"\r\nROUTE\t : ")
+    assert owner(bye) == owner(odd) == 3
+    plain = invite(call_id="CaseKept@alice")
+    odd_invite = plain.replace(b"\r\nCall-ID: ", b"\r\nCALL-id :")
+    assert owner(plain) == owner(odd_invite) == by_call_id("CaseKept@alice")
+    response = (b"SIP/2.0 200 OK\r\nv : SIP/2.0/UDP 192.0.2.1:5060;BRANCH=z9hG4bKab.12.w2,"
+                b"SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKx.w3\r\nCall-ID: c@a\r\n\r\n")
+    assert owner(response) == 2
+    spaced = response.replace(b";BRANCH=", b" ; branch = ")
+    assert owner(spaced) == 2
