@@ -6,9 +6,11 @@
 1. Calls: `serve --runtime ray` on a private Ray (`bench/_ray_serve.py`) with 1 worker, then
    with 2 workers behind one address (`[runtime] shared_port`), one SIPp UAC and one UAS (one
    socket each, so the kernel gives a whole party to one worker) at the same rate for the
-   same time (`callrate.run_step`). Per call: the CPU of every process of the session (Ray's
-   GCS, raylet and controller included) and of the worker actors alone; then the ratio of 2
-   workers to 1 (the price of the routing, where the design allows 1.15).
+   same time (`callrate.run_step`); then 2 workers on a port each, one UAC per port (no
+   message changes worker). Per call: the CPU of every process of the session (Ray's GCS,
+   raylet and controller included) and of the worker actors alone; then the ratio of 2
+   workers behind one address to 1 worker (where the design allows 1.15), and to 2 workers
+   on a port each (the routing alone).
 2. The hand-off in isolation, in this process (no SIP core): microseconds per message to
    classify it (`Ownership.owner`: a new INVITE by its Call-ID, a response by its Via, an
    in-dialog request by its Route), and to hand it from one worker's channel to another's
@@ -145,19 +147,24 @@ def handoff_us(count: int, burst: int = 32) -> dict[str, float]:
 
 
 def calls(rate: float, duration: float, workdir: Path, binary: str) -> dict[str, Any]:
-    """One step at `rate` with 1 worker, then with 2 workers behind one address."""
+    """One step at `rate` with 1 worker, with 2 workers behind one address, and with 2
+    workers on a port each (one UAC per port: no message changes worker), which tells the
+    price of a second worker from the price of the routing."""
     out: dict[str, Any] = {}
-    for workers in (1, 2):
-        system = SwitchboardRay(workers, shared_port=True)
+    for workers, shared in ((1, True), (2, True), (2, False)):
+        system = SwitchboardRay(workers, shared_port=shared)
         system.start(workdir / system.name)
         try:
             time.sleep(system.warmup_s)
             step = callrate.run_step(system, rate, duration, workdir / system.name / "step",
                                      sipp_binary=binary)
-            handoff = system.statistics("handoff:")
+            try:
+                handoff = system.statistics("handoff:")
+            except Exception:  # a port each: no hand-off channel, no such statistics
+                handoff = {}
         finally:
             system.stop()
-        out[f"workers_{workers}"] = {
+        out[f"workers_{workers}" + ("" if shared else "_port_each")] = {
             "successful_calls": step.successful_calls, "failed_calls": step.failed_calls,
             "completed_rate": step.completed_rate, "retransmissions": step.retransmissions,
             "clean": step.clean, "reasons": step.reasons,
@@ -167,10 +174,12 @@ def calls(rate: float, duration: float, workdir: Path, binary: str) -> dict[str,
             "host_cpu_busy_pct": step.host_cpu_busy_pct,
             "handoff": handoff,
         }
-    one, two = out["workers_1"], out["workers_2"]
+    one, two, each = out["workers_1"], out["workers_2"], out["workers_2_port_each"]
     for key in ("cpu_ms_per_call_all_processes", "cpu_ms_per_call_workers"):
         if one[key] and two[key]:
             out[f"ratio_{key}"] = round(two[key] / one[key], 3)
+        if each[key] and two[key]:
+            out[f"ratio_to_port_each_{key}"] = round(two[key] / each[key], 3)
     return out
 
 
