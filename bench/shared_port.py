@@ -109,7 +109,7 @@ async def _handoff(count: int, burst: int) -> dict[str, float]:
     done: asyncio.Future[None] = loop.create_future()
     received = -1  # the first message only opens the connection
 
-    def deliver(data: bytes, source: Address, local: Address) -> None:
+    def deliver(kind: int, sender: int, data: bytes, source: Address, local: Address) -> None:
         nonlocal received
         received += 1
         if received == 0:

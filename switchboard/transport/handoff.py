@@ -6,14 +6,21 @@ serving session and node), and keeps one connection to each peer it has handed s
 to. A stream, not datagrams: a Unix datagram socket refuses a sender once a few datagrams
 wait at the receiver (`net.unix.max_dgram_qlen`), a stream only when megabytes do.
 
-A frame is an envelope: its kind, the message's source and the local address it reached,
-then the message. Kind `HANDED` is a message handed to its owner: the owner delivers it to
-its core itself, as if it had received it, and never hands it on. Whatever the workers
-believe about each other, a message crosses the channel at most once: no loop between
-workers is possible. Kind `JOINED` (no message) is what a worker that starts listening
-tells the workers already there, so that they count it at once: a worker binds its socket
-before it looks for the others, so of two that start together the later one sees the
-earlier and tells it.
+A frame is an envelope: its kind, the worker that sent it, the message's source and the
+local address it reached, then the message. The kinds:
+
+- `HANDED`: a datagram handed to its owner, and `HANDED_STREAM`: a message that came over a
+  connection the sending worker holds. The owner gives it to its core itself, as if it had
+  received it, and never hands it on.
+- `SEND`: bytes for the receiving worker to write on its own connection to the address
+  given as the source (the owner answering over the connection a message came in on). The
+  receiving worker writes them or opens a connection itself; it never passes them on.
+- `JOINED` (no message): what a worker that starts listening tells the workers already
+  there, so that they count it at once. A worker binds its socket before it looks for the
+  others, so of two that start together the later one sees the earlier and tells it.
+
+Whatever the workers believe about each other, a message crosses the channel at most once
+(and its answer at most once back): no loop between workers is possible.
 
 Knows addresses and bytes, not SIP (`cluster/owner.py` says who owns what).
 """
@@ -32,16 +39,19 @@ from collections.abc import Callable
 from typing import Final
 
 from ..sip.wire import Address
-from .base import Receiver
 
 log = logging.getLogger(__name__)
 
-HANDED: Final = 1  # a message handed to the worker that owns it: delivered, never routed
+HANDED: Final = 1  # a datagram handed to the worker that owns it: delivered, never routed
 JOINED: Final = 2  # a worker that just started listening: look at the node's workers again
+HANDED_STREAM: Final = 3  # a message of a connection the sender holds, handed to its owner
+SEND: Final = 4  # bytes to write on the receiver's connection to `source`, never passed on
 _NOWHERE: Final = Address("udp", "", 0)
-# Frame: length of the rest, kind, source port, local port, then the lengths of the
-# transport name and of the two hosts; then those texts and the message.
-_HEADER: Final = struct.Struct("!IBHHBBB")
+# Frame: length of the rest, kind, sending worker, source port, local port, then the lengths
+# of the transport name and of the two hosts; then those texts and the message.
+_HEADER: Final = struct.Struct("!IBHHHBBB")
+# (kind, sending worker, message, source, local) of a frame that carries a message.
+Deliver = Callable[[int, int, bytes, Address, Address], None]
 _SOCKET_NAME: Final = re.compile(r"w(\d+)\.sock")
 # What one connection may hold unsent before its peer is given up on (it stopped reading).
 MAX_BACKLOG: Final = 8 * 1024 * 1024
@@ -51,18 +61,20 @@ def socket_path(directory: str, worker: int) -> str:
     return os.path.join(directory, f"w{worker}.sock")
 
 
-def encode(kind: int, data: bytes, source: Address, local: Address) -> bytes:
+def encode(kind: int, sender: int, data: bytes, source: Address, local: Address) -> bytes:
     transport = source.transport.encode()
     src = source.host.encode()
     loc = local.host.encode()
     size = _HEADER.size - 4 + len(transport) + len(src) + len(loc) + len(data)
-    return b"".join((_HEADER.pack(size, kind, source.port, local.port, len(transport),
-                                  len(src), len(loc)), transport, src, loc, data))
+    return b"".join((_HEADER.pack(size, kind, sender, source.port, local.port,
+                                  len(transport), len(src), len(loc)), transport, src, loc,
+                     data))
 
 
-def decode(frame: bytes | memoryview) -> tuple[int, bytes, Address, Address]:
-    """(kind, message, source, local) of one whole frame (its length prefix included)."""
-    _, kind, sport, lport, tlen, slen, llen = _HEADER.unpack_from(frame)
+def decode(frame: bytes | memoryview) -> tuple[int, int, bytes, Address, Address]:
+    """(kind, sender, message, source, local) of one whole frame (its length prefix
+    included)."""
+    _, kind, sender, sport, lport, tlen, slen, llen = _HEADER.unpack_from(frame)
     at = _HEADER.size
     transport = bytes(frame[at:at + tlen]).decode()
     at += tlen
@@ -70,7 +82,7 @@ def decode(frame: bytes | memoryview) -> tuple[int, bytes, Address, Address]:
     at += slen
     loc = bytes(frame[at:at + llen]).decode()
     at += llen
-    return (kind, bytes(frame[at:]), Address(transport, src, sport),
+    return (kind, sender, bytes(frame[at:]), Address(transport, src, sport),
             Address(transport, loc, lport))
 
 
@@ -154,10 +166,11 @@ class _Outbound:
 
 
 class HandoffChannel:
-    """One worker's end of the channel: `send` hands a message to another worker, and
-    messages handed to this one go to `deliver` (the worker's core, not its router)."""
+    """One worker's end of the channel: `send` hands a message to another worker, and the
+    frames other workers send this one go to `deliver` (which gives a handed message to the
+    worker's core, not its router)."""
 
-    def __init__(self, directory: str, me: int, deliver: Receiver,
+    def __init__(self, directory: str, me: int, deliver: Deliver,
                  joined: Callable[[], None] | None = None) -> None:
         self.directory = directory
         self.me = me
@@ -173,7 +186,7 @@ class HandoffChannel:
         self._server: asyncio.AbstractServer | None = None
 
     @classmethod
-    async def open(cls, directory: str, me: int, deliver: Receiver,
+    async def open(cls, directory: str, me: int, deliver: Deliver,
                    joined: Callable[[], None] | None = None) -> HandoffChannel:
         """Listen at this worker's path in `directory` (made if missing, for this user only)
         and tell the workers already there; a socket file left by a process this worker
@@ -188,7 +201,7 @@ class HandoffChannel:
             if worker != me:
                 conn = channel.outbound.get(worker) or channel._connect(worker)
                 if conn is not None:
-                    conn.write(encode(JOINED, b"", _NOWHERE, _NOWHERE))
+                    conn.write(encode(JOINED, me, b"", _NOWHERE, _NOWHERE))
         return channel
 
     def members(self) -> list[int]:
@@ -201,7 +214,8 @@ class HandoffChannel:
                     found.append(int(m.group(1)))
         return sorted(found)
 
-    def send(self, worker: int, data: bytes, source: Address, local: Address) -> bool:
+    def send(self, worker: int, data: bytes, source: Address, local: Address,
+             kind: int = HANDED) -> bool:
         """Hand `data` (from `source`, reached at `local`) to `worker`; False when that worker
         cannot be reached (no socket, nobody listening): the caller handles it itself."""
         conn = self.outbound.get(worker)
@@ -210,7 +224,7 @@ class HandoffChannel:
             if conn is None:
                 self.refused += 1
                 return False
-        if not conn.write(encode(HANDED, data, source, local)):
+        if not conn.write(encode(kind, self.me, data, source, local)):
             self.refused += 1
             return False
         self.sent += 1
@@ -232,7 +246,7 @@ class HandoffChannel:
 
     def deliver_frame(self, frame: memoryview) -> None:
         try:
-            kind, data, source, local = decode(frame)
+            kind, sender, data, source, local = decode(frame)
         except (struct.error, UnicodeDecodeError) as exc:
             log.warning("worker %d: a bad handoff frame dropped: %s", self.me, exc)
             return
@@ -240,12 +254,12 @@ class HandoffChannel:
             if self.joined is not None:
                 self.joined()
             return
-        if kind != HANDED:
+        if kind not in (HANDED, HANDED_STREAM, SEND):
             log.warning("worker %d: a handoff frame of unknown kind %d dropped", self.me, kind)
             return
         self.received += 1
         try:
-            self.deliver(data, source, local)
+            self.deliver(kind, sender, data, source, local)
         except Exception:  # one bad message must never stop the channel
             log.exception("error handling a message handed over from %s", source)
 

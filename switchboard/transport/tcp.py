@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 from ..sip.addressing import request_sent_by
@@ -127,6 +128,10 @@ class TcpEndpoint:
         # Told of each message that waited for a connection that failed to open (the
         # worker, so the transaction that sent it fails now, RFC 3261 §17.1.4).
         self.undelivered: Undelivered | None = None
+        # Workers sharing one address: asked (data, dest, local) before a connection is
+        # opened; True when another worker of the node holds a connection to `dest` and
+        # took the bytes for it (`cluster/shared_port.py`).
+        self.relay: Callable[[bytes, Address, Address], bool] | None = None
         self._per_source: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -198,9 +203,19 @@ class TcpEndpoint:
         return dest if conn is None or conn.peer is None else conn.peer
 
     def send(self, data: bytes, dest: Address) -> bool:
-        """Over the connection to `dest` (or aliased to it), else over a new one; True
-        always, since a connection can be opened. The messages waiting for one that fails
-        to open (refused, TLS handshake failed, timed out) go to `undelivered`."""
+        """Over the connection to `dest` (or aliased to it), else over another worker's
+        connection to it (`relay`), else over a new one; True always, since a connection can
+        be opened. The messages waiting for one that fails to open (refused, TLS handshake
+        failed, timed out) go to `undelivered`."""
+        conn = self.connections.get(dest) or self.aliases.get(dest)
+        if conn is None:
+            relay = self.relay
+            if relay is not None and relay(data, dest, self.local):
+                return True
+        return self.send_here(data, dest)
+
+    def send_here(self, data: bytes, dest: Address) -> bool:
+        """`send` over a connection of this endpoint only (an existing one or a new one)."""
         conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)

@@ -218,8 +218,8 @@ async def test_a_handed_message_is_never_handed_on(tmp_path: Path) -> None:
 
 async def test_an_owner_that_cannot_be_reached_leaves_the_message_here(tmp_path: Path) -> None:
     received: list[bytes] = []
-    channel = await HandoffChannel.open(str(tmp_path), 0,
-                                        lambda data, source, local: received.append(data))
+    channel = await HandoffChannel.open(
+        str(tmp_path), 0, lambda kind, sender, data, source, local: received.append(data))
     try:
         here = Address("udp", HOST, 5060)
         assert not channel.send(7, b"OPTIONS", here, here)  # no worker 7 listens
@@ -240,15 +240,14 @@ def test_an_envelope_keeps_the_message_and_both_addresses() -> None:
     source = Address("udp", "2001:db8::1", 5070)
     local = Address("udp", "192.0.2.7", 5060)
     data = invite()
-    kind, back, src, loc = decode(encode(HANDED, data, source, local))
-    assert (kind, back, src, loc) == (HANDED, data, source, local)
+    assert decode(encode(HANDED, 7, data, source, local)) == (HANDED, 7, data, source, local)
 
 
 async def test_a_burst_is_handed_over_whole(tmp_path: Path) -> None:
     """More messages at once than a Unix datagram queue holds: all arrive, in order."""
     received: list[bytes] = []
-    target = await HandoffChannel.open(str(tmp_path), 1,
-                                       lambda data, source, local: received.append(data))
+    target = await HandoffChannel.open(
+        str(tmp_path), 1, lambda kind, sender, data, source, local: received.append(data))
     sender = await HandoffChannel.open(str(tmp_path), 0, lambda *args: None)
     try:
         here = Address("udp", HOST, 5060)
@@ -281,3 +280,115 @@ async def test_a_worker_that_joins_is_counted_at_once(tmp_path: Path) -> None:
     finally:
         second.close()
         first.close()
+
+
+class StreamParty:
+    """A UA on one TCP connection to the shared address: what it receives, framed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.port = writer.get_extra_info("sockname")[1]
+        self.contact = f"sip:party@{HOST}:{self.port};transport=tcp"
+
+    @classmethod
+    async def connect(cls, node: Node) -> StreamParty:
+        reader, writer = await asyncio.open_connection(HOST, node.address.port)
+        return cls(reader, writer)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def expect(self, first_line: str) -> Request | Response:
+        while True:
+            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), WAIT)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = await self.reader.readexactly(length) if length else b""
+            msg = parse_message(head + body)
+            if msg.start_line().startswith(first_line):
+                return msg
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def start_stream_node(directory: Path, count: int, port: int) -> Node:
+    """Workers sharing udp:PORT and tcp:PORT."""
+    from switchboard.transport.tcp import TcpEndpoint
+
+    workers, shared = [], []
+    for index in range(count):
+        share = await SharedPort.open(str(directory), index, "osid")
+        udp, tcp = Address("udp", HOST, port), Address("tcp", HOST, port)
+        proxy = Proxy(ProxyConfig(listeners=(udp, tcp), worker_id=index), counter())
+        worker = Worker(proxy, CallOps(proxy), lambda event, params: None)
+        worker.add_endpoint(await UdpEndpoint.bind(HOST, port, worker.receive,
+                                                   reuse_port=True))
+        worker.add_endpoint(await TcpEndpoint.bind(HOST, port, worker.receive,
+                                                   reuse_port=True))
+        share.attach(worker)
+        workers.append(worker)
+        shared.append(share)
+    for share in shared:
+        share.refresh()
+        share.start()
+    return Node(Address("udp", HOST, port), workers, shared)
+
+
+async def test_the_calls_of_one_connection_are_owned_by_both_workers(tmp_path: Path) -> None:
+    """A caller on one TCP connection (accepted by one worker) calls a UDP callee: every call
+    belongs to its Call-ID's worker; the other worker's answers and its callee's BYE reach
+    the caller over that one connection, through the worker that holds it."""
+    node = await start_stream_node(tmp_path / "node", 2, free_port("both"))
+    caller = await StreamParty.connect(node)
+    callee = Party()
+    tcp = Address("tcp", HOST, node.address.port)
+    try:
+        owners = []
+        for n in range(10):
+            call_id = f"stream-{n}@{HOST}"
+            caller.send(invite(call_id=call_id, ruri=callee.contact, contact=caller.contact,
+                               via=f"SIP/2.0/TCP {HOST}:{caller.port};branch=z9hG4bK-s{n}"))
+            relayed, _ = await callee.expect("INVITE")
+            assert isinstance(relayed, Request)
+            callee.send(reply(relayed, 200, contact=callee.contact), node.address)
+            ok = await caller.expect("SIP/2.0 200")
+            owner = node.owner_of(call_id)
+            owners.append(owner)
+            routes = ok.values("record-route")
+            # RFC 5658: our entry toward the caller (TCP) and toward the callee (UDP).
+            assert all(f";wk={owner:x}" in r for r in routes), routes
+            caller.send(sip_request("ACK", callee.contact, branch=f"z9hG4bK-sa{n}",
+                                    to_tag="bob-tag", call_id=call_id, routes=routes,
+                                    via=f"SIP/2.0/TCP {HOST}:{caller.port};branch=z9hG4bK-sa{n}"))
+            await callee.expect("ACK")
+            # The callee hangs up: the owner's BYE goes to the caller over the connection.
+            callee.send(sip_request(
+                "BYE", caller.contact, branch=f"z9hG4bK-sb{n}", from_tag="bob-tag",
+                to_tag="alice-tag", call_id=call_id,
+                routes=list(reversed(relayed.values("record-route"))),
+                via=via_of(callee, f"z9hG4bK-sb{n}")), node.address)
+            bye = await caller.expect("BYE")
+            assert isinstance(bye, Request)
+            caller.send(reply(bye, 200, to_tag=None))
+            await callee.expect("SIP/2.0 200")
+        assert set(owners) == {0, 1}, owners
+        # One worker accepted the connection; the other's messages crossed the channel both
+        # ways, and it opened no connection of its own.
+        holders = [i for i, w in enumerate(node.workers)
+                   if any(e.local == tcp and getattr(e, "connections", None)
+                          for e in w.endpoints.values())]
+        assert len(holders) == 1, holders
+        other = 1 - holders[0]
+        assert node.shared[other].channel.sent > 0
+        assert node.shared[other].connections
+        assert all(s.channel.refused == 0 for s in node.shared)
+    finally:
+        caller.close()
+        callee.close()
+        for worker, share in zip(node.workers, node.shared, strict=True):
+            share.close()
+            worker.close()
