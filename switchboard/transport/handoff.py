@@ -92,6 +92,14 @@ class _Inbound(asyncio.Protocol):
     def __init__(self, channel: HandoffChannel) -> None:
         self.channel = channel
         self.buffer = bytearray()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.channel.inbound.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel.inbound.discard(self)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -179,6 +187,7 @@ class HandoffChannel:
         self.joined = joined
         self.loop = asyncio.get_running_loop()
         self.outbound: dict[int, _Outbound] = {}
+        self.inbound: set[_Inbound] = set()
         self.sent = 0  # messages handed to another worker
         self.received = 0  # messages handed to this one
         self.refused = 0  # messages whose owner could not be reached (handled here instead)
@@ -218,15 +227,14 @@ class HandoffChannel:
              kind: int = HANDED) -> bool:
         """Hand `data` (from `source`, reached at `local`) to `worker`; False when that worker
         cannot be reached (no socket, nobody listening): the caller handles it itself."""
+        frame = encode(kind, self.me, data, source, local)
         conn = self.outbound.get(worker)
-        if conn is None:
+        if conn is None or not conn.write(frame):
+            # No connection yet, or it broke (the worker restarted): one fresh try.
             conn = self._connect(worker)
-            if conn is None:
+            if conn is None or not conn.write(frame):
                 self.refused += 1
                 return False
-        if not conn.write(encode(kind, self.me, data, source, local)):
-            self.refused += 1
-            return False
         self.sent += 1
         return True
 
@@ -270,6 +278,9 @@ class HandoffChannel:
     def close(self) -> None:
         for conn in list(self.outbound.values()):
             conn.close()
+        for inbound in list(self.inbound):
+            if inbound.transport is not None:
+                inbound.transport.close()
         if self._server is not None:
             self._server.close()
             self._server = None

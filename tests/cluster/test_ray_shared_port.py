@@ -8,7 +8,9 @@ Call-ID hashes to, whichever worker the kernel gives its messages to.
 - `callops:hold` and a blind `callops:transfer` from the MI work on calls owned by either
   worker: the transferee's new INVITE, whose Call-ID may hash to the other worker, reaches the
   old call's owner by the dialog id in its Request-URI, so the transfer is linked there (the
-  same E_CALL_TRANSFER sequence as in one process, both calls on one worker).
+  same E_CALL_TRANSFER sequence as in one process, both calls on one worker);
+- a worker that Ray restarts binds the shared address again and takes its share of new
+  calls (the last test of the module: it restarts a worker).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from switchboard.cluster.owner import hashed_worker
-from tests.cluster.ray_service import Service, start_service, stop_service
+from tests.cluster.ray_service import Service, import_ray, start_service, stop_service
 from tests.support.events import EventCollector, collecting
 from tests.support.ports import HOST, free_port
 from tests.support.sipp import (
@@ -33,6 +36,8 @@ from tests.support.sipp import (
     received,
     wait_caller_first,
 )
+
+ray = import_ray()
 
 pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
@@ -250,3 +255,30 @@ def test_blind_transfer_of_a_call_of_either_worker(
     assert refer.header("Refer-To") == f"<{dest};osid={dialog['ID']}>", refer.text
     [c_invite] = received(c_result, "INVITE")
     assert c_invite.ruri == dest, c_invite.text
+
+
+def test_a_restarted_worker_takes_its_share_again(sipp: StartSipp, shared: Service) -> None:
+    """Ray restarts a killed worker: it binds the shared address and its channel socket
+    again, and the calls that hash to it are its own again, all of them clean."""
+    controller = ray.get_actor("controller", namespace="switchboard")
+    handle = ray.get(controller.worker_handles.remote())[1]
+    old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
+    ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + 60.0
+    while True:
+        info = ray.get(controller.workers_info.remote())[1]
+        if info.get("pid") not in (None, old_pid):
+            break
+        assert time.monotonic() < deadline, "worker 1 was not restarted within 60 s"
+        time.sleep(0.2)
+
+    def owned(prefix: str) -> None:
+        owners = _owners(_wait_dialogs(shared, prefix, CALLS))
+        assert set(owners) == {"0", "1"}, owners
+        for dialog in _wait_dialogs(shared, prefix, CALLS):
+            assert shared.mi("dialog:end_dlg", dialog_id=dialog["ID"]) == "OK"
+
+    _run_calls(sipp, shared, "uac_wait_bye.xml", "uas_wait_bye.xml", "restart", during=owned)
+    handles = ray.get(controller.worker_handles.remote())
+    stats = [msgpack.unpackb(ray.get(h.statistics.remote())) for h in handles]
+    assert all(s["handoff:refused"] == 0 for s in stats), stats

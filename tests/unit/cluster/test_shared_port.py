@@ -392,3 +392,35 @@ async def test_the_calls_of_one_connection_are_owned_by_both_workers(tmp_path: P
         for worker, share in zip(node.workers, node.shared, strict=True):
             share.close()
             worker.close()
+
+
+async def test_a_restarted_worker_is_reached_again_at_once(tmp_path: Path) -> None:
+    """The connection to a worker that went away breaks; the next message opens a fresh one
+    to the worker listening there now, and is not refused."""
+    got: list[bytes] = []
+    here = Address("udp", HOST, 5060)
+    sender = await HandoffChannel.open(str(tmp_path), 0, lambda *args: None)
+    first = await HandoffChannel.open(
+        str(tmp_path), 1, lambda kind, sender, data, source, local: got.append(data))
+    try:
+        assert sender.send(1, b"before", here, here)
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        first.close()  # the worker dies ...
+        await asyncio.sleep(0.05)
+        again = await HandoffChannel.open(  # ... and Ray starts it again
+            str(tmp_path), 1, lambda kind, sender, data, source, local: got.append(data))
+        try:
+            assert sender.send(1, b"after", here, here)
+            for _ in range(100):
+                if len(got) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == [b"before", b"after"]
+            assert sender.refused == 0
+        finally:
+            again.close()
+    finally:
+        sender.close()
