@@ -313,13 +313,15 @@ class Kamailio(System):
     label = "Kamailio (tm + rr + dialog)"
 
     def __init__(self, children: int | None = None, shm_mb: int = 2048, pkg_mb: int = 64,
-                 ctl: bool = False) -> None:
+                 ctl: bool = False, extra_args: Sequence[str] = ()) -> None:
         super().__init__()
         self.children = children or (os.cpu_count() or 2)
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
         self.ctl = ctl
         """Load ctl + kex (WITH_CTL in kamailio.cfg) so that `rpc()` (kamcmd) works."""
+        self.extra_args = list(extra_args)
+        """More command-line options (the TLS part's listener and `-A` defines)."""
         self.ctl_socket: Path | None = None
 
     def binary(self) -> str | None:
@@ -351,7 +353,7 @@ class Kamailio(System):
             # Room in the ctl process's private memory for a dlg.list of 100,000 dialogs
             # (only the pages a process touches count in its RSS/PSS).
             cmd[cmd.index("-M") + 1] = str(max(self.pkg_mb, 1024))
-        return cmd
+        return cmd + self.extra_args
 
     def rpc(self, *args: str, timeout: float = 60.0) -> str:
         """`kamcmd` against this Kamailio's ctl socket (needs `ctl=True`); its output."""
@@ -471,9 +473,12 @@ def module_dir() -> str | None:
     return None
 
 
-def ensure_kamailio(log: Any = print) -> bool:
-    """Install Debian's kamailio package when it is missing (root or passwordless sudo)."""
-    if Kamailio().available() is None:
+def ensure_kamailio(log: Any = print, modules: Sequence[str] = ()) -> bool:
+    """Install Debian's kamailio package when it is missing (root or passwordless sudo),
+    and the packages of `modules` (`{"tls.so": "kamailio-tls-modules"}`-style names: see
+    `MODULE_PACKAGES`)."""
+    missing = [MODULE_PACKAGES[m] for m in modules if not _has_module(m)]
+    if Kamailio().available() is None and not missing:
         return True
     if shutil.which("apt-get") is None:
         return False
@@ -483,15 +488,25 @@ def ensure_kamailio(log: Any = print) -> bool:
             return False
         prefix = ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log("kamailio is missing: installing Debian's kamailio package")
-    for args in (["apt-get", "install", "-y", "-qq", "kamailio"],
-                 ["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "kamailio"]):
+    packages = ["kamailio", *missing]
+    log(f"installing Debian's {', '.join(packages)}")
+    install = ["apt-get", "install", "-y", "-qq", *packages]
+    for args in (install, ["apt-get", "update", "-qq"], install):
         subprocess.run(prefix + args, env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
-        if Kamailio().available() is None:
+        if Kamailio().available() is None and all(_has_module(m) for m in modules):
             return True
     return False
+
+
+MODULE_PACKAGES = {"tls.so": "kamailio-tls-modules",
+                   "websocket.so": "kamailio-websocket-modules"}
+"""Kamailio modules outside Debian's kamailio package → the package that has them."""
+
+
+def _has_module(name: str) -> bool:
+    mdir = module_dir()
+    return mdir is not None and os.path.exists(os.path.join(mdir, name))
 
 
 SYSTEMS: dict[str, type[System]] = {
@@ -505,7 +520,8 @@ SYSTEMS: dict[str, type[System]] = {
 def make_system(name: str, **options: Any) -> System:
     if name == "kamailio":
         return Kamailio(children=options.get("kamailio_children"),
-                        ctl=bool(options.get("ctl", False)))
+                        ctl=bool(options.get("ctl", False)),
+                        extra_args=options.get("extra_args", ()))
     if name == "switchboard":
         return Switchboard(extra_args=options.get("extra_args", ()))
     m = re.fullmatch(r"switchboard-ray-(\d+)(-shared)?", name)
