@@ -244,7 +244,12 @@ class TcpEndpoint:
                 await asyncio.sleep(0.1)
                 continue
             while True:
-                self._admit_accepted(sock, str(address[0]), int(address[1]))
+                try:
+                    self._admit_accepted(sock, str(address[0]), int(address[1]))
+                except Exception:  # that connection only: the listener keeps accepting
+                    log.exception("%s: accepting a connection from %s failed", self.transport,
+                                  address)
+                    sock.close()
                 try:  # the rest of the backlog without going round the loop each time
                     sock, address = listener.accept()
                 except OSError:  # BlockingIOError when it is empty

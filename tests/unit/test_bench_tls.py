@@ -114,7 +114,7 @@ def test_markdown_shows_both_systems_the_ratio_and_the_memory() -> None:
                        pss_kb_before=40_000, pss_kb_after=240_000,
                        pss_bytes_per_connection=20480.0).to_json(),
             IdleMemory(system="kamailio", kind="wss", connections=10_000,
-                       error="not measured (WebSocket off for this system)").to_json(),
+                       error=tls.NO_KAMAILIO_WSS).to_json(),
         ],
     }
     text = "\n".join(tls.markdown(data))
@@ -122,7 +122,7 @@ def test_markdown_shows_both_systems_the_ratio_and_the_memory() -> None:
     assert "| udp | 200 | switchboard | 0.0 | 1000 / 0 | — / — | 0.400 | 1.00x | — | yes | 2.00x |" in text
     assert "| tls | 200 | switchboard |" in text and "| 1.50x |" in text
     assert "| switchboard | TLS | 10000 / 10000 | 0 | 39.1 → 234.4 | 20,480 |" in text
-    assert "| kamailio | WSS | — | — | not measured (WebSocket off for this system) |" in text
+    assert f"| kamailio | WSS | — | — | {tls.NO_KAMAILIO_WSS} |" in text
 
 
 def test_the_report_renders_the_tls_part_of_a_suite_result() -> None:
@@ -139,8 +139,8 @@ def test_the_command_line_plan() -> None:
     assert plan.rates == (100.0, 300.0) and plan.duration == 4.0
     assert plan.modes == ("udp", "tls") and plan.connections == 500
     assert plan.estimate_seconds() > 2 * 2 * 2 * 4
-    assert not plan.kamailio_websocket  # opt-in: see bench/README.md
-    assert tls.plan_of(tls.parse_args(["--kamailio-websocket"])).kamailio_websocket
+    assert plan.kamailio_websocket
+    assert not tls.plan_of(tls.parse_args(["--no-kamailio-websocket"])).kamailio_websocket
     with pytest.raises(SystemExit):
         tls.plan_of(tls.parse_args(["--modes", "sctp"]))
 
