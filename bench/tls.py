@@ -633,7 +633,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {row['mode'] if first else ''} | {row['offered_rate']:g} | {name} "
                 f"| {s.completed_rate:.1f} | {s.successful_calls} / {s.failed_calls} "
-                f"| {_num(s.rtt_p50_ms, '{:g}')} / {_num(s.rtt_p99_ms, '{:g}')} "
+                f"| {_num(s.rtt_p50_ms, '{:.0f}')} / {_num(s.rtt_p99_ms, '{:.0f}')} "
                 f"| {_num(s.cpu_ms_per_call)} | {_times(entry['vs_udp'])} "
                 f"| {_num(s.stunnel_cpu_ms_per_call)} "
                 f"| {'yes' if s.clean else 'no: ' + '; '.join(s.reasons)} "
