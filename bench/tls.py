@@ -427,6 +427,9 @@ def measure_idle(system: systems.System, kind: str, port: int, connections: int,
     result.opened = connections - len(clients.failures)
     result.failed = len(clients.failures)
     result.first_failure = clients.failures[0] if clients.failures else None
+    if not system.pids():
+        result.error = f"{system.name} exited while its connections were opened"
+        return result
     result.account()
     return result
 
@@ -542,6 +545,8 @@ def run(plan: Plan, workdir: Path, *, sipp_binary: str, say: Say = print,
         for mode in plan.modes:
             for rate in plan.rates:
                 for name, (system, ends) in started.items():
+                    if not system.pids():
+                        continue  # exited (said once, below); the other system goes on
                     wd = workdir / f"{name}-{mode}-{rate:g}"
                     if mode == "udp":
                         step = transport_step(name, mode, callrate.run_step(
@@ -552,12 +557,21 @@ def run(plan: Plan, workdir: Path, *, sipp_binary: str, say: Say = print,
                                             ca_file=pki.ca_file)
                     out["steps"].append(step.to_json())
                     say(step_line(step))
+                    if not system.pids():
+                        out.setdefault("exited", {})[name] = system.log_tail(20)
+                        say(f"  {name} exited during that step:\n{system.log_tail(5)}")
                     tick()
                     time.sleep(SETTLE_S)
         for name, (system, ends) in started.items():
             if plan.connections <= 0:
                 break
             for kind, port in (("tls", ends.tls_port), ("wss", ends.wss_port)):
+                if not system.pids():
+                    out["memory"].append(IdleMemory(
+                        system=name, kind=kind, connections=plan.connections,
+                        error=f"{name} had exited").to_json())
+                    tick()
+                    continue
                 if port is None:
                     out["memory"].append(IdleMemory(
                         system=name, kind=kind, connections=plan.connections,
@@ -639,6 +653,10 @@ def markdown(data: dict[str, Any]) -> list[str]:
                 f"| {'yes' if s.clean else 'no: ' + '; '.join(s.reasons)} "
                 f"| {_times(row['cpu_ratio']) if first else ''} |")
             first = False
+    for name, tail in data.get("exited", {}).items():
+        last = tail.strip().splitlines()[-1] if tail.strip() else ""
+        lines += ["", f"**{name} exited during the part** (its later steps were not run); its "
+                  f"log's last line: `{last}`"]
     lines += ["", f"Idle connections: {settings.get('connections')} per system and kind, each "
               f"with its handshake done and {settings.get('idle_probe', 'no request')}; memory "
               "of all the proxy's processes before and after (PSS splits shared pages between "

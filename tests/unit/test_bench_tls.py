@@ -154,3 +154,14 @@ def test_the_suite_runs_tls_on_request_only_and_last() -> None:
     assert plan.rates == (100.0,) and plan.connections == 50
     assert plan.systems == ("switchboard",) and plan.kamailio_children == 3
     assert pp.estimate_seconds(["tls"]) == pp.tls_plan(suite.TLS_SYSTEMS).estimate_seconds()
+
+
+def test_markdown_says_when_a_system_exited() -> None:
+    data = {"settings": {}, "steps": [step("kamailio", "tls", 200, 0.4, clean=False).to_json()],
+            "memory": [IdleMemory(system="kamailio", kind="tls", connections=10,
+                                  error="kamailio had exited").to_json()],
+            "exited": {"kamailio": "x\n ALERT: child process 42 exited by a signal 11\n"}}
+    text = "\n".join(tls.markdown(data))
+    assert ("**kamailio exited during the part** (its later steps were not run); its log's "
+            "last line: ` ALERT: child process 42 exited by a signal 11`") in text
+    assert "| kamailio | TLS | — | — | kamailio had exited |" in text
