@@ -90,6 +90,9 @@ class TransportStep(JsonRecord):
     loadgen_cpu_pct: float = 0.0
     """SIPp (UAC + UAS) and stunnel, % of one core."""
     other_cpu_pct: float = 0.0
+    proxy_udp_drops: int = 0
+    """Datagrams the kernel dropped at the proxy's UDP socket (receive buffer full): the
+    callee's answers lost there come back as INVITE retransmissions toward it."""
     clean: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -108,7 +111,8 @@ def transport_step(system: str, mode: str, step: callrate.StepResult,
         stunnel_cpu_ms_per_call=(round(stunnel_cpu_s * 1000 / ok, 4)
                                  if ok and mode != "udp" else None),
         proxy_cpu_pct=step.proxy_cpu_pct, loadgen_cpu_pct=step.loadgen_cpu_pct,
-        other_cpu_pct=step.other_cpu_pct, clean=step.clean, reasons=list(step.reasons),
+        other_cpu_pct=step.other_cpu_pct, proxy_udp_drops=step.proxy_udp_drops,
+        clean=step.clean, reasons=list(step.reasons),
     )
 
 
@@ -244,6 +248,8 @@ def run_tls_step(system: systems.System, mode: str, rate: float, duration: float
             raise RuntimeError(f"SIPp UAS did not bind {uas_port}:\n{uas.output_tail()}")
         tunnel = StunnelClient(workdir / "stunnel", free_port("tcp"), tls_port, ca_file)
         pids = system.pids()
+        udp_ports = {port for _, port in system.addresses}
+        drops0 = proc.udp_drops(udp_ports)
         cpu0 = proc.cpu_seconds(pids)
         st0 = proc.cpu_seconds([tunnel.proc.pid])
         busy0, total0 = proc.host_cpu_times()
@@ -267,6 +273,7 @@ def run_tls_step(system: systems.System, mode: str, rate: float, duration: float
             st_last = proc.cpu_seconds([tunnel.proc.pid]) or st_last
         elapsed = time.monotonic() - t0
         cpu1 = proc.cpu_seconds(pids)
+        drops = proc.udp_drops(udp_ports) - drops0
         busy1, total1 = proc.host_cpu_times()
         if uac.poll() is None:
             uac.stop()
@@ -287,7 +294,7 @@ def run_tls_step(system: systems.System, mode: str, rate: float, duration: float
         proxy_processes=len(pids), rss_kb_peak=0, pss_kb_peak=0,
         loadgen_cpu_s=(lg_last - lg0) + (st_last - st0),
         host_busy_pct=proc.busy_pct_of_one_core(busy1 - busy0, total1 - total0),
-        sends_per_call=sends)
+        sends_per_call=sends, proxy_udp_drops=drops)
     return transport_step(system.name, mode, step, st_last - st0)
 
 
@@ -600,7 +607,7 @@ def step_line(s: TransportStep) -> str:
             f"{s.completed_rate:>6.1f}/s done  ok {s.successful_calls}  failed "
             f"{s.failed_calls}  p50/p99 {s.rtt_p50_ms}/{s.rtt_p99_ms} ms  proxy CPU {cpu} "
             f"ms/call ({s.proxy_cpu_pct:.0f}%)  stunnel {st} ms/call  other "
-            f"{s.other_cpu_pct:.0f}%  {verdict}")
+            f"{s.other_cpu_pct:.0f}%  UDP drops {s.proxy_udp_drops}  {verdict}")
 
 
 def memory_line(m: IdleMemory) -> str:
