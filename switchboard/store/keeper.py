@@ -7,8 +7,11 @@ the confirmed ones, ids of the ended ones), notes which of them have a transfer 
 and hands the batch to the store in a thread of its own: one write in flight at a time.
 When a write fails (the store is down) the node goes on in memory only, with one log line
 and `store:available` at 0; the changes are not kept, and once the store answers again
-every confirmed dialog is written in one batch that replaces what it holds. Knows the
-worker and the call operations; the store behind it is any `DialogStore`.
+every confirmed dialog is written in one batch that replaces what it holds, with the
+route secret in use. A node that started while the store did not answer (`wait_for_store`)
+is in that state from the start; when the store answers, what it holds is restored first
+(the calls of the node that ran before), then everything is written. Knows the worker and
+the call operations; the store behind it is any `DialogStore`.
 
 A transfer is not resumed after a restart (its REFER transaction and NOTIFY subscription
 were in the old process): a dialog that comes back with one in flight reports it failed.
@@ -27,7 +30,7 @@ from typing import Final, TypeVar
 from ..actors.worker import Worker
 from ..sip.events import TransferEnded
 from ..sip.replication import RESTORABLE
-from .base import DialogStore, StoreBatch, StoredDialog, StoreError, Transfer
+from .base import DialogStore, StoreBatch, StoredDialog, StoreError, StoreUnavailable, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,9 @@ class DialogKeeper:
         # back empty), so the next write is a catch-up; `store:available` is 0 meanwhile.
         self._failing = False
         self._catch_up = False  # the next write must be one (set after a failure too)
+        # The node started without the store: what it holds is to be restored when it answers.
+        self._unread = False
+        self._read_error = ""  # the last reason the store could not be used (logged once)
         worker.proxy.track_changes()
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -68,8 +74,9 @@ class DialogKeeper:
     # -- start: reading back ------------------------------------------------------------------
 
     def restore(self, stored: list[StoredDialog]) -> int:
-        """Put the stored dialogs into the worker's core (call it before the worker serves
-        a message: no await in here). A transfer that was in flight is reported failed;
+        """Put the stored dialogs into the worker's core (at start, before the worker serves
+        a message: no await in here; a node that started without its store, once it
+        answers). A transfer that was in flight is reported failed;
         rows that do not come back are deleted with the next write. Answers how many came
         back."""
         worker = self.worker
@@ -96,6 +103,45 @@ class DialogKeeper:
                 pending.transfers.append((dialog.id, None))
         worker.flush()  # publishes the failed transfers, arms the restored lifetimes
         return self.restored
+
+    def wait_for_store(self) -> None:
+        """The store did not answer at start: serve from memory only (`store:available` 0)
+        until it does; then restore the dialogs it holds and write every confirmed one.
+        Instead of `restore`, before `start`."""
+        self._failing = self._catch_up = self._unread = True
+
+    async def _read_late(self) -> bool:
+        """The store answers after a start without it: its dialogs come back into the
+        running core (those whose id or Call-ID is not in use here), and the route secret
+        it holds, if another, is to be replaced by the one in use. False when the reading
+        failed (tried again at the next interval)."""
+        try:
+            kept = (await self._call(self.store.route_secret, lambda: self.route_secret)
+                    if self.route_secret else "")
+            stored = await self._call(self.store.load)
+        except StoreError as exc:
+            self._unusable(exc)
+            return False
+        self._unread = False
+        restored_before = self.restored
+        self.restore(stored)
+        log.warning("dialog store: answered, %d of %d stored dialogs restored into the "
+                    "running node", self.restored - restored_before, len(stored),
+                    extra={"event": "dialogs_restored"})
+        if kept != self.route_secret:
+            # Routes signed before this start are refused from untrusted parties already
+            # (it signs with the key made at start); the dialogs restored now are tracked,
+            # which lets their requests through without a signature.
+            log.warning("dialog store: the route secret made at start replaces the one "
+                        "the store held")
+        return True
+
+    def _unusable(self, exc: StoreError) -> None:
+        """Log, once, why a store that answers cannot be used (not being there is logged
+        when it begins)."""
+        if not isinstance(exc, StoreUnavailable) and str(exc) != self._read_error:
+            log.error("dialog store: it cannot be used: %s", exc)
+        self._read_error = str(exc)
 
     # -- running: writing behind ------------------------------------------------------------
 
@@ -155,7 +201,7 @@ class DialogKeeper:
         in_flight = worker.callops.transfer_in_flight
         transfers = self._transfers
         transfers.clear()
-        batch = StoreBatch(replace=True)
+        batch = StoreBatch(replace=True, route_secret=self.route_secret)
         for dialog in worker.proxy.dialogs:
             if dialog.state not in RESTORABLE:
                 continue
@@ -173,7 +219,10 @@ class DialogKeeper:
         if self._catch_up:
             try:
                 await self._call(self.store.ping)
-            except StoreError:
+            except StoreError as exc:
+                self._unusable(exc)
+                return
+            if self._unread and not await self._read_late():
                 return
             batch = self.everything()
         else:
@@ -183,7 +232,7 @@ class DialogKeeper:
                 return
         self._pending = StoreBatch()
         try:
-            await self._call(self._write, batch)
+            await self._call(self.store.write, batch)
         except BaseException as exc:
             if not isinstance(exc, StoreError):
                 # Cancelled or a bug: nothing is known of what the store holds now.
@@ -203,16 +252,6 @@ class DialogKeeper:
             log.warning("dialog store: available again, %d confirmed dialogs written",
                         len(batch.put), extra={"event": "dialog_store_up"})
             self._failing = False
-
-    def _write(self, batch: StoreBatch) -> None:
-        """In the store thread: the write, and for a catch-up the route secret again (a
-        store that came back empty lost it too)."""
-        self.store.write(batch)
-        if batch.replace and self.route_secret:
-            kept = self.store.route_secret(lambda: self.route_secret or "")
-            if kept != self.route_secret:
-                log.warning("dialog store: it holds another route secret than the one in "
-                            "use; routes signed since the start stay valid until a restart")
 
     def statistics(self) -> dict[str, int]:
         return {"store:writes": self.writes, "store:write_failures": self.failures,

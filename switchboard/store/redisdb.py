@@ -18,10 +18,14 @@ from collections.abc import Callable
 from typing import Final
 
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from ..readout import pack, unpack
-from .base import StoreBatch, StoredDialog, StoreError, Transfer
+from .base import StoreBatch, StoredDialog, StoreError, StoreUnavailable, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,10 @@ IDS: Final = PREFIX + "dialogs"
 # Seconds to connect and to wait for an answer: a Redis that went away must not hold the
 # store thread (and so the final write at stop) for long.
 TIMEOUT: Final = 2.0
+# Tries after a failed one, at once: one, for a pooled connection that a restarted Redis
+# closed. redis-py's own default (ten, with backoff) would keep the store thread on a hung
+# Redis for ten timeouts; the keeper tries again every interval anyway.
+RETRIES: Final = 1
 LOAD_CHUNK: Final = 1000  # dialogs read per round trip at start
 
 # A transfer state for a dialog that is still stored (a dialog deleted in the meantime
@@ -52,6 +60,14 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
 
 
+def _error(url: str, exc: RedisError) -> StoreError:
+    """The StoreError for one of redis-py's; StoreUnavailable when Redis did not answer (a
+    refused connection, a timeout, a Redis still loading its data)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return StoreUnavailable(f"{url}: {exc}")
+    return StoreError(f"{url}: {exc}")
+
+
 def _packed_transfer(transfer: Transfer | None) -> bytes:
     return b"" if transfer is None else pack(list(transfer))
 
@@ -68,11 +84,16 @@ class RedisStore:
         self.url = url
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
-                url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
+                url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT,
+                retry=Retry(NoBackoff(), RETRIES))
+        except ValueError as exc:
+            raise StoreError(f"{url}: {exc}") from None
+        try:
             self._redis.hsetnx(META, "format", FORMAT)
             found = self._redis.hget(META, "format")
-        except (RedisError, ValueError) as exc:
-            raise StoreError(f"{url}: {exc}") from None
+        except RedisError as exc:
+            self._redis.close()
+            raise _error(url, exc) from None
         if found is None or _text(found) != FORMAT:
             self._redis.close()
             raise StoreError(f"{url}: a dialog store of format {found!r}, this version "
@@ -91,7 +112,7 @@ class RedisStore:
                     pipe.hgetall(dialog_key(dialog_id))
                 rows.extend(zip(chunk, pipe.execute(), strict=True))
         except RedisError as exc:
-            raise StoreError(f"{self.url}: {exc}") from None
+            raise _error(self.url, exc) from None
         for dialog_id, fields in rows:
             try:
                 snap = unpack(fields[b"snapshot"])
@@ -122,9 +143,11 @@ class RedisStore:
             for dialog_id in batch.dropped:
                 pipe.delete(dialog_key(dialog_id))
                 pipe.srem(IDS, dialog_id)
+            if batch.route_secret:
+                pipe.hset(META, "route_secret", batch.route_secret)
             pipe.execute()
         except RedisError as exc:
-            raise StoreError(f"{self.url}: {exc}") from None
+            raise _error(self.url, exc) from None
 
     def route_secret(self, generate: Callable[[], str]) -> str:
         try:
@@ -133,7 +156,7 @@ class RedisStore:
                 self._redis.hsetnx(META, "route_secret", generate())
                 found = self._redis.hget(META, "route_secret")
         except RedisError as exc:
-            raise StoreError(f"{self.url}: {exc}") from None
+            raise _error(self.url, exc) from None
         assert found is not None
         return _text(found)
 
@@ -144,7 +167,7 @@ class RedisStore:
         try:
             self._redis.ping()
         except RedisError as exc:
-            raise StoreError(f"{self.url}: {exc}") from None
+            raise _error(self.url, exc) from None
 
     def __len__(self) -> int:
         return int(self._redis.scard(IDS))

@@ -1,0 +1,151 @@
+"""A store that did not answer when the node started: `OpenedLater` opens it at its first
+call that succeeds; the keeper serves from memory only meanwhile (`store:available` 0,
+nothing written), and once the store answers restores the dialogs it held (the previous
+node's calls) into the running core, then writes every confirmed dialog with the route
+secret in use. And the route secret a batch carries replaces the stored one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from switchboard.store import (
+    DialogStore,
+    OpenedLater,
+    SqliteStore,
+    StoreBatch,
+    StoreError,
+    StoreUnavailable,
+)
+from tests.unit.kit.callops import Net, answer, established, only_request
+from tests.unit.kit.store import keeper, snap
+
+
+class Gate:
+    """Opens the SQLite file at `path` once `up` is set; StoreUnavailable before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.up = False
+        self.tries = 0
+
+    def __call__(self, url: str) -> DialogStore:
+        self.tries += 1
+        if not self.up:
+            raise StoreUnavailable(f"{url}: Connection refused")
+        return SqliteStore(str(self.path))
+
+
+def test_opened_later_raises_until_the_store_opens(tmp_path: Path) -> None:
+    gate = Gate(tmp_path / "d.sqlite")
+    store = OpenedLater("redis://127.0.0.1:1/0", gate)
+    with pytest.raises(StoreUnavailable, match="refused"):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.write(StoreBatch(put=[(snap("0.1"), 1.0, None)]))
+    assert not store.opened
+    gate.up = True
+    store.write(StoreBatch(put=[(snap("0.1"), 1.0, None)]))
+    assert store.opened
+    assert [s.snapshot["id"] for s in store.load()] == ["0.1"]
+    store.ping()
+    assert gate.tries == 3  # opened once, then used
+    store.close()
+    OpenedLater("redis://127.0.0.1:1/0", gate).close()  # never opened: nothing to close
+
+
+def test_a_batch_route_secret_replaces_the_stored_one(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "d.sqlite"))
+    assert store.route_secret(lambda: "old") == "old"
+    store.write(StoreBatch(put=[(snap("0.1"), 1.0, None)]))
+    assert store.route_secret(lambda: "unused") == "old"  # an ordinary batch leaves it
+    store.write(StoreBatch(replace=True, route_secret="new"))
+    assert store.route_secret(lambda: "unused") == "new"
+    assert store.load() == []
+    store.close()
+    batch = StoreBatch(route_secret="a")
+    assert batch
+    batch.merge(StoreBatch(dropped=["0.1"]))
+    assert batch.route_secret == "a"
+    batch.merge(StoreBatch(route_secret="b"))
+    assert batch.route_secret == "b"
+
+
+async def test_a_node_started_without_its_store_restores_and_writes_when_it_answers(
+        tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite"
+    # The node that ran before: one confirmed call stored, with its route secret.
+    before = Net()
+    old_call = established(before, call_id="old@alice", caller_tag="a0", callee_tag="b0")
+    previous = SqliteStore(str(path))
+    previous.route_secret(lambda: "old-secret")
+    # Its dialog ids began elsewhere (a node's first one is random): not 0.1 as here.
+    old_snapshot = dict(old_call.dialog.snapshot(before.now), id="0.ff0001")
+    previous.write(StoreBatch(put=[(old_snapshot, 1000.0, None)]))
+    previous.close()
+
+    # This node starts while the store does not answer; a call is confirmed, another ends.
+    net = Net()
+    gate = Gate(path)
+    keep = keeper(net, OpenedLater("redis://127.0.0.1:1/0", gate), route_secret="new-secret")
+    keep.wait_for_store()
+    assert keep.statistics()["store:available"] == 0
+    new_call = established(net, call_id="new@alice", caller_tag="a1", callee_tag="b1")
+    short = established(net, call_id="short@alice", caller_tag="a2", callee_tag="b2")
+    await keep.flush()
+    bye = only_request(net.send(short.request("caller", "BYE"), short.caller), short.callee)
+    net.send(answer(bye, 200, "OK"), short.callee)
+    await keep.flush()
+    assert net.proxy.dialogs.by_call_id(old_call.call_id) is None
+    stats = keep.statistics()
+    assert (stats["store:available"], stats["store:writes"], stats["store:write_failures"]) \
+        == (0, 0, 0)
+    assert net.proxy.replication.dirty == set()  # nothing piles up meanwhile
+
+    gate.up = True
+    await keep.flush()
+    stats = keep.statistics()
+    assert (stats["store:available"], stats["store:writes"], stats["store:restored_dialogs"]) \
+        == (1, 1, 1)
+    restored = net.proxy.dialogs.by_call_id(old_call.call_id)
+    assert restored is not None and restored.id == "0.ff0001"
+    check = SqliteStore(str(path))
+    stored = {s.snapshot["call_id"]: s.snapshot for s in check.load()}
+    assert sorted(stored) == ["new@alice", "old@alice"]
+    assert stored["new@alice"] == new_call.dialog.snapshot(net.now)
+    assert check.route_secret(lambda: "unused") == "new-secret"
+    check.close()
+
+    # From here on, ordinary writes: the restored call's end is written too.
+    bye = only_request(net.send(old_call.request("caller", "BYE"), old_call.caller),
+                       old_call.callee)
+    net.send(answer(bye, 200, "OK"), old_call.callee)
+    await keep.flush()
+    check = SqliteStore(str(path))
+    assert [s.snapshot["call_id"] for s in check.load()] == ["new@alice"]
+    check.close()
+    await keep.close()
+
+
+async def test_a_store_that_answers_but_cannot_be_read_stays_unavailable(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Refusing(Gate):
+        def __call__(self, url: str) -> DialogStore:
+            raise StoreError(f"{url}: a dialog store of format '99', this version reads '1'")
+
+    net = Net()
+    keep = keeper(net, OpenedLater("redis://127.0.0.1:1/0", Refusing(tmp_path / "x")),
+                  route_secret="s")
+    keep.wait_for_store()
+    established(net)
+    caplog.set_level(logging.ERROR, logger="switchboard.store")
+    for _ in range(3):
+        await keep.flush()
+    assert keep.statistics()["store:available"] == 0
+    assert keep.statistics()["store:restored_dialogs"] == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "dialog store: it cannot be used: redis://127.0.0.1:1/0: a dialog store of format "
+        "'99', this version reads '1'"]
+    await keep.close()
