@@ -10,7 +10,9 @@ mirror every SIP message (without one, the hot path is exactly as before).
 
 With a `[dialog] store`, confirmed dialogs are written there behind the hot path
 (`store.DialogKeeper`) and read back at start, before the first message is served; a route
-secret left empty is generated once and kept in the store. `drain` (SIGTERM, MI `kill`)
+secret left empty is generated once and kept in the store. A store that does not answer at
+start (Redis down) does not keep the node from serving: it starts in memory only and the
+keeper reads and writes the store once it answers. `drain` (SIGTERM, MI `kill`)
 turns `/readyz` unready, answers new INVITEs 503 and waits for the transactions in flight
 before `stop` writes the store a last time.
 
@@ -47,7 +49,14 @@ from ..sip.operations import Operation, Refused
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.transaction import State
 from ..sip.wire import Address
-from ..store import DialogKeeper, StoredDialog, open_store
+from ..store import (
+    DialogKeeper,
+    DialogStore,
+    OpenedLater,
+    StoredDialog,
+    StoreUnavailable,
+    open_store,
+)
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
 from ..transport.tls import TlsContexts, TlsFiles
@@ -289,20 +298,34 @@ class LocalSwitchboard(CallOperations):
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
         loop = asyncio.get_running_loop()
-        # Opening may wait for a network store to answer: not on the loop.
-        store = (await loop.run_in_executor(None, open_store, cfg.dialog.store)
-                 if cfg.dialog.store else None)
+        store: DialogStore | None = None
+        unavailable = False
+        if cfg.dialog.store:
+            try:
+                # Opening may wait for a network store to answer: not on the loop.
+                store = await loop.run_in_executor(None, open_store, cfg.dialog.store)
+            except StoreUnavailable as exc:
+                log.error("dialog store does not answer: %s; serving from memory only "
+                          "(store:available 0) until it does, then its dialogs are restored "
+                          "and every confirmed dialog written", exc,
+                          extra={"event": "dialog_store_down"})
+                store, unavailable = OpenedLater(cfg.dialog.store), True
         stored: list[StoredDialog] = []
         stored_secret = ""
         try:
             if store is not None:
                 if not cfg.proxy.route_secret:
-                    # Routes we signed before a restart must stay valid after it.
-                    stored_secret = await loop.run_in_executor(
-                        None, store.route_secret, lambda: secrets.token_hex(32))
+                    # Routes we signed before a restart must stay valid after it. Without
+                    # the store, the key made now signs this run's routes and replaces the
+                    # stored one when the store answers (keeper).
+                    stored_secret = (secrets.token_hex(32) if unavailable else
+                                     await loop.run_in_executor(
+                                         None, store.route_secret,
+                                         lambda: secrets.token_hex(32)))
                     cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
                         cfg.proxy, route_secret=stored_secret))
-                stored = await loop.run_in_executor(None, store.load)
+                if not unavailable:
+                    stored = await loop.run_in_executor(None, store.load)
             built = await build_worker(cfg, self.events.publish)
         except BaseException:
             if store is not None:
@@ -314,10 +337,14 @@ class LocalSwitchboard(CallOperations):
             self.keeper = DialogKeeper(store, built.worker,
                                        cfg.dialog.store_interval_ms / 1000,
                                        route_secret=stored_secret)
-            restored = self.keeper.restore(stored)
+            if unavailable:
+                self.keeper.wait_for_store()
+            else:
+                restored = self.keeper.restore(stored)
+                log.info("dialog store %s: %d of %d stored dialogs restored",
+                         cfg.dialog.store, restored, len(stored),
+                         extra={"event": "dialogs_restored"})
             self.keeper.start()
-            log.info("dialog store %s: %d of %d stored dialogs restored", cfg.dialog.store,
-                     restored, len(stored), extra={"event": "dialogs_restored"})
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
         self._built = built
         if built.tls is not None:
