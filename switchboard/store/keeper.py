@@ -5,13 +5,14 @@ On the message path nothing happens but the core's set add (`Proxy.track_changes
 `interval` seconds the keeper takes the changed dialogs (`Proxy.take_dirty`: snapshots of
 the confirmed ones, ids of the ended ones), notes which of them have a transfer in flight,
 and hands the batch to the store in a thread of its own: one write in flight at a time.
-When a write fails (the store is down) the node goes on in memory only, with one log line
-and `store:available` at 0; the changes are not kept, and once the store answers again
-every confirmed dialog is written in one batch that replaces what it holds, with the
-route secret in use. A node that started while the store did not answer (`wait_for_store`)
-is in that state from the start; when the store answers, what it holds is restored first
-(the calls of the node that ran before), then everything is written. Knows the worker and
-the call operations; the store behind it is any `DialogStore`.
+When a write fails (the store is down; an idle node pings it every second to know) the
+node goes on in memory only, with one log line and `store:available` at 0; the changes
+are not kept, and once the store answers again every confirmed dialog is written in one
+batch that replaces what it holds, with the route secret in use. A node that started
+while the store did not answer (`wait_for_store`) is in that state from the start; when
+the store answers, what it holds is restored first (the calls of the node that ran
+before), then everything is written. Knows the worker and the call operations; the store
+behind it is any `DialogStore`.
 
 A transfer is not resumed after a restart (its REFER transaction and NOTIFY subscription
 were in the old process): a dialog that comes back with one in flight reports it failed.
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 # The status of a transfer that was in flight when the node stopped (E_CALL_TRANSFER fail).
 RESTARTED: Final = "500 Restarted"
+# Seconds between two pings of the store while nothing changes.
+IDLE_LOOK: Final = 1.0
 
 
 class DialogKeeper:
@@ -66,6 +69,7 @@ class DialogKeeper:
         # The node started without the store: what it holds is to be restored when it answers.
         self._unread = False
         self._read_error = ""  # the last reason the store could not be used (logged once)
+        self._next_look = time.monotonic() + IDLE_LOOK  # an idle node's next ping
         worker.proxy.track_changes()
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -229,6 +233,7 @@ class DialogKeeper:
             self._pending.merge(changes)
             batch = self._pending
             if not batch:
+                await self._look()
                 return
         self._pending = StoreBatch()
         try:
@@ -239,19 +244,36 @@ class DialogKeeper:
                 self._catch_up = True
                 raise
             self.failures += 1
-            if not self._failing:
-                log.error("dialog store: a write failed, dialogs kept in memory only until "
-                          "the store answers again, then all written: %s", exc,
-                          extra={"event": "dialog_store_down"})
-                self._failing = True
-            self._catch_up = True
+            self._gone("a write failed", exc)
             return
         self.writes += 1
+        self._next_look = time.monotonic() + IDLE_LOOK  # it answered just now
         self._catch_up = False
         if self._failing:
             log.warning("dialog store: available again, %d confirmed dialogs written",
                         len(batch.put), extra={"event": "dialog_store_up"})
             self._failing = False
+
+    async def _look(self) -> None:
+        """With nothing to write, ask the store now and then whether it answers: an idle
+        node must not go on saying a store that went away is there."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + IDLE_LOOK
+        try:
+            await self._call(self.store.ping)
+        except StoreError as exc:
+            self._gone("it does not answer", exc)
+
+    def _gone(self, what: str, exc: StoreError) -> None:
+        """The store failed us: memory only, and a catch-up when it answers again."""
+        if not self._failing:
+            log.error("dialog store: %s, dialogs kept in memory only until the store answers "
+                      "again, then all written: %s", what, exc,
+                      extra={"event": "dialog_store_down"})
+            self._failing = True
+        self._catch_up = True
 
     def statistics(self) -> dict[str, int]:
         return {"store:writes": self.writes, "store:write_failures": self.failures,

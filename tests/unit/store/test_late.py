@@ -2,7 +2,8 @@
 call that succeeds; the keeper serves from memory only meanwhile (`store:available` 0,
 nothing written), and once the store answers restores the dialogs it held (the previous
 node's calls) into the running core, then writes every confirmed dialog with the route
-secret in use. And the route secret a batch carries replaces the stored one."""
+secret in use. An idle node pings its store to know it went away. And the route secret a
+batch carries replaces the stored one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from switchboard.store import (
     StoreError,
     StoreUnavailable,
 )
+from switchboard.store import keeper as keeper_module
 from tests.unit.kit.callops import Net, answer, established, only_request
 from tests.unit.kit.store import keeper, snap
 
@@ -148,4 +150,49 @@ async def test_a_store_that_answers_but_cannot_be_read_stays_unavailable(
     assert [r.getMessage() for r in caplog.records] == [
         "dialog store: it cannot be used: redis://127.0.0.1:1/0: a dialog store of format "
         "'99', this version reads '1'"]
+    await keep.close()
+
+
+async def test_an_idle_node_notices_its_store_gone_and_back(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With nothing to write, the keeper pings the store (every `IDLE_LOOK` s): a store
+    that went away shows as `store:available` 0 without a write failing, and gets every
+    confirmed dialog when it answers again."""
+    monkeypatch.setattr(keeper_module, "IDLE_LOOK", 0.0)
+
+    class Pinged:
+        def __init__(self) -> None:
+            self.down = False
+            self.batches: list[StoreBatch] = []
+
+        def write(self, batch: StoreBatch) -> None:
+            self.batches.append(batch)
+
+        def ping(self) -> None:
+            if self.down:
+                raise StoreUnavailable("redis://127.0.0.1:1/0: Timeout reading from socket")
+
+        def close(self) -> None:
+            pass
+
+    net = Net()
+    store = Pinged()
+    keep = keeper(net, store, route_secret="s")
+    call = established(net)
+    await keep.flush()
+    await keep.flush()  # idle: a ping
+    assert keep.statistics()["store:available"] == 1
+    store.down = True
+    caplog.set_level(logging.ERROR, logger="switchboard.store")
+    await keep.flush()
+    await keep.flush()
+    stats = keep.statistics()
+    assert (stats["store:available"], stats["store:write_failures"]) == (0, 0)
+    assert len(caplog.records) == 1 and "does not answer" in caplog.records[0].getMessage()
+    store.down = False
+    await keep.flush()
+    assert keep.statistics()["store:available"] == 1
+    catch_up = store.batches[-1]
+    assert catch_up.replace and catch_up.route_secret == "s"
+    assert [s["call_id"] for s, _, _ in catch_up.put] == [call.call_id]
     await keep.close()
