@@ -228,6 +228,10 @@ class DialogKeeper:
                 return
             if self._unread and not await self._read_late():
                 return
+            # What changed while the store was asked: superseded by the whole state, but
+            # taken in the same step, so that every dialog in it counts as written and its
+            # end is written when it comes.
+            self.collect()
             batch = self.everything()
         else:
             self._pending.merge(changes)

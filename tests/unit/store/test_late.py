@@ -7,7 +7,9 @@ batch carries replaces the stored one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -195,4 +197,49 @@ async def test_an_idle_node_notices_its_store_gone_and_back(
     catch_up = store.batches[-1]
     assert catch_up.replace and catch_up.route_secret == "s"
     assert [s["call_id"] for s, _, _ in catch_up.put] == [call.call_id]
+    await keep.close()
+
+
+async def test_a_call_confirmed_while_the_store_is_asked_is_deleted_when_it_ends() -> None:
+    """A catch-up waits for the store's answer (a hung Redis: seconds); a call confirmed
+    meanwhile is in the whole state written then, and its end must be written too, or the
+    store keeps it for ever (and a restart brings it back)."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __init__(self) -> None:
+            self.down = True
+            self.batches: list[StoreBatch] = []
+
+        def write(self, batch: StoreBatch) -> None:
+            if self.down:
+                raise StoreUnavailable("redis://127.0.0.1:1/0: Timeout reading from socket")
+            self.batches.append(batch)
+
+        def ping(self) -> None:
+            entered.set()
+            release.wait(5)
+
+        def close(self) -> None:
+            pass
+
+    net = Net()
+    store = Slow()
+    keep = keeper(net, store)
+    established(net)
+    await keep.flush()  # fails: the next one is a catch-up
+    store.down = False
+    flushing = asyncio.get_running_loop().create_task(keep.flush())
+    while not entered.is_set():
+        await asyncio.sleep(0.01)
+    late = established(net, call_id="late@alice", caller_tag="a9", callee_tag="b9")
+    late_id = late.dialog.id
+    release.set()
+    await flushing
+    assert store.batches[-1].replace
+    assert late.call_id in [s["call_id"] for s, _, _ in store.batches[-1].put]
+    bye = only_request(net.send(late.request("caller", "BYE"), late.caller), late.callee)
+    net.send(answer(bye, 200, "OK"), late.callee)
+    await keep.flush()
+    assert store.batches[-1].dropped == [late_id]
     await keep.close()
