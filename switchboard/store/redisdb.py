@@ -2,10 +2,19 @@
 redis-py: a store that outlives the machine a node runs on.
 
 Keys, all under `switchboard:`: `meta` (a hash: the format, the route secret), `dialogs` (the
-set of stored dialog ids) and one hash per dialog, `dialog:ID` (`call_id`, `taken`,
-`snapshot` and `transfer`, the last two packed as `readout.pack` does; an empty `transfer`
-is none). A batch is one MULTI/EXEC pipeline: applied whole or not at all. The database is
-one node's: two nodes must not share one (their dialog ids may be the same).
+set of stored dialog ids), one hash per dialog, `dialog:ID` (`call_id`, `taken`, `snapshot`
+and `transfer`, the last two packed as `readout.pack` does; an empty `transfer` is none),
+and `writer`, the token of the store object that writes. A batch is one MULTI/EXEC
+pipeline: applied whole or not at all. The database is one node's: two nodes must not share
+one (their dialog ids may be the same).
+
+Fencing: a write that timed out may still be applied, later, by a Redis that was hung
+(SIGSTOPped, swapping) and reads it from its socket when it wakes up — after the keeper's
+catch-up that wrote the current state, bringing ended dialogs back. So the first write of a
+store object, and every batch that replaces the state, sets `writer` to a new token; every
+other batch WATCHes `writer` and is applied only while it is still this object's token: a
+late batch finds it changed and comes to nothing (and a batch of a store object that another
+one took over fails, which makes its keeper write everything again).
 
 How long a write survives is Redis's to say (`appendonly`, `save`): a Redis that restarts
 empty is written again whole by the keeper's catch-up, route secret included.
@@ -14,11 +23,13 @@ empty is written again whole by the keeper's catch-up, route secret included.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Final
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,6 +44,7 @@ FORMAT: Final = "1"  # what `meta` says of the keys below
 PREFIX: Final = "switchboard:"
 META: Final = PREFIX + "meta"
 IDS: Final = PREFIX + "dialogs"
+WRITER: Final = PREFIX + "writer"
 # Seconds to connect and to wait for an answer: a Redis that went away must not hold the
 # store thread (and so the final write at stop) for long.
 TIMEOUT: Final = 2.0
@@ -41,6 +53,15 @@ TIMEOUT: Final = 2.0
 # Redis for ten timeouts; the keeper tries again every interval anyway.
 RETRIES: Final = 1
 LOAD_CHUNK: Final = 1000  # dialogs read per round trip at start
+
+# Every stored dialog forgotten (a batch that replaces the state).
+_CLEAR: Final = """
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    redis.call('DEL', ARGV[1] .. id)
+end
+redis.call('DEL', KEYS[1])
+return 0
+"""
 
 # A transfer state for a dialog that is still stored (a dialog deleted in the meantime
 # must not come back as a hash without a snapshot).
@@ -99,6 +120,8 @@ class RedisStore:
             raise StoreError(f"{url}: a dialog store of format {found!r}, this version "
                              f"reads {FORMAT!r}")
         self._set_transfer = self._redis.register_script(_SET_TRANSFER)
+        self._clear = self._redis.register_script(_CLEAR)
+        self._writer: bytes | None = None  # our token in `writer`, once we wrote
 
     def load(self) -> list[StoredDialog]:
         out: list[StoredDialog] = []
@@ -126,28 +149,41 @@ class RedisStore:
 
     def write(self, batch: StoreBatch) -> None:
         try:
-            old = [_text(i) for i in self._redis.smembers(IDS)] if batch.replace else []
-            pipe = self._redis.pipeline(transaction=True)
-            if old:
-                pipe.delete(*(dialog_key(i) for i in old))
-                pipe.delete(IDS)
-            for snap, taken, transfer in batch.put:
-                dialog_id = snap["id"]
-                pipe.hset(dialog_key(dialog_id), mapping={
-                    "call_id": snap["call_id"], "taken": repr(taken), "snapshot": pack(snap),
-                    "transfer": _packed_transfer(transfer)})
-                pipe.sadd(IDS, dialog_id)
-            for dialog_id, transfer in batch.transfers:
-                self._set_transfer(keys=[dialog_key(dialog_id)],
-                                   args=[_packed_transfer(transfer)], client=pipe)
-            for dialog_id in batch.dropped:
-                pipe.delete(dialog_key(dialog_id))
-                pipe.srem(IDS, dialog_id)
-            if batch.route_secret:
-                pipe.hset(META, "route_secret", batch.route_secret)
-            pipe.execute()
+            with self._redis.pipeline(transaction=True) as pipe:
+                token = self._writer
+                if batch.replace or token is None:
+                    token = secrets.token_hex(8).encode()
+                    pipe.multi()
+                    pipe.set(WRITER, token)
+                else:
+                    pipe.watch(WRITER)  # type: ignore[no-untyped-call]  # unannotated upstream
+                    if pipe.get(WRITER) != token:
+                        raise StoreError(f"{self.url}: another store object writes here now")
+                    pipe.multi()
+                if batch.replace:
+                    self._clear(keys=[IDS], args=[dialog_key("")], client=pipe)
+                self._queue(pipe, batch)
+                pipe.execute()
         except RedisError as exc:
             raise _error(self.url, exc) from None
+        self._writer = token
+
+    def _queue(self, pipe: Pipeline, batch: StoreBatch) -> None:
+        """The batch's commands, after MULTI."""
+        for snap, taken, transfer in batch.put:
+            dialog_id = snap["id"]
+            pipe.hset(dialog_key(dialog_id), mapping={
+                "call_id": snap["call_id"], "taken": repr(taken), "snapshot": pack(snap),
+                "transfer": _packed_transfer(transfer)})
+            pipe.sadd(IDS, dialog_id)
+        for dialog_id, transfer in batch.transfers:
+            self._set_transfer(keys=[dialog_key(dialog_id)],
+                               args=[_packed_transfer(transfer)], client=pipe)
+        for dialog_id in batch.dropped:
+            pipe.delete(dialog_key(dialog_id))
+            pipe.srem(IDS, dialog_id)
+        if batch.route_secret:
+            pipe.hset(META, "route_secret", batch.route_secret)
 
     def route_secret(self, generate: Callable[[], str]) -> str:
         try:
