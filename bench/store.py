@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,9 @@ def held_limit(rate: int, hold_ms: int) -> int:
 
 
 def cpu_per_call(workdir: Path, store: str | None, rate: int, seconds: int,
-                 hold_ms: int) -> dict[str, Any]:
+                 hold_ms: int, server_pid: int | None = None) -> dict[str, Any]:
+    """The proxy's CPU per call; with `server_pid` (redis-server's), the store server's
+    too, reported apart."""
     binary = sipp_binary()
     assert binary is not None, "sipp not installed (apt-get install sip-tester)"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,7 @@ def cpu_per_call(workdir: Path, store: str | None, rate: int, seconds: int,
     try:
         pids = sb.pids()
         before = cpu_seconds(pids)
+        server_before = cpu_seconds([server_pid]) if server_pid is not None else 0.0
         uac = SippProcess("uac", uac_command(
             binary, uas=("127.0.0.1", uas_port), proxy=sb.address, local_port=uac_port,
             rate=rate, calls=calls, stat_file=str(workdir / "uac.csv"),
@@ -96,6 +100,8 @@ def cpu_per_call(workdir: Path, store: str | None, rate: int, seconds: int,
         uac.wait(seconds * 3 + 60)
         time.sleep(1.0)  # the last writes behind the hot path
         used = cpu_seconds(pids) - before
+        server_used = (cpu_seconds([server_pid]) - server_before
+                       if server_pid is not None else 0.0)
         stats = stats_of(workdir / "uac.csv")
         done = stat_int(stats, "SuccessfulCall(C)")
         failed = stat_int(stats, "FailedCall(C)")
@@ -103,9 +109,13 @@ def cpu_per_call(workdir: Path, store: str | None, rate: int, seconds: int,
     finally:
         uas.stop()
         sb.stop()
-    return {"store": store_kind(store), "rate": rate, "calls": done,
-            "failed": failed, "cpu_s": round(used, 3),
-            "cpu_ms_per_call": round(used * 1000 / max(done, 1), 4), "store_stats": writes}
+    out: dict[str, Any] = {
+        "store": store_kind(store), "rate": rate, "calls": done, "failed": failed,
+        "cpu_s": round(used, 3), "cpu_ms_per_call": round(used * 1000 / max(done, 1), 4),
+        "store_stats": writes}
+    if server_pid is not None:
+        out["store_server_cpu_ms_per_call"] = round(server_used * 1000 / max(done, 1), 4)
+    return out
 
 
 def fill_store(url: str, count: int) -> None:
@@ -355,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold-ms", type=int, default=1000, help="call length, ms (1000)")
     parser.add_argument("--stores", default="memory,sqlite,redis",
                         help="the CPU runs (default memory,sqlite,redis; empty: none)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the CPU runs; medians reported (1)")
     parser.add_argument("--restart", default="10000",
                         help="stored dialog counts for the restart time (10000; empty: none)")
     parser.add_argument("--restart-stores", default="sqlite",
@@ -375,19 +387,31 @@ def main(argv: list[str] | None = None) -> None:
         if "redis" in kinds or "redis" in args.restart_stores.split(","):
             redis = RedisServer(base / "redis")
         try:
-            runs: dict[str, dict[str, Any]] = {}
-            for kind in kinds:
-                url = (None if kind == "memory" else f"sqlite:{base / kind / 'dialogs.sqlite'}"
-                       if kind == "sqlite" else redis.url if redis is not None else None)
-                runs[kind] = cpu_per_call(base / kind, url, args.rate, args.seconds,
-                                          args.hold_ms)
-                print(json.dumps(runs[kind]), flush=True)
-            if "memory" in runs:
-                for kind, run in runs.items():
+            runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+            # Rounds of one run of each, so that a machine's changing load spreads evenly.
+            for round_no in range(args.repeat):
+                for kind in kinds:
+                    workdir = base / f"{kind}-{round_no}"
+                    url = (None if kind == "memory" else
+                           f"sqlite:{workdir / 'dialogs.sqlite'}" if kind == "sqlite" else
+                           redis.url if redis is not None else None)
+                    server_pid = (redis.proc.pid if kind == "redis" and redis is not None
+                                  and redis.proc is not None else None)
+                    run = cpu_per_call(workdir, url, args.rate, args.seconds, args.hold_ms,
+                                       server_pid)
+                    print(json.dumps(run), flush=True)
+                    if not run["failed"]:  # a run with failed calls measured retransmissions
+                        runs[kind].append(run["cpu_ms_per_call"])
+            medians = {kind: statistics.median(v) for kind, v in runs.items() if v}
+            print(json.dumps({"cpu_ms_per_call_median": medians,
+                              "runs_without_failed_calls": {k: len(v) for k, v in runs.items()}}),
+                  flush=True)
+            if "memory" in medians:
+                for kind, median in medians.items():
                     if kind != "memory":
-                        extra = run["cpu_ms_per_call"] / runs["memory"]["cpu_ms_per_call"] - 1
+                        extra = median / medians["memory"] - 1
                         print(f"CPU per call with the {kind} store: {extra:+.1%} against "
-                              "memory only", flush=True)
+                              "memory only (medians)", flush=True)
             for kind in (k for k in args.restart_stores.split(",") if k):
                 for count in (int(c) for c in args.restart.split(",") if c):
                     workdir = base / f"restart-{kind}-{count}"
