@@ -41,11 +41,16 @@ T = TypeVar("T")
 RESTARTED: Final = "500 Restarted"
 # Seconds between two pings of the store while nothing changes.
 IDLE_LOOK: Final = 1.0
+# The longest wait, in seconds, between two catch-ups that failed although the store
+# answered its ping (a full disk, a Redis at its memory limit): each one snapshots every
+# confirmed dialog on the loop, which must not happen every interval.
+CATCH_UP_BACKOFF: Final = 10.0
 
 
 class DialogKeeper:
     def __init__(self, store: DialogStore, worker: Worker, interval: float,
-                 clock: Callable[[], float] = time.time, route_secret: str = "") -> None:
+                 clock: Callable[[], float] = time.time, route_secret: str = "", *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         # The Record-Route key the store gave us ("" when the configuration sets it): a
         # catch-up writes it again.
@@ -69,7 +74,11 @@ class DialogKeeper:
         # The node started without the store: what it holds is to be restored when it answers.
         self._unread = False
         self._read_error = ""  # the last reason the store could not be used (logged once)
-        self._next_look = time.monotonic() + IDLE_LOOK  # an idle node's next ping
+        self.monotonic = monotonic
+        self._next_look = monotonic() + IDLE_LOOK  # an idle node's next ping
+        # After a catch-up that failed: not before this time, and the wait after the next.
+        self._catch_up_at = 0.0
+        self._catch_up_wait = 0.0
         worker.proxy.track_changes()
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
@@ -228,6 +237,8 @@ class DialogKeeper:
                 return
             if self._unread and not await self._read_late():
                 return
+            if self.monotonic() < self._catch_up_at:
+                return
             # What changed while the store was asked: superseded by the whole state, but
             # taken in the same step, so that every dialog in it counts as written and its
             # end is written when it comes.
@@ -249,9 +260,14 @@ class DialogKeeper:
                 raise
             self.failures += 1
             self._gone("a write failed", exc)
+            if batch.replace:
+                self._catch_up_wait = min(max(2 * self._catch_up_wait, self.interval),
+                                          CATCH_UP_BACKOFF)
+                self._catch_up_at = self.monotonic() + self._catch_up_wait
             return
         self.writes += 1
-        self._next_look = time.monotonic() + IDLE_LOOK  # it answered just now
+        self._catch_up_wait = 0.0
+        self._next_look = self.monotonic() + IDLE_LOOK  # it answered just now
         self._catch_up = False
         if self._failing:
             log.warning("dialog store: available again, %d confirmed dialogs written",
@@ -261,7 +277,7 @@ class DialogKeeper:
     async def _look(self) -> None:
         """With nothing to write, ask the store now and then whether it answers: an idle
         node must not go on saying a store that went away is there."""
-        now = time.monotonic()
+        now = self.monotonic()
         if now < self._next_look:
             return
         self._next_look = now + IDLE_LOOK

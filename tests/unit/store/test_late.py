@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from switchboard.store import (
+    DialogKeeper,
     DialogStore,
     OpenedLater,
     SqliteStore,
@@ -24,7 +25,7 @@ from switchboard.store import (
 )
 from switchboard.store import keeper as keeper_module
 from tests.unit.kit.callops import Net, answer, established, only_request
-from tests.unit.kit.store import keeper, snap
+from tests.unit.kit.store import NetWorker, keeper, snap
 
 
 class Gate:
@@ -242,4 +243,48 @@ async def test_a_call_confirmed_while_the_store_is_asked_is_deleted_when_it_ends
     net.send(answer(bye, 200, "OK"), late.callee)
     await keep.flush()
     assert store.batches[-1].dropped == [late_id]
+    await keep.close()
+
+
+async def test_a_catch_up_the_store_refuses_is_tried_again_later_and_later() -> None:
+    """A store that answers its ping but refuses the write (a full disk): the catch-up —
+    every confirmed dialog, snapshotted on the loop — is tried again after the interval,
+    then twice as long each time up to `CATCH_UP_BACKOFF`, and at once in the normal
+    rhythm again once one succeeded."""
+    now = [0.0]
+
+    class Full:
+        def __init__(self) -> None:
+            self.full = True
+            self.tried: list[tuple[float, bool]] = []  # (when, a catch-up)
+
+        def write(self, batch: StoreBatch) -> None:
+            self.tried.append((now[0], batch.replace))
+            if self.full:
+                raise StoreError("d.sqlite: database or disk is full")
+
+        def ping(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    net = Net()
+    store = Full()
+    keep = DialogKeeper(store, NetWorker(net), 0.5, clock=lambda: 1000.0,  # type: ignore[arg-type]
+                        monotonic=lambda: now[0])
+    established(net)
+    while now[0] < 40.0:
+        await keep.flush()
+        now[0] += 0.5
+    assert store.tried[0] == (0.0, False)
+    assert [when for when, replace in store.tried[1:] if replace] == [
+        0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 26.0, 36.0]
+    assert keep.statistics()["store:available"] == 0
+    store.full = False
+    while now[0] < 50.0:  # the next catch-up, at 46 s, succeeds
+        await keep.flush()
+        now[0] += 0.5
+    assert store.tried[-1] == (46.0, True)
+    assert keep.statistics()["store:available"] == 1
     await keep.close()
