@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 from ..actors.worker import Worker
+from ..sip.dialog import Dialog
 from ..sip.events import TransferEnded
 from ..sip.replication import RESTORABLE
 from .base import DialogStore, StoreBatch, StoredDialog, StoreError, StoreUnavailable, Transfer
@@ -45,6 +46,8 @@ IDLE_LOOK: Final = 1.0
 # answered its ping (a full disk, a Redis at its memory limit): each one snapshots every
 # confirmed dialog on the loop, which must not happen every interval.
 CATCH_UP_BACKOFF: Final = 10.0
+# Dialogs restored or snapshotted in one go on a running node, before letting messages in.
+CHUNK: Final = 1000
 
 
 class DialogKeeper:
@@ -137,7 +140,10 @@ class DialogKeeper:
             return False
         self._unread = False
         restored_before = self.restored
-        self.restore(stored)
+        for start in range(0, len(stored), CHUNK):
+            if start:
+                await asyncio.sleep(0)  # a running node: messages go on meanwhile
+            self.restore(stored[start:start + CHUNK])
         log.warning("dialog store: answered, %d of %d stored dialogs restored into the "
                     "running node", self.restored - restored_before, len(stored),
                     extra={"event": "dialogs_restored"})
@@ -209,20 +215,39 @@ class DialogKeeper:
     def everything(self) -> StoreBatch:
         """Every confirmed dialog as it is now, with its transfer in flight, as a batch that
         replaces what the store holds (on the loop; no I/O)."""
+        self._transfers.clear()
+        batch = StoreBatch(replace=True, route_secret=self.route_secret)
+        self._snapshot(list(self.worker.proxy.dialogs), batch)
+        return batch
+
+    async def _whole_state(self) -> StoreBatch:
+        """`everything`, for a catch-up on a running node: the changed dialogs taken in the
+        same step as the list of confirmed ones, so that each counts as written and its end
+        is written when it comes; their snapshots taken some at a time, letting messages
+        through between (a dialog that changes meanwhile is written again next time)."""
+        self.collect()
+        dialogs = [d for d in self.worker.proxy.dialogs if d.state in RESTORABLE]
+        self._transfers.clear()
+        batch = StoreBatch(replace=True, route_secret=self.route_secret)
+        for start in range(0, len(dialogs), CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            self._snapshot(dialogs[start:start + CHUNK], batch)
+        return batch
+
+    def _snapshot(self, dialogs: list[Dialog], batch: StoreBatch) -> None:
+        """The confirmed ones of `dialogs`, as they are now, into `batch`."""
         worker = self.worker
         now, taken = worker.now(), self.clock()
         in_flight = worker.callops.transfer_in_flight
         transfers = self._transfers
-        transfers.clear()
-        batch = StoreBatch(replace=True, route_secret=self.route_secret)
-        for dialog in worker.proxy.dialogs:
+        for dialog in dialogs:
             if dialog.state not in RESTORABLE:
                 continue
             transfer = in_flight(dialog)
             batch.put.append((dialog.snapshot(now), taken, transfer))
             if transfer is not None:
                 transfers[dialog.id] = transfer
-        return batch
 
     async def flush(self) -> None:
         """Write what changed since the last write. After a failed write the store is
@@ -239,11 +264,7 @@ class DialogKeeper:
                 return
             if self.monotonic() < self._catch_up_at:
                 return
-            # What changed while the store was asked: superseded by the whole state, but
-            # taken in the same step, so that every dialog in it counts as written and its
-            # end is written when it comes.
-            self.collect()
-            batch = self.everything()
+            batch = await self._whole_state()
         else:
             self._pending.merge(changes)
             batch = self._pending

@@ -288,3 +288,35 @@ async def test_a_catch_up_the_store_refuses_is_tried_again_later_and_later() -> 
     assert store.tried[-1] == (46.0, True)
     assert keep.statistics()["store:available"] == 1
     await keep.close()
+
+
+async def test_a_late_restore_and_its_catch_up_go_some_dialogs_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a running node the restore and the whole state's snapshots are taken `CHUNK`
+    dialogs at a time, messages going on in between: what is restored and written is all
+    of it all the same."""
+    monkeypatch.setattr(keeper_module, "CHUNK", 2)
+    path = tmp_path / "d.sqlite"
+    before = Net()
+    template = established(before).dialog.snapshot(before.now)
+    previous = SqliteStore(str(path))
+    previous.write(StoreBatch(put=[(dict(template, id=f"0.ff00{i:02x}", call_id=f"old-{i}"),
+                                    1000.0, None) for i in range(5)]))
+    previous.close()
+
+    net = Net()
+    gate = Gate(path)
+    keep = keeper(net, OpenedLater("redis://127.0.0.1:1/0", gate))
+    keep.wait_for_store()
+    calls = [established(net, call_id=f"new-{i}", caller_tag=f"a{i}", callee_tag=f"b{i}")
+             for i in range(3)]
+    gate.up = True
+    await keep.flush()
+    assert keep.statistics()["store:restored_dialogs"] == 5
+    assert sorted(d.call_id for d in net.proxy.dialogs) == sorted(
+        [f"old-{i}" for i in range(5)] + [c.call_id for c in calls])
+    check = SqliteStore(str(path))
+    assert sorted(s.snapshot["call_id"] for s in check.load()) == sorted(
+        [f"old-{i}" for i in range(5)] + [c.call_id for c in calls])
+    check.close()
+    await keep.close()
