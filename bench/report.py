@@ -321,7 +321,7 @@ def targets_markdown(result: Mapping[str, Any]) -> list[str]:
 
 def parts_markdown(result: Mapping[str, Any]) -> list[str]:
     """The sections of the parts beyond call rate that are in `result`."""
-    from . import callops, dialogs, events, overload
+    from . import callops, dialogs, events, overload, tls
 
     lines = targets_markdown(result)
     if "dialogs" in result:
@@ -335,6 +335,8 @@ def parts_markdown(result: Mapping[str, Any]) -> list[str]:
         lines += events.markdown(result["events"], without)
     if "overload" in result:
         lines += overload.markdown(result["overload"])
+    if "tls" in result:
+        lines += tls.markdown(result["tls"])
     return lines
 
 

@@ -1,8 +1,9 @@
 """`python -m bench`: run the suite, show progress, write the results.
 
 The parts, in the order they run (`--only` picks some): call rate (every system), dialogs held
-(switchboard and Kamailio), call operations under load, events, overload (switchboard). The
-soak is separate: `python -m bench.soak`.
+(switchboard and Kamailio), call operations under load, events, overload (switchboard); on
+request (`--only tls`, not in the default runs, whose time budgets it would pass) TLS and
+WebSocket (switchboard and Kamailio). The soak is separate: `python -m bench.soak`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import switchboard
 from tests.support.sipp import sipp_binary
 
-from . import callops, callrate, dialogs, events, overload, proc, report, sipp, systems
+from . import callops, callrate, dialogs, events, overload, proc, report, sipp, systems, tls
 
 # Offered rates (calls/s) and seconds per step.
 QUICK_RATES = (500, 1000, 1500, 2000, 3000, 4000, 5000)
@@ -38,6 +39,9 @@ QUICK_BUDGET_S = 38.0
 FULL_BUDGET_S = 225.0
 
 PARTS = ("callrate", "dialogs", "callops", "events", "overload")
+# Run only when asked for (`--only`): with them the runs would pass their 3 and 30 minutes.
+ON_REQUEST = ("tls",)
+TLS_SYSTEMS = ("switchboard", "kamailio")
 QUICK_SYSTEMS = "switchboard,kamailio"
 FULL_SYSTEMS = "switchboard,switchboard-ray-1,switchboard-ray-2,kamailio"
 DIALOG_SYSTEMS = ("switchboard", "kamailio")  # the Ray runtime's dialogs are per worker
@@ -63,6 +67,9 @@ class PartsPlan:
     overload_recovery: tuple[float, ...]
     overload_duration: float
     max_rate: float | None
+    tls_rates: tuple[float, ...] = tls.RATES
+    tls_duration: float = tls.DURATION_S
+    tls_connections: int = tls.CONNECTIONS
 
     def settings(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +92,15 @@ class PartsPlan:
             total += steps * (self.overload_duration + 2.5) + 6.0
             if self.max_rate is None and "callrate" not in parts:
                 total += 30.0
+        if "tls" in parts:
+            total += self.tls_plan(TLS_SYSTEMS).estimate_seconds()
         return total
+
+    def tls_plan(self, names: Sequence[str], kamailio_children: int | None = None
+                 ) -> tls.Plan:
+        return tls.Plan(rates=self.tls_rates, duration=self.tls_duration,
+                        systems=tuple(names), connections=self.tls_connections,
+                        kamailio_children=kamailio_children)
 
 
 def make_parts_plan(args: argparse.Namespace) -> PartsPlan:
@@ -116,6 +131,10 @@ def make_parts_plan(args: argparse.Namespace) -> PartsPlan:
         overload_recovery=(0.5,) if quick else (0.5, 1.0),
         overload_duration=args.overload_duration or (3.0 if quick else 15.0),
         max_rate=args.max_rate,
+        tls_rates=floats(args.tls_rates, tls.RATES),
+        tls_duration=args.tls_duration or (5.0 if quick else tls.DURATION_S),
+        tls_connections=(args.tls_connections if args.tls_connections is not None
+                         else tls.CONNECTIONS),
     )
 
 
@@ -171,7 +190,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"{QUICK_SYSTEMS} with --quick, {FULL_SYSTEMS} otherwise); the "
                         "dialogs part takes switchboard and kamailio from it")
     p.add_argument("--only", default=",".join(PARTS),
-                   help=f"comma-separated parts to run ({', '.join(PARTS)}; default: all)")
+                   help=f"comma-separated parts to run ({', '.join(PARTS + ON_REQUEST)}; "
+                        f"default: all but {', '.join(ON_REQUEST)})")
     p.add_argument("--dialogs", metavar="N,N",
                    help="dialogs-held sizes (default: 10000 with --quick, "
                         "10000,50000,100000 otherwise)")
@@ -197,6 +217,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "part's, else a quick search)")
     p.add_argument("--overload-duration", type=float, metavar="S",
                    help="overload: seconds per step (default 4 with --quick, 15 otherwise)")
+    p.add_argument("--tls-rates", metavar="R,R",
+                   help="TLS: offered calls/s per mode (default "
+                        f"{','.join(f'{r:g}' for r in tls.RATES)})")
+    p.add_argument("--tls-duration", type=float, metavar="S",
+                   help=f"TLS: seconds per step (default {tls.DURATION_S:g}, 5 with --quick)")
+    p.add_argument("--tls-connections", type=int, metavar="N",
+                   help=f"TLS: idle connections per system and kind (default "
+                        f"{tls.CONNECTIONS}; 0: skip the memory readings)")
     p.add_argument("--rates", help="comma-separated offered rates, calls/s (overrides the mode)")
     p.add_argument("--duration", type=float, help="seconds per step (overrides the mode)")
     p.add_argument("--budget", type=float, metavar="S",
@@ -231,11 +259,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def parse_parts(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    known = PARTS + ON_REQUEST
     for part in parts:
-        if part not in PARTS:
-            raise SystemExit(f"unknown part {part!r} (known: {', '.join(PARTS)}; the soak is "
+        if part not in known:
+            raise SystemExit(f"unknown part {part!r} (known: {', '.join(known)}; the soak is "
                              "python -m bench.soak)")
-    return tuple(p for p in PARTS if p in parts)
+    return tuple(p for p in known if p in parts)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -351,8 +380,10 @@ def run(plan: Plan, out: Path, *, keep_raw: bool, install: bool, plots: bool,
         raise SystemExit("SIPp is needed: apt-get install -y sip-tester")
     dialog_systems = tuple(n for n in plan.systems if n in DIALOG_SYSTEMS)
     if "kamailio" in plan.systems and install and (
-            "callrate" in parts or ("dialogs" in parts and "kamailio" in dialog_systems)):
-        systems.ensure_kamailio(ui.print)
+            "callrate" in parts or "tls" in parts
+            or ("dialogs" in parts and "kamailio" in dialog_systems)):
+        systems.ensure_kamailio(ui.print, modules=["tls.so", "websocket.so"]
+                                if "tls" in parts else [])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     started = datetime.now().astimezone().isoformat(timespec="seconds")
     raw = out / f"{stamp}-raw" if keep_raw else Path(tempfile.mkdtemp(prefix="bench-"))
@@ -498,6 +529,11 @@ def run_part(part: str, ui: Ui, pp: PartsPlan, plan: Plan, raw: Path, binary: st
         if max_rate is not None:
             result["settings"]["max_rate_source"] = source
         return result
+    if part == "tls":
+        names = [n for n in plan.systems if n in TLS_SYSTEMS]
+        return tls.run(pp.tls_plan(names, plan.kamailio_children), raw / "tls",
+                       sipp_binary=binary, say=say,
+                       progress=lambda f: ui.update(task, completed=f))
     raise ValueError(f"unknown part {part!r}")
 
 

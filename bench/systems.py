@@ -226,17 +226,26 @@ class Switchboard(System):
 class SwitchboardRay(Switchboard):
     """switchboard's Ray runtime with N workers on a private, loopback-only Ray
     (`bench/_ray_serve.py`). Worker i listens on the base port + i; the bench spreads new
-    calls evenly over the workers' ports, one SIPp UAC per port."""
+    calls evenly over the workers' ports, one SIPp UAC per port. With `shared_port` every
+    worker listens on the base port (`[runtime] shared_port`, docs/ray.md) and one SIPp UAC
+    sends every call there."""
 
     start_timeout = 180.0
     warmup_s = 5.0  # Ray is still busy for a few seconds after the workers answer
 
     def __init__(self, workers: int, python: str | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), shared_port: bool = False) -> None:
         super().__init__(python=python, extra_args=extra_args)
         self.workers = workers
-        self.name = f"switchboard-ray-{workers}"
-        self.label = f"switchboard (Ray runtime, {workers} worker{'s' if workers > 1 else ''})"
+        self.shared_port = shared_port
+        plural = "s" if workers > 1 else ""
+        if shared_port:
+            self.name = f"switchboard-ray-{workers}-shared"
+            self.label = f"switchboard (Ray runtime, {workers} worker{plural}, one address)"
+        else:
+            self.name = f"switchboard-ray-{workers}"
+            self.label = f"switchboard (Ray runtime, {workers} worker{plural})"
+        self._config: Path | None = None
 
     def pick_port(self) -> int:
         # The workers' SIP ports and the MI's in one block below the ephemeral range: Ray
@@ -249,13 +258,20 @@ class SwitchboardRay(Switchboard):
     @property
     def addresses(self) -> list[tuple[str, int]]:
         assert self.port is not None
+        if self.shared_port:
+            return [("127.0.0.1", self.port)]
         return [("127.0.0.1", self.port + i) for i in range(self.workers)]
 
     def command(self, port: int) -> list[str]:
         if self.mi_port is None:
             self.mi_port = free_port("tcp")
-        return [self.python, "-m", "bench._ray_serve", "serve", "--runtime", "ray",
-                "--workers", str(self.workers),
+        if self._config is None:
+            handle, name = tempfile.mkstemp(prefix="bench-ray-", suffix=".toml")
+            with os.fdopen(handle, "w") as out:
+                out.write(f"[runtime]\nshared_port = {'true' if self.shared_port else 'false'}\n")
+            self._config = Path(name)
+        return [self.python, "-m", "bench._ray_serve", "serve", "--config", str(self._config),
+                "--runtime", "ray", "--workers", str(self.workers),
                 "--listen", f"udp:127.0.0.1:{port}",
                 "--mi-http", f"127.0.0.1:{self.mi_port}", *self.extra_args]
 
@@ -271,9 +287,12 @@ class SwitchboardRay(Switchboard):
 
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
+        if self._config is not None:
+            self._config.unlink(missing_ok=True)
+            self._config = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "workers": self.workers,
+        return {**super().describe(), "workers": self.workers, "shared_port": self.shared_port,
                 "ports": [p for _, p in self.addresses] if self.port else []}
 
 
@@ -294,13 +313,15 @@ class Kamailio(System):
     label = "Kamailio (tm + rr + dialog)"
 
     def __init__(self, children: int | None = None, shm_mb: int = 2048, pkg_mb: int = 64,
-                 ctl: bool = False) -> None:
+                 ctl: bool = False, extra_args: Sequence[str] = ()) -> None:
         super().__init__()
         self.children = children or (os.cpu_count() or 2)
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
         self.ctl = ctl
         """Load ctl + kex (WITH_CTL in kamailio.cfg) so that `rpc()` (kamcmd) works."""
+        self.extra_args = list(extra_args)
+        """More command-line options (the TLS part's listener and `-A` defines)."""
         self.ctl_socket: Path | None = None
 
     def binary(self) -> str | None:
@@ -332,7 +353,7 @@ class Kamailio(System):
             # Room in the ctl process's private memory for a dlg.list of 100,000 dialogs
             # (only the pages a process touches count in its RSS/PSS).
             cmd[cmd.index("-M") + 1] = str(max(self.pkg_mb, 1024))
-        return cmd
+        return cmd + self.extra_args
 
     def rpc(self, *args: str, timeout: float = 60.0) -> str:
         """`kamcmd` against this Kamailio's ctl socket (needs `ctl=True`); its output."""
@@ -452,9 +473,12 @@ def module_dir() -> str | None:
     return None
 
 
-def ensure_kamailio(log: Any = print) -> bool:
-    """Install Debian's kamailio package when it is missing (root or passwordless sudo)."""
-    if Kamailio().available() is None:
+def ensure_kamailio(log: Any = print, modules: Sequence[str] = ()) -> bool:
+    """Install Debian's kamailio package when it is missing (root or passwordless sudo),
+    and the packages of `modules` (`{"tls.so": "kamailio-tls-modules"}`-style names: see
+    `MODULE_PACKAGES`)."""
+    missing = [MODULE_PACKAGES[m] for m in modules if not _has_module(m)]
+    if Kamailio().available() is None and not missing:
         return True
     if shutil.which("apt-get") is None:
         return False
@@ -464,15 +488,25 @@ def ensure_kamailio(log: Any = print) -> bool:
             return False
         prefix = ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log("kamailio is missing: installing Debian's kamailio package")
-    for args in (["apt-get", "install", "-y", "-qq", "kamailio"],
-                 ["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "kamailio"]):
+    packages = ["kamailio", *missing]
+    log(f"installing Debian's {', '.join(packages)}")
+    install = ["apt-get", "install", "-y", "-qq", *packages]
+    for args in (install, ["apt-get", "update", "-qq"], install):
         subprocess.run(prefix + args, env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
-        if Kamailio().available() is None:
+        if Kamailio().available() is None and all(_has_module(m) for m in modules):
             return True
     return False
+
+
+MODULE_PACKAGES = {"tls.so": "kamailio-tls-modules",
+                   "websocket.so": "kamailio-websocket-modules"}
+"""Kamailio modules outside Debian's kamailio package → the package that has them."""
+
+
+def _has_module(name: str) -> bool:
+    mdir = module_dir()
+    return mdir is not None and os.path.exists(os.path.join(mdir, name))
 
 
 SYSTEMS: dict[str, type[System]] = {
@@ -486,17 +520,20 @@ SYSTEMS: dict[str, type[System]] = {
 def make_system(name: str, **options: Any) -> System:
     if name == "kamailio":
         return Kamailio(children=options.get("kamailio_children"),
-                        ctl=bool(options.get("ctl", False)))
+                        ctl=bool(options.get("ctl", False)),
+                        extra_args=options.get("extra_args", ()))
     if name == "switchboard":
         return Switchboard(extra_args=options.get("extra_args", ()))
-    m = re.fullmatch(r"switchboard-ray-(\d+)", name)
+    m = re.fullmatch(r"switchboard-ray-(\d+)(-shared)?", name)
     if m and int(m.group(1)) >= 1:
-        return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()))
+        return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()),
+                              shared_port=m.group(2) is not None)
     raise SystemError_(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
 
 
 def known_system(name: str) -> bool:
-    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*", name) is not None
+    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*(-shared)?",
+                                            name) is not None
 
 
 # --- readiness probe --------------------------------------------------------------------------

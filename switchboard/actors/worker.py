@@ -50,6 +50,9 @@ class Worker:
         # Core time is the loop's monotonic clock; this maps it to wall time for display.
         self._wall_offset = time.time() - self._loop.time()
         self.overload = OverloadMonitor(self._set_overloaded)
+        # Set when the workers of a node share its address: True when it handed the
+        # message to the worker that owns it (`cluster/shared_port.py`).
+        self.router: Callable[[bytes, Address, Address], bool] | None = None
 
     def _set_overloaded(self, share: float) -> None:
         self.proxy.shed_fraction = share
@@ -81,6 +84,15 @@ class Worker:
     # -- the hot path ---------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Address, local: Address) -> None:
+        router = self.router
+        if router is not None and router(data, source, local):
+            return  # handed to the worker of this node that owns it
+        self.proxy.receive(data, source, local, self._loop.time())
+        self.flush()
+
+    def receive_handed(self, data: bytes, source: Address, local: Address) -> None:
+        """A message another worker of this node received and handed over, as this one owns
+        it: into the core as if received here, never routed again."""
         self.proxy.receive(data, source, local, self._loop.time())
         self.flush()
 

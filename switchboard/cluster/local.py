@@ -10,7 +10,9 @@ mirror every SIP message (without one, the hot path is exactly as before).
 
 With a `[dialog] store`, confirmed dialogs are written there behind the hot path
 (`store.DialogKeeper`) and read back at start, before the first message is served; a route
-secret left empty is generated once and kept in the store. `drain` (SIGTERM, MI `kill`)
+secret left empty is generated once and kept in the store. A store that does not answer at
+start (Redis down) does not keep the node from serving: it starts in memory only and the
+keeper reads and writes the store once it answers. `drain` (SIGTERM, MI `kill`)
 turns `/readyz` unready, answers new INVITEs 503 and waits for the transactions in flight
 before `stop` writes the store a last time.
 
@@ -47,7 +49,14 @@ from ..sip.operations import Operation, Refused
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.transaction import State
 from ..sip.wire import Address
-from ..store import DialogKeeper, StoredDialog, open_store
+from ..store import (
+    DialogKeeper,
+    DialogStore,
+    OpenedLater,
+    StoredDialog,
+    StoreUnavailable,
+    open_store,
+)
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
 from ..transport.tls import TlsContexts, TlsFiles
@@ -151,11 +160,14 @@ async def build_worker(
     *,
     sockets: Sequence[ListenSocket] | None = None,
     worker_id: int = 0,
+    reuse_port: bool = False,
 ) -> BuiltWorker:
     """Bind `sockets` (default: the configured ones) in the running loop and start a worker
     on them, its events going to `publish` (counted by `CallMetrics` on the way), with HEP
-    capture when a collector is configured. Raises OSError when a socket cannot be bound,
-    ScriptError for a routing script that does not load; nothing stays open then."""
+    capture when a collector is configured; `reuse_port` binds the UDP and TCP sockets so
+    that the other workers of the node can bind the same addresses. Raises OSError when a
+    socket cannot be bound, ScriptError for a routing script that does not load; nothing
+    stays open then."""
     endpoints: list[UdpEndpoint | TcpEndpoint | WsEndpoint] = []
     worker_box: list[Worker] = []
     hep: HepMirror | None = None
@@ -177,7 +189,8 @@ async def build_worker(
             tls = tls_contexts(config)
         flows = Flows()
         for sock in wanted:
-            endpoints.append(await bind_listener(config, sock, receiver, tls, flows))
+            endpoints.append(await bind_listener(config, sock, receiver, tls, flows,
+                                                 reuse_port=reuse_port))
         proxy = Proxy(
             proxy_config(config, tuple(e.local for e in endpoints), worker_id),
             _token,
@@ -230,13 +243,13 @@ def tls_contexts(config: Config) -> TlsContexts:
 
 
 async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
-                        tls: TlsContexts | None, flows: Flows
+                        tls: TlsContexts | None, flows: Flows, *, reuse_port: bool = False
                         ) -> UdpEndpoint | TcpEndpoint | WsEndpoint:
     """Bind one SIP listener. The WebSocket ones of a worker share `flows` (the table that
     finds a WebSocket client's connection by its name)."""
     limits = config.limits
     if sock.transport == "udp":
-        return await UdpEndpoint.bind(sock.host, sock.port, receiver)
+        return await UdpEndpoint.bind(sock.host, sock.port, receiver, reuse_port=reuse_port)
     if sock.transport in ("ws", "wss"):
         ws = config.websocket
         return await WsEndpoint.bind(
@@ -253,7 +266,7 @@ async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
                    "handshake_timeout": float(config.tls.handshake_timeout)}
     return await TcpEndpoint.bind(
         sock.host, sock.port, receiver, max_per_source=limits.tcp_connections_per_source,
-        idle_timeout=float(limits.tcp_idle_timeout), **options)
+        idle_timeout=float(limits.tcp_idle_timeout), reuse_port=reuse_port, **options)
 
 
 class LocalSwitchboard(CallOperations):
@@ -285,20 +298,34 @@ class LocalSwitchboard(CallOperations):
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
         loop = asyncio.get_running_loop()
-        # Opening may wait for a network store to answer: not on the loop.
-        store = (await loop.run_in_executor(None, open_store, cfg.dialog.store)
-                 if cfg.dialog.store else None)
+        store: DialogStore | None = None
+        unavailable = False
+        if cfg.dialog.store:
+            try:
+                # Opening may wait for a network store to answer: not on the loop.
+                store = await loop.run_in_executor(None, open_store, cfg.dialog.store)
+            except StoreUnavailable as exc:
+                log.error("dialog store does not answer: %s; serving from memory only "
+                          "(store:available 0) until it does, then its dialogs are restored "
+                          "and every confirmed dialog written", exc,
+                          extra={"event": "dialog_store_down"})
+                store, unavailable = OpenedLater(cfg.dialog.store), True
         stored: list[StoredDialog] = []
         stored_secret = ""
         try:
             if store is not None:
                 if not cfg.proxy.route_secret:
-                    # Routes we signed before a restart must stay valid after it.
-                    stored_secret = await loop.run_in_executor(
-                        None, store.route_secret, lambda: secrets.token_hex(32))
+                    # Routes we signed before a restart must stay valid after it. Without
+                    # the store, the key made now signs this run's routes and replaces the
+                    # stored one when the store answers (keeper).
+                    stored_secret = (secrets.token_hex(32) if unavailable else
+                                     await loop.run_in_executor(
+                                         None, store.route_secret,
+                                         lambda: secrets.token_hex(32)))
                     cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
                         cfg.proxy, route_secret=stored_secret))
-                stored = await loop.run_in_executor(None, store.load)
+                if not unavailable:
+                    stored = await loop.run_in_executor(None, store.load)
             built = await build_worker(cfg, self.events.publish)
         except BaseException:
             if store is not None:
@@ -310,10 +337,14 @@ class LocalSwitchboard(CallOperations):
             self.keeper = DialogKeeper(store, built.worker,
                                        cfg.dialog.store_interval_ms / 1000,
                                        route_secret=stored_secret)
-            restored = self.keeper.restore(stored)
+            if unavailable:
+                self.keeper.wait_for_store()
+            else:
+                restored = self.keeper.restore(stored)
+                log.info("dialog store %s: %d of %d stored dialogs restored",
+                         cfg.dialog.store, restored, len(stored),
+                         extra={"event": "dialogs_restored"})
             self.keeper.start()
-            log.info("dialog store %s: %d of %d stored dialogs restored", cfg.dialog.store,
-                     restored, len(stored), extra={"event": "dialogs_restored"})
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
         self._built = built
         if built.tls is not None:

@@ -135,6 +135,9 @@ class RuntimeConfig:
     workers: int = field(default=0, metadata=setting(
         Int(0), "worker count for ray; 0 = one per CPU",
         flag=Flag("--workers", "Worker count; 0 = one per CPU.", "N")))
+    shared_port: bool = field(default=True, metadata=setting(
+        BOOL, "ray: the workers of a node share each listen address (SO_REUSEPORT) and hand "
+        "every message to the worker that owns it; false = worker i listens on port + i"))
     drain_timeout: int = field(default=3, metadata=setting(
         Int(0), "on SIGTERM or MI kill: seconds transactions in flight may take to finish "
         "(new INVITEs get 503) before the node stops"))

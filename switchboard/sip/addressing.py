@@ -29,6 +29,12 @@ _V = TypeVar("_V")
 
 SIG_PARAM = "sb="  # our Record-Route's signature parameter
 SIG_LEN = 16
+# The worker mark, when the workers of a node share one address: our Record-Route URI
+# carries `;wk=<worker hex>` and our Via branch ends `.w<worker hex>`, so that whichever
+# worker the kernel hands a later message to can pass it to the one that owns its dialog
+# or transaction without parsing it (`cluster/owner.py` reads them).
+WORKER_PARAM = "wk="
+BRANCH_MARK = ".w"
 
 TRANSPORTS: Final = ("udp", "tcp", "tls", "ws", "wss")
 # RFC 5630 §3.1.1, RFC 7118 §5: a `sips:` URI over a stream is TLS, over WebSocket WSS; no
@@ -64,13 +70,16 @@ def target(uri: Uri | None) -> str:
     return f"{uri.scheme}:{uri.user or ''}@{uri.host.lower()}:{uri.port or 0}"
 
 
-def rr_uri(local: Address, signature: str, sips: bool = False) -> str:
+def rr_uri(local: Address, signature: str, sips: bool = False, mark: str = "") -> str:
     """Our Record-Route URI on socket `local`, with the route's signature if any. For a
     `sips:` request the entry on a TLS-backed socket is a `sips:` URI too (RFC 3261 §16.6
     step 4; RFC 5658 for each of a doubled pair), so the route set keeps every hop
     secure; `transport=tls` is not written under `sips:` (RFC 5630 deprecates it), and
-    WSS is `sips:` with `transport=ws` (RFC 7118 §5.2)."""
+    WSS is `sips:` with `transport=ws` (RFC 7118 §5.2). `mark` is the worker mark (a hex
+    worker number, "" for none)."""
     signed = f";{SIG_PARAM}{signature}" if signature else ""
+    if mark:
+        signed = f";{WORKER_PARAM}{mark}{signed}"
     transport = local.transport
     if sips and local.secure:
         suffix = "" if transport == "tls" else ";transport=ws"
@@ -123,6 +132,19 @@ class Addressing:
         # Set by the driver: the transport (ws or wss) of the live WebSocket connection a
         # client's name is known by, None when none is.
         self.connection_transport: Callable[[str], str | None] | None = None
+        # Set by the driver whose workers share one address: this worker's number in hex,
+        # written into our Record-Route and Via branch ("": nothing written, the wire as
+        # a single worker has it).
+        self.worker_mark = ""
+
+    def record_route(self, local: Address, signature: str, sips: bool) -> str:
+        """Our Record-Route URI on socket `local` (`rr_uri`), with the worker mark if any."""
+        return rr_uri(local, signature, sips, self.worker_mark)
+
+    def via(self, local: Address, branch: str) -> Via:
+        """Our Via on socket `local`; with a worker mark, the branch ends with it."""
+        mark = self.worker_mark
+        return via(local, f"{branch}{BRANCH_MARK}{mark}" if mark else branch)
 
     def serves_domain(self, uri: SipUri) -> bool:
         """A registrar domain of ours: a configured domain or any of our addresses."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .addressing import SIG_PARAM, Addressing, is_sips, rr_uri, signature_of
+from .addressing import SIG_PARAM, Addressing, is_sips, signature_of
 from .addressing import target as target_key
 from .addressing import via as our_via
 from .auth import Verdict
@@ -572,11 +572,13 @@ class Proxy:
                 req.call_id, req.from_tag or "", self._contact_target(req))
             sips = is_sips(req.uri)
             if local_out != local_in:
-                out.prepend("record-route", f"<{rr_uri(local_in, signature, sips)}>")
+                out.prepend("record-route",
+                           f"<{self.addressing.record_route(local_in, signature, sips)}>")
                 ctx.own_rr += 1
-            out.prepend("record-route", f"<{rr_uri(local_out, signature, sips)}>")
+            out.prepend("record-route",
+                       f"<{self.addressing.record_route(local_out, signature, sips)}>")
             ctx.own_rr += 1
-        out.prepend_via(our_via(local_out, self._branch(req)))
+        out.prepend_via(self.addressing.via(local_out, self._branch(req)))
         cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
         client = cls(out, dest, local_out, self._send, self.timers, self.config.timers,
                      self, ctx)

@@ -125,7 +125,7 @@ class Uac:
         local = self.addressing.local_for(dest)
         if local is None:
             return None
-        req.prepend_via(our_via(local, f"{MAGIC}{self.rand()}"))
+        req.prepend_via(self.addressing.via(local, f"{MAGIC}{self.rand()}"))
         return req, dest, local
 
     def send(self, dialog: Dialog, target: Leg, peer: Leg, method: str,

@@ -6,6 +6,10 @@ bytes, lists and dicts), the wall time it was taken and the transfer it had in f
 any; and one value besides the dialogs: the key that signs our Record-Route when the
 configuration leaves it empty, so that routes signed before a restart stay valid after it.
 A store's calls block: the runtime makes them from a thread of its own.
+
+A store that does not answer when the node starts (`StoreUnavailable`: a Redis down, hung or
+unreachable) need not keep the node from starting: `OpenedLater` stands in for it and opens
+it at its first call that succeeds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ class StoreError(Exception):
     a full disk)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer (a network store down, hung or out of reach): unlike the
+    other StoreErrors, a state that passes by itself."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredDialog:
     """One dialog read back: its snapshot, when it was taken (wall-clock seconds) and the
@@ -39,15 +48,19 @@ class StoreBatch:
     """What changed since the last batch: snapshots to put (each with the wall time it was
     taken and the transfer its dialog has in flight), transfer states of dialogs whose
     snapshot did not change, and the ids of dialogs that ended. With `replace`, every
-    stored dialog is forgotten first: the batch is the whole state (a catch-up)."""
+    stored dialog is forgotten first: the batch is the whole state (a catch-up). A
+    `route_secret` replaces the Record-Route key kept in the store, in the same write: the
+    key that signed the routes of the dialogs the batch holds."""
 
     put: list[tuple[dict[str, Any], float, Transfer | None]] = field(default_factory=list)
     transfers: list[tuple[str, Transfer | None]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     replace: bool = False
+    route_secret: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.put or self.transfers or self.dropped or self.replace)
+        return bool(self.put or self.transfers or self.dropped or self.replace
+                    or self.route_secret)
 
     def __len__(self) -> int:
         return len(self.put) + len(self.transfers) + len(self.dropped)
@@ -60,6 +73,7 @@ class StoreBatch:
         self.put.extend(later.put)
         self.transfers.extend(later.transfers)
         self.dropped.extend(later.dropped)
+        self.route_secret = later.route_secret or self.route_secret
 
 
 class DialogStore(Protocol):
@@ -68,7 +82,8 @@ class DialogStore(Protocol):
         ...
 
     def write(self, batch: StoreBatch) -> None:
-        """Apply `batch` at once (all of it or nothing); raises StoreError."""
+        """Apply `batch` at once (all of it or nothing); raises StoreError (StoreUnavailable
+        when the store did not answer)."""
         ...
 
     def route_secret(self, generate: Callable[[], str]) -> str:
@@ -112,10 +127,11 @@ def parse_store_url(url: str) -> tuple[str, str]:
 
 
 def open_store(url: str, scope: str = "") -> DialogStore:
-    """Open (creating if needed) the store `url` names; raises StoreError. Blocks (a
-    redis store is asked whether it answers): call it from a thread. With a `scope`, the
-    dialogs are kept apart from every other scope's in the same store (a redis key prefix,
-    a file of its own beside PATH): one scope a worker of the `ray` runtime."""
+    """Open (creating if needed) the store `url` names; raises StoreError (StoreUnavailable
+    for one that does not answer). Blocks (a redis store is asked whether it answers): call
+    it from a thread. With a `scope`, the dialogs are kept apart from every other scope's in
+    the same store (a redis key prefix, a file of its own beside PATH): one scope a worker
+    of the `ray` runtime."""
     try:
         kind, location = parse_store_url(url)
     except ValueError as exc:
@@ -127,3 +143,43 @@ def open_store(url: str, scope: str = "") -> DialogStore:
     from .sqlite import SqliteStore
 
     return SqliteStore(f"{location}.{scope}" if scope and location != ":memory:" else location)
+
+
+class OpenedLater:
+    """The store `url` names, which did not answer when the node started: each call opens
+    it first, raising StoreUnavailable (or the StoreError that opening it raised) until that
+    succeeds, then goes to it. A `DialogStore` for the keeper in the meantime; made from the
+    store thread only, like every store's calls."""
+
+    def __init__(self, url: str, opener: Callable[[str], DialogStore] = open_store) -> None:
+        self.url = url
+        self._opener = opener
+        self._store: DialogStore | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._store is not None
+
+    def _opened(self) -> DialogStore:
+        if self._store is None:
+            self._store = self._opener(self.url)
+        return self._store
+
+    def load(self) -> list[StoredDialog]:
+        return self._opened().load()
+
+    def write(self, batch: StoreBatch) -> None:
+        self._opened().write(batch)
+
+    def route_secret(self, generate: Callable[[], str]) -> str:
+        return self._opened().route_secret(generate)
+
+    def clear(self) -> None:
+        self._opened().clear()
+
+    def ping(self) -> None:
+        self._opened().ping()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()

@@ -93,6 +93,9 @@ class SqliteStore:
                      for dialog_id, t in batch.transfers])
                 self._db.executemany("DELETE FROM dialogs WHERE id = ?",
                                      [(dialog_id,) for dialog_id in batch.dropped])
+                if batch.route_secret:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('route_secret', ?)",
+                                     (batch.route_secret,))
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
 

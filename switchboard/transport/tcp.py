@@ -10,14 +10,20 @@ for as long as the connection is up.
 
 A connection whose framing breaks is closed; nothing else is affected. Limits against
 abuse: inbound connections per source address, an idle time after which a connection is
-closed, and for TLS a time limit on the handshake.
+closed, and for TLS a time limit on the handshake. An inbound connection holds a place of its
+source from accept: a TLS listener accepts the TCP connections itself and hands each one to
+the loop's TLS layer only once counted (`loop.connect_accepted_socket`), so a source that
+opens many handshakes and finishes none meets the same limit as one opening TCP connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+import struct
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from ..sip.addressing import request_sent_by
@@ -30,13 +36,18 @@ from .base import Receiver, Undelivered
 log = logging.getLogger(__name__)
 
 MAX_ALIASES = 4  # sent-by addresses one connection may be known by
+LISTEN_BACKLOG = 100  # as asyncio's create_server
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, owner: TcpEndpoint, peer: Address | None) -> None:
+    def __init__(self, owner: TcpEndpoint, peer: Address | None, *, inbound: bool = False
+                 ) -> None:
+        """`peer` None: accepted by a TCP listener, known once connected. An inbound TLS
+        connection comes with its peer, already holding its source's place."""
         self.owner = owner
         self.peer = peer
-        self.inbound = peer is None
+        self.inbound = inbound or peer is None
+        self.counted = inbound  # holds one of its source's places
         self.framer = StreamFramer(owner.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []
@@ -51,11 +62,10 @@ class _Connection(asyncio.Protocol):
             host, port = self.transport.get_extra_info("peername")[:2]
             self.peer = Address(self.owner.transport, str(host), int(port))
             if not self.owner.admit(self.peer.host):
-                log.info("%s: too many connections from %s, refusing one", self.owner.transport,
-                         self.peer.host)
-                self.owner.refused += 1
+                self.owner.refuse(self.peer.host)
                 self.transport.abort()
                 return
+            self.counted = True
         self.owner.connections[self.peer] = self
         for data in self.pending:
             self.transport.write(data)
@@ -87,8 +97,13 @@ class _Connection(asyncio.Protocol):
                 del owner.aliases[alias]
         if self.peer is not None and owner.connections.get(self.peer) is self:
             del owner.connections[self.peer]
-            if self.inbound:
-                owner.release(self.peer.host)
+        self.release()
+
+    def release(self) -> None:
+        """Give the source's place back, once, however the connection ended."""
+        if self.counted and self.peer is not None:
+            self.counted = False
+            self.owner.release(self.peer.host)
 
     def write(self, data: bytes) -> None:
         self.last_active = self.owner.loop.time()
@@ -127,8 +142,13 @@ class TcpEndpoint:
         # Told of each message that waited for a connection that failed to open (the
         # worker, so the transaction that sent it fails now, RFC 3261 §17.1.4).
         self.undelivered: Undelivered | None = None
+        # Workers sharing one address: asked (data, dest, local) before a connection is
+        # opened; True when another worker of the node holds a connection to `dest` and
+        # took the bytes for it (`cluster/shared_port.py`).
+        self.relay: Callable[[bytes, Address, Address], bool] | None = None
         self._per_source: dict[str, int] = {}
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None  # a TLS listener's, accepted from here
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         if idle_timeout > 0:
@@ -140,6 +160,14 @@ class TcpEndpoint:
             return False
         self._per_source[host] = count + 1
         return True
+
+    def refuse(self, host: str) -> None:
+        log.info("%s: too many connections from %s, refusing one", self.transport, host)
+        self.refused += 1
+
+    def counted_from(self, host: str) -> int:
+        """Inbound connections from `host` holding a place, handshakes included."""
+        return self._per_source.get(host, 0)
 
     def release(self, host: str) -> None:
         count = self._per_source.get(host, 0) - 1
@@ -173,37 +201,110 @@ class TcpEndpoint:
         self._sweeper = self.loop.call_later(min(self.idle_timeout, 10.0), self._sweep)
 
     @classmethod
-    async def bind(cls, host: str, port: int, receiver: Receiver, **options: Any
-                   ) -> TcpEndpoint:
+    async def bind(cls, host: str, port: int, receiver: Receiver, *, reuse_port: bool = False,
+                   **options: Any) -> TcpEndpoint:
+        """With `reuse_port`, every worker of a node listens on the same address
+        (SO_REUSEPORT): the kernel spreads new connections over them, and a connection
+        lives in the worker that accepted it."""
         transport = "tls" if options.get("server_ssl") is not None else "tcp"
         endpoint = cls(Address(transport, host, port), receiver, **options)
         loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {}
-        if endpoint.server_ssl is not None:
-            tls = {"ssl": endpoint.server_ssl,
-                   "ssl_handshake_timeout": endpoint.handshake_timeout}
-        endpoint._server = await loop.create_server(
-            lambda: _Connection(endpoint, None), host, port, reuse_address=True, **tls
-        )
-        bound = endpoint._server.sockets[0].getsockname()
+        if endpoint.server_ssl is None:
+            endpoint._server = await loop.create_server(
+                lambda: _Connection(endpoint, None), host, port, reuse_address=True,
+                reuse_port=reuse_port or None)
+            bound = endpoint._server.sockets[0].getsockname()
+        else:
+            info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_PASSIVE)
+            listener = socket.create_server(info[0][4][:2], family=info[0][0],
+                                            backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+            listener.setblocking(False)
+            endpoint._listener = listener
+            bound = listener.getsockname()
+            endpoint._spawn(endpoint._accept(listener))
         endpoint.local = Address(transport, host, bound[1])
         return endpoint
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """A TLS listener's accept loop: each connection is counted against its source
+        (or refused) before its handshake starts."""
+        while True:
+            try:
+                sock, address = await self.loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, say: this accept only
+                if listener.fileno() < 0:
+                    return  # closed
+                log.warning("%s accept failed: %s", self.transport, exc)
+                await asyncio.sleep(0.1)
+                continue
+            while True:
+                try:
+                    self._admit_accepted(sock, str(address[0]), int(address[1]))
+                except Exception:  # that connection only: the listener keeps accepting
+                    log.exception("%s: accepting a connection from %s failed", self.transport,
+                                  address)
+                    sock.close()
+                try:  # the rest of the backlog without going round the loop each time
+                    sock, address = listener.accept()
+                except OSError:  # BlockingIOError when it is empty
+                    break
+
+    def _admit_accepted(self, sock: socket.socket, host: str, port: int) -> None:
+        if not self.admit(host):
+            self.refuse(host)
+            # Reset rather than close: the refused party learns at once.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Connection(self, Address(self.transport, host, port), inbound=True)
+        self._spawn(self._handshake(conn, sock))
+
+    async def _handshake(self, conn: _Connection, sock: socket.socket) -> None:
+        """The server side of an accepted connection's TLS handshake, within the handshake
+        timeout; one that does not finish gives its source's place back."""
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=self.server_ssl,
+                ssl_handshake_timeout=self.handshake_timeout)
+        except Exception as exc:  # timed out, garbage, reset: this connection only
+            log.debug("%s handshake with %s failed: %s", self.transport, conn.peer, exc)
+            sock.close()
+            conn.release()
+        except asyncio.CancelledError:  # the endpoint is closing
+            sock.close()
+            conn.release()
+            raise
 
     def peer_of(self, dest: Address) -> Address:
         conn = self.connections.get(dest) or self.aliases.get(dest)
         return dest if conn is None or conn.peer is None else conn.peer
 
     def send(self, data: bytes, dest: Address) -> bool:
-        """Over the connection to `dest` (or aliased to it), else over a new one; True
-        always, since a connection can be opened. The messages waiting for one that fails
-        to open (refused, TLS handshake failed, timed out) go to `undelivered`."""
+        """Over the connection to `dest` (or aliased to it), else over another worker's
+        connection to it (`relay`), else over a new one; True always, since a connection can
+        be opened. The messages waiting for one that fails to open (refused, TLS handshake
+        failed, timed out) go to `undelivered`."""
+        conn = self.connections.get(dest) or self.aliases.get(dest)
+        if conn is None:
+            relay = self.relay
+            if relay is not None and relay(data, dest, self.local):
+                return True
+        return self.send_here(data, dest)
+
+    def send_here(self, data: bytes, dest: Address) -> bool:
+        """`send` over a connection of this endpoint only (an existing one or a new one)."""
         conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)
             self.connections[dest] = conn
-            task = asyncio.get_running_loop().create_task(self._connect(conn, dest))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._connect(conn, dest))
         conn.write(data)
         return True
 
@@ -240,3 +341,5 @@ class TcpEndpoint:
                 conn.transport.close()
         for task in self._tasks:
             task.cancel()
+        if self._listener is not None:  # its accept is cancelled now
+            self._listener.close()

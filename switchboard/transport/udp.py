@@ -20,11 +20,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def bind(cls, host: str, port: int, receiver: Receiver) -> UdpEndpoint:
+    async def bind(cls, host: str, port: int, receiver: Receiver, *, reuse_port: bool = False
+                   ) -> UdpEndpoint:
+        """With `reuse_port`, every worker of a node binds the same address (SO_REUSEPORT):
+        the kernel spreads what comes in over their sockets by source, and each worker
+        sends from that one address."""
         loop = asyncio.get_running_loop()
         endpoint = cls(Address("udp", host, port), receiver)
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: endpoint, local_addr=(host, port)
+            lambda: endpoint, local_addr=(host, port), reuse_port=reuse_port or None
         )
         sockname = transport.get_extra_info("sockname")
         endpoint.local = Address("udp", host, sockname[1])

@@ -6,7 +6,8 @@
 - `import_ray()`: the ray module, or a failure when it is not installed;
 - `kill_controller()`: remove a detached controller left behind by a failed test;
 - `Service` / `start_service(workers)`: a running `serve` with N workers on ports base + i and
-  the MI (the `service` fixture of conftest.py).
+  the MI (the `service` fixture of conftest.py); `start_service(workers, shared_port=True)`:
+  every worker on the base port (docs/ray.md "One address for every worker").
 """
 
 from __future__ import annotations
@@ -74,14 +75,16 @@ class InProcessService:
 
 @dataclass
 class Service:
-    """A switchboard on Ray run by this process: worker i listens on base + i (UDP and TCP)."""
+    """A switchboard on Ray run by this process: worker i listens on base + i (UDP and TCP),
+    or every worker on base when they share the port."""
 
     sb: Any  # switchboard.cluster.ray_runtime.RaySwitchboard (importing it needs ray)
     runner: InProcessService
     base: int
+    shared_port: bool = False
 
     def port(self, worker: int) -> int:
-        return self.base + worker
+        return self.base if self.shared_port else self.base + worker
 
     def mi(self, method: str, **params: Any) -> Any:
         """Call the MI over HTTP, as `switchboard mi` does; the result (MIClientError on an
@@ -94,7 +97,8 @@ class Service:
 WEBHOOK_SECRET = "ray-webhook-secret"
 
 
-def service_config(base: int, mi_port: int, workers: int, store: str = "") -> Config:
+def service_config(base: int, mi_port: int, workers: int, shared_port: bool = False,
+                   store: str = "") -> Config:
     config = apply_overrides(
         Config(),
         listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
@@ -104,24 +108,26 @@ def service_config(base: int, mi_port: int, workers: int, store: str = "") -> Co
     )
     return dataclasses.replace(
         config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET),
+        runtime=dataclasses.replace(config.runtime, shared_port=shared_port),
         dialog=dataclasses.replace(config.dialog, store=store))
 
 
-def start_service(workers: int, store: str = "") -> Service:
-    """`serve` in this process (the Ray driver) on a fresh port block, with `store` as its
-    `[dialog] store`; `stop_service` ends it."""
+def start_service(workers: int, shared_port: bool = False, store: str = "") -> Service:
+    """`serve` in this process (the Ray driver) on a fresh port block (one port when the
+    workers share it), with `store` as its `[dialog] store`; `stop_service` ends it."""
     from switchboard.cluster.ray_runtime import serve
 
     runner = InProcessService()
-    base = free_port_block(workers)
+    base = free_port_block(1 if shared_port else workers)
     try:
-        sb = runner.run(serve(service_config(base, free_port("tcp"), workers, store)),
+        sb = runner.run(serve(service_config(base, free_port("tcp"), workers, shared_port,
+                                             store)),
                         timeout=120)
     except BaseException:
         runner.close()
         kill_controller()
         raise
-    return Service(sb, runner, base)
+    return Service(sb, runner, base, shared_port)
 
 
 def stop_service(service: Service) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
 
 @pytest.fixture
+def port_each(tmp_path: Path) -> str:
+    """A configuration file that gives worker i the listen port + i (`shared_port = false`)."""
+    path = tmp_path / "port-each.toml"
+    path.write_text("[runtime]\nshared_port = false\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
 def no_controller_left(ray_cluster: str) -> Iterator[str]:
     """Torn down after `switchboard_server`: removes the detached controller should the
     driver have been killed before it could (the next module would find it running)."""
@@ -39,6 +48,7 @@ def no_controller_left(ray_cluster: str) -> Iterator[str]:
 
 def test_serve_runtime_ray_from_the_command_line(
     no_controller_left: str,
+    port_each: str,
     switchboard_server: Callable[..., SwitchboardServer],
     sipp: Callable[..., Sipp],
 ) -> None:
@@ -48,6 +58,7 @@ def test_serve_runtime_ray_from_the_command_line(
         collector.bind((HOST, 0))
         collector.settimeout(5)
         server = switchboard_server(
+            "--config", port_each,
             "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
             "--hep", f"udp:{HOST}:{collector.getsockname()[1]}",
             name="switchboard-ray", port=base, ready_timeout=90.0,
@@ -92,7 +103,8 @@ def test_serve_runtime_ray_from_the_command_line(
 
 
 def test_a_worker_port_in_use_stops_serve_with_one_line(
-    no_controller_left: str, switchboard_server: Callable[..., SwitchboardServer]
+    no_controller_left: str, port_each: str,
+    switchboard_server: Callable[..., SwitchboardServer]
 ) -> None:
     """Worker 1 cannot bind base + 1: `serve` says which worker and why, exits 1, and leaves
     no controller behind."""
@@ -101,6 +113,7 @@ def test_a_worker_port_in_use_stops_serve_with_one_line(
         taken.bind((HOST, base + 1))
         with pytest.raises(ServerStartError) as failed:
             switchboard_server(
+                "--config", port_each,
                 "--runtime", "ray", "--ray-address", no_controller_left, "--workers", "2",
                 name="switchboard-ray", port=base, ready_timeout=90.0,
             )

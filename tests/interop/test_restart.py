@@ -10,7 +10,10 @@ it was before the restart, and the BYE ends the listed dialog. Another call, who
 runs out after the restart, is ended by the restarted proxy with a BYE each way.
 With Redis, one run also kills redis-server before the hold and starts it again, empty,
 after it: the proxy goes on in memory only meanwhile and writes the held call again when
-Redis is back, so the call survives the proxy's restart that follows.
+Redis is back, so the call survives the proxy's restart that follows. Another starts the
+proxy while redis-server is down: it serves a call from memory (`store:available` 0, in
+/metrics too), writes it and the route secret once redis-server is started, and a restart
+on that store gets the call back.
 Scenarios: scenarios/restart/ (the second test reuses uac_wait_bye.xml, uas_wait_bye.xml).
 """
 
@@ -20,6 +23,7 @@ import secrets
 import signal
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,3 +239,59 @@ def test_the_lifetime_of_a_restored_call_runs_out(
     wait_clean(a, b)
     expired = restarted.mi_result("statistics:get", statistics=["dialog:expired_dialogs"])
     assert expired == {"dialog:expired_dialogs": 1}
+
+
+def metric(server: SwitchboardServer, name: str) -> float:
+    """The value of an unlabelled sample in the server's /metrics."""
+    url = server.mi_url.removesuffix("/mi") + "/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} in /metrics: {values}"
+    return float(values[0])
+
+
+@pytest.mark.redis
+def test_serve_starts_while_redis_is_down_and_writes_when_it_is_up(
+    sipp: StartSipp, switchboard_server: StartServer, events: EventCollector, tmp_path: Path,
+) -> None:
+    store = Store("redis", tmp_path)
+    assert store.redis is not None
+    store.redis.kill()  # down before the proxy starts; started again on the same port later
+    try:
+        args = ("--config", str(write_config(tmp_path, store)),
+                "--event-datagram", events.socket)
+        server = switchboard_server(*args)
+        line = server.wait_for_output("dialog store does not answer")
+        assert "memory only" in line and str(store.redis.port) in line
+        wait_available(server, 0)
+        assert metric(server, "switchboard_dialog_store_available") == 0
+        a, b, callid = start_call(sipp, server, SCENARIOS / "uac_wait_bye.xml",
+                                  SCENARIOS / "uas_wait_bye.xml")
+        with killed_on_failure(a, b):
+            before = wait_confirmed(server, callid)
+            store.redis.start()
+            wait_available(server, 1)
+            assert metric(server, "switchboard_dialog_store_available") == 1
+            wait_stored(store, callid, held=False)
+            client = store.redis.client()
+            try:
+                assert len(client.hget("switchboard:meta", "route_secret") or b"") == 64
+            finally:
+                client.close()
+            stop(server, "SIGKILL")
+
+            restarted = switchboard_server(*args, port=server.udp_port)
+            after = wait_confirmed(restarted, callid)
+            assert after.get("ID") == before.get("ID")
+            assert restarted.mi_result("statistics:get", statistics=["store:available"]) == {
+                "store:available": 1}
+            assert mi_ok(restarted, "dialog:end_dlg", dialog_id=callid) == "OK"
+            wait_dialogs(restarted, lambda ds: all(d.get("callid") != callid for d in ds),
+                         "the call ended", timeout=30.0)
+        wait_clean(a, b)
+        assert store.stored(callid) is None
+        events.wait_for("E_DLG_STATE_CHANGED", lambda p: p.get("callid") == callid
+                        and p.get("new_state") == 5)
+    finally:
+        store.close()

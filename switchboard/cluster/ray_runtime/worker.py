@@ -43,6 +43,7 @@ import errno
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -58,8 +59,16 @@ from ...readout import unpack as _unpack
 from ...sip.dialog import DialogState
 from ...sip.operations import Refused
 from ...sip.replication import RESTORABLE
-from ...store import DialogKeeper, DialogStore, StoredDialog, open_store
+from ...store import (
+    DialogKeeper,
+    DialogStore,
+    OpenedLater,
+    StoredDialog,
+    StoreUnavailable,
+    open_store,
+)
 from ..local import BuiltWorker, build_worker
+from ..shared_port import SharedPort
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error, unpack_operation
 from .context import (
     CALL_TIMEOUT,
@@ -121,6 +130,7 @@ class WorkerActor:
         self.restarted = restarted()
         self.rebind = rebind or self.restarted
         self.built: BuiltWorker | None = None
+        self.shared: SharedPort | None = None
         self.dropped = 0
         self.events: EventBus | None = None
         self.keeper: DialogKeeper | None = None
@@ -150,18 +160,33 @@ class WorkerActor:
         # Read before the sockets are bound: once they are, messages of the old dialogs may
         # come in, and they must find their dialogs.
         store: DialogStore | None = None
+        unavailable = False
         stored: list[StoredDialog] = []
         replicas: list[tuple[dict[str, Any], float]] = []
         route_secret = ""
         if config.dialog.store:
-            store = await loop.run_in_executor(None, open_store, config.dialog.store,
-                                               f"w{self.index}")
+            scope = f"w{self.index}"
+            try:
+                store = await loop.run_in_executor(None, open_store, config.dialog.store,
+                                                   scope)
+            except StoreUnavailable as exc:
+                # As the local runtime: serve from memory only until the store answers,
+                # then restore what it holds and write everything (`DialogKeeper`).
+                log.error("worker %d: dialog store does not answer: %s; serving from memory "
+                          "only (store:available 0) until it does", self.index, exc,
+                          extra={"event": "dialog_store_down"})
+                store = OpenedLater(config.dialog.store,
+                                    lambda url: open_store(url, scope))
+                unavailable = True
             try:
                 if not config.proxy.route_secret:
                     # Routes this worker signed before a restart must stay valid after it.
-                    route_secret = await loop.run_in_executor(
-                        None, store.route_secret, lambda: secrets.token_hex(32))
-                stored = await loop.run_in_executor(None, store.load)
+                    route_secret = (secrets.token_hex(32) if unavailable else
+                                    await loop.run_in_executor(
+                                        None, store.route_secret,
+                                        lambda: secrets.token_hex(32)))
+                if not unavailable:
+                    stored = await loop.run_in_executor(None, store.load)
             except BaseException:
                 store.close()
                 raise
@@ -182,11 +207,14 @@ class WorkerActor:
         if store is not None:
             self.keeper = DialogKeeper(store, worker, config.dialog.store_interval_ms / 1000,
                                        route_secret=route_secret)
-            restored = self.keeper.restore(stored)
+            if unavailable:
+                self.keeper.wait_for_store()
+            else:
+                restored = self.keeper.restore(stored)
+                log.info("worker %d: %d of its %d stored dialogs restored from %s",
+                         self.index, restored, len(stored), config.dialog.store,
+                         extra={"event": "dialogs_restored"})
             self.keeper.start()
-            log.info("worker %d: %d of its %d stored dialogs restored from %s", self.index,
-                     restored, len(stored), config.dialog.store,
-                     extra={"event": "dialogs_restored"})
         else:
             worker.proxy.track_changes()
             if self.restarted:
@@ -194,6 +222,8 @@ class WorkerActor:
                 log.warning("worker %d restarted by Ray: %d of its %d replicated dialogs "
                             "restored", self.index, restored, len(replicas))
             self._replicator = loop.create_task(self._replicate(worker))
+        if self.shared is not None:
+            self.shared.start()
         self._watchdog = loop.create_task(self._watch_controller())
         if self.restarted:
             with contextlib.suppress(Exception):
@@ -307,17 +337,41 @@ class WorkerActor:
         if route_secret:
             config = dataclasses.replace(config, proxy=dataclasses.replace(
                 config.proxy, route_secret=route_secret))
-        sockets = self.spec.sockets(self.index)
+        shared = await self._open_shared_port()
+        sockets = self.spec.sockets(0 if shared is not None else self.index)
         if any(s.host in ("0.0.0.0", "::") for s in sockets):
             # Via and Record-Route need an address peers can reach: this node's.
             host = node_ip()
             sockets = [dataclasses.replace(s, host=host) if s.host in ("0.0.0.0", "::")
                        else s for s in sockets]
         built = await build_worker(config, self._publish, sockets=sockets,
-                                   worker_id=self.index)
+                                   worker_id=self.index, reuse_port=shared is not None)
+        if shared is not None:
+            shared.attach(built.worker)  # no await since the bind: nothing left unmarked
         built.worker.callops.remote = _ToController(self._send)
         self.built = built
         return built.worker
+
+    # -- one address for every worker of the node (docs/ray.md) -----------------------------
+
+    async def _open_shared_port(self) -> SharedPort | None:
+        """This worker's end of the node's hand-off channel when the workers share the
+        listen addresses (`[runtime] shared_port`, fixed ports, no WebSocket listener: its
+        server binds no shared socket); None for a port each."""
+        config = self.spec.config
+        if not config.runtime.shared_port or any(
+                s.port == 0 or s.transport in ("ws", "wss") for s in config.listen.sockets):
+            return None
+        if self.shared is None:
+            context = ray.get_runtime_context()
+            # One directory per serving session (its job) and node: the workers that
+            # share one node's sockets.
+            directory = os.path.join(
+                tempfile.gettempdir(),
+                f"switchboard-{context.get_job_id()}-{context.get_node_id()[:12]}")
+            match = config.callops.match_param if config.callops.mode == "param" else ""
+            self.shared = await SharedPort.open(directory, self.index, match)
+        return self.shared
 
     # -- events and remote dialog calls toward the controller ------------------------------
 
@@ -457,6 +511,8 @@ class WorkerActor:
         stats["evi:dropped_events"] = stats.get("evi:dropped_events", 0) + self.dropped
         if self.keeper is not None:
             stats.update(self.keeper.statistics())
+        if self.shared is not None:
+            stats.update(self.shared.statistics())
         return stats
 
     async def statistics(self) -> bytes:
@@ -494,6 +550,9 @@ class WorkerActor:
         if self.built is not None:
             self.built.close()
             self.built = None
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
         if self.events is not None:
             await self.events.close()
             self.events = None

@@ -1,0 +1,191 @@
+"""One worker of a node whose workers share one address: its end of the hand-off channel,
+who owns what, and the hook in its receive path.
+
+Every worker binds the node's listen addresses with SO_REUSEPORT, so each can send from
+them (a UA behind NAT accepts messages only from the address it sent to). The kernel gives
+a UDP datagram to one of those sockets by its source; the worker that gets it asks
+`Ownership` whose it is and, when it is another worker's, hands the bytes over
+(`transport/handoff.py`); the owner runs it through its core as if it had received it and
+answers from the shared address. Each worker marks its Record-Route and Via branches
+(`Addressing.worker_mark`) so that later messages name it.
+
+A stream connection (TCP, TLS) lives in the worker that accepted it. A message that came
+over it and belongs to another worker is handed over too (`HANDED_STREAM`); the owner notes
+which worker holds a connection from that address (and from the sent-by its requests name,
+RFC 5923), and what it sends there goes back through that worker (`SEND`, through the TCP
+endpoint's `relay` hook), which writes it on its connection.
+
+The node's workers are the sockets in the channel's directory, looked at again when a worker
+joins (it says so over the channel) and every `MEMBERS_INTERVAL`: a worker that restarts
+keeps its place (its socket file stays), one that is added or removed changes the Call-ID
+hash of new transactions only.
+
+Knows nothing of Ray: the runtime gives it the directory and the worker's number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from ..actors.worker import Worker
+from ..capture import TappedEndpoint
+from ..hep import MirroredEndpoint
+from ..sip.addressing import request_sent_by
+from ..sip.wire import Address, default_port
+from ..transport.handoff import HANDED, HANDED_STREAM, SEND, HandoffChannel
+from ..transport.tcp import TcpEndpoint
+from .owner import Ownership
+
+log = logging.getLogger(__name__)
+
+MEMBERS_INTERVAL: Final = 1.0  # seconds between two looks at the node's workers
+EARLY_LIMIT: Final = 1024  # messages handed over before the worker is ready, kept for it
+MAX_CONNECTIONS: Final = 65536  # peer addresses remembered as reached over another worker
+
+
+class SharedPort:
+    """Open with `open` (before the worker's sockets are bound, so peers find it), then
+    `attach` the worker once built, then `start` once it may serve (after a restart: once
+    its dialogs are restored)."""
+
+    def __init__(self, me: int, channel: HandoffChannel, ownership: Ownership) -> None:
+        self.me = me
+        self.channel = channel
+        self.ownership = ownership
+        self.worker: Worker | None = None
+        # Peer address → the worker of this node whose connection brought messages from it.
+        self.connections: dict[Address, int] = {}
+        self._streams: dict[Address, TcpEndpoint] = {}
+        self._early: list[tuple[int, int, bytes, Address, Address]] | None = []
+        self._refresher: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def open(cls, directory: str, me: int, match_param: str) -> SharedPort:
+        """`match_param`: the transfer's Request-URI parameter that names a dialog id
+        (`[callops] match_param` in param mode), "" when transfers do not name one."""
+        box: list[SharedPort] = []
+
+        def deliver(kind: int, sender: int, data: bytes, source: Address,
+                    local: Address) -> None:
+            box[0].deliver(kind, sender, data, source, local)
+
+        def joined() -> None:
+            if box:
+                box[0].refresh()
+
+        channel = await HandoffChannel.open(directory, me, deliver, joined)
+        shared = cls(me, channel, Ownership(channel.members(), match_param))
+        box.append(shared)
+        return shared
+
+    def attach(self, worker: Worker) -> None:
+        """Mark what `worker` writes and route what it receives; call with no await since
+        its sockets were bound, so that nothing leaves unmarked."""
+        self.worker = worker
+        worker.proxy.addressing.worker_mark = f"{self.me:x}"
+        worker.router = self.route
+        for endpoint in worker.endpoints.values():
+            inner = endpoint
+            while isinstance(inner, (MirroredEndpoint, TappedEndpoint)):
+                inner = inner.inner
+            if isinstance(inner, TcpEndpoint):
+                inner.relay = self.relay
+                self._streams[inner.local] = inner
+        self.refresh()
+
+    def start(self) -> None:
+        """Serve what was handed over meanwhile, and keep the node's workers up to date."""
+        worker = self.worker
+        assert worker is not None
+        early, self._early = self._early, None
+        for kind, sender, data, source, local in early or ():
+            self.deliver(kind, sender, data, source, local)
+        self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL, self._tick)
+
+    def refresh(self) -> None:
+        members = self.channel.members()
+        if tuple(members) != self.ownership.members:
+            log.info("worker %d: the workers sharing its address are %s", self.me, members)
+            self.ownership.update(members)
+
+    def _tick(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL,
+                                                                    self._tick)
+
+    # -- the receive path -----------------------------------------------------------------
+
+    def route(self, data: bytes, source: Address, local: Address) -> bool:
+        """Hand `data` to the worker that owns it; False when that is this one, when no
+        worker of the node can be named, or when the owner cannot be reached: the caller
+        handles it then."""
+        if local.transport == "udp":
+            kind = HANDED
+        elif local in self._streams:
+            kind = HANDED_STREAM
+        else:
+            return False  # a WebSocket: its connections are not shared
+        owner = self.ownership.owner(data)
+        if owner is None or owner == self.me:
+            return False
+        return self.channel.send(owner, data, source, local, kind)
+
+    def deliver(self, kind: int, sender: int, data: bytes, source: Address,
+                local: Address) -> None:
+        """A frame another worker sent: a message to run through the core, or bytes to
+        write on one of this worker's connections."""
+        worker = self.worker
+        if self._early is not None or worker is None:
+            if self._early is not None and len(self._early) < EARLY_LIMIT:
+                self._early.append((kind, sender, data, source, local))
+            return
+        if kind == SEND:
+            stream = self._streams.get(local)
+            if stream is not None:
+                stream.send_here(data, source)  # never relayed again
+            return
+        if kind == HANDED_STREAM:
+            self._learn(sender, data, source)
+        worker.receive_handed(data, source, local)
+
+    def _learn(self, sender: int, data: bytes, source: Address) -> None:
+        """`source` (and the sent-by its request names at the same IP address, RFC 5923 §5)
+        is reached over `sender`'s connection."""
+        connections = self.connections
+        if len(connections) >= MAX_CONNECTIONS:
+            connections.clear()
+        connections[source] = sender
+        sent_by = request_sent_by(data)
+        if sent_by is not None:
+            _, host, port = sent_by
+            alias = Address(source.transport, host, port or default_port(source.transport))
+            if alias != source and host == source.host.lower():
+                connections[alias] = sender
+
+    def relay(self, data: bytes, dest: Address, local: Address) -> bool:
+        """A stream endpoint of this worker has no connection to `dest`: when another
+        worker's connection brought messages from there, the bytes go back through it."""
+        worker = self.connections.get(dest)
+        if worker is None:
+            return False
+        if self.channel.send(worker, data, dest, local, SEND):
+            return True
+        del self.connections[dest]
+        return False
+
+    def statistics(self) -> dict[str, int]:
+        return self.channel.statistics()
+
+    def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if self.worker is not None:
+            self.worker.router = None
+        for stream in self._streams.values():
+            stream.relay = None
+        self.channel.close()
