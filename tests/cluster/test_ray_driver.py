@@ -95,9 +95,10 @@ def test_a_killed_serve_leaves_the_service_running_and_a_new_one_attaches(
         _until("the dead driver's lease removed", lambda: not _named("driver"))
         assert _named("controller")
 
-        # Still serving: a new call through worker 1, its events at the subscriber.
+        # Still serving: a new call (the workers share the base port), its events at the
+        # subscriber.
         uas = sipp("uas", "uas.xml", local_port=free_port("udp")).wait_listening()
-        uac = sipp("uac", "uac.xml", remote=f"{HOST}:{base + 1}", local_port=free_port("udp"),
+        uac = sipp("uac", "uac.xml", remote=f"{HOST}:{base}", local_port=free_port("udp"),
                    keys={"uas_port": uas.local_port}, extra_args=("-cid_str", f"{prefix}new"))
         wait_clean(uac, uas)
         events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["callid"] == f"{prefix}new"
