@@ -78,6 +78,8 @@ class WebhookReceiver:
         self._hang = False
         self._cond = threading.Condition()
         self._requests: list[Request] = []
+        # The connections requests came on (see `_serve`), by the loop's thread only.
+        self._transports: set[asyncio.Transport] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -157,6 +159,13 @@ class WebhookReceiver:
         self._ready.set()
         await self._stopping.wait()
         await runner.cleanup()
+        # A TLS connection closed by the cleanup waits for the peer's close_notify, which
+        # may not come before this loop ends: its socket would be left open (a
+        # ResourceWarning at some later garbage collection). Aborting closes it now.
+        for transport in self._transports:
+            transport.abort()
+        self._transports.clear()
+        await asyncio.sleep(0)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.certificate is None:
@@ -170,6 +179,8 @@ class WebhookReceiver:
         signature = request.headers.get(SIGNATURE_HEADER, "")
         content_type = request.headers.get("Content-Type", "")
         secure = request.secure
+        if request.transport is not None:
+            self._transports.add(request.transport)
         if self._hang:
             self._record(Request(body, signature, content_type, None, secure))
             assert self._stopping is not None
