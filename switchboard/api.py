@@ -25,7 +25,7 @@ from .sip.operations import (
 )
 
 if TYPE_CHECKING:
-    from .capture import CaptureSwitch
+    from .capture import CaptureControl
 
 # JSON-RPC 2.0 core codes, with the messages OpenSIPS uses for them (mi/mi.h).
 PARSE_ERROR: Final = -32700
@@ -117,9 +117,9 @@ class ControlApi(Protocol):
         to. `observer` must return quickly. Raises `CommandError` for an unknown event."""
         ...
 
-    def capture(self) -> CaptureSwitch | None:
-        """The node's message capture (the console's ladder diagrams), when its worker runs
-        in this process; None when the workers are elsewhere."""
+    def capture(self) -> CaptureControl | None:
+        """The node's message capture (the console's ladder diagrams): each worker keeps its
+        own; None when the node keeps none."""
         ...
 
     def uptime_seconds(self) -> float:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from switchboard.api import CommandError, ControlApi, refusal
-from switchboard.capture import CaptureSwitch
+from switchboard.capture import CaptureControl
 from switchboard.events import E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from switchboard.sip.operations import Operation, Refused, end_call, hold, transfer
 
@@ -53,7 +53,7 @@ class RestState:
     idempotency: Idempotency
     clock: Callable[[], float] = time.time
     # The node's message capture, asked of the API when first needed (`_capture_of`).
-    capture: CaptureSwitch | None = None
+    capture: CaptureControl | None = None
     capture_asked: bool = False
 
 
@@ -88,7 +88,8 @@ def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> Rest
 
     async def stop_capture(app: web.Application) -> None:
         if state.capture is not None:
-            state.capture.stop()
+            with contextlib.suppress(Exception):  # a node shutting down may not answer
+                await state.capture.enable(False)
 
     app.on_shutdown.append(shutdown)
     app.on_shutdown.append(stop_capture)
@@ -313,17 +314,17 @@ _get_operation = _guarded(_get_operation_impl)
 # -- the message capture (the console's ladder diagrams) --------------------------------------
 
 
-def _capture_of(state: RestState) -> CaptureSwitch:
+def _capture_of(state: RestState) -> CaptureControl:
     if not state.capture_asked:
         state.capture, state.capture_asked = state.api.capture(), True
     if state.capture is None:
         raise Problem(404, "no-capture", "No message capture",
-                      "this runtime keeps no message capture in the management process")
+                      "this node keeps no message capture")
     return state.capture
 
 
 async def _get_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
-    return _json(_capture_of(state).view())
+    return _json(await _capture_of(state).state())
 
 
 async def _put_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
@@ -333,11 +334,7 @@ async def _put_capture_impl(request: web.Request, state: RestState) -> web.Strea
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise Problem.invalid("enabled", "true or false")
-    if enabled:
-        capture.lease()
-    else:
-        capture.stop()
-    return _json(capture.view())
+    return _json(await capture.enable(enabled))
 
 
 async def _call_messages_impl(request: web.Request, state: RestState) -> web.StreamResponse:
@@ -345,12 +342,12 @@ async def _call_messages_impl(request: web.Request, state: RestState) -> web.Str
     holds them), by Call-ID or, for a live call, dialog id."""
     capture = _capture_of(state)
     call_id = request.match_info["call"]
-    found = capture.capture.messages(call_id)
+    found = await capture.call_messages(call_id)
     if found is None:  # a live call's dialog id, or a live call nothing was captured of
         call_id = str((await _find_call(state, call_id)).get("callid", ""))
-        found = capture.capture.messages(call_id) or []
-    return _json({"call_id": call_id, "capturing": capture.enabled,
-                  "messages": [m.view() for m in found]})
+        found = await capture.call_messages(call_id) or []
+    view = await capture.state()
+    return _json({"call_id": call_id, "capturing": view["enabled"], "messages": found})
 
 
 _get_capture = _guarded(_get_capture_impl)

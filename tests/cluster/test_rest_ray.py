@@ -128,13 +128,30 @@ def start_call(sipp: StartSipp, service: Service) -> tuple[Sipp, Sipp, str]:
     return a, b, f"{prefix}1@127.0.0.1"
 
 
+def messages(service: Service, call: str) -> list[tuple[str, str]]:
+    """(direction, first line) of each message `/api/v1/calls/{call}/messages` answers."""
+    status, _, doc = rest(service, "GET",
+                          f"/api/v1/calls/{urllib.parse.quote(call, safe='')}/messages")
+    assert status == 200, doc
+    assert doc["capturing"] is True
+    return [(m["direction"], m["first_line"]) for m in doc["messages"]]
+
+
 def test_a_call_listed_held_resumed_and_ended_over_rest(
         sipp: StartSipp, service: Service) -> None:
+    # The console's capture, on in every worker (each holds up to 1,000 calls).
+    status, _, capture = rest(service, "PUT", "/api/v1/capture", {"enabled": True})
+    assert status == 200, capture
+    assert (capture["enabled"], capture["max_calls"]) == (True, 2000), capture
     a, b, callid = start_call(sipp, service)
     with killed_on_failure(a, b):
         stream = Stream(service, callid)
         try:
             call = wait_listed(service, callid)
+            # The ladder of the live call, by its dialog id: worker 1 captured it.
+            live = messages(service, call["id"])
+            assert live[0][0] == "in" and live[0][1].startswith("INVITE sip:"), live
+            assert live[0][1].endswith(f"@127.0.0.1:{b.local_port};transport=UDP SIP/2.0")
             assert call["id"].startswith(f"{WORKER:x}."), call
             assert [leg["leg"] for leg in call["legs"]] == ["caller", "callee"]
             assert call["hold"] == "none"
@@ -185,5 +202,16 @@ def test_a_call_listed_held_resumed_and_ended_over_rest(
     assert all(i["params"]["callid"] == callid for i in items)
     status, _, problem = rest(service, "GET", f"/api/v1/calls/{callid}")
     assert (status, problem["type"]) == (404, "urn:switchboard:problem:no-such-call")
+
+    # The ladder of the ended call (by Call-ID: the worker still holds it): the INVITE
+    # relayed, the hold's and the unhold's re-INVITEs to both parties, the BYEs of its end.
+    ladder = messages(service, callid)
+    sent = [line.split(" ", 1)[0] for direction, line in ladder if direction == "out"]
+    assert sent.count("INVITE") == 1 + 2 + 2, ladder
+    assert sent.count("BYE") == 2, ladder
+    assert [line.split(" ", 1)[0] for direction, line in ladder if direction == "in"][:1] == [
+        "INVITE"], ladder
+    status, _, capture = rest(service, "PUT", "/api/v1/capture", {"enabled": False})
+    assert (status, capture["enabled"], capture["calls"]) == (200, False, 0), capture
     assert len(received(b_result, "INVITE")) == 3
     assert len(received(b_result, "BYE")) == 1

@@ -453,6 +453,32 @@ class Controller(CallOperations):
         replies = await self._fan_out(lambda w: w.list_dialogs.remote(callid, from_tag))
         return [dialog for reply in replies for dialog in _unpack(reply)]
 
+    async def capture(self, on: bool | None) -> list[dict[str, Any]]:
+        """Every worker's message capture (the console's ladders): leased again (True),
+        stopped (False) or only looked at (None); each worker's view."""
+        await self._started()
+        replies = await self._fan_out(lambda w: w.capture.remote(on))
+        return [_unpack(reply) for reply in replies]
+
+    async def captured(self, callid: str) -> list[dict[str, Any]] | None:
+        """The messages captured of the call `callid` by the worker that carried it: the
+        directory's first, then (a call that ended, or one not known yet) every other."""
+        _check_str("callid", callid)
+        await self._started()
+        owner = self.directory.get(callid)
+        if owner is not None and 0 <= owner < len(self.workers):
+            found = _unpack(await self._ask(owner, lambda w: w.captured.remote(callid)))
+            if found is not None:
+                return list(found)
+        others = [w for i, w in enumerate(self.workers) if i != owner]
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(w.captured.remote(callid), CALL_TIMEOUT) for w in others),
+            return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, bytes) and (found := _unpack(reply)) is not None:
+                return list(found)
+        return None
+
     async def metrics(self) -> dict[str, Any]:
         """`{"statistics": ..., "setup": [counts, total]}`: every statistic summed over the
         workers (as `statistics`) and their call-setup histograms merged (for `/metrics`)."""

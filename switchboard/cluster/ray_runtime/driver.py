@@ -32,13 +32,14 @@ from ...mi.http import MIServer, start_mi_server
 from ...readout import unpack as _unpack
 from ...sip.operations import Operation
 from ...sip.wire import Address
+from .capture import WorkersCapture
 from .codec import ServiceSpec, pack_operation, raise_start_error
 from .context import await_ref
 from .controller import START_TIMEOUT, Controller
 from .watch import LoopbackWatch
 
 if TYPE_CHECKING:
-    from ...capture import CaptureSwitch
+    from ...capture import CaptureControl
 
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
@@ -68,6 +69,7 @@ class RaySwitchboard(CallOperations):
         self._sighup = False
         self._reloads: set[asyncio.Task[bool]] = set()
         self._watch = LoopbackWatch(self.subscribe_event)
+        self._capture = WorkersCapture(controller, self._call)
 
     @property
     def listeners(self) -> list[Address]:
@@ -180,9 +182,9 @@ class RaySwitchboard(CallOperations):
         """Through a socket on the driver's loopback (`watch.py` says why)."""
         return await self._watch.watch(events, observer)
 
-    def capture(self) -> CaptureSwitch | None:
-        """None: the workers, and what they send and receive, are in other processes."""
-        return None
+    def capture(self) -> CaptureControl | None:
+        """Each worker's own capture, through the controller (`capture.py`)."""
+        return self._capture
 
     def uptime_seconds(self) -> float:
         return max(0.0, time.time() - self._started_wall)

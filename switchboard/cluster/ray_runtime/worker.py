@@ -40,6 +40,7 @@ from typing import Any, Final
 import ray
 
 from ...actors.worker import Worker
+from ...capture import CaptureSwitch
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
 from ...sip.operations import Refused
@@ -95,6 +96,8 @@ class WorkerActor:
         self._sending = False
         self._replicator: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[Worker] | None = None
+        # The console's message capture of this worker's traffic, made when first asked.
+        self._capture: CaptureSwitch | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
             self._starting = asyncio.ensure_future(self._start())
 
@@ -322,6 +325,23 @@ class WorkerActor:
         worker.flush()
         return _pack(previous)
 
+    async def capture(self, on: bool | None) -> bytes:
+        """This worker's message capture: leased again (True), stopped (False) or only
+        looked at (None); its view (`CaptureSwitch.view`) as msgpack."""
+        worker = await self._started()
+        if self._capture is None:
+            self._capture = CaptureSwitch(worker)
+        view = (await self._capture.enable(on) if on is not None
+                else await self._capture.state())
+        return _pack(view)
+
+    async def captured(self, call_id: str) -> bytes:
+        """The messages this worker captured of `call_id` (msgpack list, nil when none)."""
+        await self._started()
+        found = (await self._capture.call_messages(call_id) if self._capture is not None
+                 else None)
+        return _pack(found)
+
     def _statistics(self) -> dict[str, int]:
         assert self.built is not None
         stats = self.built.statistics()
@@ -349,6 +369,8 @@ class WorkerActor:
         return self.built.reload_certificates() if self.built is not None else True
 
     async def stop(self) -> None:
+        if self._capture is not None:
+            self._capture.stop()
         if self._replicator is not None:
             self._replicator.cancel()
             self._replicator = None
