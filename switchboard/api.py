@@ -92,6 +92,16 @@ class ControlApi(Protocol):
         """
         ...
 
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of live dialogs as `dialog:list` objects, in dialog-number (`db_id`) order:
+        the first `limit` numbered above `after` (from the first when None) in `state` (an
+        OpenSIPS state number) whose From and To users are `from_user` and `to_user` (when
+        given); and the number to give as `after` for the next page, None after the last.
+        A page costs what it shows, not what the node holds."""
+        ...
+
     async def operate(self, op: Operation) -> None:
         """Carry out a call operation (`sip.operations`: transfer, hold or unhold, the end of
         a call) on the worker that owns its dialog. Raises `CommandError`: 404 "Dialog not

@@ -26,7 +26,7 @@ from switchboard.capture import CaptureControl
 from switchboard.events import E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from switchboard.sip.operations import Operation, Refused, end_call, hold, transfer
 
-from .calls import STATES, CallFilter, call_view, looks_like_dialog_id, page
+from .calls import STATE_NUMBERS, STATES, call_view, dialog_number
 from .feed import TRACKED_EVENTS, EventFeed
 from .openapi import document
 from .problems import CONTENT_TYPE, Problem, encode, problem_for
@@ -135,8 +135,10 @@ def _query_text(request: web.Request, name: str) -> str | None:
 async def _find_call(state: RestState, key: str) -> dict[str, Any]:
     """The `dialog:list` object of the call `key` names (a Call-ID or a dialog id)."""
     found = await state.api.list_dialogs(callid=key)
-    if not found and looks_like_dialog_id(key):
-        found = [d for d in await state.api.list_dialogs() if d.get("ID") == key]
+    number = dialog_number(key) if not found else None
+    if number is not None:  # the first live dialog numbered from it on: it, if it lives
+        found = [d for d in (await state.api.list_page(number - 1, 1))[0]
+                 if d.get("ID") == key]
     if not found:
         raise Problem(404, "no-such-call", "No such call",
                       f"no live call has the Call-ID or dialog id {key!r}", sip_status=404)
@@ -179,13 +181,12 @@ async def _list_calls_impl(request: web.Request, state: RestState) -> web.Stream
     cursor_text = _query_text(request, "cursor")
     after: int | None = None
     if cursor_text is not None:
-        if not cursor_text.isdigit() or len(cursor_text) > 20:
+        if not cursor_text.isdigit() or int(cursor_text) >= 1 << 64:
             raise Problem.invalid("cursor", "not a cursor this API gave")
         after = int(cursor_text)
-    wanted = CallFilter(wanted_state, _query_text(request, "from_user"),
-                        _query_text(request, "to_user"))
-    dialogs = await state.api.list_dialogs()
-    chosen, next_cursor = await page(dialogs, wanted, after, limit)
+    chosen, next_cursor = await state.api.list_page(
+        after, limit, None if wanted_state is None else STATE_NUMBERS[wanted_state],
+        _query_text(request, "from_user"), _query_text(request, "to_user"))
     return _json({"calls": [call_view(d, state.tracker) for d in chosen],
                   "next_cursor": None if next_cursor is None else str(next_cursor)})
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -76,6 +77,11 @@ def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
     if not isinstance(value, str):
         raise CommandError.invalid_params(f"{name}: expected a string")
 
+
+
+def _page_of(worker: Any, *, after: int | None, limit: int, state: int | None,
+             from_user: str | None, to_user: str | None) -> Any:
+    return worker.list_page.remote(after, limit, state, from_user, to_user)
 
 
 class Controller(CallOperations):
@@ -452,6 +458,29 @@ class Controller(CallOperations):
         await self._started()
         replies = await self._fan_out(lambda w: w.list_dialogs.remote(callid, from_tag))
         return [dialog for reply in replies for dialog in _unpack(reply)]
+
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """`ControlApi.list_page` over the workers: a dialog's number starts with its
+        worker's index, so the workers are asked in index order, from the cursor's on, each
+        for what the page still lacks; the first that has more gives the next cursor."""
+        await self._started()
+        start = 0 if after is None else max(0, after >> 32)
+        shown: list[dict[str, Any]] = []
+        for index in range(start, len(self.workers)):
+            want = limit - len(shown)
+            dialogs, more = _unpack(await self._ask(
+                index, functools.partial(_page_of, after=after, limit=max(want, 1),
+                                         state=state, from_user=from_user, to_user=to_user)))
+            if want == 0:  # only asked whether a later worker has any: it does, or not
+                if dialogs:
+                    return shown, int(shown[-1]["db_id"]) if shown else None
+                continue
+            shown.extend(dialogs)
+            if more is not None:
+                return shown, int(more)
+        return shown, None
 
     async def capture(self, on: bool | None) -> list[dict[str, Any]]:
         """Every worker's message capture (the console's ladders): leased again (True),

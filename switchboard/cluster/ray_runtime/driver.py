@@ -168,6 +168,13 @@ class RaySwitchboard(CallOperations):
             self.controller.list_dialogs.remote(callid, from_tag))
         return dialogs
 
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        dialogs, more = await self._call(
+            self.controller.list_page.remote(after, limit, state, from_user, to_user))
+        return list(dialogs), more
+
     async def operate(self, op: Operation) -> None:
         await self._call(self.controller.operate.remote(pack_operation(op)))
 

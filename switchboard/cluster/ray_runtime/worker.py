@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import ray
 
+from ...actors.listing import DialogFilter
 from ...actors.worker import Worker
 from ...capture import CaptureSwitch
 from ...readout import pack as _pack
@@ -276,6 +277,14 @@ class WorkerActor:
     async def list_dialogs(self, callid: str | None, from_tag: str | None) -> bytes:
         worker = await self._started()
         return _pack(await worker.list_dialogs(callid, from_tag))
+
+    async def list_page(self, after: int | None, limit: int, state: int | None,
+                        from_user: str | None, to_user: str | None) -> bytes:
+        """`Worker.list_page` of this worker: msgpack [dialogs, next cursor or nil]."""
+        worker = await self._started()
+        dialogs, more = await worker.list_page(after, limit,
+                                               DialogFilter(state, from_user, to_user))
+        return _pack([dialogs, more])
 
     async def operate(self, op: bytes) -> bytes | None:
         """Carry out a packed call operation (`codec.pack_operation`) here: None when done,
