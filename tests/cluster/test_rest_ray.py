@@ -2,7 +2,7 @@
 listed, held, resumed and ended over `/api/v1` on the driver's management server, each
 operation followed to `ok`; the stream shows the call's events with the operations' ids; the
 console's ladder (`/api/v1/calls/{call}/messages`) shows the call's messages, captured by the
-worker that owns it.
+worker that owns it. Calls on both workers are paged across them, in dialog-number order.
 
 One service for the module (2 workers, `serve` in this process as in test_ray_runtime.py);
 the call is aimed at worker 1, so that nothing of it is in the driver's process.
@@ -31,6 +31,7 @@ import_ray()
 pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+INTEROP_SCENARIOS = Path(__file__).parents[1] / "interop" / "scenarios"
 WORKER = 1
 
 
@@ -215,3 +216,50 @@ def test_a_call_listed_held_resumed_and_ended_over_rest(
     assert (status, capture["enabled"], capture["calls"]) == (200, False, 0), capture
     assert len(received(b_result, "INVITE")) == 3
     assert len(received(b_result, "BYE")) == 1
+
+
+def test_calls_on_both_workers_are_paged_across_them_and_ended(
+        sipp: StartSipp, service: Service) -> None:
+    """Three calls through each worker, listed two a page: every one once, in dialog-number
+    order (worker 0's first), whichever worker a page's calls come from; each then ended over
+    REST (its BYEs sent by the worker that owns it)."""
+    calls = 3
+    prefix = f"sb-ray-pages-{secrets.token_hex(4)}-"
+    runs = []
+    for worker in (0, 1):
+        uas_port = free_port("udp")
+        uas = sipp(f"uas-w{worker}", INTEROP_SCENARIOS / "uas_wait_bye.xml", local_port=uas_port,
+                   calls=calls).wait_listening()
+        uac = sipp(f"uac-w{worker}", INTEROP_SCENARIOS / "uac_wait_bye.xml",
+                   remote=f"{HOST}:{service.port(worker)}", local_port=free_port("udp"),
+                   calls=calls, keys={"uas_port": uas_port},
+                   extra_args=("-cid_str", f"{prefix}w{worker}-%u@%s"))
+        runs.append((uac, uas))
+    with killed_on_failure(*(run for pair in runs for run in pair)):
+        deadline = time.monotonic() + 20
+        while True:
+            listed: list[dict[str, Any]] = []
+            cursor: str | None = None
+            while True:
+                query = "?state=confirmed&limit=2" + (f"&cursor={cursor}" if cursor else "")
+                status, _, page = rest(service, "GET", f"/api/v1/calls{query}")
+                assert status == 200 and len(page["calls"]) <= 2, page
+                listed.extend(c for c in page["calls"] if c["call_id"].startswith(prefix))
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            if len(listed) >= 2 * calls or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        ids = [c["id"] for c in listed]
+        assert len(ids) == 2 * calls, listed
+        numbers = [(int(w, 16) << 32) | int(s, 16) for w, s in (i.split(".") for i in ids)]
+        assert numbers == sorted(set(numbers)), ids
+        assert [i.split(".")[0] for i in ids] == ["0"] * calls + ["1"] * calls, ids
+        for call in listed:
+            assert call["call_id"].startswith(f"{prefix}w{call['id'].split('.')[0]}-"), call
+            status, headers, op = rest(service, "DELETE", f"/api/v1/calls/{call['id']}")
+            assert status == 202, op
+            assert wait_done(service, headers["Location"])["state"] == "ok"
+    for uac, uas in runs:
+        wait_clean(uac, uas, calls=calls)
