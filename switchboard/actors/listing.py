@@ -7,8 +7,8 @@ with two bisections, a removal touches one block. It is made when someone first 
 table's dialogs numbered a slice at a time, the loop turning in between) and kept from then
 on: the table tells it of each dialog that leaves (`DialogTable.on_remove`), and before each
 page it takes the dialogs added since it last looked, newest first, down to the first it had
-numbered before (a dialog is added last, numbered above every other). A worker that nobody
-lists this way pays nothing.
+numbered before (a dialog is added to the table last). A worker that nobody lists this way
+pays nothing.
 
 `DialogFilter` is what a page may be narrowed to (state, the users of From and To): matched on
 the dialog itself, so only the dialogs shown are rendered. A filter that few dialogs match
@@ -92,6 +92,14 @@ class SortedNumbers:
             self.blocks[at:at + 1] = [block[:half], block[half:]]
             self.maxes[at:at + 1] = [block[half - 1], block[-1]]
 
+    def __contains__(self, number: int) -> bool:
+        at = bisect_left(self.maxes, number)
+        if at == len(self.blocks):
+            return False
+        block = self.blocks[at]
+        index = bisect_left(block, number)
+        return index < len(block) and block[index] == number
+
     def discard(self, number: int) -> None:
         at = bisect_left(self.maxes, number)
         if at == len(self.blocks):
@@ -129,7 +137,6 @@ class DialogIndex:
     def __init__(self, table: DialogTable) -> None:
         self._table = table
         self._numbers: SortedNumbers | None = None
-        self._newest = -1  # the highest number taken in so far
         self._building: asyncio.Future[None] | None = None
         self._removals: list[int] = []
 
@@ -148,7 +155,6 @@ class DialogIndex:
         # made, remembered to be), so none is listed after it ended.
         table.on_remove.append(self._removed)
         dialogs = list(table)
-        self._newest = max((db_id(d.id) for d in dialogs[-1:]), default=-1)
         numbers: list[int] = []
         for start in range(0, len(dialogs), SLICE):
             if start:
@@ -161,7 +167,6 @@ class DialogIndex:
         self._removals = []
         numbers.sort()  # in table order already but for restored dialogs: nearly sorted
         self._numbers = SortedNumbers([n for n in numbers if n not in gone])
-        self._newest = max(self._newest, numbers[-1] if numbers else -1)
 
     def _removed(self, dialog: Dialog) -> None:
         if self._numbers is None:
@@ -170,18 +175,19 @@ class DialogIndex:
             self._numbers.discard(db_id(dialog.id))
 
     def _take_new(self) -> None:
+        # The dialogs added since the last look come first, newest first, and none of them
+        # is numbered yet; the first that is was there then (an ended one left the index).
+        # Not "numbered above the last": sequences wrap, and a number may come back.
         numbers = self._numbers
         assert numbers is not None
         new: list[int] = []
         for dialog in self._table.newest_first():
             number = db_id(dialog.id)
-            if number <= self._newest:
+            if number in numbers:
                 break
             new.append(number)
         for number in reversed(new):
             numbers.add(number)
-        if new:
-            self._newest = new[0]
 
     def __len__(self) -> int:
         return 0 if self._numbers is None else len(self._numbers)

@@ -85,6 +85,25 @@ async def test_dialogs_that_end_while_the_index_is_made_are_not_listed() -> None
     assert [d["ID"] for d in shown] == [d.id for d in dialogs[1:-1]] + [late.id]
 
 
+async def test_dialogs_numbered_after_the_sequence_wrapped_are_listed() -> None:
+    table = DialogTable(0, 0xFFFFFFF0)
+
+    def new() -> Dialog:
+        dialog = Dialog(table.new_id(), "c", "sip:u@x", "sip:b@x", DialogState.CONFIRMED, 0.0,
+                        Leg(), Leg())
+        table.add(dialog)
+        return dialog
+
+    before = [new() for _ in range(10)]
+    index = DialogIndex(table)
+    assert len((await index.page(None, 100, DialogFilter(), _render))[0]) == 10
+    after = [new() for _ in range(10)]  # ...fffffffb to ffffffff, then 0 to 4
+    assert after[-1].id == "0.4"
+    shown, _ = await index.page(None, 100, DialogFilter(), _render)
+    assert sorted(d["ID"] for d in shown) == sorted(d.id for d in before + after)
+    assert [d["db_id"] for d in shown] == sorted(d["db_id"] for d in shown)
+
+
 async def test_a_dialog_id_from_its_number_and_other_workers() -> None:
     table = DialogTable(3, 0)
     dialog = _dialog(table, 0xABC, worker=3)
@@ -115,3 +134,4 @@ def test_sorted_numbers_split_and_find() -> None:
         assert numbers.after(after, 777) == want
     numbers.discard(10_000)  # not there: nothing happens
     assert len(numbers) == len(model)
+    assert all((n in numbers) is (n in model) for n in range(-1, 4001))
