@@ -3,6 +3,7 @@ listed, held, resumed and ended over `/api/v1` on the driver's management server
 operation followed to `ok`; the stream shows the call's events with the operations' ids; the
 console's ladder (`/api/v1/calls/{call}/messages`) shows the call's messages, captured by the
 worker that owns it. Calls on both workers are paged across them, in dialog-number order.
+The driver's events come through a relay actor: killed, it is replaced.
 
 One service for the module (2 workers, `serve` in this process as in test_ray_runtime.py);
 the call is aimed at worker 1, so that nothing of it is in the driver's process.
@@ -263,3 +264,35 @@ def test_calls_on_both_workers_are_paged_across_them_and_ended(
             assert wait_done(service, headers["Location"])["state"] == "ok"
     for uac, uas in runs:
         wait_clean(uac, uas, calls=calls)
+
+
+def test_operations_are_still_followed_after_the_event_relay_died(
+        sipp: StartSipp, service: Service) -> None:
+    """The driver's events come through a relay actor (`ray_runtime/watch.py`): killed, it is
+    replaced and subscribed again, and the next operation reaches `ok` from its events."""
+    ray = import_ray()
+    a, b, callid = start_call(sipp, service)
+    with killed_on_failure(a, b):
+        wait_listed(service, callid)
+        relays = []
+        for action in ("hold", "unhold"):
+            relays.append(service.sb._watch._relay)
+            if action == "unhold":
+                ray.kill(relays[-1])
+                # Events raised before its successor is subscribed are lost (and counted):
+                # the operation is asked for once it is.
+                watch = service.sb._watch
+                deadline = time.monotonic() + 30
+                while watch._relay is relays[-1] or watch._lock.locked():
+                    assert time.monotonic() < deadline, "the event relay was not replaced"
+                    time.sleep(0.05)
+            status, headers, op = rest(service, "POST", f"/api/v1/calls/{callid}/{action}",
+                                       {"leg": "callee"})
+            assert status == 202, op
+            done = wait_done(service, headers["Location"], timeout=30)
+            assert (done["state"], done["sip_status"]) == ("ok", 200), done
+        assert relays[1] is not None
+        assert service.sb._watch._relay not in (None, relays[1])
+        status, headers, op = rest(service, "DELETE", f"/api/v1/calls/{callid}")
+        assert status == 202, op
+        wait_clean(a, b)

@@ -36,7 +36,7 @@ from .capture import WorkersCapture
 from .codec import ServiceSpec, pack_operation, raise_start_error
 from .context import await_ref
 from .controller import START_TIMEOUT, Controller
-from .watch import LoopbackWatch
+from .watch import RelayWatch
 
 if TYPE_CHECKING:
     from ...capture import CaptureControl
@@ -68,7 +68,7 @@ class RaySwitchboard(CallOperations):
         self._stopped = False
         self._sighup = False
         self._reloads: set[asyncio.Task[bool]] = set()
-        self._watch = LoopbackWatch(self.subscribe_event)
+        self._watch = RelayWatch(self._subscribe_python)
         self._capture = WorkersCapture(controller, self._call)
 
     @property
@@ -185,8 +185,11 @@ class RaySwitchboard(CallOperations):
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         await self._call(self.controller.subscribe_event.remote(event, socket, expire))
 
+    async def _subscribe_python(self, event: str, target: Any, expire: int) -> None:
+        await self._call(self.controller.subscribe.remote(event, target, expire))
+
     async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
-        """Through a socket on the driver's loopback (`watch.py` says why)."""
+        """Through a relay actor the controller sends the events to (`watch.py` says why)."""
         return await self._watch.watch(events, observer)
 
     def capture(self) -> CaptureControl | None:
