@@ -181,9 +181,10 @@ async def _list_calls_impl(request: web.Request, state: RestState) -> web.Stream
     cursor_text = _query_text(request, "cursor")
     after: int | None = None
     if cursor_text is not None:
-        if not cursor_text.isdigit() or int(cursor_text) >= 1 << 64:
+        if not cursor_text.isdigit() or len(cursor_text) > 20:
             raise Problem.invalid("cursor", "not a cursor this API gave")
-        after = int(cursor_text)
+        # Dialog numbers are 64-bit: past the last of them, nothing follows.
+        after = min(int(cursor_text), (1 << 64) - 1)
     chosen, next_cursor = await state.api.list_page(
         after, limit, None if wanted_state is None else STATE_NUMBERS[wanted_state],
         _query_text(request, "from_user"), _query_text(request, "to_user"))
