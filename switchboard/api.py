@@ -25,7 +25,7 @@ from .sip.operations import (
 )
 
 if TYPE_CHECKING:
-    from .capture import CaptureSwitch
+    from .capture import CaptureControl
 
 # JSON-RPC 2.0 core codes, with the messages OpenSIPS uses for them (mi/mi.h).
 PARSE_ERROR: Final = -32700
@@ -92,6 +92,16 @@ class ControlApi(Protocol):
         """
         ...
 
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of live dialogs as `dialog:list` objects, in dialog-number (`db_id`) order:
+        the first `limit` numbered above `after` (from the first when None) in `state` (an
+        OpenSIPS state number) whose From and To users are `from_user` and `to_user` (when
+        given); and the number to give as `after` for the next page, None after the last.
+        A page costs what it shows, not what the node holds."""
+        ...
+
     async def operate(self, op: Operation) -> None:
         """Carry out a call operation (`sip.operations`: transfer, hold or unhold, the end of
         a call) on the worker that owns its dialog. Raises `CommandError`: 404 "Dialog not
@@ -117,9 +127,9 @@ class ControlApi(Protocol):
         to. `observer` must return quickly. Raises `CommandError` for an unknown event."""
         ...
 
-    def capture(self) -> CaptureSwitch | None:
-        """The node's message capture (the console's ladder diagrams), when its worker runs
-        in this process; None when the workers are elsewhere."""
+    def capture(self) -> CaptureControl | None:
+        """The node's message capture (the console's ladder diagrams): each worker keeps its
+        own; None when the node keeps none."""
         ...
 
     def uptime_seconds(self) -> float:

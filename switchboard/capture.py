@@ -9,7 +9,9 @@ its last message) is forgotten first.
 `TappedEndpoint` and `tapped_receiver` copy what an endpoint sends and a receiver gets into
 the capture, the way `hep.py` mirrors them; `Worker.tap` puts them in and takes them out, so
 while nobody captures the hot path is exactly as it was. `CaptureSwitch` turns the capture on
-for a lease that the console renews and off when the lease runs out.
+for a lease that the console renews and off when the lease runs out. `CaptureControl` is what
+the REST API asks of a node's capture, wherever its workers run: the `local` runtime's
+`CaptureSwitch` answers it at once, the `ray` runtime's asks every worker's own switch.
 
 This module reads a message's bytes only as far as the first line, Call-ID and CSeq; it knows
 nothing of HTTP or of what a dialog is.
@@ -161,6 +163,23 @@ class Tappable(Protocol):
     def tap(self, tap: Tap | None) -> None: ...
 
 
+class CaptureControl(Protocol):
+    """A node's message capture as the REST API drives it (`view()` dicts as
+    `CaptureSwitch.view` makes them; messages as `Captured.view`)."""
+
+    async def enable(self, on: bool) -> dict[str, Any]:
+        """Lease the capture for `LEASE` seconds (again), or stop it; the view after."""
+        ...
+
+    async def state(self) -> dict[str, Any]:
+        """The view: whether it runs, until when, how many calls it holds, its bounds."""
+        ...
+
+    async def call_messages(self, call_id: str) -> list[dict[str, Any]] | None:
+        """The messages captured of the call `call_id`, oldest first; None when none was."""
+        ...
+
+
 class CaptureSwitch:
     """The capture of one worker, on while leased: `lease()` turns it on (or keeps it on) for
     `seconds`; when that passes without another lease, the worker is untapped and what was
@@ -197,3 +216,19 @@ class CaptureSwitch:
         return {"enabled": self.enabled, "until": self.until, "calls": len(self.capture),
                 "max_calls": self.capture.max_dialogs,
                 "max_messages": self.capture.max_messages}
+
+    # -- CaptureControl: this worker's capture, in this process ------------------------------
+
+    async def enable(self, on: bool) -> dict[str, Any]:
+        if on:
+            self.lease()
+        else:
+            self.stop()
+        return self.view()
+
+    async def state(self) -> dict[str, Any]:
+        return self.view()
+
+    async def call_messages(self, call_id: str) -> list[dict[str, Any]] | None:
+        found = self.capture.messages(call_id)
+        return None if found is None else [m.view() for m in found]

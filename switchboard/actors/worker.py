@@ -25,6 +25,7 @@ from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
 from ..transport.tcp import TcpEndpoint
 from .dialog import DialogActor, dialog_info
+from .listing import DialogFilter, DialogIndex
 from .overload import OverloadMonitor
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Worker:
         # Set when the workers of a node share its address: True when it handed the
         # message to the worker that owns it (`cluster/shared_port.py`).
         self.router: Callable[[bytes, Address, Address], bool] | None = None
+        # The dialogs by number, for pages of them (made when first asked for one).
+        self._index: DialogIndex | None = None
 
     def _set_overloaded(self, share: float) -> None:
         self.proxy.shed_fraction = share
@@ -197,6 +200,16 @@ class Worker:
                 continue
             out.append(dialog_info(dialog, self.to_wall))
         return out
+
+    async def list_page(self, after: int | None, limit: int, wanted: DialogFilter
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """`dialog:list` objects of the first `limit` live dialogs numbered (`db_id`) above
+        `after` that `wanted` matches, and the next page's cursor (`listing.DialogIndex`):
+        what the dialogs not shown cost is a bisection."""
+        if self._index is None:
+            self._index = DialogIndex(self.proxy.dialogs)
+        return await self._index.page(after, limit, wanted,
+                                      lambda d: dialog_info(d, self.to_wall))
 
     def close(self) -> None:
         self.overload.close()

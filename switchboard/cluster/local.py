@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..actors.eventbus import EventBus, webhook_settings
+from ..actors.listing import DialogFilter
 from ..actors.worker import Worker
 from ..api import CallOperations, CommandError, EventObserver, Unwatch, command_error
 from ..capture import CaptureSwitch
@@ -443,6 +444,13 @@ class LocalSwitchboard(CallOperations):
     ) -> list[dict[str, Any]]:
         assert self.worker is not None
         return await self.worker.list_dialogs(callid, from_tag)
+
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        assert self.worker is not None
+        return await self.worker.list_page(after, limit,
+                                           DialogFilter(state, from_user, to_user))
 
     async def operate(self, op: Operation) -> None:
         assert self.worker is not None

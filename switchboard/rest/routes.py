@@ -22,11 +22,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from switchboard.api import CommandError, ControlApi, refusal
-from switchboard.capture import CaptureSwitch
+from switchboard.capture import CaptureControl
 from switchboard.events import E_DLG_STATE_CHANGED, KNOWN_EVENTS
 from switchboard.sip.operations import Operation, Refused, end_call, hold, transfer
 
-from .calls import STATES, CallFilter, call_view, looks_like_dialog_id, page
+from .calls import STATE_NUMBERS, STATES, call_view, dialog_number
 from .feed import TRACKED_EVENTS, EventFeed
 from .openapi import document
 from .problems import CONTENT_TYPE, Problem, encode, problem_for
@@ -53,7 +53,7 @@ class RestState:
     idempotency: Idempotency
     clock: Callable[[], float] = time.time
     # The node's message capture, asked of the API when first needed (`_capture_of`).
-    capture: CaptureSwitch | None = None
+    capture: CaptureControl | None = None
     capture_asked: bool = False
 
 
@@ -88,7 +88,8 @@ def mount(app: web.Application, api: ControlApi, authorized: Authorized) -> Rest
 
     async def stop_capture(app: web.Application) -> None:
         if state.capture is not None:
-            state.capture.stop()
+            with contextlib.suppress(Exception):  # a node shutting down may not answer
+                await state.capture.enable(False)
 
     app.on_shutdown.append(shutdown)
     app.on_shutdown.append(stop_capture)
@@ -134,8 +135,10 @@ def _query_text(request: web.Request, name: str) -> str | None:
 async def _find_call(state: RestState, key: str) -> dict[str, Any]:
     """The `dialog:list` object of the call `key` names (a Call-ID or a dialog id)."""
     found = await state.api.list_dialogs(callid=key)
-    if not found and looks_like_dialog_id(key):
-        found = [d for d in await state.api.list_dialogs() if d.get("ID") == key]
+    number = dialog_number(key) if not found else None
+    if number is not None:  # the first live dialog numbered from it on: it, if it lives
+        found = [d for d in (await state.api.list_page(number - 1, 1))[0]
+                 if d.get("ID") == key]
     if not found:
         raise Problem(404, "no-such-call", "No such call",
                       f"no live call has the Call-ID or dialog id {key!r}", sip_status=404)
@@ -180,11 +183,11 @@ async def _list_calls_impl(request: web.Request, state: RestState) -> web.Stream
     if cursor_text is not None:
         if not cursor_text.isdigit() or len(cursor_text) > 20:
             raise Problem.invalid("cursor", "not a cursor this API gave")
-        after = int(cursor_text)
-    wanted = CallFilter(wanted_state, _query_text(request, "from_user"),
-                        _query_text(request, "to_user"))
-    dialogs = await state.api.list_dialogs()
-    chosen, next_cursor = await page(dialogs, wanted, after, limit)
+        # Dialog numbers are 64-bit: past the last of them, nothing follows.
+        after = min(int(cursor_text), (1 << 64) - 1)
+    chosen, next_cursor = await state.api.list_page(
+        after, limit, None if wanted_state is None else STATE_NUMBERS[wanted_state],
+        _query_text(request, "from_user"), _query_text(request, "to_user"))
     return _json({"calls": [call_view(d, state.tracker) for d in chosen],
                   "next_cursor": None if next_cursor is None else str(next_cursor)})
 
@@ -313,17 +316,17 @@ _get_operation = _guarded(_get_operation_impl)
 # -- the message capture (the console's ladder diagrams) --------------------------------------
 
 
-def _capture_of(state: RestState) -> CaptureSwitch:
+def _capture_of(state: RestState) -> CaptureControl:
     if not state.capture_asked:
         state.capture, state.capture_asked = state.api.capture(), True
     if state.capture is None:
         raise Problem(404, "no-capture", "No message capture",
-                      "this runtime keeps no message capture in the management process")
+                      "this node keeps no message capture")
     return state.capture
 
 
 async def _get_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
-    return _json(_capture_of(state).view())
+    return _json(await _capture_of(state).state())
 
 
 async def _put_capture_impl(request: web.Request, state: RestState) -> web.StreamResponse:
@@ -333,11 +336,7 @@ async def _put_capture_impl(request: web.Request, state: RestState) -> web.Strea
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise Problem.invalid("enabled", "true or false")
-    if enabled:
-        capture.lease()
-    else:
-        capture.stop()
-    return _json(capture.view())
+    return _json(await capture.enable(enabled))
 
 
 async def _call_messages_impl(request: web.Request, state: RestState) -> web.StreamResponse:
@@ -345,12 +344,12 @@ async def _call_messages_impl(request: web.Request, state: RestState) -> web.Str
     holds them), by Call-ID or, for a live call, dialog id."""
     capture = _capture_of(state)
     call_id = request.match_info["call"]
-    found = capture.capture.messages(call_id)
+    found = await capture.call_messages(call_id)
     if found is None:  # a live call's dialog id, or a live call nothing was captured of
         call_id = str((await _find_call(state, call_id)).get("callid", ""))
-        found = capture.capture.messages(call_id) or []
-    return _json({"call_id": call_id, "capturing": capture.enabled,
-                  "messages": [m.view() for m in found]})
+        found = await capture.call_messages(call_id) or []
+    view = await capture.state()
+    return _json({"call_id": call_id, "capturing": view["enabled"], "messages": found})
 
 
 _get_capture = _guarded(_get_capture_impl)

@@ -414,6 +414,11 @@ class DialogTable:
     def __iter__(self) -> Iterator[Dialog]:
         return iter(list(self._by_id.values()))
 
+    def newest_first(self) -> Iterator[Dialog]:
+        """The dialogs, the one added last first, without a copy: a caller reads as many as
+        it needs and must not let the table change meanwhile (no await in between)."""
+        return reversed(self._by_id.values())
+
     def __len__(self) -> int:
         return len(self._by_id)
 

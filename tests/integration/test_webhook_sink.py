@@ -1,12 +1,15 @@
 """The webhook sink and the bus against a real aiohttp receiver on 127.0.0.1 in the same loop:
 signatures, order, retries after 5xx and timeouts, no retry after 4xx, the bounded queue, and
-the counters the bus keeps for /metrics."""
+the counters the bus keeps for /metrics; an HTTPS receiver whose certificate no trusted CA
+signed gets nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -14,6 +17,7 @@ from aiohttp import web
 from switchboard.actors.eventbus import EventBus
 from switchboard.events.sinks import parse_sink
 from switchboard.events.webhooks import SIGNATURE_HEADER, Backoff, WebhookSettings, WebhookSink
+from tests.support.certs import make_pki
 from tests.support.ports import free_port
 from tests.support.webhooks import verify
 
@@ -64,20 +68,36 @@ class Receiver:
         return [body for s, body, _ in self.seen if s == status]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+async def _serve(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
     hooks = Receiver()
     app = web.Application()
     app.router.add_post("/hook", hooks.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hooks.url = f"http://127.0.0.1:{port}/hook"
+    scheme = "http" if ssl_context is None else "https"
+    hooks.url = f"{scheme}://127.0.0.1:{port}/hook"
     yield hooks
     hooks.release.set()
     await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async for hooks in _serve():
+        yield hooks
+
+
+@pytest.fixture
+async def untrusted_receiver(tmp_path: Path) -> AsyncIterator[Receiver]:
+    """An HTTPS receiver with a self-signed certificate: in no CA store the sink trusts."""
+    cert = make_pki(tmp_path / "pki").self_signed("hooks")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert.certificate, cert.private_key)
+    async for hooks in _serve(context):
+        yield hooks
 
 
 async def _sink(url: str, **settings: object) -> WebhookSink:
@@ -176,3 +196,18 @@ async def test_the_bus_signs_for_webhooks_and_keeps_their_counts(receiver: Recei
         "evi:webhook_failed_events": 0,
     }
     await bus.close()
+
+
+async def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
+    untrusted_receiver: Receiver, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="switchboard.events.webhooks")
+    sink = await _sink(untrusted_receiver.url)
+    sink.send(b'{"n":0}')
+    sink.send(b'{"n":1}')
+    await _drained(sink, 2)
+    # Every attempt failed in the TLS handshake, before a request was sent.
+    assert untrusted_receiver.seen == []
+    assert "certificate verify failed" in caplog.text
+    assert (sink.failed, sink.retries, sink.delivered) == (2, 2 * FAST.retries, 0)
+    await sink.close()

@@ -3,17 +3,22 @@ POSTed to a receiver on 127.0.0.1 that checks every signature with the README's 
 
 A datagram subscriber (`events`) gets the same events as the webhook: it is the reference for
 their order, and the proof that a webhook that hangs holds back neither SIP nor other sinks.
+
+The HTTPS receivers hold certificates of a CA made for the test, which `switchboard serve`
+trusts through `SSL_CERT_FILE` (in place of the system's CAs, as the README says).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.certs import TestPki, make_pki
 from tests.support.events import EventCollector
 from tests.support.ports import free_port
 from tests.support.server import StartServer, SwitchboardServer
@@ -24,6 +29,11 @@ pytestmark = [pytest.mark.sipp, pytest.mark.interop]
 
 SECRET = "whsec-7f3a9c"
 ENDED = 5  # E_DLG_STATE_CHANGED new_state of an ended dialog
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestPki:
+    return make_pki(tmp_path / "pki")
 
 
 def _config(tmp_path: Path, **events: object) -> str:
@@ -47,6 +57,22 @@ def _metrics(server: SwitchboardServer) -> dict[tuple[str, tuple[tuple[str, str]
         text = answer.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _accounted(server: SwitchboardServer, events: int, timeout: float = 90.0
+               ) -> dict[str, int]:
+    """The `evi:` statistics once the webhook sinks have dealt with `events` events (each
+    delivered, or dropped for some reason)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, int] = server.mi_result("statistics:get", statistics=["evi:"])
+        done = stats["evi:webhook_delivered_events"] + sum(
+            stats[f"evi:webhook_{reason}"]
+            for reason in ("queue_full_drops", "rejected_events", "failed_events"))
+        if done >= events:
+            return stats
+        assert time.monotonic() < deadline, f"{done} of {events} events accounted for: {stats}"
+        time.sleep(0.2)
 
 
 def _as_sent(events: EventCollector) -> list[tuple[str, dict[str, object]]]:
@@ -145,3 +171,68 @@ def test_a_webhook_needs_a_secret(switchboard_server: StartServer) -> None:
     reply = server.mi("evi:subscribe", event="E_CALL_HOLD", socket="http://127.0.0.1:9/h")
     assert reply["error"]["code"] == -32602
     assert "webhook_secret" in reply["error"]["message"] + str(reply["error"].get("data"))
+
+
+def test_events_arrive_signed_over_https_to_a_receiver_of_a_trusted_ca(
+    sipp: StartSipp, switchboard_server: StartServer, events: EventCollector, tmp_path: Path,
+    pki: TestPki,
+) -> None:
+    calls = 2
+    with WebhookReceiver(SECRET.encode(), certificate=pki.issue("hooks")) as hooks:
+        assert hooks.url.startswith("https://127.0.0.1:")
+        server = switchboard_server("--config", _config(tmp_path), "--event-webhook", hooks.url,
+                                    "--event-datagram", events.socket,
+                                    env={"SSL_CERT_FILE": str(pki.ca_file)})
+        _calls(sipp, server, calls)
+        events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["new_state"] == ENDED, count=calls)
+        expected = _as_sent(events)
+        hooks.wait_for(lambda _: len(hooks.delivered()) >= len(expected),
+                       f"{len(expected)} events delivered")
+        requests = hooks.requests()
+
+    assert [(r.json["event"], r.json["params"]) for r in hooks.delivered()] == expected
+    assert len(requests) == len(expected)
+    for request in requests:
+        assert request.secure
+        assert verify(SECRET.encode(), request.signature, request.body)
+        assert not verify(b"not the secret", request.signature, request.body)
+    stats = server.mi_result("statistics:get", statistics=["evi:"])
+    assert stats["evi:webhook_delivered_events"] == len(expected)
+    assert stats["evi:webhook_retries"] == 0
+    assert stats["evi:dropped_events"] == 0
+
+
+@pytest.mark.parametrize("stranger", ["self-signed", "other CA"])
+def test_a_receiver_whose_certificate_is_not_trusted_gets_nothing_and_sip_goes_on(
+    sipp: StartSipp, switchboard_server: StartServer, events: EventCollector, tmp_path: Path,
+    pki: TestPki, stranger: str,
+) -> None:
+    # Valid for 127.0.0.1, but signed by no CA switchboard trusts.
+    certificate = (pki.self_signed("hooks") if stranger == "self-signed"
+                   else make_pki(tmp_path / "other-ca").issue("hooks"))
+    calls, retries = 2, 1
+    with WebhookReceiver(SECRET.encode(), certificate=certificate) as hooks:
+        config = _config(tmp_path, webhook_retries=retries)
+        server = switchboard_server("--config", config, "--event-webhook", hooks.url,
+                                    "--event-datagram", events.socket,
+                                    env={"SSL_CERT_FILE": str(pki.ca_file)})
+        # Every call completes and the datagram subscriber gets every event: a call's end
+        # is its last, so once both ended the count is final.
+        _calls(sipp, server, calls)
+        events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["new_state"] == ENDED, count=calls)
+        sent = len(events.all())
+        # Each event is tried 1 + `retries` times, then given up and counted; the sink goes
+        # through them one at a time, so the last is accounted for well after the calls
+        # ended. Wait until each one is, however it ended, then say how.
+        stats = _accounted(server, sent)
+        server.wait_for_output(r"certificate verify failed", 5)
+        samples = _metrics(server)
+        # The handshake failed before any request: the receiver saw none.
+        assert hooks.requests() == []
+
+    assert stats["evi:webhook_failed_events"] == sent
+    assert stats["evi:webhook_retries"] == sent * retries
+    assert stats["evi:webhook_delivered_events"] == 0
+    assert stats["evi:dropped_events"] == sent
+    assert samples[("switchboard_webhook_events_dropped_total", (("reason", "failed"),))] == sent
+    assert samples[("switchboard_webhook_events_delivered_total", ())] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from switchboard.actors.listing import user_of
 from switchboard.api import CommandError, EventObserver, Unwatch
 from switchboard.capture import CaptureSwitch
 from switchboard.sip.operations import EndCall, Operation
@@ -35,6 +36,20 @@ class FakeApi:
             if (callid is None or d["callid"] == callid)
             and (from_tag is None or d["caller_tag"] == from_tag)
         ]
+
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """The canned dialogs that match, by `db_id`, as a node pages them."""
+        matching = sorted(
+            (d for d in self.dialogs
+             if (after is None or d["db_id"] > after)
+             and (state is None or d["state"] == state)
+             and (from_user is None or user_of(d["from_uri"]) == from_user)
+             and (to_user is None or user_of(d["to_uri"]) == to_user)),
+            key=lambda d: int(d["db_id"]))
+        shown = matching[:limit]
+        return shown, int(shown[-1]["db_id"]) if len(matching) > limit else None
 
     async def operate(self, op: Operation) -> None:
         key = op.key if isinstance(op, EndCall) else op.call_id

@@ -5,7 +5,7 @@ Every request is kept in arrival order with its raw body, its signature header a
 it was answered with. `fail_with` lists statuses to answer the next requests with (then 200);
 `hang()` makes every later request wait until the receiver stops. Signatures are checked
 with `verify`, the function the README shows (taken from it, so the README's example is the
-one tested).
+one tested). Given a `Certificate` (tests/support/certs.py), it serves HTTPS with it instead.
 
 Example::
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.certs import Certificate
 from tests.support.ports import HOST
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -58,6 +60,7 @@ class Request:
     signature: str
     content_type: str
     status: int | None
+    secure: bool = False  # it came over TLS
 
     @property
     def json(self) -> Any:
@@ -65,14 +68,18 @@ class Request:
 
 
 class WebhookReceiver:
-    def __init__(self, secret: bytes, host: str = HOST) -> None:
+    def __init__(self, secret: bytes, host: str = HOST, *,
+                 certificate: Certificate | None = None) -> None:
         self.secret = secret
         self.host = host
+        self.certificate = certificate
         self.port = 0
         self.fail_with: list[int] = []
         self._hang = False
         self._cond = threading.Condition()
         self._requests: list[Request] = []
+        # The connections requests came on (see `_serve`), by the loop's thread only.
+        self._transports: set[asyncio.Transport] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -81,7 +88,8 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/hooks/events"
+        scheme = "http" if self.certificate is None else "https"
+        return f"{scheme}://{self.host}:{self.port}/hooks/events"
 
     def hang(self) -> None:
         """Answer no request from now on (they wait until the receiver stops)."""
@@ -144,25 +152,42 @@ class WebhookReceiver:
         app.router.add_post("/hooks/events", self._handle)
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
+        site = web.TCPSite(runner, self.host, 0, ssl_context=self._ssl_context())
         await site.start()
         assert site._server is not None and site._server.sockets  # type: ignore[attr-defined]
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self._ready.set()
         await self._stopping.wait()
         await runner.cleanup()
+        # A TLS connection closed by the cleanup waits for the peer's close_notify, which
+        # may not come before this loop ends: its socket would be left open (a
+        # ResourceWarning at some later garbage collection). Aborting closes it now.
+        for transport in self._transports:
+            transport.abort()
+        self._transports.clear()
+        await asyncio.sleep(0)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.certificate is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.certificate.certificate, self.certificate.private_key)
+        return context
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         signature = request.headers.get(SIGNATURE_HEADER, "")
         content_type = request.headers.get("Content-Type", "")
+        secure = request.secure
+        if request.transport is not None:
+            self._transports.add(request.transport)
         if self._hang:
-            self._record(Request(body, signature, content_type, None))
+            self._record(Request(body, signature, content_type, None, secure))
             assert self._stopping is not None
             await self._stopping.wait()
             return web.Response(status=503, text="stopping")
         status = self.fail_with.pop(0) if self.fail_with else 200
-        self._record(Request(body, signature, content_type, status))
+        self._record(Request(body, signature, content_type, status, secure))
         return web.Response(status=status, text="ok" if status == 200 else "not now")
 
     def _record(self, request: Request) -> None:

@@ -1,6 +1,7 @@
 """The console's message capture: what it keeps of a message, its bounds, and the worker's
 tap, through which a real proxy core's INVITE and its answers reach it (and after which the
-worker sends and receives exactly as before)."""
+worker sends and receives exactly as before); the switch answering the REST API
+(`CaptureControl`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from switchboard.actors.worker import Worker
-from switchboard.capture import CaptureSwitch, MessageCapture, TappedEndpoint
+from switchboard.capture import CaptureControl, CaptureSwitch, MessageCapture, TappedEndpoint
 from switchboard.sip.callops import CallOps
 from switchboard.sip.proxy import Proxy, ProxyConfig
 from switchboard.sip.wire import Address
@@ -100,6 +101,24 @@ async def test_worker_tap_sees_a_call_and_untapped_is_as_before() -> None:
     worker.receive(invite("c2@alice"), ALICE, US)
     assert switch.capture.messages("c2@alice") is None
     assert len(endpoint.sent) > 2
+    worker.close()
+
+
+async def test_a_switch_answers_the_rest_api() -> None:
+    proxy = Proxy(ProxyConfig(listeners=(US,)), lambda: "t")
+    worker = Worker(proxy, CallOps(proxy), lambda name, params: None)
+    worker.add_endpoint(RecordingEndpoint(US))
+    control: CaptureControl = CaptureSwitch(worker)
+    assert (await control.state())["enabled"] is False
+    view = await control.enable(True)
+    assert (view["enabled"], view["calls"], view["max_calls"]) == (True, 0, 1000)
+    worker.receive(invite("c9@alice"), ALICE, US)
+    found = await control.call_messages("c9@alice")
+    assert found is not None and found[0]["direction"] == "in"
+    assert found[0]["first_line"].startswith("INVITE sip:")
+    assert await control.call_messages("nobody@x") is None
+    assert (await control.enable(False))["calls"] == 0
+    assert await control.call_messages("c9@alice") is None
     worker.close()
 
 

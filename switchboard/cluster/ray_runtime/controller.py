@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -100,6 +101,11 @@ def _check_str(name: str, value: Any, *, optional: bool = False) -> None:
     if not isinstance(value, str):
         raise CommandError.invalid_params(f"{name}: expected a string")
 
+
+
+def _page_of(worker: Any, *, after: int | None, limit: int, state: int | None,
+             from_user: str | None, to_user: str | None) -> Any:
+    return worker.list_page.remote(after, limit, state, from_user, to_user)
 
 
 class Controller(CallOperations):
@@ -570,6 +576,56 @@ class Controller(CallOperations):
         await self._started()
         replies = await self._fan_out(lambda w: w.list_dialogs.remote(callid, from_tag))
         return [dialog for reply in replies for dialog in _unpack(reply)]
+
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        """`ControlApi.list_page` over the workers: a dialog's number starts with its
+        worker's index, so the workers are asked in index order, from the cursor's on, each
+        for what the page still lacks; the first that has more gives the next cursor."""
+        await self._started()
+        start = 0 if after is None else max(0, after >> 32)
+        shown: list[dict[str, Any]] = []
+        for index in range(start, len(self.workers)):
+            want = limit - len(shown)
+            dialogs, more = _unpack(await self._ask(
+                index, functools.partial(_page_of, after=after, limit=max(want, 1),
+                                         state=state, from_user=from_user, to_user=to_user)))
+            if want == 0:  # only asked whether a later worker has any: it does, or not
+                if dialogs:
+                    return shown, int(shown[-1]["db_id"]) if shown else None
+                continue
+            shown.extend(dialogs)
+            if more is not None:
+                return shown, int(more)
+        return shown, None
+
+    async def capture(self, on: bool | None) -> list[dict[str, Any]]:
+        """Every worker's message capture (the console's ladders): leased again (True),
+        stopped (False) or only looked at (None); each worker's view."""
+        await self._started()
+        replies = await self._fan_out(lambda w: w.capture.remote(on))
+        return [_unpack(reply) for reply in replies]
+
+    async def captured(self, callid: str) -> list[dict[str, Any]] | None:
+        """The messages captured of the call `callid` by the worker that carried it: the
+        one remembered for that Call-ID first, then (a call that ended, or one not located
+        yet) every other."""
+        _check_str("callid", callid)
+        await self._started()
+        owner = self._located.get(callid)
+        if owner is not None and 0 <= owner < len(self.workers):
+            found = _unpack(await self._ask(owner, lambda w: w.captured.remote(callid)))
+            if found is not None:
+                return list(found)
+        others = [w for i, w in enumerate(self.workers) if i != owner]
+        replies = await asyncio.gather(
+            *(asyncio.wait_for(w.captured.remote(callid), CALL_TIMEOUT) for w in others),
+            return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, bytes) and (found := _unpack(reply)) is not None:
+                return list(found)
+        return None
 
     async def metrics(self) -> dict[str, Any]:
         """`{"statistics": ..., "setup": [counts, total]}`: every statistic summed over the

@@ -36,13 +36,14 @@ from ...mi.http import MIServer, start_mi_server
 from ...readout import unpack as _unpack
 from ...sip.operations import Operation
 from ...sip.wire import Address
+from .capture import WorkersCapture
 from .codec import ServiceSpec, pack_operation, raise_start_error
 from .context import CONTROLLER, NAMESPACE, await_ref
 from .controller import START_TIMEOUT, Controller
-from .watch import LoopbackWatch
+from .watch import RelayWatch
 
 if TYPE_CHECKING:
-    from ...capture import CaptureSwitch
+    from ...capture import CaptureControl
 
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
@@ -81,7 +82,8 @@ class RaySwitchboard(CallOperations):
         self._stopped = False
         self._sighup = False
         self._reloads: set[asyncio.Task[bool]] = set()
-        self._watch = LoopbackWatch(self.subscribe_event)
+        self._watch = RelayWatch(self._subscribe_python)
+        self._capture = WorkersCapture(controller, self._call)
         self.lease: Any = None
 
     @property
@@ -185,6 +187,13 @@ class RaySwitchboard(CallOperations):
             self.controller.list_dialogs.remote(callid, from_tag))
         return dialogs
 
+    async def list_page(self, after: int | None, limit: int, state: int | None = None,
+                        from_user: str | None = None, to_user: str | None = None
+                        ) -> tuple[list[dict[str, Any]], int | None]:
+        dialogs, more = await self._call(
+            self.controller.list_page.remote(after, limit, state, from_user, to_user))
+        return list(dialogs), more
+
     async def operate(self, op: Operation) -> None:
         await self._call(self.controller.operate.remote(pack_operation(op)))
 
@@ -195,13 +204,16 @@ class RaySwitchboard(CallOperations):
     async def subscribe_event(self, event: str, socket: str, expire: int) -> None:
         await self._call(self.controller.subscribe_event.remote(event, socket, expire))
 
+    async def _subscribe_python(self, event: str, target: Any, expire: int) -> None:
+        await self._call(self.controller.subscribe.remote(event, target, expire))
+
     async def watch(self, events: Iterable[str], observer: EventObserver) -> Unwatch:
-        """Through a socket on the driver's loopback (`watch.py` says why)."""
+        """Through a relay actor the controller sends the events to (`watch.py` says why)."""
         return await self._watch.watch(events, observer)
 
-    def capture(self) -> CaptureSwitch | None:
-        """None: the workers, and what they send and receive, are in other processes."""
-        return None
+    def capture(self) -> CaptureControl | None:
+        """Each worker's own capture, through the controller (`capture.py`)."""
+        return self._capture
 
     def uptime_seconds(self) -> float:
         return max(0.0, time.time() - self._started_wall)

@@ -52,7 +52,9 @@ import ray
 
 from ... import BUILD
 from ...actors.eventbus import EventBus, webhook_settings
+from ...actors.listing import DialogFilter
 from ...actors.worker import Worker
+from ...capture import CaptureSwitch
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
@@ -142,6 +144,8 @@ class WorkerActor:
         self._replicator: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[Worker] | None = None
+        # The console's message capture of this worker's traffic, made when first asked.
+        self._capture: CaptureSwitch | None = None
         with contextlib.suppress(RuntimeError):  # no running loop: start on the first call
             self._starting = asyncio.ensure_future(self._start())
 
@@ -432,6 +436,14 @@ class WorkerActor:
         worker = await self._started()
         return _pack(await worker.list_dialogs(callid, from_tag))
 
+    async def list_page(self, after: int | None, limit: int, state: int | None,
+                        from_user: str | None, to_user: str | None) -> bytes:
+        """`Worker.list_page` of this worker: msgpack [dialogs, next cursor or nil]."""
+        worker = await self._started()
+        dialogs, more = await worker.list_page(after, limit,
+                                               DialogFilter(state, from_user, to_user))
+        return _pack([dialogs, more])
+
     async def operate(self, op: bytes) -> bytes | None:
         """Carry out a packed call operation (`codec.pack_operation`) here: None when done,
         else the refusal as msgpack [status, reason, detail, field]."""
@@ -503,6 +515,23 @@ class WorkerActor:
         worker.flush()
         return _pack(previous)
 
+    async def capture(self, on: bool | None) -> bytes:
+        """This worker's message capture: leased again (True), stopped (False) or only
+        looked at (None); its view (`CaptureSwitch.view`) as msgpack."""
+        worker = await self._started()
+        if self._capture is None:
+            self._capture = CaptureSwitch(worker)
+        view = (await self._capture.enable(on) if on is not None
+                else await self._capture.state())
+        return _pack(view)
+
+    async def captured(self, call_id: str) -> bytes:
+        """The messages this worker captured of `call_id` (msgpack list, nil when none)."""
+        await self._started()
+        found = (await self._capture.call_messages(call_id) if self._capture is not None
+                 else None)
+        return _pack(found)
+
     def _statistics(self) -> dict[str, int]:
         assert self.built is not None
         stats = self.built.statistics()
@@ -535,6 +564,8 @@ class WorkerActor:
 
     async def stop(self) -> None:
         """Write the store a last time, close the sockets and the event sinks."""
+        if self._capture is not None:
+            self._capture.stop()
         if self._replicator is not None:
             self._replicator.cancel()
             self._replicator = None

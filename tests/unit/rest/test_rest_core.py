@@ -4,13 +4,12 @@ store, the call view and paging, and the OpenAPI document (checked by a validato
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
 
 from switchboard.api import CommandError, command_error, refusal
-from switchboard.rest.calls import CallFilter, media_direction, page, user_of
+from switchboard.rest.calls import dialog_number, media_direction, user_of
 from switchboard.rest.openapi import document
 from switchboard.rest.problems import problem_for
 from switchboard.rest.tracker import Answer, Idempotency, KeyReused, OperationTracker
@@ -146,17 +145,9 @@ def test_media_direction_stream_level_wins() -> None:
     assert media_direction("") is None
 
 
-async def test_paging_walks_every_call_once() -> None:
-    def dialogs() -> list[dict[str, Any]]:
-        # Out of order, as several workers' lists come.
-        return [{"db_id": n, "state": 4, "from_uri": f"sip:u{n % 3}@x", "to_uri": "sip:b@x"}
-                for n in (*range(1200, 0, -2), *range(1, 1200, 2))]
-
-    seen: list[int] = []
-    after = None
-    while True:
-        chosen, after = await page(dialogs(), CallFilter(from_user="u1"), after, 70)
-        seen.extend(d["db_id"] for d in chosen)
-        if after is None:
-            break
-    assert seen == [n for n in range(1, 1201) if n % 3 == 1]
+def test_dialog_numbers_of_dialog_ids() -> None:
+    # The paging itself is the worker's: tests/unit/actors/test_listing.py.
+    assert dialog_number("1.2a") == (1 << 32) | 0x2A
+    assert dialog_number("ffffffff.ffffffff") == (1 << 64) - 1
+    for key in ("1.", ".2", "1.2.3", "call@x", "1.2x", "123456789.1"):
+        assert dialog_number(key) is None
