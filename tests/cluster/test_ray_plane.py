@@ -7,7 +7,8 @@ controller, and the controller may die.
   serving (same processes), the restarted controller has the run-time subscriptions again
   (from Ray's GCS) and the call's snapshot (each worker sends all again); the call's worker
   killed after that comes back with it, and with the subscriptions; the call is listed, held
-  and ended from the MI, and the subscriber made before the restart gets those events.
+  and ended from the MI, and the subscribers made before the restart — a socket and an actor
+  handle — get those events.
 
 One service for the module (2 workers; worker i on base port + i), `serve` in this process.
 """
@@ -32,6 +33,19 @@ ray = import_ray()
 pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+class _Collector:
+    """An actor subscriber: keeps the (event, params) pairs `on_events` is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def on_events(self, events: list[Any]) -> None:
+        self.events.extend(events)
+
+    def got(self) -> list[Any]:
+        return list(self.events)
 
 
 def _controller() -> Any:
@@ -126,10 +140,13 @@ def test_a_killed_controller_comes_back_with_calls_and_subscriptions(
     a = sipp("a", SCENARIOS / "uac_held_ended.xml", remote=f"{HOST}:{service.port(1)}",
              local_port=free_port("udp"), keys={"uas_port": uas_port}, timeout=180,
              recv_timeout=150, extra_args=("-cid_str", f"{prefix}%u@%s"))
+    collector = ray.remote(_Collector).remote()
     with collecting() as events, killed_on_failure(a, b):
         for event in ("E_DLG_STATE_CHANGED", "E_CALL_HOLD"):
             assert service.mi("evi:subscribe", event=event, socket=events.socket,
                               expire=300) == "OK"
+        # An actor subscriber too: kept in Ray's GCS (pickled) like the socket ones.
+        ray.get(controller.subscribe.remote("E_CALL_HOLD", collector, 300))
         try:
             before = _until("the call confirmed", lambda: next(
                 (d for d in service.mi("dialog:list")["Dialogs"]
@@ -164,11 +181,17 @@ def test_a_killed_controller_comes_back_with_calls_and_subscriptions(
             assert service.mi("callops:hold", callid=callid) == "OK"
             events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
                             and p["state"] == "ok", count=2)
+            # The actor subscribed before the controller's restart gets them too.
+            _until("the actor subscriber's hold events", lambda: len([
+                e for e in ray.get(collector.got.remote())
+                if e[0] == "E_CALL_HOLD" and e[1]["callid"] == callid
+                and e[1]["state"] == "ok"]) >= 2)
             assert service.mi("dialog:end_dlg", dialog_id=before["ID"]) == "OK"
             events.wait_for("E_DLG_STATE_CHANGED", lambda p: p["callid"] == callid
                             and p["new_state"] == 5)
         finally:
             for event in ("E_DLG_STATE_CHANGED", "E_CALL_HOLD"):
                 service.mi("evi:subscribe", event=event, socket=events.socket, expire=0)
+            ray.get(_controller().subscribe.remote("E_CALL_HOLD", collector, 0))
     assert_clean(*wait_caller_first(a, b))
     assert _listed(service, callid) is None

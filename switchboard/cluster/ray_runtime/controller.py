@@ -220,10 +220,13 @@ class Controller(CallOperations):
         if adopted:
             log.warning("switchboard controller restarted: %d running workers taken back",
                         len(adopted))
-            # Their Python subscribers are gone with the old controller; without a store,
-            # so are the snapshots of their dialogs: each sends all of them again.
+            # The Python subscribers came back from Ray's GCS (the ones that could be
+            # pickled): the workers forward what they want, no more; without a store, the
+            # snapshots of their dialogs are gone with the old controller: each worker sends
+            # all of them again.
+            self._forwarded = wanted = self._python_sinks.wanted(time.monotonic())
             await asyncio.gather(*(
-                self._ask(i, lambda w: w.forward.remote([])) for i in adopted),
+                self._ask(i, lambda w: w.forward.remote(sorted(wanted))) for i in adopted),
                 return_exceptions=True)
             await asyncio.gather(*(
                 self._ask(i, lambda w: w.resync.remote()) for i in adopted),
@@ -245,17 +248,40 @@ class Controller(CallOperations):
         now = time.time()
         self._subscriptions = {(str(e), str(s)): float(t) for e, s, t in plane["subscriptions"]
                                if float(t) > now}
+        for event, pickled, until in plane.get("python", []):
+            if float(until) <= now:
+                continue
+            try:
+                target = ray.cloudpickle.loads(pickled)
+            except Exception:
+                log.exception("switchboard controller: a Python subscriber of %s could not be "
+                              "restored", event)
+                continue
+            self._python_sinks.subscribe(str(event), target, max(1, math.ceil(until - now)))
 
     async def _save_plane(self) -> None:
         data = _pack({"started_at": self.started_wall,
                       "subscriptions": [[e, s, t] for (e, s), t in
-                                        self._subscriptions.items()]})
+                                        self._subscriptions.items()],
+                      "python": self._pickled_python_sinks()})
         try:
             await asyncio.to_thread(internal_kv._internal_kv_put, PLANE_KEY, data,
                                     namespace=NAMESPACE)
         except Exception:
             log.exception("switchboard controller: its subscriptions could not be kept in "
                           "Ray's GCS (a restart of the controller would lose them)")
+
+    def _pickled_python_sinks(self) -> list[list[Any]]:
+        """The Python subscribers as [event, pickled subscriber, wall expiry]: an actor
+        handle pickles to a handle of the same actor, a callable by value (as it came)."""
+        kept: list[list[Any]] = []
+        for event, target, until in self._python_sinks.kept(time.monotonic(), time.time()):
+            try:
+                kept.append([event, ray.cloudpickle.dumps(target), until])
+            except Exception:
+                log.warning("switchboard controller: the Python subscriber of %s cannot be "
+                            "pickled; a restart of the controller would lose it", event)
+        return kept
 
     def plane(self) -> bytes:
         """What a starting worker needs of the controller: the run-time subscriptions
@@ -687,6 +713,7 @@ class Controller(CallOperations):
         if python:
             await self._started()
             self._python_sinks.subscribe(event, socket, expire)
+            await self._save_plane()
             if self._python_sinks.wanted(time.monotonic()) != self._forwarded:
                 await self._push_forward()
             return

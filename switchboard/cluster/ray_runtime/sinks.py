@@ -148,5 +148,13 @@ class PythonSinks:
         """Live (subscriber, event) subscriptions at `now` (time.monotonic())."""
         return sum(len(s.events(now)) for s in self._sinks.values())
 
+    def kept(self, now: float, wall: float) -> list[tuple[str, Any, float]]:
+        """Every live subscription as (event, subscriber, wall time it expires at): what a
+        restarted controller subscribes again (`now` is time.monotonic(), `wall`
+        time.time())."""
+        return [(event, sink.target, wall + deadline - now)
+                for sink in self._sinks.values() if not sink.gone
+                for event, deadline in sink.expiry.items() if deadline > now]
+
     def clear(self) -> None:
         self._sinks.clear()
