@@ -459,6 +459,11 @@ class Proxy:
                     self._refuse_insecure(txn, local, now)
                     return
                 req.uri = binding.contact
+            elif ruri.user and self.location.unreachable(aor_key(ruri), now):
+                # Registered, but over connections that are gone (RFC 5626 §5.3): the user
+                # is offline, not unknown (RFC 3261 §21.4.18).
+                self._respond(txn, 480, now, reason="Temporarily Unavailable")
+                return
             elif self.addressing.is_own(ruri):
                 if method == "OPTIONS":
                     self._answer_options(txn, now)

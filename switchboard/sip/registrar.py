@@ -2,6 +2,11 @@
 
 Bindings map an address-of-record to contacts with an expiry. The proxy core asks
 `lookup(aor_key, now)` to retarget requests for a registered user. Time is an argument.
+
+A binding registered over a connection (TCP, TLS, WS, WSS) is reached over that connection
+only, so it goes when the connection does (`drop_flow`, RFC 5626 §5.3, RFC 7118 §6): a
+WebSocket client's `.invalid` Contact has no other way to it. Until it registers again or
+the dropped binding would have expired, its AOR is `unreachable`: known, but offline.
 """
 
 from __future__ import annotations
@@ -34,11 +39,19 @@ def aor_key(uri: SipUri) -> str:
     return f"{uri.user or ''}@{uri.host.lower()}"
 
 
+UNREACHABLE_SWEEP = 64  # unreachable AORs kept before expired ones are looked for
+
+
 class Location:
-    __slots__ = ("_bindings",)
+    __slots__ = ("_bindings", "_by_flow", "_sweep_at", "_unreachable")
 
     def __init__(self) -> None:
         self._bindings: dict[str, list[Binding]] = {}
+        # A connection's peer → the AORs registered over it (some perhaps since gone).
+        self._by_flow: dict[Address, set[str]] = {}
+        # AOR → until when it counts as registered but unreachable (its flows failed).
+        self._unreachable: dict[str, float] = {}
+        self._sweep_at = UNREACHABLE_SWEEP
 
     def lookup(self, key: str, now: float) -> list[Binding]:
         bindings = self._bindings.get(key)
@@ -57,6 +70,45 @@ class Location:
         for key in list(self._bindings):
             self.lookup(key, now)
 
+    def drop_flow(self, source: Address, now: float) -> int:
+        """The connection whose peer is `source` is gone: remove the bindings registered
+        over it, leaving those of the same AORs over other connections. Answers how many
+        went."""
+        keys = self._by_flow.pop(source, None)
+        if not keys:
+            return 0
+        dropped = 0
+        for key in keys:
+            bindings = self._bindings.get(key)
+            if not bindings:
+                continue
+            kept = [b for b in bindings if b.source != source]
+            if len(kept) == len(bindings):
+                continue
+            dropped += len(bindings) - len(kept)
+            if kept:
+                self._bindings[key] = kept
+            else:
+                del self._bindings[key]
+                until = max(b.expires_at for b in bindings)
+                if until > now:
+                    self._unreachable[key] = until
+        if len(self._unreachable) >= self._sweep_at:
+            self._unreachable = {k: t for k, t in self._unreachable.items() if t > now}
+            self._sweep_at = max(UNREACHABLE_SWEEP, 2 * len(self._unreachable))
+        return dropped
+
+    def unreachable(self, key: str, now: float) -> bool:
+        """`key` has no binding only because the connections it registered over are gone,
+        and would still be registered otherwise: offline (480), not unknown (404)."""
+        until = self._unreachable.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._unreachable[key]
+            return False
+        return True
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._bindings.values())
 
@@ -73,6 +125,7 @@ class Location:
             if len(contacts) != 1 or header_expires != 0:
                 raise ParseError("wildcard Contact needs Expires: 0 and no other contact")
             self._bindings.pop(key, None)
+            self._unreachable.pop(key, None)
             return build_response(request, 200, to_tag=to_tag)
         for contact in contacts:
             expires = _expires(contact.params.get("expires"))
@@ -88,9 +141,13 @@ class Location:
                 if existing.call_id == call_id and cseq <= existing.cseq:
                     return build_response(request, 500, "Out of order CSeq", to_tag=to_tag)
                 bindings.remove(existing)
+            if existing is not None or expires:
+                self._unreachable.pop(key, None)  # the user speaks for itself again
             if expires:
                 q = _q(contact.params.get("q"))
                 bindings.append(Binding(uri, now + expires, call_id, cseq, source, local, q))
+                if source.reliable:
+                    self._by_flow.setdefault(source, set()).add(key)
         live = self.lookup(key, now)
         extra = [("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
                  for b in live]
