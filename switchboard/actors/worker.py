@@ -24,6 +24,7 @@ from ..sip.proxy import Proxy
 from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
 from ..transport.tcp import TcpEndpoint
+from ..transport.ws import WsEndpoint
 from .dialog import DialogActor, dialog_info
 from .listing import DialogFilter, DialogIndex
 from .overload import OverloadMonitor
@@ -73,6 +74,8 @@ class Worker:
             inner = inner.inner
         if isinstance(inner, TcpEndpoint):
             inner.undelivered = self.undelivered
+        if isinstance(inner, (TcpEndpoint, WsEndpoint)):
+            inner.connection_closed = self.connection_closed
 
     def tap(self, tap: Tap | None) -> None:
         """Copy every message sent and received to `tap` (None: stop). The endpoints are
@@ -150,6 +153,11 @@ class Worker:
         answer (480 upstream) goes out at once."""
         self.proxy.undeliverable(Datagram(data, dest, local), self._loop.time())
         self.flush()
+
+    def connection_closed(self, peer: Address) -> None:
+        """A TCP, TLS or WebSocket connection ended: the bindings registered over it go,
+        since nothing else reaches them (RFC 5626 §5.3, RFC 7118 §6)."""
+        self.proxy.location.drop_flow(peer, self._loop.time())
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -12,6 +12,9 @@ Receiver = Callable[[bytes, Address, Address], None]
 # (data, dest, local): a message an endpoint took but could not deliver after all (the
 # connection it waited for did not open).
 Undelivered = Callable[[bytes, Address, Address], None]
+# (peer): a connection ended; `peer` is the source its messages were received from, so
+# what was registered over it can go too (RFC 5626 §5.3).
+ConnectionClosed = Callable[[Address], None]
 
 
 class Endpoint(Protocol):

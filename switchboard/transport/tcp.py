@@ -31,7 +31,7 @@ from ..sip.errors import ParseError
 from ..sip.framing import StreamFramer
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address, default_port
-from .base import Receiver, Undelivered
+from .base import ConnectionClosed, Receiver, Undelivered
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class _Connection(asyncio.Protocol):
                 del owner.aliases[alias]
         if self.peer is not None and owner.connections.get(self.peer) is self:
             del owner.connections[self.peer]
+            if owner.connection_closed is not None:
+                owner.connection_closed(self.peer)
         self.release()
 
     def release(self) -> None:
@@ -146,6 +148,8 @@ class TcpEndpoint:
         # opened; True when another worker of the node holds a connection to `dest` and
         # took the bytes for it (`cluster/shared_port.py`).
         self.relay: Callable[[bytes, Address, Address], bool] | None = None
+        # Told of each connection that ended (the worker: the bindings over it go).
+        self.connection_closed: ConnectionClosed | None = None
         self._per_source: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._listener: socket.socket | None = None  # a TLS listener's, accepted from here

@@ -2,8 +2,12 @@
 other WebSocket clients open to it. aiohttp does the HTTP upgrade and the framing.
 
 - The handshake must offer the subprotocol `sip` (RFC 7118 §4): one that does not is
-  answered 400 and closed. So is an upgrade that is not done within the handshake time
-  (TLS included for `wss:`), and one over the per-source connection limit (503).
+  answered 400 and closed. An upgrade that is not done within the handshake time (TLS
+  included for `wss:`) is closed.
+- A connection holds a place of its source from accept, as a TLS one does (`tcp.py`): the
+  listener accepts itself and hands a connection to aiohttp (and for `wss:` to the loop's
+  TLS layer) only once counted, so silent or slow handshakes meet the per-source limit too;
+  one over it is reset at once.
 - One SIP message per frame, text or binary (§5.1); we send text when the message is UTF-8.
   A frame larger than the limit closes the connection with 1009; a frame that is not SIP is
   the core's to refuse, and the connection stays.
@@ -11,14 +15,18 @@ other WebSocket clients open to it. aiohttp does the HTTP upgrade and the framin
 - A WebSocket client cannot be connected to: requests toward it go over the connection it
   opened, found by the name in the sent-by of its requests (its Via and Contact host, a
   `.invalid` name for a browser, §5). The `ws:` and `wss:` listeners of a worker share that
-  table (`flows`), since a client on WSS still writes `transport=ws` in its Contact.
+  table (`flows`), since a client on WSS still writes `transport=ws` in its Contact. When
+  the connection ends, `connection_closed` is told, so what was registered over it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
+import struct
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -27,11 +35,12 @@ from aiohttp.web_protocol import RequestHandler
 from ..sip.addressing import request_sent_by
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address
-from .base import Receiver
+from .base import ConnectionClosed, Receiver
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "sip"  # RFC 7118 §4, registered with IANA
+LISTEN_BACKLOG = 100  # as asyncio's create_server
 
 
 class WsConnection:
@@ -62,6 +71,19 @@ class Flows(dict[str, WsConnection]):
         return conn.peer.transport if conn is not None and not conn.ws.closed else None
 
 
+class _CountingServer(web.Server):
+    """aiohttp's connection manager, telling its endpoint when a connection it took ends."""
+
+    def __init__(self, endpoint: WsEndpoint) -> None:
+        super().__init__(endpoint._handle, access_log=None)
+        self.endpoint = endpoint
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None
+                        ) -> None:
+        super().connection_lost(handler, exc)
+        self.endpoint._release(handler)
+
+
 class WsEndpoint:
     def __init__(self, local: Address, receiver: Receiver, *,
                  server_ssl: ssl.SSLContext | None = None, max_per_source: int = 64,
@@ -79,14 +101,19 @@ class WsEndpoint:
         self.handshake_timeout = handshake_timeout
         self.flows = Flows() if flows is None else flows
         self.connections: dict[Address, WsConnection] = {}
-        self.refused = 0  # handshakes refused: no `sip`, too many from one source, too slow
+        self.refused = 0  # handshakes refused: no `sip`, too slow
+        self.refused_connections = 0  # reset at accept: too many from one source
         self.undeliverable = 0  # messages toward a client whose connection is gone
+        # Told of each upgraded connection that ended (the worker: the bindings over it go).
+        self.connection_closed: ConnectionClosed | None = None
         self._loop = asyncio.get_running_loop()
         self._per_source: dict[str, int] = {}
+        self._holders: dict[RequestHandler, str] = {}  # accepted connections → source host
         self._activity: dict[WsConnection, float] = {}
         self._upgrading: dict[RequestHandler, asyncio.TimerHandle] = {}
-        self._web = web.Server(self._handle, access_log=None)
-        self._server: asyncio.Server | None = None
+        self._web = _CountingServer(self)
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         if idle_timeout > 0 and ping_interval <= 0:
             self._sweeper = self._loop.call_later(min(idle_timeout, 10.0), self._sweep)
@@ -95,23 +122,100 @@ class WsEndpoint:
     async def bind(cls, transport: str, host: str, port: int, receiver: Receiver,
                    **options: Any) -> WsEndpoint:
         endpoint = cls(Address(transport, host, port), receiver, **options)
-        tls: dict[str, Any] = {}
-        if transport == "wss":
-            if endpoint.server_ssl is None:
-                raise ValueError("a wss listener needs a TLS context")
-            tls = {"ssl": endpoint.server_ssl,
-                   "ssl_handshake_timeout": endpoint.handshake_timeout}
-        endpoint._server = await endpoint._loop.create_server(
-            endpoint._protocol, host, port, reuse_address=True, **tls)
-        bound = endpoint._server.sockets[0].getsockname()
-        endpoint.local = Address(transport, host, bound[1])
+        if transport == "wss" and endpoint.server_ssl is None:
+            raise ValueError("a wss listener needs a TLS context")
+        loop = endpoint._loop
+        info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE)
+        listener = socket.create_server(info[0][4][:2], family=info[0][0],
+                                        backlog=LISTEN_BACKLOG)
+        listener.setblocking(False)
+        endpoint._listener = listener
+        endpoint.local = Address(transport, host, listener.getsockname()[1])
+        endpoint._spawn(endpoint._accept(listener))
         return endpoint
 
-    def _protocol(self) -> RequestHandler:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Each connection is counted against its source (or refused) before its TLS
+        handshake and its HTTP upgrade start."""
+        while True:
+            try:
+                sock, address = await self._loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, say: this accept only
+                if listener.fileno() < 0:
+                    return  # closed
+                log.warning("%s accept failed: %s", self.transport, exc)
+                await asyncio.sleep(0.1)
+                continue
+            while True:
+                try:
+                    self._admit_accepted(sock, str(address[0]))
+                except Exception:  # that connection only: the listener keeps accepting
+                    log.exception("%s: accepting a connection from %s failed", self.transport,
+                                  address)
+                    sock.close()
+                try:  # the rest of the backlog without going round the loop each time
+                    sock, address = listener.accept()
+                except OSError:  # BlockingIOError when it is empty
+                    break
+
+    def _admit_accepted(self, sock: socket.socket, host: str) -> None:
+        count = self._per_source.get(host, 0)
+        if self.max_per_source and count >= self.max_per_source:
+            log.info("%s: too many connections from %s, refusing one", self.transport, host)
+            self.refused_connections += 1
+            # Reset rather than close: the refused party learns at once.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return
+        self._per_source[host] = count + 1
+        sock.setblocking(False)
         handler = self._web()
+        self._holders[handler] = host
         self._upgrading[handler] = self._loop.call_later(
             self.handshake_timeout, self._too_slow, handler)
-        return handler
+        self._spawn(self._connect(handler, sock))
+
+    async def _connect(self, handler: RequestHandler, sock: socket.socket) -> None:
+        """Give the accepted `sock` to aiohttp's `handler`, after the TLS handshake for
+        `wss:` (within the handshake time); one that does not get there gives its place
+        back."""
+        tls: dict[str, Any] = {}
+        if self.server_ssl is not None:
+            tls = {"ssl": self.server_ssl, "ssl_handshake_timeout": self.handshake_timeout}
+        try:
+            await self._loop.connect_accepted_socket(lambda: handler, sock, **tls)
+        except Exception as exc:  # timed out, garbage, reset: this connection only
+            log.debug("%s handshake failed: %s", self.transport, exc)
+            sock.close()
+            self._release(handler)
+        except asyncio.CancelledError:  # the endpoint is closing
+            sock.close()
+            self._release(handler)
+            raise
+
+    def _release(self, handler: RequestHandler) -> None:
+        """Give the source's place back, once, however the connection ended."""
+        timer = self._upgrading.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+        host = self._holders.pop(handler, None)
+        if host is None:
+            return
+        count = self._per_source.get(host, 0) - 1
+        if count > 0:
+            self._per_source[host] = count
+        else:
+            self._per_source.pop(host, None)
+
+    def counted_from(self, host: str) -> int:
+        """Connections from `host` holding a place, handshakes included."""
+        return self._per_source.get(host, 0)
 
     def _too_slow(self, handler: RequestHandler) -> None:
         if self._upgrading.pop(handler, None) is not None and handler.transport is not None:
@@ -132,16 +236,12 @@ class WsEndpoint:
         if not peername:
             return self._refuse(request, 400, "no peer address")
         peer = Address(self.transport, str(peername[0]), int(peername[1]))
-        count = self._per_source.get(peer.host, 0)
-        if self.max_per_source and count >= self.max_per_source:
-            return self._refuse(request, 503, "too many connections from this address")
         ws = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,), heartbeat=self.ping_interval or None,
             max_msg_size=self.max_message_size, compress=False)
         if not ws.can_prepare(request).ok:
             return self._refuse(request, 400, "not a WebSocket handshake")
         await ws.prepare(request)
-        self._per_source[peer.host] = count + 1
         conn = WsConnection(ws, peer, request.transport)
         self.connections[peer] = conn
         self._activity[conn] = self._loop.time()
@@ -213,12 +313,11 @@ class WsEndpoint:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
         self._activity.pop(conn, None)
-        host = conn.peer.host
-        count = self._per_source.get(host, 0) - 1
-        if count > 0:
-            self._per_source[host] = count
-        else:
-            self._per_source.pop(host, None)
+        if self.connection_closed is not None:
+            try:
+                self.connection_closed(conn.peer)
+            except Exception:
+                log.exception("reporting the end of %s failed", conn.peer)
 
     def _sweep(self) -> None:
         deadline = self._loop.time() - self.idle_timeout
@@ -249,9 +348,12 @@ class WsEndpoint:
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
         for timer in self._upgrading.values():
             timer.cancel()
-        for conn in list(self.connections.values()):
-            conn.close()
+        for handler in list(self._holders):
+            if handler.transport is not None:
+                handler.transport.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._listener is not None:  # its accept is cancelled now
+            self._listener.close()
