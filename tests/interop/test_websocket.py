@@ -100,17 +100,27 @@ def test_sipp_calls_a_registered_jssip_phone(sipp: StartSipp, ws_switchboard: Ws
     assert_clean(uac.wait())
 
 
+def registered_contacts(server: SwitchboardServer) -> int:
+    stats = server.mi_result("statistics:get", statistics=["usrloc:"])
+    return int(stats["usrloc:registered_contacts"])
+
+
 @pytest.mark.sipp
 def test_a_jssip_phone_whose_connection_closed_gets_its_caller_a_480(
         sipp: StartSipp, ws_switchboard: WsSwitchboard, phone: Callable[..., JsSipPhone]) -> None:
-    """The phone dies without unregistering: its binding stays, but no connection reaches
-    its `.invalid` Contact any more. The INVITE fails at once with 480 (the transport error
-    of RFC 3261 §17.1.4), well inside SIPp's receive timeout, instead of timer B's 408."""
+    """The phone dies without unregistering: no connection reaches its `.invalid` Contact
+    any more, so its binding goes with the connection (RFC 5626 §5.3, RFC 7118 §6) and the
+    MI no longer counts it. The INVITE is answered 480 at once by the location lookup (Alice
+    is offline, not unknown), well inside SIPp's receive timeout, instead of timer B's 408."""
     alice = phone("alice", "ws")
+    server = ws_switchboard.server
+    assert registered_contacts(server) == 1
     alice.proc.kill()
     alice.proc.wait(5)
-    time.sleep(0.5)  # the server reads the connection's end
-    server = ws_switchboard.server
+    deadline = time.monotonic() + 5  # the server reads the connection's end
+    while registered_contacts(server) != 0:
+        assert time.monotonic() < deadline, "the binding outlived its connection"
+        time.sleep(0.05)
     uac = sipp("uac", "uac_unavailable.xml", local_port=free_port("udp"),
                remote=f"{HOST}:{server.udp_port}", service="alice",
                keys={"uas_port": server.udp_port}, calls=1)
