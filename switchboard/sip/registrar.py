@@ -39,11 +39,13 @@ def aor_key(uri: SipUri) -> str:
     return f"{uri.user or ''}@{uri.host.lower()}"
 
 
-UNREACHABLE_SWEEP = 64  # unreachable AORs kept before expired ones are looked for
+# Entries of the flow index and of the unreachable AORs kept before stale ones are looked
+# for; then again at twice what is left, so the sweeps cost O(1) a change.
+SWEEP_MIN = 64
 
 
 class Location:
-    __slots__ = ("_bindings", "_by_flow", "_sweep_at", "_unreachable")
+    __slots__ = ("_bindings", "_by_flow", "_flows_sweep_at", "_sweep_at", "_unreachable")
 
     def __init__(self) -> None:
         self._bindings: dict[str, list[Binding]] = {}
@@ -51,7 +53,8 @@ class Location:
         self._by_flow: dict[Address, set[str]] = {}
         # AOR → until when it counts as registered but unreachable (its flows failed).
         self._unreachable: dict[str, float] = {}
-        self._sweep_at = UNREACHABLE_SWEEP
+        self._sweep_at = SWEEP_MIN
+        self._flows_sweep_at = SWEEP_MIN
 
     def lookup(self, key: str, now: float) -> list[Binding]:
         bindings = self._bindings.get(key)
@@ -95,8 +98,21 @@ class Location:
                     self._unreachable[key] = until
         if len(self._unreachable) >= self._sweep_at:
             self._unreachable = {k: t for k, t in self._unreachable.items() if t > now}
-            self._sweep_at = max(UNREACHABLE_SWEEP, 2 * len(self._unreachable))
+            self._sweep_at = max(SWEEP_MIN, 2 * len(self._unreachable))
         return dropped
+
+    def _index_flow(self, source: Address, key: str) -> None:
+        by_flow = self._by_flow
+        if source not in by_flow and len(by_flow) >= self._flows_sweep_at:
+            # Connections whose end another worker saw (a shared port), or whose bindings
+            # all expired or were replaced: rebuilt from the bindings there are.
+            by_flow = self._by_flow = {}
+            for aor, bindings in self._bindings.items():
+                for b in bindings:
+                    if b.source.reliable:
+                        by_flow.setdefault(b.source, set()).add(aor)
+            self._flows_sweep_at = max(SWEEP_MIN, 2 * len(by_flow))
+        by_flow.setdefault(source, set()).add(key)
 
     def unreachable(self, key: str, now: float) -> bool:
         """`key` has no binding only because the connections it registered over are gone,
@@ -147,7 +163,7 @@ class Location:
                 q = _q(contact.params.get("q"))
                 bindings.append(Binding(uri, now + expires, call_id, cseq, source, local, q))
                 if source.reliable:
-                    self._by_flow.setdefault(source, set()).add(key)
+                    self._index_flow(source, key)
         live = self.lookup(key, now)
         extra = [("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
                  for b in live]

@@ -95,11 +95,14 @@ class _Connection(asyncio.Protocol):
         for alias in self.aliases:
             if owner.aliases.get(alias) is self:
                 del owner.aliases[alias]
-        if self.peer is not None and owner.connections.get(self.peer) is self:
-            del owner.connections[self.peer]
-            if owner.connection_closed is not None:
-                owner.connection_closed(self.peer)
+        peer = self.peer
+        if peer is not None and owner.connections.get(peer) is self:
+            del owner.connections[peer]
+        else:
+            peer = None  # never up, or refused: nothing came over it
         self.release()
+        if peer is not None and owner.connection_closed is not None:
+            owner.connection_closed(peer)
 
     def release(self) -> None:
         """Give the source's place back, once, however the connection ended."""

@@ -116,3 +116,29 @@ def test_a_udp_source_is_no_connection() -> None:
     register(net, "sip:bob@127.0.0.1:5062", bob_udp, PROXY_UDP, n=1)
     assert net.proxy.location.drop_flow(bob_udp, net.now) == 0
     assert registered(net) == 1
+
+
+def test_the_flow_index_forgets_connections_whose_bindings_moved_on() -> None:
+    """Bindings re-registered over new connections whose old ones never said they ended (a
+    shared port's other worker saw that): the index of connections stays within a bound,
+    and a connection that does end still takes exactly its bindings."""
+    net = network()
+    users = 40
+    for rounds in range(10):
+        for user in range(users):
+            conn = Address("tcp", "127.0.0.1", 20000 + rounds * users + user)
+            data = sip_request(
+                "REGISTER", "sip:127.0.0.1", branch=f"z9hG4bKr{rounds}u{user}",
+                via=f"SIP/2.0/TCP 127.0.0.1:{conn.port};branch=z9hG4bKr{rounds}u{user}",
+                from_uri=f"sip:u{user}@127.0.0.1", from_tag=f"r{rounds}",
+                to_uri=f"sip:u{user}@127.0.0.1", call_id=f"reg-{rounds}-{user}",
+                contact=f"sip:u{user}@127.0.0.1:5070;transport=tcp", extra=["Expires: 600"])
+            assert one_response(net.send(data, conn, PROXY_TCP), conn).status == 200
+    assert registered(net) == users
+    assert len(net.proxy.location._by_flow) <= 2 * users + 64
+    stale = Address("tcp", "127.0.0.1", 20000)  # round 0's: its binding moved on
+    assert net.proxy.location.drop_flow(stale, net.now) == 0
+    last = Address("tcp", "127.0.0.1", 20000 + 9 * users + 7)
+    assert net.proxy.location.drop_flow(last, net.now) == 1
+    assert registered(net) == users - 1
+    assert net.proxy.location.lookup("u7@127.0.0.1", net.now) == []
