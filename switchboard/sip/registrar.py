@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import ParseError
 from .message import Request, Response, build_response
-from .uri import SipUri
+from .uri import Params, SipUri
 from .wire import Address
 
 DEFAULT_EXPIRES = 3600
@@ -38,6 +38,27 @@ def aor_key(uri: SipUri) -> str:
     """Addresses of record compare by user and host, case-folded (RFC 3261 §10.3 step 5)."""
     return f"{uri.user or ''}@{uri.host.lower()}"
 
+
+def _reached_only_over(uri: object, params: Params, source: Address) -> bool:
+    """Whether a contact registered over the connection `source` can only be reached over
+    it, so that its binding goes when the connection does: a WebSocket client (a server
+    cannot open a WebSocket connection, RFC 7118 §5), a Contact named `.invalid`, an outbound
+    flow (`reg-id`, RFC 5626 §5.3), or a Contact that names the connection's own ephemeral
+    address. A TCP or TLS Contact naming a listening address of its own stays: a new
+    connection can be opened to it (what Kamailio's and OpenSIPS's registrars do by default)."""
+    if not source.reliable:
+        return False
+    if source.transport in ("ws", "wss") or "reg-id" in params:
+        return True
+    if not isinstance(uri, SipUri):
+        return False
+    host = uri.host.lower()
+    return host.endswith(".invalid") or (host.strip("[]") == source.host.lower()
+                                         and (uri.port or _DEFAULT_PORT.get(source.transport, 5060))
+                                         == source.port)
+
+
+_DEFAULT_PORT = {"tls": 5061}  # RFC 3261 §19.1.2: sips/TLS 5061, else 5060
 
 # Entries of the flow index and of the unreachable AORs kept before stale ones are looked
 # for; then again at twice what is left, so the sweeps cost O(1) a change.
@@ -162,7 +183,7 @@ class Location:
             if expires:
                 q = _q(contact.params.get("q"))
                 bindings.append(Binding(uri, now + expires, call_id, cseq, source, local, q))
-                if source.reliable:
+                if _reached_only_over(contact.uri, contact.params, source):
                     self._index_flow(source, key)
         live = self.lookup(key, now)
         extra = [("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")

@@ -132,7 +132,7 @@ def test_the_flow_index_forgets_connections_whose_bindings_moved_on() -> None:
                 via=f"SIP/2.0/TCP 127.0.0.1:{conn.port};branch=z9hG4bKr{rounds}u{user}",
                 from_uri=f"sip:u{user}@127.0.0.1", from_tag=f"r{rounds}",
                 to_uri=f"sip:u{user}@127.0.0.1", call_id=f"reg-{rounds}-{user}",
-                contact=f"sip:u{user}@127.0.0.1:5070;transport=tcp", extra=["Expires: 600"])
+                contact=f"sip:u{user}@u{user}.invalid;transport=tcp", extra=["Expires: 600"])
             assert one_response(net.send(data, conn, PROXY_TCP), conn).status == 200
     assert registered(net) == users
     assert len(net.proxy.location._by_flow) <= 2 * users + 64
@@ -142,3 +142,14 @@ def test_the_flow_index_forgets_connections_whose_bindings_moved_on() -> None:
     assert net.proxy.location.drop_flow(last, net.now) == 1
     assert registered(net) == users - 1
     assert net.proxy.location.lookup("u7@127.0.0.1", net.now) == []
+
+
+def test_a_tcp_contact_naming_a_listening_address_of_its_own_outlives_its_connection() -> None:
+    """A desk phone that registers over TCP a Contact with its own listening port (not the
+    connection's): the proxy can open a new connection to it, so its binding stays when the
+    connection ends (as Kamailio's and OpenSIPS's registrars keep it by default)."""
+    net = network()
+    listening = "sip:bob@127.0.0.1:5070;transport=tcp"
+    register(net, listening, BOB_TCP_CONN, PROXY_TCP, n=1)
+    assert net.proxy.location.drop_flow(BOB_TCP_CONN, net.now) == 0
+    assert registered(net) == 1
