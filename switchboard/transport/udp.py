@@ -12,12 +12,18 @@ from .base import Receiver
 
 log = logging.getLogger(__name__)
 
+# Sources remembered as `Address` values: a peer's datagrams keep coming from the same
+# (host, port), and making the value anew for each one costs more than a dict lookup. Bounded,
+# so a flood from many sources cannot grow it: it starts over when full.
+SOURCES_KEPT = 4096
+
 
 class UdpEndpoint(asyncio.DatagramProtocol):
     def __init__(self, local: Address, receiver: Receiver) -> None:
         self.local = local
         self._receiver = receiver
         self._transport: asyncio.DatagramTransport | None = None
+        self._sources: dict[tuple[str | int, ...], Address] = {}
 
     @classmethod
     async def bind(cls, host: str, port: int, receiver: Receiver, *, reuse_port: bool = False
@@ -41,9 +47,19 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
-            self._receiver(data, Address("udp", str(addr[0]), int(addr[1])), self.local)
+            source = self._sources.get(addr)
+            if source is None:
+                source = self._source(addr)
+            self._receiver(data, source, self.local)
         except Exception:  # one bad datagram must never stop the listener
             log.exception("error handling a datagram from %s", addr)
+
+    def _source(self, addr: tuple[str | int, ...]) -> Address:
+        sources = self._sources
+        if len(sources) >= SOURCES_KEPT:
+            sources.clear()
+        source = sources[addr] = Address("udp", str(addr[0]), int(addr[1]))
+        return source
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the transaction timers deal with the loss.
