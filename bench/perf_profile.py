@@ -39,6 +39,24 @@ GROUPS = (
 )
 
 
+# What `--syscalls` counts: the loop's wake-ups and the datagrams in and out (libuv reads
+# with recvmsg and uvloop sends with sendmsg).
+SYSCALLS = ("epoll_pwait", "recvmsg", "sendmsg")
+
+
+def parse_stat(text: str) -> dict[str, int]:
+    """`perf stat -x ;` output: count by syscall name."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(";")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+            try:
+                counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+            except ValueError:
+                continue
+    return counts
+
+
 def group_of(dso: str) -> str:
     for name, markers in GROUPS:
         if any(m in dso for m in markers):
@@ -136,6 +154,9 @@ def main() -> None:
     p.add_argument("--freq", type=int, default=999)
     p.add_argument("--out", type=Path, default=Path("bench-results/perf"))
     p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
+    p.add_argument("--syscalls", action="store_true",
+                   help="instead of sampling, count the proxy's wake-ups (epoll_pwait) and its "
+                   "datagrams in and out (recvmsg, sendmsg) with perf stat")
     p.add_argument("--core", type=int, metavar="CALLS",
                    help="instead: the core's own time per module (bench.hotpath's call under "
                    "cProfile, run with SWITCHBOARD_PURE=1)")
@@ -150,8 +171,13 @@ def main() -> None:
     system.start(args.out)
     try:
         pid = system.pids()[0]
-        perf = subprocess.Popen(["perf", "record", "-q", "-F", str(args.freq), "-g",
-                                 "-p", str(pid), "-o", str(data)])
+        if args.syscalls:
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+            perf = subprocess.Popen(["perf", "stat", "-x", ";", "-e", events, "-p", str(pid),
+                                     "-o", str(args.out / "syscalls.txt")])
+        else:
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", str(args.freq), "-g",
+                                     "-p", str(pid), "-o", str(data)])
         time.sleep(0.5)  # perf attached before the first call
         step = callrate.run_step(system, args.rate, args.duration, args.out / "step",
                                  sipp_binary=args.sipp)
@@ -159,14 +185,25 @@ def main() -> None:
         perf.wait(timeout=60)
     finally:
         system.stop()
+    print(f"switchboard ({system.version()}), {args.rate:g} calls/s offered for "
+          f"{args.duration:g} s: {step.successful_calls} calls ok, {step.failed_calls} failed, "
+          f"CPU {step.cpu_ms_per_call} ms/call (under perf)")
+    if args.syscalls:
+        counts = parse_stat((args.out / "syscalls.txt").read_text())
+        calls = max(1, step.successful_calls)
+        for name in SYSCALLS:
+            n = counts.get(name, 0)
+            print(f"  {name:<12} {n:>9}  {n / calls:6.2f} per call")
+        wakes = counts.get("epoll_pwait", 0)
+        if wakes:
+            print(f"  datagrams received per wake-up: {counts.get('recvmsg', 0) / wakes:.2f}")
+        return
+
     def report(*options: str) -> str:
         return subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--stdio",
                                "-g", "none", *options],
                               capture_output=True, text=True, check=True).stdout
 
-    print(f"switchboard ({system.version()}), {args.rate:g} calls/s offered for "
-          f"{args.duration:g} s: {step.successful_calls} calls ok, {step.failed_calls} failed, "
-          f"CPU {step.cpu_ms_per_call} ms/call (under perf)")
     print(summarize(parse_dso_report(report("--sort", "dso")),
                     parse_report(report("--sort", "dso,sym", "--percent-limit", "0.05"))))
     print(f"perf data: {data}  (perf report -i {data} --no-children --sort dso,sym)")
