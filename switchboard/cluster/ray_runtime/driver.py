@@ -88,7 +88,10 @@ class RaySwitchboard(CallOperations):
 
     @property
     def listeners(self) -> list[Address]:
-        return [Address(t, h, p) for w in self.workers for t, h, p in w["listeners"]]
+        """Every address some worker listens on, once (the workers of a node may share
+        theirs), in worker order."""
+        found = (Address(t, h, p) for w in self.workers for t, h, p in w["listeners"])
+        return list(dict.fromkeys(found))
 
     async def start_mi(self) -> None:
         mi = self.config.mi
