@@ -107,10 +107,8 @@ def _ray_stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the node drains its actors, up to 30 s), then the whole group."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(45)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
