@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import switchboard
 
-    from .shared_port import classification_us, handoff_us
     from .proc import host_cpu_times
+    from .shared_port import classification_us, handoff_us
 
     busy0, total0 = host_cpu_times()
     record: dict[str, Any] = {"build": switchboard.BUILD, "cpus": os.cpu_count()}
