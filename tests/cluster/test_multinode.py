@@ -172,16 +172,14 @@ def _ask_cluster(nodes: Nodes) -> dict[str, Any]:
     """What a separate driver of the cluster sees: `workers_info()` of the controller, the
     node the controller runs on, and the nodes' addresses by id."""
     script = """
-import json, sys, ray, ray._private.state
+import json, sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
 controller = ray.get_actor("controller", namespace="switchboard")
-actors = ray._private.state.actors()
-(where,) = [a["Address"]["IPAddress"] for a in actors.values()
-            if a.get("Name") == "controller" and a.get("State") == "ALIVE"]
+where = ray.get(controller.__ray_call__.remote(
+    lambda _: ray.get_runtime_context().get_node_id()))
+nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 print(json.dumps({"workers": ray.get(controller.workers_info.remote()),
-                  "controller_ip": where,
-                  "nodes": {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()
-                            if n["Alive"]}}))
+                  "controller_ip": nodes[where], "nodes": nodes}))
 """
     done = subprocess.run([sys.executable, "-c", script, nodes.address], env=nodes.env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
