@@ -12,7 +12,9 @@ subscriber socket.
   the E_DLG_STATE_CHANGED sequence one process raises for the same scenario;
 - a blind transfer whose new call goes to the other node, and an attended transfer whose two
   calls live on different nodes (the replacing INVITE sent to either node): the
-  E_CALL_TRANSFER sequences of tests/cluster/test_ray_callops.py, the one-process ones.
+  E_CALL_TRANSFER sequences of tests/cluster/test_ray_callops.py, the one-process ones;
+- an in-dialog request marked for a worker of the other node is handled by the node it
+  reached (relayed along its Route, from that node's address), never handed on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -453,3 +456,52 @@ def test_attended_transfer_whose_calls_live_on_different_nodes(
     invites = [m for m in received(c_result, "INVITE") if m.header("Call-ID") == new]
     assert invites and invites[0].header("Replaces") == replaces, invites
     assert _mi(cluster, "dialog:list") == {"Dialogs": []}
+
+
+# -- a mark of the other node ---------------------------------------------------------------
+
+
+def test_a_request_marked_for_the_other_nodes_worker_is_handled_where_it_arrives(
+    cluster: SwitchboardServer, placement: dict[str, Any]
+) -> None:
+    """A BYE whose Route names a worker of the other node (`wk=`), sent to the head node: no
+    worker of the head node owns it, so the one that got it handles it as a message of a
+    dialog it does not know: from a trusted source (loopback), relayed along its Route
+    without being tracked, from the head node's shared address. Nothing is handed over."""
+    port = cluster.udp_port
+    elsewhere = next(w["index"] for w in placement["workers"] if w["node_ip"] == OTHER_IP)
+    before = _mi(cluster, "statistics:get", statistics=["handoff:"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ua, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as far:
+        for sock in (ua, far):
+            sock.bind((HOST, 0))
+            sock.settimeout(10)
+        ua_port, far_port = ua.getsockname()[1], far.getsockname()[1]
+        callid = f"{_prefix('stray')}@{HOST}"
+        bye = (f"BYE sip:b@{HOST}:{far_port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {HOST}:{ua_port};branch=z9hG4bK-{secrets.token_hex(6)}\r\n"
+               f"Route: <sip:{HEAD_IP}:{port};lr;wk={elsewhere:x}>\r\n"
+               f"From: <sip:a@{HOST}>;tag=stray-a\r\n"
+               f"To: <sip:b@{HOST}>;tag=stray-b\r\n"
+               f"Call-ID: {callid}\r\n"
+               "CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        ua.sendto(bye.encode(), (HEAD_IP, port))
+        relayed, source = far.recvfrom(65535)
+        after = _mi(cluster, "statistics:get", statistics=["handoff:"])
+        text = relayed.decode()
+        assert text.startswith(f"BYE sip:b@{HOST}:{far_port} SIP/2.0\r\n"), text
+        assert source == (HEAD_IP, port), source
+        vias = [ln for ln in text.split("\r\n") if ln.lower().startswith("via:")]
+        assert vias[0].startswith(f"Via: SIP/2.0/UDP {HEAD_IP}:{port};"), text
+        assert "wk=" not in "".join(ln for ln in text.split("\r\n")
+                                    if ln.lower().startswith("route:")), text
+        # Answered, so that the proxy's client transaction ends and the UA gets its 200.
+        head = [ln for ln in text.split("\r\n") if ln.split(":")[0].lower()
+                in ("via", "from", "to", "call-id", "cseq")]
+        far.sendto(("SIP/2.0 200 OK\r\n" + "\r\n".join(head)
+                    + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+        answer, answered_from = ua.recvfrom(65535)
+    assert answer.startswith(b"SIP/2.0 200 OK\r\n"), answer
+    assert answered_from == (HEAD_IP, port)
+    assert after["handoff:sent"] == before["handoff:sent"], (before, after)
+    assert after["handoff:refused"] == before["handoff:refused"], (before, after)
