@@ -5,12 +5,13 @@
 
 1. `bus_to_sink`: one event bus (`actors/eventbus.py`) with one `udp:` subscriber, in this
    process, fed E_DLG_STATE_CHANGED events as fast as it takes them: events/s and CPU µs per
-   event of the event loop's thread (what a worker pays per event once it sends its own,
-   and what the controller pays per event now); another process counts what arrives.
-2. `controller_events`: the controller of `serve --runtime ray` (2 workers behind one
-   address, a private Ray in this process) fed what a worker sends it (`publish`, msgpack
-   batches of 1, 16 and 128 events, a few batches in flight as one worker keeps one), toward
-   one `udp:` subscriber: events/s it absorbs and the controller process's CPU per event.
+   event of the event loop's thread (what a worker pays per event it sends to its
+   subscribers); another process counts what arrives.
+2. `controller_events`: the events that still pass the controller, those a Python
+   subscriber wants: the controller of `serve --runtime ray` (2 workers behind one address,
+   a private Ray in this process) fed what a worker forwards it (`publish`, msgpack batches
+   of 1, 16 and 128 events, a few batches in flight), toward one actor subscriber: events/s
+   it absorbs and the controller process's CPU per event.
 3. `controller_ops`: with one held call on one worker (SIPp parties, `callops:hold` once),
    `call_hold` of that call again — refused, "both legs on hold", after the whole path
    (controller → the owner found through the directory → its core → back), no SIP sent —
@@ -55,8 +56,7 @@ def _state_event(n: int, new_state: int) -> dict[str, Any]:
 
 
 def _events(count: int) -> list[tuple[str, dict[str, Any]]]:
-    """`count` events, confirmed then ended by pairs (the controller's directory keeps none
-    of them once done)."""
+    """`count` events, dialogs confirmed then ended by pairs."""
     return [(STATE_EVENT, _state_event(n // 2, 4 + n % 2)) for n in range(count)]
 
 
@@ -64,12 +64,6 @@ def _cpu(pid: int) -> float:
     from .proc import cpu_seconds
 
     return cpu_seconds([pid])
-
-
-async def _received(receiver: Any, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while receiver.snapshot()["total"] < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
 
 
 # -- 1. one event bus to one udp: sink ---------------------------------------------------------
@@ -175,27 +169,41 @@ class RayService:
         return int(pid), workers
 
 
+class Counter:
+    """A Python subscriber (an actor handle given to `subscribe`): counts the events the
+    controller hands it, in batches (`on_events`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_events(self, events: list[Any]) -> None:
+        self.count += len(events)
+
+    def seen(self) -> int:
+        return self.count
+
+
 async def controller_events(service: RayService, count: int,
                             batches: tuple[int, ...] = (1, 16, 128),
                             in_flight: int = 4) -> dict[str, Any]:
-    from switchboard.readout import pack
+    """The events that still go through the controller: those a Python subscriber (an
+    actor) wants, which the workers forward to it in their batches (`publish`)."""
+    import ray
 
-    from .events import Receiver
+    from switchboard.readout import pack
 
     controller = service.controller
     pid, _ = await service.pids()
-    receiver = Receiver()
-    receiver.start()
-    sink = f"udp:{HOST}:{receiver.port}"
+    counter: Any = ray.remote(num_cpus=0)(Counter).remote()
     out: dict[str, Any] = {}
+    await controller.subscribe.remote(STATE_EVENT, counter, 3600)
     try:
-        await controller.subscribe_event.remote(STATE_EVENT, sink, 3600)
         for size in batches:
             total = count - count % size
             events = _events(total)
             payloads = [pack([list(e) for e in events[i:i + size]])
                         for i in range(0, total, size)]
-            receiver.reset()
+            seen0 = await counter.seen.remote()
             wall0, cpu0 = time.perf_counter(), _cpu(pid)
             pending: set[Any] = set()
             for payload in payloads:
@@ -205,18 +213,19 @@ async def controller_events(service: RayService, count: int,
             if pending:
                 await asyncio.wait(pending)
             absorbed = time.perf_counter() - wall0
-            await _received(receiver, total)
+            deadline = time.monotonic() + 60
+            while (got := await counter.seen.remote() - seen0) < total \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             wall, cpu = time.perf_counter() - wall0, _cpu(pid) - cpu0
-            got = receiver.snapshot()["total"]
             out[f"batch_{size}"] = {
                 "events": total, "received": got,
                 "absorbed_events_per_s": round(total / absorbed),
                 "delivered_events_per_s": round(got / wall),
                 "controller_cpu_us_per_event": round(cpu * 1e6 / total, 2)}
             print(f"  controller events, batches of {size}: {out[f'batch_{size}']}", flush=True)
-        await controller.subscribe_event.remote(STATE_EVENT, sink, 0)
     finally:
-        receiver.finish()
+        await controller.subscribe.remote(STATE_EVENT, counter, 0)
     return out
 
 
