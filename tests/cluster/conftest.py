@@ -68,3 +68,12 @@ def service(ray_cluster: str) -> Iterator[Service]:
         yield running
     finally:
         stop_service(running)
+
+
+@pytest.fixture
+def no_controller_left(ray_cluster: str) -> Iterator[str]:
+    """For tests that run `serve --runtime ray` as a subprocess: asked for before
+    `switchboard_server`, so torn down after it; removes the detached controller should the
+    driver have been killed before it could (the next module would find it running)."""
+    yield ray_cluster
+    kill_controller()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -137,3 +138,15 @@ def stop_service(service: Service) -> None:
         service.runner.close()
         kill_controller()
 
+
+def wait_controller_gone(timeout: float = 10.0) -> None:
+    """Until the named controller is gone (a `serve` that stopped removes it)."""
+    ray = import_ray()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get_actor("controller", namespace="switchboard")
+        except ValueError:
+            return
+        assert time.monotonic() < deadline, "the controller outlived `serve`"
+        time.sleep(0.2)

@@ -12,13 +12,12 @@ import socket
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.ray_service import import_ray, kill_controller
+from tests.cluster.ray_service import import_ray, wait_controller_gone
 from tests.support.hep import by_type
 from tests.support.ports import HOST, free_port, free_port_block
 from tests.support.server import REPO_ROOT, ServerStartError, SwitchboardServer
@@ -37,13 +36,6 @@ def port_each(tmp_path: Path) -> str:
     path.write_text("[runtime]\nshared_port = false\n", encoding="utf-8")
     return str(path)
 
-
-@pytest.fixture
-def no_controller_left(ray_cluster: str) -> Iterator[str]:
-    """Torn down after `switchboard_server`: removes the detached controller should the
-    driver have been killed before it could (the next module would find it running)."""
-    yield ray_cluster
-    kill_controller()
 
 
 def test_serve_runtime_ray_from_the_command_line(
@@ -99,7 +91,7 @@ def test_serve_runtime_ray_from_the_command_line(
     assert server.mi_result("dialog:list") == {"Dialogs": []}
 
     assert server.stop(timeout=15.0) == 0, server.describe()
-    _wait_controller_gone()
+    wait_controller_gone()
 
 
 def test_a_worker_port_in_use_stops_serve_with_one_line(
@@ -121,15 +113,5 @@ def test_a_worker_port_in_use_stops_serve_with_one_line(
     assert "exited with code 1" in output, output
     (line,) = [ln for ln in output.splitlines() if "cannot start" in ln]
     assert "worker 1:" in line and "address already in use" in line.lower(), line
-    _wait_controller_gone()
+    wait_controller_gone()
 
-
-def _wait_controller_gone(timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ray.get_actor("controller", namespace="switchboard")
-        except ValueError:
-            return
-        assert time.monotonic() < deadline, "the controller outlived `serve`"
-        time.sleep(0.2)

@@ -9,13 +9,13 @@ service. While a `serve` lives, another one refuses to start (test_ray_runtime).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.ray_service import import_ray, kill_controller
+from tests.cluster.ray_service import import_ray
 from tests.support.events import collecting
 from tests.support.ports import HOST, free_port, free_port_block
 from tests.support.server import StartServer, SwitchboardServer
@@ -33,11 +33,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
-
-@pytest.fixture
-def no_controller_left(ray_cluster: str) -> Iterator[str]:
-    yield ray_cluster
-    kill_controller()
 
 
 def _until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:

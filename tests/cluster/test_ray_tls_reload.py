@@ -17,14 +17,13 @@ import secrets
 import signal
 import socket
 import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from switchboard.cluster.owner import hashed_worker
-from tests.cluster.ray_service import import_ray, kill_controller
+from tests.cluster.ray_service import import_ray, wait_controller_gone
 from tests.support.certs import make_pki
 from tests.support.ports import HOST, free_port
 from tests.support.server import SwitchboardServer
@@ -38,13 +37,6 @@ WORKERS = (0, 1)
 # connections from different source ports over the workers' listening sockets.
 MAX_CONNECTIONS = 64
 
-
-@pytest.fixture
-def no_controller_left(ray_cluster: str) -> Iterator[str]:
-    """Torn down after `switchboard_server`: removes the detached controller should the
-    driver have been killed before it could."""
-    yield ray_cluster
-    kill_controller()
 
 
 def _owned_by(worker: int) -> str:
@@ -149,7 +141,7 @@ def test_sighup_reloads_the_certificate_on_every_worker(
     assert server.proc.poll() is None, server.describe()
     assert "not reloaded" not in server.output, server.describe()
     assert server.stop(timeout=15.0) == 0, server.describe()
-    _wait_controller_gone()
+    wait_controller_gone()
 
 
 def _handed(server: SwitchboardServer) -> int:
@@ -157,13 +149,3 @@ def _handed(server: SwitchboardServer) -> int:
     stats = server.mi_result("statistics:get", statistics=["handoff:"])
     return int(stats["handoff:sent"])
 
-
-def _wait_controller_gone(timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ray.get_actor("controller", namespace="switchboard")
-        except ValueError:
-            return
-        assert time.monotonic() < deadline, "the controller outlived `serve`"
-        time.sleep(0.2)
