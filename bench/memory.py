@@ -1,0 +1,227 @@
+"""Memory per held dialog as an operator's monitoring sees it: the RSS growth of `serve`.
+
+`python -m bench.memory --dialogs 10000` starts switchboard's local runtime (`serve`, the
+compiled core unless SWITCHBOARD_PURE=1), a SIPp UAS, then:
+
+1. a warm-up of `--warmup` short calls (scenarios/uac.xml: INVITE with SDP, 180, 200 with SDP,
+   ACK, BYE), waited out until their transactions and their deleted dialogs are gone, so code
+   paths, caches and tables are warm; the process's memory is read then (the baseline);
+2. long calls (scenarios/uac_long.xml, held `--hold` s) at `--rate` calls/s up to each size in
+   turn; at each size, once the system counts that many confirmed dialogs and no transaction
+   is in use any more (the fill's INVITE transactions end a T4 after their ACK), RSS (VmRSS)
+   and PSS (smaps_rollup) are read: growth over the baseline ÷ dialogs held, and from the
+   second size on the growth since the previous size ÷ dialogs added (marginal);
+3. the calls hang up by themselves (SIPp sends the BYEs after `--hold`); once no dialog is
+   active, no transaction is in use and the deleted dialogs have been dropped (the core keeps
+   them `deleted_linger` s for late messages), memory is read once more: what the calls left
+   behind, per dialog, over the baseline.
+
+Memory is never read after a `dialog:list` (its answer's buffers would count). Every reading
+is the median of a few, 0.3 s apart. The JSON result goes to stdout (and `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import proc, sipp
+from .load import Uacs, Uas
+from .systems import REPO, Switchboard
+
+DELETED_LINGER_S = 32.0  # ProxyConfig.deleted_linger: how long a deleted dialog stays
+
+
+@dataclass(slots=True)
+class Reading:
+    rss_kb: int
+    pss_kb: int
+    dialogs: int  # confirmed dialogs counted by the system
+    transactions: int
+    at_s: float  # since the start of the run
+
+
+@dataclass(slots=True)
+class Result:
+    build: str
+    rate: float
+    warmup: int
+    hold_s: float
+    idle: Reading | None = None
+    baseline: Reading | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+    after_hangup: dict[str, Any] | None = None
+    failed_calls: int = 0
+    error: str | None = None
+
+
+def per_dialog(delta_kb: int, dialogs: int) -> float | None:
+    return round(delta_kb * 1024 / dialogs, 1) if dialogs > 0 else None
+
+
+def build_of(env: dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-c", "import switchboard; print(switchboard.BUILD)"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    return (out.stdout.strip() or out.stderr.strip()[-200:])
+
+
+class Run:
+    def __init__(self, system: Switchboard, t0: float) -> None:
+        self.system = system
+        self.t0 = t0
+
+    def counts(self) -> tuple[int, int]:
+        stats = self.system.statistics("dialog:active_dialogs", "tm:inuse_transactions")
+        return stats.get("dialog:active_dialogs", 0), stats.get("tm:inuse_transactions", 0)
+
+    def read(self, samples: int = 3) -> Reading:
+        dialogs, txns = self.counts()
+        mems = []
+        for i in range(samples):
+            if i:
+                time.sleep(0.3)
+            mems.append(proc.memory(self.system.pids()))
+        mems.sort(key=lambda m: m.rss_kb)
+        mem = mems[len(mems) // 2]
+        return Reading(mem.rss_kb, mem.pss_kb, dialogs, txns,
+                       round(time.monotonic() - self.t0, 1))
+
+    def wait(self, done: Any, limit_s: float, what: str) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            dialogs, txns = self.counts()
+            if done(dialogs, txns):
+                return
+            time.sleep(1.0)
+        dialogs, txns = self.counts()
+        raise RuntimeError(f"{what}: not reached in {limit_s:.0f} s "
+                           f"({dialogs} dialogs, {txns} transactions)")
+
+
+def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
+            sipp_binary: str, workdir: Path, say: Any = print) -> Result:
+    env_probe = Switchboard().environment()
+    total = max(sizes)
+    if hold_s is None:
+        # Long enough for every fill and its readings: the first calls must still be up when
+        # the last size is read.
+        hold_s = total / rate * 1.5 + 60 * len(sizes) + 30
+    result = Result(build=build_of(env_probe), rate=rate, warmup=warmup, hold_s=hold_s)
+    system = Switchboard()
+    uas: Uas | None = None
+    uacs: list[Uacs] = []
+    t0 = time.monotonic()
+    try:
+        system.start(workdir)
+        run = Run(system, t0)
+        time.sleep(1.0)
+        result.idle = run.read()
+        budget = int(hold_s + total / rate * 3 + 600)
+        uas = Uas(sipp_binary, workdir, timeout_s=budget)
+        if warmup:
+            warm = Uacs(sipp_binary, system, workdir / "warmup", name="warm", uas=uas,
+                        rate=min(rate, 500.0), calls=warmup, timeout_s=budget)
+            uacs.append(warm)
+            warm.wait(warmup / min(rate, 500.0) + 60)
+            result.failed_calls += sipp.stat_int(warm.stats(), "FailedCall(C)")
+            run.wait(lambda d, t: d == 0 and t == 0, 90, "warm-up calls over")
+            time.sleep(DELETED_LINGER_S + 3)  # their deleted dialogs dropped
+        result.baseline = base = run.read()
+        say(f"baseline: RSS {base.rss_kb} kB, PSS {base.pss_kb} kB "
+            f"(idle {result.idle.rss_kb} kB); build: {result.build}")
+        held = 0
+        previous = base
+        for size in sorted(sizes):
+            add = size - held
+            uac = Uacs(sipp_binary, system, workdir / f"fill-{size}", name="uac", uas=uas,
+                       rate=rate, calls=add, scenario=sipp.UAC_LONG_SCENARIO,
+                       extra=["-d", str(int(hold_s * 1000))], limit=add + 10,
+                       timeout_s=budget)
+            uacs.append(uac)
+            t_fill = time.monotonic()
+            run.wait(lambda d, t, size=size: d >= size, add / rate * 2 + 60, f"{size} held")
+            fill_s = time.monotonic() - t_fill
+            run.wait(lambda d, t: t == 0, 60, "fill's transactions over")
+            point = run.read()
+            result.failed_calls += sipp.stat_int(uac.stats(), "FailedCall(C)")
+            if point.dialogs < size:
+                raise RuntimeError(f"only {point.dialogs} of {size} dialogs held when read "
+                                   "(--hold too short?)")
+            entry = {
+                **asdict(point), "target": size, "fill_s": round(fill_s, 1),
+                "rss_bytes_per_dialog": per_dialog(point.rss_kb - base.rss_kb, point.dialogs),
+                "pss_bytes_per_dialog": per_dialog(point.pss_kb - base.pss_kb, point.dialogs),
+            }
+            if previous is not base:
+                added = point.dialogs - previous.dialogs
+                entry["rss_marginal_bytes_per_dialog"] = per_dialog(
+                    point.rss_kb - previous.rss_kb, added)
+                entry["pss_marginal_bytes_per_dialog"] = per_dialog(
+                    point.pss_kb - previous.pss_kb, added)
+            result.points.append(entry)
+            say(f"{point.dialogs} held: RSS +{point.rss_kb - base.rss_kb} kB = "
+                f"{entry['rss_bytes_per_dialog']} B/dialog, PSS "
+                f"{entry['pss_bytes_per_dialog']} B/dialog"
+                + (f", marginal RSS {entry['rss_marginal_bytes_per_dialog']} B, PSS "
+                   f"{entry['pss_marginal_bytes_per_dialog']} B" if previous is not base
+                   else ""))
+            held, previous = point.dialogs, point
+        # The calls hang up when their hold ends.
+        left = max(0.0, hold_s - (time.monotonic() - t_fill)) + total / rate * 2 + 120
+        run.wait(lambda d, t: d == 0, left, "every call hung up")
+        run.wait(lambda d, t: t == 0, 90, "the BYE transactions over")
+        time.sleep(DELETED_LINGER_S + 3)
+        after = run.read()
+        result.after_hangup = {
+            **asdict(after), "dialogs_were": held,
+            "rss_left_bytes_per_dialog": per_dialog(after.rss_kb - base.rss_kb, held),
+            "pss_left_bytes_per_dialog": per_dialog(after.pss_kb - base.pss_kb, held),
+        }
+        say(f"after hang-up: RSS +{after.rss_kb - base.rss_kb} kB = "
+            f"{result.after_hangup['rss_left_bytes_per_dialog']} B/dialog left, PSS "
+            f"{result.after_hangup['pss_left_bytes_per_dialog']} B/dialog")
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        say(f"error: {result.error}")
+    finally:
+        system.stop()
+        for running in [*uacs, uas]:
+            if running is not None:
+                running.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.memory",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--dialogs", default="10000",
+                   help="sizes held, comma-separated (10000; 50000,100000 for the marginal)")
+    p.add_argument("--rate", type=float, default=1000.0, help="fill rate, calls/s")
+    p.add_argument("--warmup", type=int, default=500, help="short calls before the baseline")
+    p.add_argument("--hold", type=float, default=None,
+                   help="seconds each long call is held (default: enough for every reading)")
+    p.add_argument("--sipp", default=shutil.which("sipp") or "sipp")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.dialogs.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        result = measure(sizes, rate=args.rate, warmup=args.warmup, hold_s=args.hold,
+                         sipp_binary=args.sipp, workdir=Path(tmp),
+                         say=lambda s: print(s, file=sys.stderr, flush=True))
+    text = json.dumps(asdict(result), indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0 if result.error is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
