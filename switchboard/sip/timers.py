@@ -39,7 +39,8 @@ class Timer:
         self.callback = callback
         self.cancelled = False
         self.queue: TimerQueue | None = queue
-        self.bucket: int | None = None  # the second it waits in, while not in the heap
+        # The bucket of its second it waits in, while not in the heap.
+        self.bucket: dict[Timer, None] | None = None
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -75,18 +76,21 @@ class TimerQueue:
                 bucket = self._buckets[second] = {}
                 heapq.heappush(self._keys, second)
             bucket[timer] = None
-            timer.bucket = second
+            timer.bucket = bucket
         return timer
 
     def _forget(self, timer: Timer) -> None:
         self._size -= 1
-        second = timer.bucket
-        if second is None:
+        bucket = timer.bucket
+        if bucket is None:
             return  # in the heap: dropped when it reaches the top, at most NEAR from now
-        bucket = self._buckets[second]
+        timer.bucket = None
         del bucket[timer]
         if not bucket:
-            del self._buckets[second]  # its key in `_keys` is skipped when reached
+            # Emptied: its table goes, the bucket stays until its second is reached. Dropped
+            # now, the next timer of that second would push the second into `_keys` again
+            # (timer C is armed and cancelled once per call): one more key per call.
+            bucket.clear()
 
     def _bring_near(self, horizon: float) -> None:
         """Move the buckets of seconds before `horizon` into the heap."""
@@ -110,8 +114,8 @@ class TimerQueue:
     def next_deadline(self) -> float | None:
         top = self._top()
         keys, buckets = self._keys, self._buckets
-        while keys and keys[0] not in buckets:
-            heapq.heappop(keys)
+        while keys and not buckets.get(keys[0]):
+            buckets.pop(heapq.heappop(keys), None)  # emptied by cancels
         if not keys:
             return top
         # A bucket's timers are due no earlier than its second.
