@@ -20,15 +20,16 @@ clocks of two processes (or nodes) do not agree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ParseError
 from .message import Request, Response
 from .states import DIALOG, HOLD, DialogEvent, HoldEvent, HoldState, transition
 from .states import DialogState as DialogState
-from .timers import Timer
+from .timers import Timer, TimerQueue
 from .wire import Address
 
 
@@ -51,7 +52,9 @@ class Leg:
 
     tag: str = ""
     contact: str = ""  # remote target URI
-    route_set: list[str] = field(default_factory=list)  # Route values toward this leg
+    # Route values toward this leg. A tuple: it is replaced, never changed in place, and
+    # the empty one (most legs' when nothing record-routes but us) is shared.
+    route_set: tuple[str, ...] = ()
     cseq: int = 0  # last CSeq number in a request this leg sent
     sdp: bytes | None = None  # last SDP this leg sent
     address: Address | None = None  # where its messages came from last
@@ -106,7 +109,7 @@ class Dialog:
             contact=str(contacts[0].uri) if contacts and contacts[0].uri else "",
             # Requests toward the caller follow the Record-Route entries that were already
             # on the INVITE when it reached us, in that order (RFC 3261 §12.1.1).
-            route_set=list(invite.values("record-route")),
+            route_set=tuple(invite.values("record-route")),
             cseq=invite.cseq.number,
             sdp=_sdp_of(invite),
             address=source,
@@ -242,7 +245,7 @@ class Dialog:
         rr = response.values("record-route")
         # Entries above ours were added downstream; toward the callee they apply in reverse.
         downstream = rr[: max(0, len(rr) - len(self.caller.route_set) - own_record_routes)]
-        callee.route_set = list(reversed(downstream))
+        callee.route_set = tuple(reversed(downstream))
         callee.address = source
         callee.local = local
         sdp = _sdp_of(response)
@@ -357,7 +360,7 @@ def _leg_from(data: Any) -> Leg:
     return Leg(
         tag=_str(data, "tag"),
         contact=_str(data, "contact"),
-        route_set=list(routes),
+        route_set=tuple(routes),
         cseq=_int(data, "cseq"),
         sdp=sdp,
         address=_address_from(data.get("address")),
@@ -421,6 +424,81 @@ class DialogTable:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+class Lifetimes:
+    """When confirmed dialogs end of old age (the proxy's `dialog_lifetime`): the dialogs by
+    the second their lifetime runs out, and one timer per such second rather than one per
+    dialog, so a held call costs a dict entry here, not a timer and its callback. A dialog's
+    `lifetime_timer` is its second's timer, armed at the earliest end among that second's
+    dialogs; it ends those that are due and is armed again for the rest."""
+
+    __slots__ = ("_by_second", "_expire", "_timers")
+
+    def __init__(self, timers: TimerQueue, expire: Callable[[Dialog, float], None]) -> None:
+        self._timers = timers
+        self._expire = expire
+        self._by_second: dict[int, dict[Dialog, None]] = {}
+
+    def arm(self, dialog: Dialog, at: float) -> None:
+        """End `dialog` at `at` (it must not be armed already)."""
+        dialog.timeout_at = at
+        second = math.floor(at)
+        bucket = self._by_second.get(second)
+        if bucket is None:
+            bucket = self._by_second[second] = {}
+            timer = None
+        else:
+            timer = next(iter(bucket)).lifetime_timer
+        bucket[dialog] = None
+        if timer is None or at < timer.when:
+            if timer is not None:
+                timer.cancel()
+            self._arm_second(second, bucket, at)
+        else:
+            dialog.lifetime_timer = timer
+
+    def disarm(self, dialog: Dialog) -> None:
+        at = dialog.timeout_at
+        timer = dialog.lifetime_timer
+        if at is None or timer is None:
+            return
+        dialog.lifetime_timer = None
+        second = math.floor(at)
+        bucket = self._by_second.get(second)
+        if bucket is None:
+            return
+        bucket.pop(dialog, None)
+        if not bucket:
+            del self._by_second[second]
+            timer.cancel()
+
+    def _arm_second(self, second: int, bucket: dict[Dialog, None], at: float) -> None:
+        timer = self._timers.call_at(at, lambda now: self._run(second, now))
+        for dialog in bucket:
+            dialog.lifetime_timer = timer
+
+    def _run(self, second: int, now: float) -> None:
+        bucket = self._by_second.get(second)
+        if bucket is None:
+            return
+        due: list[Dialog] = []
+        later = math.inf
+        for dialog in bucket:
+            at = dialog.timeout_at if dialog.timeout_at is not None else now
+            if at <= now:
+                due.append(dialog)
+            elif at < later:
+                later = at
+        for dialog in due:
+            del bucket[dialog]
+            dialog.lifetime_timer = None
+        if bucket:
+            self._arm_second(second, bucket, later)
+        else:
+            del self._by_second[second]
+        for dialog in due:
+            self._expire(dialog, now)
 
 
 def worker_of(dialog_id: str) -> int | None:

@@ -32,7 +32,7 @@ from .addressing import SIG_PARAM, Addressing, is_sips, signature_of
 from .addressing import target as target_key
 from .addressing import via as our_via
 from .auth import Verdict
-from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg
+from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, Lifetimes
 from .errors import ParseError
 from .events import CallEvent
 from .guard import AuthFailed, GuardSettings
@@ -226,6 +226,9 @@ class Proxy:
         # (or the INVITE fails): what CANCEL, end_dialog and the ACK need of it.
         self._invites: dict[str, _Forward] = {}
         self.dialogs.on_remove.append(self._forget_invite)
+        self._lifetimes = Lifetimes(self.timers, self._dialog_expired)
+        # Made once: every server transaction is told of its end through it.
+        self._on_server_end = self._server_terminated
 
     def _forget_invite(self, dialog: Dialog) -> None:
         self._invites.pop(dialog.id, None)
@@ -679,7 +682,7 @@ class Proxy:
                         now: float) -> ServerTransaction:
         cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
         txn = cls(req, source, local, self._send, self.timers, self.config.timers,
-                  self._server_terminated)
+                  self._on_server_end)
         self.server_txns[txn.key] = txn
         self.stats["tm:UAS_transactions"] += 1
         if req.method == "INVITE":
@@ -752,6 +755,7 @@ class Proxy:
                 self.stats[f"tm:{status // 100}xx_transactions"] += 1
                 if ctx.timer_c is not None:
                     ctx.timer_c.cancel()
+                    ctx.timer_c = None
                 if dialog is not None and ctx.initial and status >= 300:
                     # After a 2xx the context stays until the ACK comes through (`_on_ack`
                     # settles its transactions then).
@@ -815,17 +819,14 @@ class Proxy:
     # -- dialogs ------------------------------------------------------------------------------
 
     def _arm_lifetime(self, dialog: Dialog, now: float) -> None:
-        dialog.timeout_at = now + self.config.dialog_lifetime
-        dialog.lifetime_timer = self.timers.call_at(
-            dialog.timeout_at, lambda t: self._dialog_expired(dialog, t))
+        self._lifetimes.arm(dialog, now + self.config.dialog_lifetime)
 
     def _rearm_lifetime(self, dialog: Dialog, now: float) -> None:
         """A restored dialog's lifetime timer, at the time it had left (at once if none)."""
         if dialog.timeout_at is None:
             self._arm_lifetime(dialog, now)
             return
-        dialog.lifetime_timer = self.timers.call_at(
-            max(dialog.timeout_at, now), lambda t: self._dialog_expired(dialog, t))
+        self._lifetimes.arm(dialog, max(dialog.timeout_at, now))
 
     def _dialog_expired(self, dialog: Dialog, now: float) -> None:
         if dialog.active:
@@ -834,8 +835,7 @@ class Proxy:
 
     def _dialog_ended(self, dialog: Dialog, now: float) -> None:
         self.replication.changed(dialog)
-        if dialog.lifetime_timer is not None:
-            dialog.lifetime_timer.cancel()
+        self._lifetimes.disarm(dialog)
         self.timers.call_at(now + self.config.deleted_linger,
                             lambda _t: self.dialogs.remove(dialog))
 

@@ -77,6 +77,9 @@ def client_key(branch: str, method: str) -> ClientKey:
     return (branch, "INVITE" if method == "ACK" else method)
 
 
+# The request of every settled transaction (`_Base.settle`): an empty one, never changed.
+SETTLED = Request("INVITE", "", [])
+
 # A transaction runs at most two timers at once (RFC 3261 §17): one that retransmits
 # (A, E, G) and one that ends something — the timeout (B, F, H) or, after it is disarmed,
 # the wait that absorbs stray copies (D, I, J, K, L, M). Two slots instead of a dict per
@@ -121,10 +124,15 @@ class _Base:
         the server side, M on the client side: the same end slot), as Kamailio's wait timer
         does; a later 2xx copy is relayed statelessly by its Via (RFC 3261 §16.11). Only
         INVITE transactions are ever Accepted (RFC 6026); thousands fewer transactions are
-        held at high call rates."""
+        held at high call rates.
+
+        What is left to do is absorb INVITE copies and pass 2xx copies on, which needs the
+        key and the addresses but not the request: it is let go here (`SETTLED` stands in),
+        so the settled transactions of the calls just set up cost little."""
         old = self.state
         self.state = self._next(Event.SETTLE)
         if old is State.ACCEPTED:
+            self.request = SETTLED
             self._arm("L", self.settings.t4, now, self._accepted_over)
 
     def _accepted_over(self, now: float) -> None:

@@ -186,7 +186,7 @@ def test_a_restored_dialog_follows_its_route_set() -> None:
     only_request(net.send(ack, P1), BOB)
     call = Call(net, cseq={"caller": 5, "callee": 0})
     fresh, call = restart(net, call)
-    assert call.dialog.caller.route_set == [P1_RR]
+    assert call.dialog.caller.route_set == (P1_RR,)
     # Our BYE toward Alice goes through P1, with its Route.
     fresh.proxy.end_dialog(CALL_ID, fresh.now)
     out = msgs(fresh.take())
