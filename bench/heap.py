@@ -4,9 +4,12 @@
 without sockets or an event loop (the core is sans-I/O: datagrams in, datagrams out, a clock
 passed in): N calls as the bench's SIPp scenarios make them (INVITE with SDP, 180, 200 with
 SDP, ACK, all through the proxy, record-routed), then the clock moved on past every
-transaction timer (40 s), so only the N confirmed dialogs are left. It prints, as JSON, the
-heap tracemalloc sees grow per call right after the calls (dialogs + their transactions) and
-once the transactions ended (dialogs alone, their two SDP bodies included).
+transaction timer (40 s), so only the N confirmed dialogs are left; then every caller hangs
+up (BYE, 200) and the clock moves past every timer again. It prints, as JSON, the heap
+tracemalloc sees grow per call right after the calls (dialogs + their transactions), once the
+transactions ended (dialogs alone, their two SDP bodies included), the objects per dialog by
+type, and the heap left per dialog once they all hung up (a warm-up of calls set up and hung
+up the same way comes first and is not counted).
 
 This is the memory the core itself keeps per dialog, exactly, with no allocator in the way.
 What the process holds (PSS/RSS, the dialogs-held part of the suite) is more: CPython's
@@ -22,6 +25,7 @@ import json
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from typing import Any
 
 CALLER = ("127.0.0.1", 5061)
@@ -66,6 +70,7 @@ class Driver:
                            lambda: f"{next(counter):x}", first_seq=1 << 8)
         CallOps(self.proxy)  # as `serve` runs it: call operations on top
         self.now = 1000.0
+        self.route = ""  # the Route of the caller's in-dialog requests (the same every call)
 
     def _take(self) -> list[Any]:
         out = list(self.proxy.outbox)
@@ -108,7 +113,7 @@ class Driver:
         if not to_a:
             raise RuntimeError("the proxy did not relay the 200")
         routes = [_value(h) for h in _headers(to_a[0].data, "record-route")]
-        route = "".join(f"Route: {r}\r\n" for r in routes)
+        route = self.route = "".join(f"Route: {r}\r\n" for r in routes)
         ack = (f"ACK sip:uas@{b};transport=UDP SIP/2.0\r\n"
                f"Via: SIP/2.0/UDP {a};branch=z9hG4bK-1-{n}-5\r\n"
                f"From: \"bench\" <sip:bench@{a}>;tag=1b{n}\r\n"
@@ -116,6 +121,23 @@ class Driver:
                f"{route}Contact: <sip:bench@{a}>\r\nMax-Forwards: 70\r\n"
                "Content-Length: 0\r\n\r\n")
         self._feed(ack, self.src_a)
+
+    def hang_up(self, n: int) -> None:
+        """The caller of call `n` hangs up: BYE through the proxy, 200 back."""
+        a = f"{CALLER[0]}:{CALLER[1]}"
+        b = f"{CALLEE[0]}:{CALLEE[1]}"
+        bye = (f"BYE sip:uas@{b};transport=UDP SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {a};branch=z9hG4bK-1-{n}-7\r\n"
+               f"From: \"bench\" <sip:bench@{a}>;tag=1b{n}\r\n"
+               f"To: <sip:service@{b}>;tag=1s{n}\r\nCall-ID: {n}-bench@127.0.0.1\r\n"
+               f"CSeq: 2 BYE\r\n{self.route}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        relayed = [d for d in self._feed(bye, self.src_a) if d.dest.port == CALLEE[1]]
+        if not relayed:
+            raise RuntimeError("the proxy did not relay the BYE")
+        vias = "\r\n".join(_headers(relayed[0].data, "via"))
+        self._feed(f"SIP/2.0 200 OK\r\n{vias}\r\nFrom: \"bench\" <sip:bench@{a}>;tag=1b{n}\r\n"
+                   f"To: <sip:service@{b}>;tag=1s{n}\r\nCall-ID: {n}-bench@127.0.0.1\r\n"
+                   "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n", self.src_b)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -127,16 +149,31 @@ class Driver:
         return stats["dialog:active_dialogs"], stats["tm:inuse_transactions"]
 
 
-def measure(dialogs: int, warmup: int = 200) -> dict[str, Any]:
+def _objects() -> Counter[str]:
+    """Objects the garbage collector tracks, by type (str, bytes and int are not tracked)."""
+    return Counter(type(o).__name__ for o in gc.get_objects())
+
+
+# Past every timer a call leaves behind: the BYE's transactions (64*T1) and the deleted
+# dialog's linger (32 s), with room to spare.
+ALL_TIMERS_S = 80.0
+
+
+def measure(dialogs: int, warmup: int = 200, hang_up: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     gc.disable()
     tracemalloc.start()
     driver = Driver()
     for n in range(warmup):  # code paths, caches and tables warmed up; not counted
         driver.call(n)
-    driver.advance(40.0)
+        driver.now += 0.001
+    for n in range(warmup):
+        driver.hang_up(n)
+        driver.now += 0.001
+    driver.advance(ALL_TIMERS_S)
     gc.collect()
     base, _ = tracemalloc.get_traced_memory()
+    base_objects = _objects()
     base_dialogs, _ = driver.counts()
     for n in range(warmup, warmup + dialogs):
         driver.call(n)
@@ -148,8 +185,23 @@ def measure(dialogs: int, warmup: int = 200) -> dict[str, Any]:
     gc.collect()
     settled, _ = tracemalloc.get_traced_memory()
     held, txns = driver.counts()
-    tracemalloc.stop()
     added = held - base_dialogs
+    objects = {name: round((count - base_objects[name]) / max(1, added), 2)
+               for name, count in _objects().items()
+               if count - base_objects[name] >= max(1, added) // 2}
+    left: dict[str, Any] = {}
+    if hang_up:
+        for n in range(warmup, warmup + dialogs):
+            driver.hang_up(n)
+            driver.now += 0.001
+        driver.advance(ALL_TIMERS_S)
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+        _, txns_after = driver.counts()
+        left = {"dialogs_after_hang_up": len(driver.proxy.dialogs),
+                "transactions_after_hang_up": txns_after,
+                "heap_bytes_left_per_dialog": round((after - base) / max(1, added), 1)}
+    tracemalloc.stop()
     return {
         "dialogs": added,
         "transactions_after_fill": txns_f,
@@ -158,6 +210,8 @@ def measure(dialogs: int, warmup: int = 200) -> dict[str, Any]:
                                                                              - base_dialogs), 1),
         "heap_bytes_per_dialog": round((settled - base) / max(1, added), 1),
         "sdp_bytes_per_dialog": len(SDP_A) + len(SDP_B),
+        "objects_per_dialog": objects,
+        **left,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -165,8 +219,10 @@ def measure(dialogs: int, warmup: int = 200) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.heap", description=__doc__.split("\n")[0])
     p.add_argument("--dialogs", type=int, default=10000)
+    p.add_argument("--no-hang-up", action="store_true",
+                   help="skip the hang-up (and the heap left behind after it)")
     args = p.parse_args(argv)
-    print(json.dumps(measure(args.dialogs)))
+    print(json.dumps(measure(args.dialogs, hang_up=not args.no_hang_up)))
     return 0
 
 
