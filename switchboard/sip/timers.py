@@ -87,10 +87,17 @@ class TimerQueue:
         timer.bucket = None
         del bucket[timer]
         if not bucket:
-            # Emptied: its table goes, the bucket stays until its second is reached. Dropped
-            # now, the next timer of that second would push the second into `_keys` again
-            # (timer C is armed and cancelled once per call): one more key per call.
-            bucket.clear()
+            del self._buckets[math.floor(timer.when)]  # its key in `_keys` is skipped or goes
+            self._compact_keys()
+
+    def _compact_keys(self) -> None:
+        """Rebuild `_keys` once most of it is seconds whose bucket went: a second emptied by
+        cancels (timer C is armed and cancelled once per call) is pushed again by its next
+        timer, and the seconds of the dialogs' lifetimes would wait hours to be skipped. So
+        `_keys` stays within twice the buckets, and lets go of what the calls left."""
+        if len(self._keys) > 2 * len(self._buckets):
+            self._keys = list(self._buckets)
+            heapq.heapify(self._keys)
 
     def _bring_near(self, horizon: float) -> None:
         """Move the buckets of seconds before `horizon` into the heap."""
@@ -103,6 +110,7 @@ class TimerQueue:
             for timer in bucket:
                 timer.bucket = None
                 heapq.heappush(heap, (timer.when, timer.seq, timer))
+        self._compact_keys()
 
     def _top(self) -> float | None:
         """The earliest deadline in the heap, dropping cancelled entries on the way."""
@@ -114,8 +122,8 @@ class TimerQueue:
     def next_deadline(self) -> float | None:
         top = self._top()
         keys, buckets = self._keys, self._buckets
-        while keys and not buckets.get(keys[0]):
-            buckets.pop(heapq.heappop(keys), None)  # emptied by cancels
+        while keys and keys[0] not in buckets:
+            heapq.heappop(keys)
         if not keys:
             return top
         # A bucket's timers are due no earlier than its second.
