@@ -401,6 +401,11 @@ class DialogTable:
             return
         if self._by_callid.get(dialog.call_id) is dialog:
             del self._by_callid[dialog.call_id]
+        if not self._by_id:
+            # A dict does not shrink as entries go: once the last call is gone, the tables
+            # sized for the busiest moment go too.
+            self._by_id.clear()
+            self._by_callid.clear()
         for listener in self.on_remove:
             listener(dialog)
 
@@ -470,8 +475,14 @@ class Lifetimes:
             return
         bucket.pop(dialog, None)
         if not bucket:
-            del self._by_second[second]
+            self._drop(second)
             timer.cancel()
+
+    def _drop(self, second: int) -> None:
+        by_second = self._by_second
+        del by_second[second]
+        if not by_second:
+            by_second.clear()  # a dict does not shrink as entries go: its table goes now
 
     def _arm_second(self, second: int, bucket: dict[Dialog, None], at: float) -> None:
         timer = self._timers.call_at(at, lambda now: self._run(second, now))
@@ -496,7 +507,7 @@ class Lifetimes:
         if bucket:
             self._arm_second(second, bucket, later)
         else:
-            del self._by_second[second]
+            self._drop(second)
         for dialog in due:
             self._expire(dialog, now)
 

@@ -69,6 +69,8 @@ ALLOW = (
 # Where each read is one whole message, so no Content-Length is needed: a datagram, and a
 # WebSocket frame (RFC 7118 §5.1).
 WHOLE_MESSAGES = frozenset(("udp", "ws", "wss"))
+# Peer addresses kept once each (`Proxy._peer`); past this many the table starts again.
+PEERS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,7 @@ class Proxy:
         self._invites: dict[str, _Forward] = {}
         self.dialogs.on_remove.append(self._forget_invite)
         self._lifetimes = Lifetimes(self.timers, self._dialog_expired)
+        self._peers: dict[Address, Address] = {}
         # Made once: every server transaction is told of its end through it.
         self._on_server_end = self._server_terminated
 
@@ -489,7 +492,8 @@ class Proxy:
         cseq_delta = 0
         if req.to_tag is None:
             if req.method == "INVITE":
-                dialog = Dialog.from_invite(self.dialogs.new_id(), req, source, local, now)
+                dialog = Dialog.from_invite(self.dialogs.new_id(), req, self._peer(source),
+                                            local, now)
                 self.dialogs.add(dialog)
                 self.stats["dialog:processed_dialogs"] += 1
                 initial = True
@@ -683,6 +687,7 @@ class Proxy:
         cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
         txn = cls(req, source, local, self._send, self.timers, self.config.timers,
                   self._on_server_end)
+        txn.reply_to = self._peer(txn.reply_to)
         self.server_txns[txn.key] = txn
         self.stats["tm:UAS_transactions"] += 1
         if req.method == "INVITE":
@@ -690,9 +695,24 @@ class Proxy:
             txn.respond(build_response(req, 100), now)
         return txn
 
+    def _peer(self, address: Address) -> Address:
+        """One `Address` object per peer for what is kept (a dialog's legs, a transaction's
+        reply address): the transport makes one per datagram, and every held call would
+        otherwise keep its own copy of the same few."""
+        peers = self._peers
+        known = peers.get(address)
+        if known is None:
+            if len(peers) >= PEERS_KEPT:
+                peers.clear()
+            known = peers[address] = address
+        return known
+
     def _server_terminated(self, txn: ServerTransaction) -> None:
-        if self.server_txns.get(txn.key) is txn:
-            del self.server_txns[txn.key]
+        txns = self.server_txns
+        if txns.get(txn.key) is txn:
+            del txns[txn.key]
+            if not txns:
+                txns.clear()  # a dict does not shrink as entries go: its table goes now
         txn.owner = None
 
     # -- responses -------------------------------------------------------------------------
@@ -774,8 +794,11 @@ class Proxy:
             self._fail_initial(owner, now)
 
     def on_terminated(self, txn: ClientTransaction) -> None:
-        if self.client_txns.get(txn.key) is txn:
-            del self.client_txns[txn.key]
+        txns = self.client_txns
+        if txns.get(txn.key) is txn:
+            del txns[txn.key]
+            if not txns:
+                txns.clear()  # its table goes (see `_server_terminated`)
         txn.owner = None  # the context refers back to the transaction: break the cycle
 
     def _timer_c(self, ctx: _Forward, now: float) -> None:
