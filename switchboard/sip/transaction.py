@@ -31,7 +31,7 @@ from .timers import Timer, TimerQueue
 from .wire import Address, Datagram
 
 __all__ = [
-    "ClientKey", "ClientTransaction", "Event", "InviteClientTransaction",
+    "SPENT", "ClientKey", "ClientTransaction", "Event", "InviteClientTransaction",
     "InviteServerTransaction", "NonInviteClientTransaction", "NonInviteServerTransaction",
     "Send", "ServerKey", "ServerTransaction", "State", "TimerSettings", "TransactionUser",
     "client_key", "response_address", "server_key",
@@ -77,8 +77,11 @@ def client_key(branch: str, method: str) -> ClientKey:
     return (branch, "INVITE" if method == "ACK" else method)
 
 
-# The request of every settled transaction (`_Base.settle`): an empty one, never changed.
-SETTLED = Request("INVITE", "", [])
+# The request a transaction keeps once it only absorbs copies (answered, or settled): an
+# empty one, shared and never changed. What the absorbing needs is the key, the addresses
+# and the last response; the request's headers and body would wait out the timers for
+# nothing (32 s of them per request at the end of a call).
+SPENT = Request("INVITE", "", [])
 
 # A transaction runs at most two timers at once (RFC 3261 §17): one that retransmits
 # (A, E, G) and one that ends something — the timeout (B, F, H) or, after it is disarmed,
@@ -127,12 +130,12 @@ class _Base:
         held at high call rates.
 
         What is left to do is absorb INVITE copies and pass 2xx copies on, which needs the
-        key and the addresses but not the request: it is let go here (`SETTLED` stands in),
+        key and the addresses but not the request: it is let go here (`SPENT` stands in),
         so the settled transactions of the calls just set up cost little."""
         old = self.state
         self.state = self._next(Event.SETTLE)
         if old is State.ACCEPTED:
-            self.request = SETTLED
+            self.request = SPENT
             self._arm("L", self.settings.t4, now, self._accepted_over)
 
     def _accepted_over(self, now: float) -> None:
@@ -253,9 +256,9 @@ class InviteServerTransaction(ServerTransaction):
             self._transmit(response.to_bytes())
             if new is State.PROCEEDING:
                 return
-            # From here on only retransmissions are absorbed: let go of the parsed values
+            # From here on only retransmissions are absorbed: let go of the request
             # (thousands of finished transactions wait out their timers at high call rates).
-            self.request.shrink()
+            self.request = SPENT
             if new is State.ACCEPTED:
                 # Accepted absorbs INVITE copies without answering them: the 2xx we sent is
                 # never resent by us (its retransmissions come from downstream).
@@ -313,7 +316,7 @@ class NonInviteServerTransaction(ServerTransaction):
         self._transmit(response.to_bytes())
         if new is State.PROCEEDING:
             return
-        self.request.shrink()
+        self.request = SPENT
         if self.reliable:
             self._timer_j(now)  # timer J is zero on a reliable transport
         else:
@@ -496,7 +499,7 @@ class NonInviteClientTransaction(ClientTransaction):
         self._disarm("E", "F")
         self.data = b""  # nothing is retransmitted any more
         self.user.on_response(self, response, now)
-        self.request.shrink()
+        self.request = SPENT
         if self.reliable:
             self._timer_k(now)  # timer K is zero on a reliable transport
         else:
