@@ -47,6 +47,28 @@ class Reading:
     dialogs: int  # confirmed dialogs counted by the system
     transactions: int
     at_s: float  # since the start of the run
+    # RSS by kind of mapping (smaps): `heap` (the C allocator's brk heap), `anon` (anonymous
+    # mappings: the Python allocator's arenas, large C allocations), `file`, `other`.
+    rss_by_kind_kb: dict[str, int] = field(default_factory=dict)
+
+
+def rss_by_kind(pid: int) -> dict[str, int]:
+    """RSS of a process by kind of mapping, from /proc/PID/smaps (kB)."""
+    out = {"heap": 0, "anon": 0, "file": 0, "other": 0}
+    kind = "other"
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        head = line.split(None, 5)
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's first line
+            name = head[5].strip() if len(head) > 5 else ""
+            kind = ("heap" if name == "[heap]" else "anon" if not name
+                    else "file" if name.startswith("/") else "other")
+        elif line.startswith("Rss:"):
+            out[kind] += int(line.split()[1])
+    return out
 
 
 @dataclass(slots=True)
@@ -91,8 +113,10 @@ class Run:
             mems.append(proc.memory(self.system.pids()))
         mems.sort(key=lambda m: m.rss_kb)
         mem = mems[len(mems) // 2]
+        pids = self.system.pids()
         return Reading(mem.rss_kb, mem.pss_kb, dialogs, txns,
-                       round(time.monotonic() - self.t0, 1))
+                       round(time.monotonic() - self.t0, 1),
+                       rss_by_kind(pids[0]) if pids else {})
 
     def wait_filled(self, size: int, limit_s: float) -> None:
         """Until `size` dialogs are held, or their count stopped growing (calls failed)."""
@@ -200,6 +224,8 @@ def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
             "rss_left_bytes_per_dialog": per_dialog(after.rss_kb - base.rss_kb, held),
             "pss_left_bytes_per_dialog": per_dialog(after.pss_kb - base.pss_kb, held),
         }
+        say(f"  RSS by mapping, kB: baseline {base.rss_by_kind_kb}, "
+            f"held {previous.rss_by_kind_kb}, after {after.rss_by_kind_kb}")
         say(f"after hang-up: RSS +{after.rss_kb - base.rss_kb} kB = "
             f"{result.after_hangup['rss_left_bytes_per_dialog']} B/dialog left, PSS "
             f"{result.after_hangup['pss_left_bytes_per_dialog']} B/dialog")
