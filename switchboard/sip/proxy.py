@@ -570,6 +570,7 @@ class Proxy:
             self._refuse_insecure(ctx.server, local_in, now)
             self._fail_initial(ctx, now)
             return
+        dest = self._peer(dest)  # the client transaction's, and the callee leg's later
         local_out = self.addressing.local_for(dest)
         if local_out is None:
             self._respond(ctx.server, 503, now, reason="No socket for transport")
