@@ -47,18 +47,10 @@ Emit = Callable[[DialogStateChanged], None]
 
 
 @dataclass(slots=True)
-class Leg:
-    """One party of the dialog, as seen from the proxy."""
+class OwnRequests:
+    """What the proxy's own requests toward a leg changed: only legs that had a call
+    operation (a transfer's REFER, a hold re-INVITE) have one."""
 
-    tag: str = ""
-    contact: str = ""  # remote target URI
-    # Route values toward this leg. A tuple: it is replaced, never changed in place, and
-    # the empty one (most legs' when nothing record-routes but us) is shared.
-    route_set: tuple[str, ...] = ()
-    cseq: int = 0  # last CSeq number in a request this leg sent
-    sdp: bytes | None = None  # last SDP this leg sent
-    address: Address | None = None  # where its messages came from last
-    local: Address | None = None  # our socket that faces this leg
     # Requests we originated toward this leg (REFER, re-INVITE) took CSeq numbers from the
     # peer's sequence; requests relayed toward it later are shifted by this much.
     cseq_offset: int = 0
@@ -68,6 +60,86 @@ class Leg:
     # where the offer in flight is (`states.HOLD`).
     hold_mask: int = 0
     hold_state: HoldState = HoldState.IDLE
+
+
+class Leg:
+    """One party of the dialog, as seen from the proxy. What our own requests changed
+    (`OwnRequests`: CSeq shift, offer version, hold) is read through properties and made
+    at the first change, so a call nobody operates on does not carry it."""
+
+    __slots__ = ("_own", "address", "contact", "cseq", "local", "route_set", "sdp", "tag")
+
+    def __init__(self, tag: str = "", contact: str = "", route_set: tuple[str, ...] = (),
+                 cseq: int = 0, sdp: bytes | None = None, address: Address | None = None,
+                 local: Address | None = None, cseq_offset: int = 0, sdp_version_sent: int = 0,
+                 hold_mask: int = 0, hold_state: HoldState = HoldState.IDLE) -> None:
+        self.tag = tag
+        self.contact = contact  # remote target URI
+        # Route values toward this leg. A tuple: it is replaced, never changed in place, and
+        # the empty one (most legs' when nothing record-routes but us) is shared.
+        self.route_set = route_set
+        self.cseq = cseq  # last CSeq number in a request this leg sent
+        self.sdp = sdp  # last SDP this leg sent
+        self.address = address  # where its messages came from last
+        self.local = local  # our socket that faces this leg
+        self._own: OwnRequests | None = None
+        if cseq_offset or sdp_version_sent or hold_mask or hold_state is not HoldState.IDLE:
+            self._own = OwnRequests(cseq_offset, sdp_version_sent, hold_mask, hold_state)
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.tag, self.contact, self.route_set, self.cseq, self.sdp, self.address,
+                self.local, self.cseq_offset, self.sdp_version_sent, self.hold_mask,
+                self.hold_state)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Leg):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return f"Leg{self._values()!r}"
+
+    def _touched(self) -> OwnRequests:
+        own = self._own
+        if own is None:
+            own = self._own = OwnRequests()
+        return own
+
+    @property
+    def cseq_offset(self) -> int:
+        own = self._own
+        return own.cseq_offset if own is not None else 0
+
+    @cseq_offset.setter
+    def cseq_offset(self, value: int) -> None:
+        self._touched().cseq_offset = value
+
+    @property
+    def sdp_version_sent(self) -> int:
+        own = self._own
+        return own.sdp_version_sent if own is not None else 0
+
+    @sdp_version_sent.setter
+    def sdp_version_sent(self, value: int) -> None:
+        self._touched().sdp_version_sent = value
+
+    @property
+    def hold_mask(self) -> int:
+        own = self._own
+        return own.hold_mask if own is not None else 0
+
+    @hold_mask.setter
+    def hold_mask(self, value: int) -> None:
+        self._touched().hold_mask = value
+
+    @property
+    def hold_state(self) -> HoldState:
+        own = self._own
+        return own.hold_state if own is not None else HoldState.IDLE
+
+    @hold_state.setter
+    def hold_state(self, value: HoldState) -> None:
+        self._touched().hold_state = value
 
     @property
     def reinvite_pending(self) -> bool:
@@ -80,8 +152,8 @@ class Leg:
 
 class Dialog:
     __slots__ = (
-        "call_id", "callee", "caller", "end_reason", "from_uri", "id", "lifetime_timer",
-        "start_time", "state", "timeout_at", "to_uri",
+        "_timeout", "call_id", "callee", "caller", "end_reason", "from_uri", "id",
+        "lifetime_timer", "start_time", "state", "to_uri",
     )
 
     def __init__(self, dialog_id: str, call_id: str, from_uri: str, to_uri: str,
@@ -93,11 +165,22 @@ class Dialog:
         self.to_uri = to_uri
         self.state = state
         self.start_time = start_time
-        self.timeout_at = timeout_at
+        self._timeout = math.inf if timeout_at is None else timeout_at
         self.lifetime_timer: Timer | None = None
         self.end_reason = ""
         self.caller = caller
         self.callee = callee
+
+    @property
+    def timeout_at(self) -> float | None:
+        """When its lifetime ends; None until one is armed. Kept as a plain float (infinite
+        when unset): an optional one would be an object of its own per held dialog."""
+        at = self._timeout
+        return None if at == math.inf else at
+
+    @timeout_at.setter
+    def timeout_at(self, at: float | None) -> None:
+        self._timeout = math.inf if at is None else at
 
     @classmethod
     def from_invite(cls, dialog_id: str, invite: Request, source: Address, local: Address,
@@ -496,8 +579,8 @@ class Lifetimes:
         due: list[Dialog] = []
         later = math.inf
         for dialog in bucket:
-            at = dialog.timeout_at if dialog.timeout_at is not None else now
-            if at <= now:
+            at = dialog.timeout_at
+            if at is None or at <= now:
                 due.append(dialog)
             elif at < later:
                 later = at

@@ -15,6 +15,7 @@ answer) is absorbed because the table says so.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,7 +71,8 @@ def server_key(request: Request) -> ServerKey:
     via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     host, port = via.sent_by
-    return (via.branch or "", host, port, method)
+    # The host is one of a few peers': one string for them all while a transaction keeps it.
+    return (via.branch or "", sys.intern(host), port, method)
 
 
 def client_key(branch: str, method: str) -> ClientKey:
