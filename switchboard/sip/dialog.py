@@ -21,6 +21,7 @@ clocks of two processes (or nodes) do not agree.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from .message import Request, Response
 from .states import DIALOG, HOLD, DialogEvent, HoldEvent, HoldState, transition
 from .states import DialogState as DialogState
 from .timers import Timer, TimerQueue
+from .uri import Uri
 from .wire import Address
 
 
@@ -189,7 +191,7 @@ class Dialog:
         contacts = invite.contacts
         caller = Leg(
             tag=invite.from_tag or "",
-            contact=str(contacts[0].uri) if contacts and contacts[0].uri else "",
+            contact=_target(contacts[0].uri) if contacts and contacts[0].uri else "",
             # Requests toward the caller follow the Record-Route entries that were already
             # on the INVITE when it reached us, in that order (RFC 3261 §12.1.1).
             route_set=tuple(invite.values("record-route")),
@@ -324,7 +326,7 @@ class Dialog:
             # target stays what it was.
             contacts = []
         if contacts and contacts[0].uri is not None:
-            callee.contact = str(contacts[0].uri)
+            callee.contact = _target(contacts[0].uri)
         rr = response.values("record-route")
         # Entries above ours were added downstream; toward the callee they apply in reverse.
         downstream = rr[: max(0, len(rr) - len(self.caller.route_set) - own_record_routes)]
@@ -347,7 +349,7 @@ class Dialog:
         if method in ("INVITE", "UPDATE"):
             contacts = request.contacts
             if contacts and contacts[0].uri is not None:
-                sender.contact = str(contacts[0].uri)
+                sender.contact = _target(contacts[0].uri)
         if method == "ACK":
             self._enter(self._next(DialogEvent.ACK), emit)
         elif method == "BYE":
@@ -367,13 +369,20 @@ class Dialog:
             except ParseError:
                 return  # a broken Contact keeps the old target; the answer is still relayed
             if contacts and contacts[0].uri is not None:
-                responder.contact = str(contacts[0].uri)
+                responder.contact = _target(contacts[0].uri)
 
     def delete(self, reason: str, emit: Emit) -> None:
         """The proxy ends this (still active) dialog itself."""
         new = self._next(DialogEvent.END)
         self.end_reason = reason
         self._enter(new, emit)
+
+
+def _target(uri: Uri) -> str:
+    """A remote target as the dialog keeps it. Interned: the calls of one trunk or gateway
+    all name the same Contact, and then share one string (an interned string goes when its
+    last dialog does)."""
+    return sys.intern(str(uri))
 
 
 def _sdp_of(message: Request | Response) -> bytes | None:

@@ -628,9 +628,12 @@ class Proxy:
                 if invite is not None and invite.final_sent:
                     # The ACK of the initial 2xx: both INVITE transactions may end soon.
                     del self._invites[dialog.id]
-                    invite.server.settle(now)
+                    server = invite.server
+                    server.settle(now)
                     if invite.client is not None:
-                        invite.client.settle(now)
+                        # One wait for the pair: the client ends with the server (see
+                        # `_server_terminated`), unless the server's is over already.
+                        invite.client.settle(now, wait=server.state is not State.ACCEPTED)
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             self.stats["core:drop_requests"] += 1  # §16.3 step 3; an ACK gets no 483
@@ -709,6 +712,9 @@ class Proxy:
         return known
 
     def _server_terminated(self, txn: ServerTransaction) -> None:
+        owner = txn.owner
+        if isinstance(owner, _Forward) and isinstance(owner.client, InviteClientTransaction):
+            owner.client.end_settled()  # its wait was the server's (`_on_ack`)
         txns = self.server_txns
         if txns.get(txn.key) is txn:
             del txns[txn.key]

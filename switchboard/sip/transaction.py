@@ -123,7 +123,7 @@ class _Base:
         """Entered Terminated: stop the timers and tell the owner."""
         raise NotImplementedError
 
-    def settle(self, now: float) -> None:
+    def settle(self, now: float, wait: bool = True) -> None:
         """The 2xx was acknowledged end to end: no copy of the INVITE or of the 2xx is still
         coming but one already on its way. Wait T4 for those instead of 64*T1 (Timer L on
         the server side, M on the client side: the same end slot), as Kamailio's wait timer
@@ -133,12 +133,18 @@ class _Base:
 
         What is left to do is absorb INVITE copies and pass 2xx copies on, which needs the
         key and the addresses but not the request: it is let go here (`SPENT` stands in),
-        so the settled transactions of the calls just set up cost little."""
+        so the settled transactions of the calls just set up cost little.
+
+        With `wait` false it arms no timer of its own and its owner ends it when the other
+        side's wait is over (`InviteClientTransaction.end_settled`): one timer per call."""
         old = self.state
         self.state = self._next(Event.SETTLE)
         if old is State.ACCEPTED:
             self.request = SPENT
-            self._arm("L", self.settings.t4, now, self._accepted_over)
+            if wait:
+                self._arm("L", self.settings.t4, now, self._accepted_over)
+            else:
+                self._disarm("L")
 
     def _accepted_over(self, now: float) -> None:
         """Timer L (server) or M (client): the Accepted wait is over."""
@@ -439,6 +445,13 @@ class InviteClientTransaction(ClientTransaction):
     def _timer_d(self, now: float) -> None:
         self.state = self._next(Event.TIMER_D)
         self._finish()
+
+    def end_settled(self) -> None:
+        """The wait of a transaction settled without one of its own (`settle(now, wait=False)`)
+        is over: its owner says so. Any other transaction is left to its own timers."""
+        if self.state is State.ACCEPTED and self._ender is None:
+            self.state = self._next(Event.TIMER_M)
+            self._finish()
 
     def _accepted_over(self, now: float) -> None:
         self.state = self._next(Event.TIMER_M)

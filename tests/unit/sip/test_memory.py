@@ -161,3 +161,34 @@ def test_the_seconds_of_far_timers_cancelled_go_with_them() -> None:
     near.cancel()
     assert queue._keys == [] and queue._buckets == {}
 
+
+
+def test_the_settled_invite_transactions_wait_out_one_timer() -> None:
+    net = Net()
+    call = Call(net)
+    call.send_invite()
+    call.answer()
+    net.now = 1.0
+    call.ack()
+    [server] = [t for k, t in net.proxy.server_txns.items() if k[3] == "INVITE"]
+    [client] = [t for k, t in net.proxy.client_txns.items() if k[1] == "INVITE"]
+    assert server._ender is not None and client._ender is None
+    net.advance(1.0 + net.proxy.config.timers.t4 + 0.01)
+    assert server.key not in net.proxy.server_txns and client.key not in net.proxy.client_txns
+
+
+def test_an_ack_after_the_servers_wait_leaves_the_client_its_own() -> None:
+    """The 2xx ACK comes after the server side's Accepted wait ended: the client side
+    still ends by its own timer, not never."""
+    net = Net()
+    call = Call(net)
+    call.send_invite()
+    call.answer()
+    [client] = [t for k, t in net.proxy.client_txns.items() if k[1] == "INVITE"]
+    [server] = [t for k, t in net.proxy.server_txns.items() if k[3] == "INVITE"]
+    server._accepted_over(net.now)  # as if its timer L had fired first
+    assert server.key not in net.proxy.server_txns
+    call.ack()
+    assert client._ender is not None
+    net.run_all_timers()
+    assert net.proxy.server_txns == {} and net.proxy.client_txns == {}
