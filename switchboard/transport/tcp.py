@@ -22,7 +22,6 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -31,12 +30,12 @@ from ..sip.errors import ParseError
 from ..sip.framing import StreamFramer
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address, default_port
+from .accept import accept_loop, open_listener, reset
 from .base import ConnectionClosed, Receiver, Undelivered
 
 log = logging.getLogger(__name__)
 
 MAX_ALIASES = 4  # sent-by addresses one connection may be known by
-LISTEN_BACKLOG = 100  # as asyncio's create_server
 
 
 class _Connection(asyncio.Protocol):
@@ -222,14 +221,11 @@ class TcpEndpoint:
                 reuse_port=reuse_port or None)
             bound = endpoint._server.sockets[0].getsockname()
         else:
-            info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                          flags=socket.AI_PASSIVE)
-            listener = socket.create_server(info[0][4][:2], family=info[0][0],
-                                            backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
-            listener.setblocking(False)
+            listener = await open_listener(loop, host, port, reuse_port=reuse_port)
             endpoint._listener = listener
             bound = listener.getsockname()
-            endpoint._spawn(endpoint._accept(listener))
+            endpoint._spawn(accept_loop(loop, listener, endpoint._admit_accepted,
+                                        endpoint.transport))
         endpoint.local = Address(transport, host, bound[1])
         return endpoint
 
@@ -238,36 +234,10 @@ class TcpEndpoint:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept(self, listener: socket.socket) -> None:
-        """A TLS listener's accept loop: each connection is counted against its source
-        (or refused) before its handshake starts."""
-        while True:
-            try:
-                sock, address = await self.loop.sock_accept(listener)
-            except OSError as exc:  # out of descriptors, say: this accept only
-                if listener.fileno() < 0:
-                    return  # closed
-                log.warning("%s accept failed: %s", self.transport, exc)
-                await asyncio.sleep(0.1)
-                continue
-            while True:
-                try:
-                    self._admit_accepted(sock, str(address[0]), int(address[1]))
-                except Exception:  # that connection only: the listener keeps accepting
-                    log.exception("%s: accepting a connection from %s failed", self.transport,
-                                  address)
-                    sock.close()
-                try:  # the rest of the backlog without going round the loop each time
-                    sock, address = listener.accept()
-                except OSError:  # BlockingIOError when it is empty
-                    break
-
     def _admit_accepted(self, sock: socket.socket, host: str, port: int) -> None:
         if not self.admit(host):
             self.refuse(host)
-            # Reset rather than close: the refused party learns at once.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            reset(sock)
             return
         sock.setblocking(False)
         conn = _Connection(self, Address(self.transport, host, port), inbound=True)

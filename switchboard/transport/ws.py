@@ -25,7 +25,6 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
 from collections.abc import Coroutine
 from typing import Any
 
@@ -35,12 +34,12 @@ from aiohttp.web_protocol import RequestHandler
 from ..sip.addressing import request_sent_by
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address
+from .accept import accept_loop, open_listener, reset
 from .base import ConnectionClosed, Receiver
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "sip"  # RFC 7118 §4, registered with IANA
-LISTEN_BACKLOG = 100  # as asyncio's create_server
 
 
 class WsConnection:
@@ -125,14 +124,10 @@ class WsEndpoint:
         if transport == "wss" and endpoint.server_ssl is None:
             raise ValueError("a wss listener needs a TLS context")
         loop = endpoint._loop
-        info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                      flags=socket.AI_PASSIVE)
-        listener = socket.create_server(info[0][4][:2], family=info[0][0],
-                                        backlog=LISTEN_BACKLOG)
-        listener.setblocking(False)
+        listener = await open_listener(loop, host, port)
         endpoint._listener = listener
         endpoint.local = Address(transport, host, listener.getsockname()[1])
-        endpoint._spawn(endpoint._accept(listener))
+        endpoint._spawn(accept_loop(loop, listener, endpoint._admit_accepted, transport))
         return endpoint
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -140,38 +135,12 @@ class WsEndpoint:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept(self, listener: socket.socket) -> None:
-        """Each connection is counted against its source (or refused) before its TLS
-        handshake and its HTTP upgrade start."""
-        while True:
-            try:
-                sock, address = await self._loop.sock_accept(listener)
-            except OSError as exc:  # out of descriptors, say: this accept only
-                if listener.fileno() < 0:
-                    return  # closed
-                log.warning("%s accept failed: %s", self.transport, exc)
-                await asyncio.sleep(0.1)
-                continue
-            while True:
-                try:
-                    self._admit_accepted(sock, str(address[0]))
-                except Exception:  # that connection only: the listener keeps accepting
-                    log.exception("%s: accepting a connection from %s failed", self.transport,
-                                  address)
-                    sock.close()
-                try:  # the rest of the backlog without going round the loop each time
-                    sock, address = listener.accept()
-                except OSError:  # BlockingIOError when it is empty
-                    break
-
-    def _admit_accepted(self, sock: socket.socket, host: str) -> None:
+    def _admit_accepted(self, sock: socket.socket, host: str, port: int) -> None:
         count = self._per_source.get(host, 0)
         if self.max_per_source and count >= self.max_per_source:
             log.info("%s: too many connections from %s, refusing one", self.transport, host)
             self.refused_connections += 1
-            # Reset rather than close: the refused party learns at once.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            reset(sock)
             return
         self._per_source[host] = count + 1
         sock.setblocking(False)
