@@ -50,14 +50,7 @@ from ..sip.operations import Operation, Refused
 from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.transaction import State
 from ..sip.wire import Address
-from ..store import (
-    DialogKeeper,
-    DialogStore,
-    OpenedLater,
-    StoredDialog,
-    StoreUnavailable,
-    open_store,
-)
+from ..store import DialogKeeper, StoreAtStart, open_at_start
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
 from ..transport.tls import TlsContexts, TlsFiles
@@ -298,52 +291,31 @@ class LocalSwitchboard(CallOperations):
         self.events = EventBus(webhook=webhook_settings(cfg.events))
         for sub in cfg.events.static_subscriptions():
             await self.events.subscribe(sub.event, sub.socket, None)
-        loop = asyncio.get_running_loop()
-        store: DialogStore | None = None
-        unavailable = False
+        opened: StoreAtStart | None = None
         if cfg.dialog.store:
-            try:
-                # Opening may wait for a network store to answer: not on the loop.
-                store = await loop.run_in_executor(None, open_store, cfg.dialog.store)
-            except StoreUnavailable as exc:
-                log.error("dialog store does not answer: %s; serving from memory only "
-                          "(store:available 0) until it does, then its dialogs are restored "
-                          "and every confirmed dialog written", exc,
-                          extra={"event": "dialog_store_down"})
-                store, unavailable = OpenedLater(cfg.dialog.store), True
-        stored: list[StoredDialog] = []
-        stored_secret = ""
+            opened = await open_at_start(cfg.dialog.store,
+                                         route_secret=not cfg.proxy.route_secret)
+            if opened.route_secret:
+                cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
+                    cfg.proxy, route_secret=opened.route_secret))
         try:
-            if store is not None:
-                if not cfg.proxy.route_secret:
-                    # Routes we signed before a restart must stay valid after it. Without
-                    # the store, the key made now signs this run's routes and replaces the
-                    # stored one when the store answers (keeper).
-                    stored_secret = (secrets.token_hex(32) if unavailable else
-                                     await loop.run_in_executor(
-                                         None, store.route_secret,
-                                         lambda: secrets.token_hex(32)))
-                    cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(
-                        cfg.proxy, route_secret=stored_secret))
-                if not unavailable:
-                    stored = await loop.run_in_executor(None, store.load)
             built = await build_worker(cfg, self.events.publish)
         except BaseException:
-            if store is not None:
-                store.close()
+            if opened is not None:
+                opened.store.close()
             raise
-        if store is not None:
+        if opened is not None:
             # No await from build_worker's last bind to here: nothing was served before the
             # stored dialogs are back.
-            self.keeper = DialogKeeper(store, built.worker,
+            self.keeper = DialogKeeper(opened.store, built.worker,
                                        cfg.dialog.store_interval_ms / 1000,
-                                       route_secret=stored_secret)
-            if unavailable:
+                                       route_secret=opened.route_secret)
+            if opened.unavailable:
                 self.keeper.wait_for_store()
             else:
-                restored = self.keeper.restore(stored)
+                restored = self.keeper.restore(opened.stored)
                 log.info("dialog store %s: %d of %d stored dialogs restored",
-                         cfg.dialog.store, restored, len(stored),
+                         cfg.dialog.store, restored, len(opened.stored),
                          extra={"event": "dialogs_restored"})
             self.keeper.start()
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics

@@ -42,7 +42,6 @@ import dataclasses
 import errno
 import logging
 import os
-import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,14 +60,7 @@ from ...readout import unpack as _unpack
 from ...sip.dialog import DialogState
 from ...sip.operations import Refused
 from ...sip.replication import RESTORABLE
-from ...store import (
-    DialogKeeper,
-    DialogStore,
-    OpenedLater,
-    StoredDialog,
-    StoreUnavailable,
-    open_store,
-)
+from ...store import DialogKeeper, StoreAtStart, open_at_start
 from ..local import BuiltWorker, build_worker
 from ..shared_port import SharedPort
 from .codec import ANSWER, LINK, SNAPSHOTS, ServiceSpec, start_error, unpack_operation
@@ -163,60 +155,37 @@ class WorkerActor:
         await self._take_plane()
         # Read before the sockets are bound: once they are, messages of the old dialogs may
         # come in, and they must find their dialogs.
-        store: DialogStore | None = None
-        unavailable = False
-        stored: list[StoredDialog] = []
+        opened: StoreAtStart | None = None
         replicas: list[tuple[dict[str, Any], float]] = []
-        route_secret = ""
         if config.dialog.store:
-            scope = f"w{self.index}"
-            try:
-                store = await loop.run_in_executor(None, open_store, config.dialog.store,
-                                                   scope)
-            except StoreUnavailable as exc:
-                # As the local runtime: serve from memory only until the store answers,
-                # then restore what it holds and write everything (`DialogKeeper`).
-                log.error("worker %d: dialog store does not answer: %s; serving from memory "
-                          "only (store:available 0) until it does", self.index, exc,
-                          extra={"event": "dialog_store_down"})
-                store = OpenedLater(config.dialog.store,
-                                    lambda url: open_store(url, scope))
-                unavailable = True
-            try:
-                if not config.proxy.route_secret:
-                    # Routes this worker signed before a restart must stay valid after it.
-                    route_secret = (secrets.token_hex(32) if unavailable else
-                                    await loop.run_in_executor(
-                                        None, store.route_secret,
-                                        lambda: secrets.token_hex(32)))
-                if not unavailable:
-                    stored = await loop.run_in_executor(None, store.load)
-            except BaseException:
-                store.close()
-                raise
+            # As the local runtime, under a scope of this worker's own.
+            opened = await open_at_start(config.dialog.store, scope=f"w{self.index}",
+                                         route_secret=not config.proxy.route_secret,
+                                         who=f"worker {self.index}: ")
         elif self.restarted:
             replicas = await self._stored_snapshots()
         deadline = loop.time() + (REBIND_TIMEOUT if self.rebind else 0.0)
         while True:
             try:
-                worker = await self._bind(route_secret)
+                worker = await self._bind(opened.route_secret if opened is not None else "")
                 break
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or loop.time() >= deadline:
-                    if store is not None:
-                        store.close()
+                    if opened is not None:
+                        opened.store.close()
                     raise
                 await asyncio.sleep(0.2)
         # No await from here to the restore: nothing is served before the dialogs are back.
-        if store is not None:
-            self.keeper = DialogKeeper(store, worker, config.dialog.store_interval_ms / 1000,
-                                       route_secret=route_secret)
-            if unavailable:
+        if opened is not None:
+            self.keeper = DialogKeeper(opened.store, worker,
+                                       config.dialog.store_interval_ms / 1000,
+                                       route_secret=opened.route_secret)
+            if opened.unavailable:
                 self.keeper.wait_for_store()
             else:
-                restored = self.keeper.restore(stored)
+                restored = self.keeper.restore(opened.stored)
                 log.info("worker %d: %d of its %d stored dialogs restored from %s",
-                         self.index, restored, len(stored), config.dialog.store,
+                         self.index, restored, len(opened.stored), config.dialog.store,
                          extra={"event": "dialogs_restored"})
             self.keeper.start()
         else:
