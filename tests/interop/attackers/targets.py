@@ -142,13 +142,15 @@ class _UdpPeer(DatagramReader):
             msg = SipMessage.parse(data, source)
         except (ValueError, IndexError):
             msg = SipMessage("<unparsable>", [], b"", data, source)
-        self.on_message(msg)
+        # Recorded before it is answered: once the answer has gone back through the proxy,
+        # a test that reads what this peer got must find it.
         with self._cond:
             self.received.append(msg)
             self._cond.notify_all()
+        self.on_message(msg)
 
     def on_message(self, msg: SipMessage) -> None:
-        """Called for each message before it is recorded."""
+        """Called for each message once it is recorded (a phone answers it here)."""
 
     def wait_for(self, ok: object, timeout: float) -> SipMessage | None:
         """The first recorded message (from `start` on) for which `ok(msg)` is true."""
