@@ -3,9 +3,9 @@ kept by each worker of its own traffic (a call's messages all pass through the w
 record-routed it) and reached through the controller.
 
 Turning it on or off leases or stops every worker's `CaptureSwitch` at once; a call's
-messages are asked of the worker the controller's directory names, or of every worker for a
-call it no longer knows (one that ended). The view sums the workers' (a node of N workers
-holds up to N times one worker's calls).
+messages are asked of the worker the controller last found that Call-ID on, or of every
+worker for a call it has not located (or one that ended). The view sums the workers' (a
+node of N workers holds up to N times one worker's calls).
 """
 
 from __future__ import annotations

@@ -505,7 +505,7 @@ class Controller(CallOperations):
 
     async def _locate(self, key: str, hints: list[int | None]) -> int | None:
         """The worker with a live dialog `key` (dialog id or Call-ID): the hinted ones first
-        (the directory, the dialog id's prefix), then all the others at once."""
+        (where it was found last, the dialog id's prefix), then all the others at once."""
         tried: set[int] = set()
         for hint in hints:
             if hint is None or hint in tried or not 0 <= hint < len(self.workers):
