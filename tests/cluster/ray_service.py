@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -149,4 +149,21 @@ def wait_controller_gone(timeout: float = 10.0) -> None:
         except ValueError:
             return
         assert time.monotonic() < deadline, "the controller outlived `serve`"
+        time.sleep(0.2)
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll `check` until it answers something true; an exception counts as "not yet" (the
+    controller or a worker restarting, Redis away)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+        except Exception as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s ({last!r})"
         time.sleep(0.2)

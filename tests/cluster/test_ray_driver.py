@@ -9,13 +9,12 @@ service. While a `serve` lives, another one refuses to start (test_ray_runtime).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.ray_service import import_ray
+from tests.cluster.ray_service import import_ray, until
 from tests.support.events import collecting
 from tests.support.ports import HOST, free_port, free_port_block
 from tests.support.server import StartServer, SwitchboardServer
@@ -34,20 +33,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s ({last!r})"
-        time.sleep(0.2)
 
 
 def _named(name: str) -> bool:
@@ -82,12 +67,12 @@ def test_a_killed_serve_leaves_the_service_running_and_a_new_one_attaches(
         for event in ("E_DLG_STATE_CHANGED", "E_CALL_HOLD"):
             assert first.mi_result("evi:subscribe", event=event, socket=events.socket,
                                    expire=300) == "OK"
-        held = _until("the call confirmed", lambda: _confirmed(first, prefix))
+        held = until("the call confirmed", lambda: _confirmed(first, prefix))
         subscriptions = first.mi_result("statistics:get", statistics=["evi:subscriptions"])
 
         first.proc.kill()
         first.proc.wait(10)
-        _until("the dead driver's lease removed", lambda: not _named("driver"))
+        until("the dead driver's lease removed", lambda: not _named("driver"))
         assert _named("controller")
 
         # Still serving: a new call (the workers share the base port), its events at the
@@ -113,5 +98,5 @@ def test_a_killed_serve_leaves_the_service_running_and_a_new_one_attaches(
                         and p["new_state"] == 5)
     assert_clean(*wait_caller_first(a, b))
     assert second.stop(timeout=15.0) == 0, second.describe()
-    _until("the controller removed", lambda: not _named("controller"))
-    _until("the workers removed", lambda: not (_named("worker-0") or _named("worker-1")))
+    until("the controller removed", lambda: not _named("controller"))
+    until("the workers removed", lambda: not (_named("worker-0") or _named("worker-1")))

@@ -16,14 +16,13 @@ One service for the module (2 workers; worker i on base port + i), `serve` in th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
-from tests.cluster.ray_service import Service, import_ray
+from tests.cluster.ray_service import Service, import_ray, until
 from tests.support.events import collecting
 from tests.support.ports import HOST, free_port
 from tests.support.sipp import StartSipp, assert_clean, killed_on_failure, wait_caller_first
@@ -51,21 +50,6 @@ class _Collector:
 def _controller() -> Any:
     return ray.get_actor("controller", namespace="switchboard")
 
-
-def _until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll `check` until it answers something true (exceptions count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # the controller or a worker is restarting
-            last = exc
-        else:
-            if last:
-                return last
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s ({last!r})"
-        time.sleep(0.2)
 
 
 def _listed(service: Service, callid: str) -> dict[str, Any] | None:
@@ -148,24 +132,24 @@ def test_a_killed_controller_comes_back_with_calls_and_subscriptions(
         # An actor subscriber too: kept in Ray's GCS (pickled) like the socket ones.
         ray.get(controller.subscribe.remote("E_CALL_HOLD", collector, 300))
         try:
-            before = _until("the call confirmed", lambda: next(
+            before = until("the call confirmed", lambda: next(
                 (d for d in service.mi("dialog:list")["Dialogs"]
                  if d["callid"].startswith(prefix) and d["state"] == 4), None))
             callid = before["callid"]
             assert before["ID"].startswith("1.")
-            _until("the controller's snapshot", lambda: _replica(controller, 1, callid))
+            until("the controller's snapshot", lambda: _replica(controller, 1, callid))
             subscriptions = service.mi("statistics:get", statistics=["evi:subscriptions"])
             pids = _pids()
             controller_pid = _controller_pid(controller)
 
             ray.kill(controller, no_restart=False)
-            _until("the controller restarted",
+            until("the controller restarted",
                    lambda: _controller_pid(controller) not in (None, controller_pid))
             # The workers served on: the same processes, taken back by the new controller.
             assert _pids() == pids
             # It has the call's snapshot again (the worker sent all of its dialogs) and the
             # run-time subscriptions (from Ray's GCS).
-            _until("the snapshot sent again", lambda: _replica(controller, 1, callid))
+            until("the snapshot sent again", lambda: _replica(controller, 1, callid))
             assert service.mi("statistics:get",
                               statistics=["evi:subscriptions"]) == subscriptions
             assert _listed(service, callid) is not None
@@ -174,15 +158,15 @@ def test_a_killed_controller_comes_back_with_calls_and_subscriptions(
             # controller's copy) and with the subscriptions (from the new controller).
             handle = ray.get(controller.worker_handles.remote())[1]
             ray.kill(handle, no_restart=False)
-            _until("worker 1 restarted", lambda: _pids()[1] != pids[1])
-            after = _until("the call listed again", lambda: _listed(service, callid))
+            until("worker 1 restarted", lambda: _pids()[1] != pids[1])
+            after = until("the call listed again", lambda: _listed(service, callid))
             assert after["ID"] == before["ID"]
 
             assert service.mi("callops:hold", callid=callid) == "OK"
             events.wait_for("E_CALL_HOLD", lambda p: p["callid"] == callid
                             and p["state"] == "ok", count=2)
             # The actor subscribed before the controller's restart gets them too.
-            _until("the actor subscriber's hold events", lambda: len([
+            until("the actor subscriber's hold events", lambda: len([
                 e for e in ray.get(collector.got.remote())
                 if e[0] == "E_CALL_HOLD" and e[1]["callid"] == callid
                 and e[1]["state"] == "ok"]) >= 2)

@@ -15,7 +15,7 @@ One service for the module (2 workers, worker i on base port + i), `serve` in th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import msgpack
 import pytest
 
 from switchboard.store import StoreBatch, open_store
-from tests.cluster.ray_service import Service, import_ray, start_service, stop_service
+from tests.cluster.ray_service import Service, import_ray, start_service, stop_service, until
 from tests.support.events import collecting
 from tests.support.ports import HOST, free_port
 from tests.support.redis_server import RedisServer
@@ -67,20 +67,6 @@ def _controller() -> Any:
     return ray.get_actor("controller", namespace="switchboard")
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # a worker restarting, Redis away
-            last = exc
-        else:
-            if last:
-                return last
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s ({last!r})"
-        time.sleep(0.2)
-
 
 def _worker_stats(worker: int) -> dict[str, int]:
     handle = ray.get(_controller().worker_handles.remote())[worker]
@@ -123,10 +109,10 @@ def test_a_killed_worker_comes_back_with_its_calls_from_redis(
         assert stored.mi("evi:subscribe", event="E_CALL_HOLD", socket=events.socket,
                          expire=120) == "OK"
         try:
-            before = _until("the call confirmed", lambda: _confirmed(stored, prefix))
+            before = until("the call confirmed", lambda: _confirmed(stored, prefix))
             callid = before["callid"]
             assert before["ID"].startswith("1.")
-            _until("the call in redis", lambda: before["ID"] in _stored_ids(redis_server, 1))
+            until("the call in redis", lambda: before["ID"] in _stored_ids(redis_server, 1))
             # Kept by the worker in the store, not by the controller.
             assert ray.get(controller.replicated.remote(1)) == []
             restored = _worker_stats(1)["store:restored_dialogs"]
@@ -134,10 +120,10 @@ def test_a_killed_worker_comes_back_with_its_calls_from_redis(
             info = ray.get(controller.workers_info.remote())
             handle = ray.get(controller.worker_handles.remote())[1]
             ray.kill(handle, no_restart=False)
-            _until("worker 1 restarted",
+            until("worker 1 restarted",
                    lambda: ray.get(controller.workers_info.remote())[1]["pid"]
                    != info[1]["pid"])
-            after = _until("the call listed again", lambda: _confirmed(stored, prefix))
+            after = until("the call listed again", lambda: _confirmed(stored, prefix))
             assert after["ID"] == before["ID"]
             assert _worker_stats(1)["store:restored_dialogs"] == restored + 1
 
@@ -148,7 +134,7 @@ def test_a_killed_worker_comes_back_with_its_calls_from_redis(
         finally:
             stored.mi("evi:subscribe", event="E_CALL_HOLD", socket=events.socket, expire=0)
     assert_clean(*wait_caller_first(a, b))
-    _until("the ended call gone from redis",
+    until("the ended call gone from redis",
            lambda: before["ID"] not in _stored_ids(redis_server, 1))
 
 
@@ -159,8 +145,8 @@ def test_redis_down_memory_only_then_caught_up(
     a, b = _call(sipp, stored, 0, prefix, SCENARIOS / "uac_held_ended.xml",
                  SCENARIOS / "uas_held_ended.xml")
     with collecting() as events, killed_on_failure(a, b):
-        held = _until("the call confirmed", lambda: _confirmed(stored, prefix))
-        _until("the call in redis", lambda: held["ID"] in _stored_ids(redis_server, 0))
+        held = until("the call confirmed", lambda: _confirmed(stored, prefix))
+        until("the call in redis", lambda: held["ID"] in _stored_ids(redis_server, 0))
         assert _worker_stats(0)["store:available"] == 1
 
         redis_server.kill()
@@ -171,17 +157,17 @@ def test_redis_down_memory_only_then_caught_up(
                    local_port=free_port("udp"), keys={"uas_port": uas.local_port},
                    extra_args=("-d", "1000"))
         wait_clean(uac, uas)
-        stats = _until("store:available 0",
+        stats = until("store:available 0",
                        lambda: (s := _worker_stats(0))["store:available"] == 0 and s)
         assert stats["store:write_failures"] >= 1
         # Summed over the workers: an idle worker finds the store gone too (it pings it).
-        _until("no worker's store available", lambda: stored.mi(
+        until("no worker's store available", lambda: stored.mi(
             "statistics:get", statistics=["store:available"]) == {"store:available": 0})
 
         redis_server.start()  # empty, as a Redis without persistence comes back
-        _until("store:available 1", lambda: _worker_stats(0)["store:available"] == 1)
+        until("store:available 1", lambda: _worker_stats(0)["store:available"] == 1)
         # Caught up: the held call is written again, with no change to it meanwhile.
-        _until("the call in redis again",
+        until("the call in redis again",
                lambda: held["ID"] in _stored_ids(redis_server, 0))
         assert stored.mi("evi:subscribe", event="E_CALL_HOLD", socket=events.socket,
                          expire=120) == "OK"
@@ -193,7 +179,7 @@ def test_redis_down_memory_only_then_caught_up(
             stored.mi("evi:subscribe", event="E_CALL_HOLD", socket=events.socket, expire=0)
         assert stored.mi("dialog:end_dlg", dialog_id=held["ID"]) == "OK"
     assert_clean(*wait_caller_first(a, b))
-    _until("the ended call gone from redis",
+    until("the ended call gone from redis",
            lambda: held["ID"] not in _stored_ids(redis_server, 0))
 
 
