@@ -33,8 +33,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.sipp, pytest.mark.interop]
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
-
-
 def _named(name: str) -> bool:
     try:
         ray.get_actor(name, namespace="switchboard")

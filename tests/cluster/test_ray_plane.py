@@ -51,7 +51,6 @@ def _controller() -> Any:
     return ray.get_actor("controller", namespace="switchboard")
 
 
-
 def _listed(service: Service, callid: str) -> dict[str, Any] | None:
     for dialog in service.mi("dialog:list")["Dialogs"]:
         if dialog["callid"] == callid and dialog["state"] == 4:

@@ -67,7 +67,6 @@ def _controller() -> Any:
     return ray.get_actor("controller", namespace="switchboard")
 
 
-
 def _worker_stats(worker: int) -> dict[str, int]:
     handle = ray.get(_controller().worker_handles.remote())[worker]
     return dict(msgpack.unpackb(ray.get(handle.statistics.remote(), timeout=10)))

@@ -19,6 +19,7 @@ from switchboard.transport.tcp import TcpEndpoint
 from switchboard.transport.tls import CertificateError, TlsContexts, TlsFiles
 from switchboard.transport.ws import WsEndpoint
 from tests.support.certs import TestPki, make_pki
+from tests.support.streams import closed_by_peer, eventually
 
 HOST = "127.0.0.1"
 OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKt\r\n"
@@ -39,23 +40,6 @@ def contexts(pki: TestPki, name: str = "server", **options: bool) -> TlsContexts
 
 def client_context(pki: TestPki) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki.ca_file))
-
-
-async def eventually(check: object, what: str) -> None:
-    for _ in range(250):
-        if callable(check) and check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not {what} after 5 s")
-
-
-async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), 5.0) == b""
-    except (ConnectionResetError, ssl.SSLError):
-        return True
-    except TimeoutError:
-        return False
 
 
 async def tls_endpoint(pki: TestPki, got: list[tuple[bytes, Address]], **options: float

@@ -18,6 +18,7 @@ from switchboard.sip.wire import Address
 from switchboard.transport.tls import TlsContexts, TlsFiles
 from switchboard.transport.ws import WsEndpoint
 from tests.support.certs import TestPki, make_pki
+from tests.support.streams import closed_by_peer, eventually
 
 HOST = "127.0.0.1"
 OTHER_SOURCE = "127.0.0.2"  # loopback too: every 127.x address reaches lo on Linux
@@ -35,23 +36,6 @@ def request(method: str, cseq: int) -> str:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPki]:
     yield make_pki(tmp_path_factory.mktemp("pki"))
-
-
-async def closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> bool:
-    try:
-        return await asyncio.wait_for(reader.read(1), timeout) == b""
-    except (ConnectionResetError, ssl.SSLError):
-        return True
-    except TimeoutError:
-        return False
-
-
-async def eventually(check: object, what: str) -> None:
-    for _ in range(250):
-        if callable(check) and check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not {what} after 5 s")
 
 
 async def bind(transport: str, pki: TestPki, got: list[tuple[bytes, Address]],
