@@ -127,7 +127,7 @@ def test_calls_complete_at_10_percent_loss(
     calls = 50
     b, b_relay = callee(sipp, relays, switchboard, "b", "uas.xml", seed=2, calls=calls)
     a, _ = caller(sipp, relays, switchboard, "uac.xml", b_relay, seed=1, calls=calls, rate=10)
-    wait_clean(a, b, grace=10.0, calls=calls)
+    wait_clean(a, b, grace=20.0, calls=calls)
     assert_faults_happened(relays)
     wait_no_dialogs(switchboard)
 
@@ -152,7 +152,7 @@ def test_blind_transfer_at_10_percent_loss(
         dest = f"sip:c@127.0.0.1:{c_relay.sb_port}"
         reply = server.mi("callops:transfer", callid=callid, leg="caller", destination=dest)
         assert reply.get("result") == "Accepted", reply
-    wait_clean(a, b, c, grace=10.0)
+    wait_clean(a, b, c, grace=20.0)
     new = f"xfer///{callid}"
     states = [
         (p["state"], p["transfer_callid"], p["status"])
@@ -204,7 +204,7 @@ def test_hold_and_unhold_at_10_percent_loss(
         relays.wait_quiet(QUIET, timeout=30)
         assert server.mi_result("callops:unhold", callid=callid) == "OK"
         settled("unhold")
-    wait_clean(a, b, grace=10.0)
+    wait_clean(a, b, grace=20.0)
     outcome = sorted(
         (p["action"], p["leg"], p["state"])
         for p in events.params("E_CALL_HOLD", lambda p: p.get("callid") == callid)
