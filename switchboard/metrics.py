@@ -1,7 +1,9 @@
 """Prometheus metrics: a node's statistics as metric families, plus the call-setup time.
 
-`CallMetrics` watches the events a worker publishes (it wraps the publish callable) and counts
-what the core does not: transfer and hold outcomes, and how long calls take to be answered.
+`CallMetrics` counts from the core's events what the core does not: transfer and hold
+outcomes, and how long calls take to be answered. The worker hands it every event (`count`),
+whether or not anybody takes the event itself; `observe` counts the same from the event as
+published (name and parameters), and `wrap` counts on the way of a publish callable.
 `SwitchboardCollector` turns one statistics snapshot ("group:name" → int, as
 `ControlApi.statistics()` returns it) and a `SetupTimes` histogram into the metric families of
 ecosystem.md §4, prefixed `switchboard_`. `Metrics` owns a private `CollectorRegistry` (never
@@ -36,7 +38,9 @@ from prometheus_client.metrics_core import (
 )
 
 from . import __version__
-from .sip.dialog import DialogState
+from .events.opensips import opensips_event
+from .sip.dialog import DialogState, DialogStateChanged
+from .sip.events import CallEvent
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +118,21 @@ class CallMetrics:
 
         return publish_counted
 
+    def count(self, event: DialogStateChanged | CallEvent) -> None:
+        """Count one of the core's events. A dialog's state change, four a call, costs two
+        set lookups unless it is the answer; transfers and holds, rare, are counted from
+        their published form."""
+        if isinstance(event, DialogStateChanged):
+            if event.old_state in _NOT_ANSWERED and event.new_state in _ANSWERED:
+                self._answered(event.dialog_id)
+        else:
+            self.observe(*opensips_event(event))
+
     def observe(self, name: str, params: Mapping[str, Any]) -> None:
         if name == "E_DLG_STATE_CHANGED":
-            # First entry into confirmed (2xx seen, or ACKed) from unconfirmed or early.
             old, new = params.get("old_state"), params.get("new_state")
             if old in _NOT_ANSWERED and new in _ANSWERED:
-                started = self._start_time_of(str(params.get("id")))
-                if started is not None:
-                    self.setup.observe(max(0.0, self._now() - started))
+                self._answered(str(params.get("id")))
         elif name == "E_CALL_TRANSFER":
             state = params.get("state")
             if state in TRANSFER_RESULTS:
@@ -130,6 +141,12 @@ class CallMetrics:
             action, state = params.get("action"), params.get("state")
             if action in HOLD_OPS and state in HOLD_RESULTS:
                 self.counts[f"callops:{action}_{state}"] += 1
+
+    def _answered(self, dialog_id: str) -> None:
+        # First entry into confirmed (2xx seen, or ACKed) from unconfirmed or early.
+        started = self._start_time_of(dialog_id)
+        if started is not None:
+            self.setup.observe(max(0.0, self._now() - started))
 
     def statistics(self) -> dict[str, int]:
         """The outcome counters as statistics (every one present, zeros included)."""

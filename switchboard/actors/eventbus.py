@@ -6,8 +6,10 @@ subscription made with `await subscribe(...)` is in force for every event publis
 The bus owns the subscription table and one sink per subscribed socket or webhook URL
 (shared by all events sent to it), and counts what its sinks did not deliver, closed ones
 included. Code of this process may watch events too (`watch`): its callable is called from
-the bus's task, in publish order, with no socket in between. It does not know what the events
-mean or who raises them.
+the bus's task, in publish order, with no socket in between. Which events anybody takes (a
+subscription or a watcher) is worked out once per change, not per event (`wanted`), so that
+whoever publishes can skip making the events nobody takes (`follow_wanted`). It does not know
+what the events mean or who raises them.
 """
 
 from __future__ import annotations
@@ -111,10 +113,33 @@ class EventBus:
         self._watchers: dict[int, tuple[frozenset[str], EventObserver]] = {}
         self._watched: dict[str, int] = {}
         self._next_watcher = 0
+        # The events some subscription or watcher takes, and who is told when that changes.
+        self._wanted: frozenset[str] = frozenset()
+        self._followers: list[Callable[[frozenset[str]], None]] = []
 
     @property
     def events(self) -> frozenset[str]:
         return self._events
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The events some subscription or watcher takes: from the moment `subscribe` or
+        `watch` returns, and until the bus has seen the last of them go (a subscription that
+        expired is noticed at the next event)."""
+        return self._wanted
+
+    def follow_wanted(self, changed: Callable[[frozenset[str]], None]) -> None:
+        """Call `changed(wanted)` now and each time `wanted` changes, before the change
+        takes effect for the caller of `subscribe` or `watch`."""
+        self._followers.append(changed)
+        changed(self._wanted)
+
+    def _refresh_wanted(self) -> None:
+        wanted = self._table.events().union(self._watched)
+        if wanted != self._wanted:
+            self._wanted = wanted
+            for changed in self._followers:
+                changed(wanted)
 
     def publish(self, event: str, params: Mapping[str, Any]) -> None:
         """Queue `event` for every current subscriber. Never blocks, never raises."""
@@ -122,7 +147,7 @@ class EventBus:
             self.dropped += 1
             log.debug("event bus closed: dropped %s", event)
             return
-        if event not in self._watched and not self._table.sockets_for(event, self._clock()):
+        if event not in self._wanted:
             # Nobody listens (the common case: four state changes per call): queueing it
             # would only wake the bus task to find no subscriber. A subscription counts
             # from the moment `subscribe` returns, so nothing it was promised is lost.
@@ -174,6 +199,7 @@ class EventBus:
         self._watchers[key] = (wanted, observer)
         for event in wanted:
             self._watched[event] = self._watched.get(event, 0) + 1
+        self._refresh_wanted()
 
         def unwatch() -> None:
             gone = self._watchers.pop(key, None)
@@ -181,6 +207,7 @@ class EventBus:
                 self._watched[event] -= 1
                 if not self._watched[event]:
                     del self._watched[event]
+            self._refresh_wanted()
 
         return unwatch
 
@@ -259,6 +286,7 @@ class EventBus:
                         log.exception("event watcher %r failed on %s", observer, msg.event)
         now = self._clock()
         if self._table.expire(now):
+            self._refresh_wanted()
             await self._release_unused()
         sockets = self._table.sockets_for(msg.event, now)
         if not sockets:
@@ -286,16 +314,19 @@ class EventBus:
         now = self._clock()
         socket = str(msg.address)
         sub = self._table.subscribe(msg.event, socket, msg.expire, now)
+        self._refresh_wanted()
         if sub is not None and socket not in self._sinks:
             try:
                 self._sinks[socket] = await self._sink_factory(msg.address)
             except Exception as exc:
                 self._table.remove(msg.event, socket)
+                self._refresh_wanted()
                 log.warning("event sink %s: cannot open: %s", socket, exc)
                 if not msg.done.done():
                     msg.done.set_exception(exc)
                 return
         self._table.expire(now)
+        self._refresh_wanted()
         await self._release_unused()
         if not msg.done.done():
             msg.done.set_result(None)

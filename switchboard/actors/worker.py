@@ -2,7 +2,8 @@
 
 Inbound messages go straight into the core (the hot path: no queue, no copy); after each one
 the worker sends what the core put in its outbox, publishes the dialog events, and re-arms a
-single loop timer at the core's next deadline (aioquic's driver shape).
+single loop timer at the core's next deadline (aioquic's driver shape). An event is made into
+its published form (name and parameters) only when somebody takes that event (`wanted`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..capture import Tap, TappedEndpoint, tapped_receiver
-from ..events.opensips import opensips_event
+from ..events import E_DLG_STATE_CHANGED
+from ..events.opensips import event_name, opensips_event
 from ..hep import MirroredEndpoint
 from ..sip.callops import CallOps
 from ..sip.dialog import Dialog, DialogState, DialogStateChanged
 from ..sip.operations import Operation
-from ..sip.proxy import Proxy
+from ..sip.proxy import Event, Proxy
 from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
 from ..transport.tcp import TcpEndpoint
@@ -40,10 +42,16 @@ TIMER_GRID = 0.01  # seconds: the core's timers run at most this late
 
 
 class Worker:
-    def __init__(self, proxy: Proxy, callops: CallOps, publish: Publish) -> None:
+    def __init__(self, proxy: Proxy, callops: CallOps, publish: Publish, *,
+                 count: Callable[[Event], None] | None = None) -> None:
         self.proxy = proxy
         self.callops = callops
         self.publish = publish
+        # Called with every event of the core, published or not (the call metrics).
+        self.count = count
+        # The event names somebody takes (`EventBus.wanted`, kept up to date by whoever
+        # knows): the others are never made into their published form. None: publish all.
+        self.wanted: frozenset[str] | None = None
         self.endpoints: dict[Address, Endpoint] = {}
         self.actors: dict[str, DialogActor] = {}
         self._loop = asyncio.get_running_loop()
@@ -120,10 +128,18 @@ class Worker:
                     log.exception("sending to %s failed", dgram.dest)
             proxy.outbox.clear()
         if proxy.events:
+            count, wanted = self.count, self.wanted
             for ev in proxy.events:
+                if count is not None:
+                    count(ev)
+                if isinstance(ev, DialogStateChanged):
+                    if ev.new_state is DialogState.DELETED:
+                        self.actors.pop(ev.dialog_id, None)
+                    if wanted is not None and E_DLG_STATE_CHANGED not in wanted:
+                        continue
+                elif wanted is not None and event_name(ev) not in wanted:
+                    continue
                 self.publish(*opensips_event(ev))
-                if isinstance(ev, DialogStateChanged) and ev.new_state is DialogState.DELETED:
-                    self.actors.pop(ev.dialog_id, None)
             proxy.events.clear()
         if proxy.security:
             for failure in proxy.security:

@@ -64,6 +64,13 @@ def opensips_event(event: DialogStateChanged | CallEvent) -> tuple[str, dict[str
     return E_CALL_TRANSFER, params
 
 
+def event_name(event: DialogStateChanged | CallEvent) -> str:
+    """The name `opensips_event` gives `event`, without making its parameters."""
+    if isinstance(event, DialogStateChanged):
+        return E_DLG_STATE_CHANGED
+    return E_CALL_HOLD if isinstance(event, HoldStarted | HoldAnswered) else E_CALL_TRANSFER
+
+
 def db_id(dialog_id: str) -> int:
     """The 64-bit number OpenSIPS gives a dialog: worker (hash entry) and sequence."""
     worker, _, seq = dialog_id.partition(".")

@@ -79,6 +79,10 @@ class SubscriptionTable:
             del self._subs[(sub.event, sub.socket)]
         return gone
 
+    def events(self) -> frozenset[str]:
+        """Every event some subscription names (expired or not: `expire` first)."""
+        return frozenset(s.event for s in self._subs.values())
+
     def sockets(self) -> set[str]:
         """Every socket some subscription refers to (expired or not)."""
         return {s.socket for s in self._subs.values()}
