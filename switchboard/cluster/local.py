@@ -3,10 +3,12 @@
 `serve(config)` binds everything and returns a started `LocalSwitchboard`, which is also the
 in-process Python API: its methods are the management operations (`ControlApi`).
 
-Operations wiring: the worker's publish callable is wrapped to count transfer/hold outcomes
-and call-setup time (`metrics.CallMetrics`); the MI server also serves `/metrics`, `/livez`
-and `/readyz`; with a HEP collector configured, the endpoints and the receiver are wrapped to
-mirror every SIP message (without one, the hot path is exactly as before).
+Operations wiring: the worker hands every event of the core to `metrics.CallMetrics`, which
+counts transfer/hold outcomes and call-setup time, and makes into published events only those
+the event bus has a taker for (`EventBus.follow_wanted`); the MI server also serves
+`/metrics`, `/livez` and `/readyz`; with a HEP collector configured, the endpoints and the
+receiver are wrapped to mirror every SIP message (without one, the hot path is exactly as
+before). The listeners call the worker's `receive` directly, with nothing in between.
 
 With a `[dialog] store`, confirmed dialogs are written there behind the hot path
 (`store.DialogKeeper`) and read back at start, before the first message is served; a route
@@ -27,7 +29,6 @@ import dataclasses
 import gc
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +39,7 @@ from ..actors.eventbus import EventBus, webhook_settings
 from ..actors.listing import DialogFilter
 from ..actors.worker import Worker
 from ..api import CallOperations, CommandError, EventObserver, Unwatch, command_error
-from ..capture import CaptureSwitch
+from ..capture import CaptureSwitch, Tap
 from ..config import Config, ListenSocket
 from ..hep import HepMirror, MirroredEndpoint, mirrored_receiver
 from ..metrics import CallMetrics, Metrics
@@ -51,6 +52,7 @@ from ..sip.proxy import Proxy, ProxyConfig
 from ..sip.transaction import State
 from ..sip.wire import Address
 from ..store import DialogKeeper, StoreAtStart, open_at_start
+from ..tokens import RandomTokens
 from ..transport.base import Endpoint, Receiver
 from ..transport.tcp import TcpEndpoint
 from ..transport.tls import TlsContexts, TlsFiles
@@ -68,10 +70,6 @@ log = logging.getLogger(__name__)
 # call path makes no reference cycles (transactions, timers and contexts let go of each
 # other when they end; `tests/unit/sip/test_no_cycles.py`): reference counting frees calls,
 # the collector only catches rare cycles elsewhere.
-
-
-def _token() -> str:
-    return secrets.token_hex(4)
 
 
 # Transaction states still waiting for a final answer (the rest only absorb retransmissions).
@@ -119,15 +117,41 @@ def proxy_config(config: Config, listeners: tuple[Address, ...], worker_id: int 
     )
 
 
+Listener = UdpEndpoint | TcpEndpoint | WsEndpoint
+
+
+def _not_started(data: bytes, source: Address, local: Address) -> None:
+    """What a listener bound before its worker exists does with a message: drops it (a
+    request is sent again; no answer can have been asked of a node not yet serving)."""
+    log.debug("dropped a message from %s to %s: the worker is not started", source, local)
+
+
 @dataclass(slots=True)
 class BuiltWorker:
     """A started worker and what was wired around it (call metrics, the HEP mirror, the TLS
-    contexts of its listeners)."""
+    contexts of its listeners, the listeners themselves)."""
 
     worker: Worker
     call_metrics: CallMetrics
     hep: HepMirror | None
     tls: TlsContexts | None = None
+    listeners: tuple[Listener, ...] = ()
+
+    def connect(self) -> None:
+        """Point every listener at the worker's `receive` itself (through the HEP mirror when
+        there is one): no Python call in between, once per message."""
+        receive = self.worker.receive
+        receiver = receive if self.hep is None else mirrored_receiver(receive, self.hep)
+        for listener in self.listeners:
+            if isinstance(listener, UdpEndpoint):
+                listener._receiver = receiver
+            else:
+                listener.receiver = receiver
+
+    def tap(self, tap: Tap | None) -> None:
+        """`Worker.tap`, and the listeners pointed at what `receive` is now."""
+        self.worker.tap(tap)
+        self.connect()
 
     def reload_certificates(self) -> bool:
         """Read the `[tls]` files again (SIGHUP); connections and calls stay up."""
@@ -162,32 +186,28 @@ async def build_worker(
     that the other workers of the node can bind the same addresses. Raises OSError when a
     socket cannot be bound, ScriptError for a routing script that does not load; nothing
     stays open then."""
-    endpoints: list[UdpEndpoint | TcpEndpoint | WsEndpoint] = []
-    worker_box: list[Worker] = []
+    endpoints: list[Listener] = []
     hep: HepMirror | None = None
     tls: TlsContexts | None = None
 
-    def receive(data: bytes, source: Address, local: Address) -> None:
-        worker_box[0].receive(data, source, local)
-
     try:
-        receiver: Receiver = receive
         if config.hep.collector is not None:
             hep = await HepMirror.connect(
                 config.hep.collector.host, config.hep.collector.port,
                 capture_id=config.hep.capture_id,
             )
-            receiver = mirrored_receiver(receive, hep)
         wanted = config.listen.sockets if sockets is None else sockets
         if any(sock.transport in ("tls", "wss") for sock in wanted):
             tls = tls_contexts(config)
         flows = Flows()
+        # The worker needs the bound addresses (port 0 picks one): the listeners are
+        # pointed at it once it exists (`BuiltWorker.connect`, below, with no await since).
         for sock in wanted:
-            endpoints.append(await bind_listener(config, sock, receiver, tls, flows,
+            endpoints.append(await bind_listener(config, sock, _not_started, tls, flows,
                                                  reuse_port=reuse_port))
         proxy = Proxy(
             proxy_config(config, tuple(e.local for e in endpoints), worker_id),
-            _token,
+            RandomTokens(),
             first_seq=int.from_bytes(os.urandom(3), "big") << 4,
         )
         # The certificate of a TLS server we connect to must name the host we meant: the
@@ -213,8 +233,7 @@ async def build_worker(
 
     # The core's clock is the loop's (Worker.now).
     call_metrics = CallMetrics(start_time_of, asyncio.get_running_loop().time)
-    worker = Worker(proxy, callops, call_metrics.wrap(publish))
-    worker_box.append(worker)
+    worker = Worker(proxy, callops, publish, count=call_metrics.count)
     for endpoint in endpoints:
         sender: Endpoint = endpoint
         if hep is not None:
@@ -225,7 +244,9 @@ async def build_worker(
     gc.collect()
     gc.freeze()
     gc.disable()
-    return BuiltWorker(worker, call_metrics, hep, tls)
+    built = BuiltWorker(worker, call_metrics, hep, tls, tuple(endpoints))
+    built.connect()
+    return built
 
 
 def tls_contexts(config: Config) -> TlsContexts:
@@ -319,6 +340,12 @@ class LocalSwitchboard(CallOperations):
                          extra={"event": "dialogs_restored"})
             self.keeper.start()
         self.worker, self.hep, self.call_metrics = built.worker, built.hep, built.call_metrics
+        worker = built.worker
+
+        def wanted_changed(events: frozenset[str]) -> None:
+            worker.wanted = events
+
+        self.events.follow_wanted(wanted_changed)
         self._built = built
         if built.tls is not None:
             self._watch_sighup(built)
@@ -461,10 +488,10 @@ class LocalSwitchboard(CallOperations):
         return unwatch
 
     def capture(self) -> CaptureSwitch | None:
-        if self.worker is None:
+        if self._built is None:
             return None
         if self._capture is None:
-            self._capture = CaptureSwitch(self.worker)
+            self._capture = CaptureSwitch(self._built)
         return self._capture
 
     def uptime_seconds(self) -> float:

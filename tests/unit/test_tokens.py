@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from switchboard import tokens
 from switchboard.tokens import RandomTokens
 
 
@@ -26,7 +25,7 @@ def test_one_draw_from_the_kernel_per_block(monkeypatch: pytest.MonkeyPatch) -> 
         draws.append(n)
         return bytes(range(n))
 
-    monkeypatch.setattr(tokens.os, "urandom", urandom)
+    monkeypatch.setattr(os, "urandom", urandom)
     source = RandomTokens(block_tokens=4)
     drawn = [source() for _ in range(9)]
     assert draws == [16, 16, 16]
@@ -38,7 +37,12 @@ def test_one_draw_from_the_kernel_per_block(monkeypatch: pytest.MonkeyPatch) -> 
 def test_forget_starts_a_new_block(monkeypatch: pytest.MonkeyPatch) -> None:
     draws: list[int] = []
     real = os.urandom
-    monkeypatch.setattr(tokens.os, "urandom", lambda n: draws.append(n) or real(n))
+
+    def urandom(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
     source = RandomTokens(block_tokens=8)
     source()
     source.forget()

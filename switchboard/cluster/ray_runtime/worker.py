@@ -487,9 +487,10 @@ class WorkerActor:
     async def capture(self, on: bool | None) -> bytes:
         """This worker's message capture: leased again (True), stopped (False) or only
         looked at (None); its view (`CaptureSwitch.view`) as msgpack."""
-        worker = await self._started()
+        await self._started()
         if self._capture is None:
-            self._capture = CaptureSwitch(worker)
+            assert self.built is not None
+            self._capture = CaptureSwitch(self.built)  # tapping points its listeners anew
         view = (await self._capture.enable(on) if on is not None
                 else await self._capture.state())
         return _pack(view)
