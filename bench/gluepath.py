@@ -3,34 +3,33 @@
     python -m bench.gluepath [--calls N]
 
 Plays `bench.hotpath`'s call (INVITE, 180, 200 with SDP, ACK, BYE, 200) through what `serve`
-runs around the core: `UdpEndpoint.datagram_received` → `Worker.receive` → `Proxy.receive`
-→ `Worker.flush` (events counted by `CallMetrics` and offered to an `EventBus` with no
-subscriber, the loop timer re-armed) → `UdpEndpoint.send` into a transport that drops what
-it is given. So no syscall, no SIPp: the number is the core plus the Python around it, in
-µs per call (best of 3), and `python -m bench.hotpath` subtracted from it is the glue's own
-share. The transaction timers run on the loop's real clock each call (`Worker._on_timer`),
-as they would in `serve`. The time counted is the process's CPU time (`time.process_time`),
-not the wall clock, so that other work on a shared machine does not count; reading it is a
-syscall, about the same on either side of a comparison.
+runs around the core, as the local runtime wires it (`LocalSwitchboard.start`: the event bus
+with no subscriber, the call metrics, the tags, the listener's receiver):
+`UdpEndpoint.datagram_received` → `Worker.receive` → `Proxy.receive` → `Worker.flush` (the
+events, the loop timer re-armed) → `UdpEndpoint.send` into a transport that drops what it is
+given. So no syscall, no SIPp: the number is the core plus the Python around it, in µs per
+call (best of 3), and `python -m bench.hotpath` subtracted from it is the glue's own share.
+The transaction timers run on the loop's real clock each call (`Worker._on_timer`), as they
+would in `serve`. The time counted is the process's CPU time (`time.process_time`), not the
+wall clock, so that other work on a shared machine does not count; reading it is a syscall,
+about the same on either side of a comparison. It uses only what every tree since the local
+runtime's `start` has, so the same file measures two trees alike (A/B).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import time
 
 import uvloop
 
-from switchboard.actors.eventbus import EventBus
-from switchboard.actors.worker import Worker
-from switchboard.metrics import CallMetrics
-from switchboard.sip.callops import CallOps
+from switchboard.cluster.local import LocalSwitchboard
+from switchboard.config import Config, ListenConfig, ListenSocket, MIConfig
 from switchboard.sip.wire import Address
 from switchboard.transport.udp import UdpEndpoint
 
-from .hotpath import PROXY, UAC, UAS, UAS_SDP, Bench, _in_dialog, _invite, _response
+from .hotpath import UAC, UAS, UAS_SDP, _in_dialog, _invite, _response
 
 
 class _Dropping:
@@ -47,18 +46,31 @@ class _Dropping:
 
 
 class Glue:
-    def __init__(self) -> None:
-        core = Bench()  # the proxy and call operations hotpath builds, the collector as serve
-        self.proxy = core.proxy
-        bus = EventBus()
-        metrics = CallMetrics(lambda _id: None, asyncio.get_running_loop().time)
-        callops = self.proxy.callops
-        assert isinstance(callops, CallOps)
-        self.worker = Worker(self.proxy, callops, metrics.wrap(bus.publish))
-        self.endpoint = UdpEndpoint(PROXY, self.worker.receive)
+    """A started local runtime on a loopback port whose listener sends into `_Dropping`."""
+
+    def __init__(self, sb: LocalSwitchboard) -> None:
+        self.sb = sb
+        assert sb.worker is not None
+        (endpoint,) = sb.worker.endpoints.values()
+        assert isinstance(endpoint, UdpEndpoint)
+        self.worker = sb.worker
+        self.endpoint = endpoint
+        self.socket_transport = endpoint._transport  # the bound socket, closed at the end
         self.transport = _Dropping()
-        self.endpoint.connection_made(self.transport)  # type: ignore[arg-type]
-        self.worker.add_endpoint(self.endpoint)
+        endpoint.connection_made(self.transport)  # type: ignore[arg-type]
+
+    @classmethod
+    async def start(cls) -> Glue:
+        config = Config(listen=ListenConfig(sockets=(ListenSocket("udp", "127.0.0.1", 0),)),
+                        mi=MIConfig(http=None))
+        sb = LocalSwitchboard(config)
+        await sb.start()
+        return cls(sb)
+
+    async def stop(self) -> None:
+        await self.sb.stop()
+        if self.socket_transport is not None:
+            self.socket_transport.close()
 
     def _feed(self, data: bytes, source: Address) -> float:
         t0 = time.process_time()
@@ -86,15 +98,18 @@ class Glue:
 
 def _run(calls: int, warmup: int = 2000) -> float:
     async def main() -> float:
-        glue = Glue()
-        for n in range(warmup):
-            glue.call(n)
-        spent = 0.0
-        for n in range(warmup, warmup + calls):
-            spent += glue.call(n)
-            if n % 50 == 0:
-                gc.collect(0)  # the youngest generation, about as often as serve does
-        return spent / calls * 1e6
+        glue = await Glue.start()
+        try:
+            for n in range(warmup):
+                glue.call(n)
+            spent = 0.0
+            for n in range(warmup, warmup + calls):
+                spent += glue.call(n)
+                if n % 50 == 0:
+                    gc.collect(0)  # the youngest generation, about as often as serve does
+            return spent / calls * 1e6
+        finally:
+            await glue.stop()
 
     return uvloop.run(main())
 
