@@ -10,8 +10,8 @@ import re
 import socket
 
 from switchboard.cluster.local import LocalSwitchboard
-from switchboard.config import Config, ListenConfig, ListenSocket, MIConfig
-from switchboard.events import E_CALL_HOLD, E_DLG_STATE_CHANGED
+from switchboard.config import Config, EventsConfig, ListenConfig, ListenSocket, MIConfig
+from switchboard.events import E_CALL_HOLD, E_CALL_TRANSFER, E_DLG_STATE_CHANGED
 from switchboard.sip import Request, Response, parse_message
 from switchboard.sip.wire import Address
 from switchboard.transport.udp import UdpEndpoint
@@ -146,3 +146,16 @@ async def test_events_are_made_for_their_takers_only_and_the_metrics_count_regar
         await sb.stop()
         a_sock.close()
         b_sock.close()
+
+
+async def test_a_configured_sink_is_a_taker_from_the_start() -> None:
+    with EventCollector() as events:
+        sb = LocalSwitchboard(Config(
+            listen=ListenConfig(sockets=(ListenSocket("udp", HOST, 0),)),
+            mi=MIConfig(http=None), events=EventsConfig(datagram=(events.socket,))))
+        await sb.start()
+        try:
+            assert sb.worker is not None
+            assert sb.worker.wanted == {E_DLG_STATE_CHANGED, E_CALL_TRANSFER, E_CALL_HOLD}
+        finally:
+            await sb.stop()
