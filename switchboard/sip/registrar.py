@@ -7,10 +7,17 @@ A binding registered over a connection (TCP, TLS, WS, WSS) is reached over that 
 only, so it goes when the connection does (`drop_flow`, RFC 5626 §5.3, RFC 7118 §6): a
 WebSocket client's `.invalid` Contact has no other way to it. Until it registers again or
 the dropped binding would have expired, its AOR is `unreachable`: known, but offline.
+
+Workers that share one address keep a copy of each other's bindings: every change a REGISTER
+makes is told to `on_change` (a `BindingChange`, what the cluster sends the other workers),
+and `apply` makes another worker's change here. The copies expire by themselves (each change
+says how long its binding has left), and a connection that ends is told to every copy
+(`drop_flow`), so neither needs a change of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ParseError
@@ -32,6 +39,31 @@ class Binding:
     source: Address  # where the REGISTER came from (NAT-friendly delivery, RFC 5626 spirit)
     local: Address
     q: float = 1.0
+    reached_only_over: bool = False  # only over the connection `source` (see `drop_flow`)
+    # The worker of the node whose registrar took the REGISTER, -1 for this one: a worker
+    # counts only its own bindings, so that the node's statistics add up to one table.
+    origin: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChange:
+    """A binding of `key` that a REGISTER added, refreshed or removed (`expires_in` 0), or,
+    with `contact` "*", every binding of `key` removed (a wildcard Contact)."""
+
+    key: str
+    contact: str
+    expires_in: float  # seconds left, 0 when removed
+    call_id: str  # of the REGISTER: orders the changes of one registration (§10.3 step 7)
+    cseq: int
+    source: Address
+    local: Address
+    q: float = 1.0
+    reached_only_over: bool = False  # only over the connection `source` (see `drop_flow`)
+    origin: int = -1
+
+    def binding(self, now: float) -> Binding:
+        return Binding(self.contact, now + self.expires_in, self.call_id, self.cseq,
+                       self.source, self.local, self.q, self.reached_only_over, self.origin)
 
 
 def aor_key(uri: SipUri) -> str:
@@ -66,9 +98,12 @@ SWEEP_MIN = 64
 
 
 class Location:
-    __slots__ = ("_bindings", "_by_flow", "_flows_sweep_at", "_sweep_at", "_unreachable")
+    __slots__ = ("_bindings", "_by_flow", "_flows_sweep_at", "_sweep_at", "_unreachable",
+                 "on_change")
 
     def __init__(self) -> None:
+        # Told of every change a REGISTER makes here (workers that keep copies of it).
+        self.on_change: Callable[[BindingChange], None] | None = None
         self._bindings: dict[str, list[Binding]] = {}
         # A connection's peer → the AORs registered over it (some perhaps since gone).
         self._by_flow: dict[Address, set[str]] = {}
@@ -147,7 +182,39 @@ class Location:
         return True
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._bindings.values())
+        """The bindings registered here (copies of other workers' bindings not counted)."""
+        return sum(1 for bindings in self._bindings.values() for b in bindings if b.origin < 0)
+
+    def apply(self, change: BindingChange, now: float) -> None:
+        """Another worker's change, made to this copy; nothing is told to `on_change`. A
+        change older than the binding here (same registration, lower CSeq) is ignored."""
+        key = change.key
+        if change.contact == "*":
+            self._bindings.pop(key, None)
+            self._unreachable.pop(key, None)
+            return
+        bindings = self._bindings.get(key, [])
+        existing = next((b for b in bindings if b.contact == change.contact), None)
+        if existing is not None:
+            if existing.call_id == change.call_id and existing.cseq > change.cseq:
+                return
+            bindings.remove(existing)
+        if existing is not None or change.expires_in > 0:
+            self._unreachable.pop(key, None)
+        if change.expires_in > 0:
+            bindings.append(change.binding(now))
+            self._bindings[key] = bindings
+            if change.reached_only_over:
+                self._index_flow(change.source, key)
+        elif not bindings:
+            self._bindings.pop(key, None)
+
+    def table(self, now: float) -> list[BindingChange]:
+        """Every live binding as a change that adds it: what a worker that starts applies."""
+        return [BindingChange(key, b.contact, b.expires_at - now, b.call_id, b.cseq,
+                              b.source, b.local, b.q, b.reached_only_over, b.origin)
+                for key, bindings in self._bindings.items() for b in bindings
+                if b.expires_at > now]
 
     def register(self, request: Request, key: str, source: Address, local: Address,
                  now: float, to_tag: str) -> Response:
@@ -163,6 +230,8 @@ class Location:
                 raise ParseError("wildcard Contact needs Expires: 0 and no other contact")
             self._bindings.pop(key, None)
             self._unreachable.pop(key, None)
+            if self.on_change is not None:
+                self.on_change(BindingChange(key, "*", 0.0, call_id, cseq, source, local))
             return build_response(request, 200, to_tag=to_tag)
         for contact in contacts:
             expires = _expires(contact.params.get("expires"))
@@ -180,11 +249,18 @@ class Location:
                 bindings.remove(existing)
             if existing is not None or expires:
                 self._unreachable.pop(key, None)  # the user speaks for itself again
+            q = 1.0
+            flow = False
             if expires:
                 q = _q(contact.params.get("q"))
-                bindings.append(Binding(uri, now + expires, call_id, cseq, source, local, q))
-                if _reached_only_over(contact.uri, contact.params, source):
+                flow = _reached_only_over(contact.uri, contact.params, source)
+                bindings.append(Binding(uri, now + expires, call_id, cseq, source, local, q,
+                                        flow))
+                if flow:
                     self._index_flow(source, key)
+            if self.on_change is not None and (existing is not None or expires):
+                self.on_change(BindingChange(key, uri, float(expires), call_id, cseq, source,
+                                             local, q, flow))
         live = self.lookup(key, now)
         extra = [("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
                  for b in live]
