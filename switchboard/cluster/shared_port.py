@@ -15,6 +15,11 @@ which worker holds a connection from that address (and from the sent-by its requ
 RFC 5923), and what it sends there goes back through that worker (`SEND`, through the TCP
 endpoint's `relay` hook), which writes it on its connection.
 
+Every worker keeps a copy of the node's location table (`cluster/bindings.py`): what one
+registrar changes, the others apply, and a worker that starts asks for the whole table. A
+connection that ends is told to the other workers at once (`CLOSED`): they send nothing more
+to its peer through this worker, and drop the bindings registered over it.
+
 The node's workers are the sockets in the channel's directory, looked at again when a worker
 joins (it says so over the channel) and every `MEMBERS_INTERVAL`: a worker that restarts
 keeps its place (its socket file stays), one that is added or removed changes the Call-ID
@@ -34,8 +39,19 @@ from ..capture import TappedEndpoint
 from ..hep import MirroredEndpoint
 from ..sip.addressing import request_sent_by
 from ..sip.wire import Address, default_port
-from ..transport.handoff import HANDED, HANDED_STREAM, SEND, HandoffChannel
+from ..transport.base import ConnectionClosed
+from ..transport.handoff import (
+    BINDINGS,
+    CLOSED,
+    HANDED,
+    HANDED_STREAM,
+    SEND,
+    TABLE,
+    HandoffChannel,
+)
 from ..transport.tcp import TcpEndpoint
+from ..transport.ws import WsEndpoint
+from .bindings import NodeBindings
 from .owner import Ownership
 
 log = logging.getLogger(__name__)
@@ -58,6 +74,9 @@ class SharedPort:
         # Peer address → the worker of this node whose connection brought messages from it.
         self.connections: dict[Address, int] = {}
         self._streams: dict[Address, TcpEndpoint] = {}
+        self.bindings: NodeBindings | None = None
+        # The endpoints whose `connection_closed` this worker wrapped, and what it was.
+        self._closers: list[tuple[TcpEndpoint | WsEndpoint, ConnectionClosed | None]] = []
         self._early: list[tuple[int, int, bytes, Address, Address]] | None = []
         self._refresher: asyncio.TimerHandle | None = None
 
@@ -93,6 +112,11 @@ class SharedPort:
             if isinstance(inner, TcpEndpoint):
                 inner.relay = self.relay
                 self._streams[inner.local] = inner
+            if isinstance(inner, (TcpEndpoint, WsEndpoint)):
+                self._closers.append((inner, inner.connection_closed))
+                inner.connection_closed = self._closer(inner.local, inner.connection_closed)
+        self.bindings = NodeBindings(self.me, self.channel, worker.proxy.location, worker.now,
+                                     self._holder_of, self._hold)
         self.refresh()
 
     def start(self) -> None:
@@ -102,6 +126,8 @@ class SharedPort:
         early, self._early = self._early, None
         for kind, sender, data, source, local in early or ():
             self.deliver(kind, sender, data, source, local)
+        assert self.bindings is not None
+        self.bindings.ask_table()
         self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL, self._tick)
 
     def refresh(self) -> None:
@@ -148,17 +174,49 @@ class SharedPort:
             if stream is not None:
                 stream.send_here(data, source)  # never relayed again
             return
+        if kind in (BINDINGS, TABLE, CLOSED):
+            self._location(kind, sender, data, source)
+            return
         if kind == HANDED_STREAM:
             self._learn(sender, data, source)
         worker.receive_handed(data, source, local)
 
-    def _learn(self, sender: int, data: bytes, source: Address) -> None:
-        """`source` (and the sent-by its request names at the same IP address, RFC 5923 §5)
-        is reached over `sender`'s connection."""
+    def _location(self, kind: int, sender: int, data: bytes, source: Address) -> None:
+        bindings = self.bindings
+        assert bindings is not None and self.worker is not None
+        if kind == BINDINGS:
+            bindings.received(sender, data)
+        elif kind == TABLE:
+            bindings.send_table(sender)
+        else:  # CLOSED: what `sender` held toward `source` is gone
+            if self.connections.get(source) == sender:
+                del self.connections[source]
+            self.worker.proxy.location.drop_flow(source, self.worker.now())
+
+    def _closer(self, local: Address, closed: ConnectionClosed | None) -> ConnectionClosed:
+        """`closed` (the worker's: the bindings over the connection go), then the other
+        workers told."""
+        def connection_closed(peer: Address) -> None:
+            if closed is not None:
+                closed(peer)
+            self.channel.tell_all(CLOSED, b"", peer, local)
+        return connection_closed
+
+    def _holder_of(self, source: Address) -> int:
+        """The worker of the node whose connection a message from `source` came over."""
+        return self.connections.get(source, self.me)
+
+    def _hold(self, source: Address, worker: int) -> None:
         connections = self.connections
         if len(connections) >= MAX_CONNECTIONS:
             connections.clear()
-        connections[source] = sender
+        connections[source] = worker
+
+    def _learn(self, sender: int, data: bytes, source: Address) -> None:
+        """`source` (and the sent-by its request names at the same IP address, RFC 5923 §5)
+        is reached over `sender`'s connection."""
+        self._hold(source, sender)
+        connections = self.connections
         sent_by = request_sent_by(data)
         if sent_by is not None:
             _, host, port = sent_by
@@ -178,7 +236,10 @@ class SharedPort:
         return False
 
     def statistics(self) -> dict[str, int]:
-        return self.channel.statistics()
+        stats = self.channel.statistics()
+        if self.bindings is not None:
+            stats.update(self.bindings.statistics())
+        return stats
 
     def close(self) -> None:
         if self._refresher is not None:
@@ -188,4 +249,8 @@ class SharedPort:
             self.worker.router = None
         for stream in self._streams.values():
             stream.relay = None
+        for endpoint, closed in self._closers:
+            endpoint.connection_closed = closed
+        if self.bindings is not None:
+            self.bindings.close()
         self.channel.close()

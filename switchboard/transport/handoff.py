@@ -18,6 +18,14 @@ local address it reached, then the message. The kinds:
 - `JOINED` (no message): what a worker that starts listening tells the workers already
   there, so that they count it at once. A worker binds its socket before it looks for the
   others, so of two that start together the later one sees the earlier and tells it.
+- `BINDINGS`: changes of the sender's location table (msgpack, `cluster/bindings.py`), for
+  the receiver's copy; `TABLE` (no message): "send me your whole table", which comes back as
+  `BINDINGS` frames.
+- `CLOSED` (no message): the sender's connection to the source address ended (the bindings
+  registered over it go, and nothing more is sent to it through the sender).
+
+The last four are the workers' own business: `tell` and `tell_all` send them, uncounted in
+the statistics of handed messages.
 
 Whatever the workers believe about each other, a message crosses the channel at most once
 (and its answer at most once back): no loop between workers is possible.
@@ -46,7 +54,12 @@ HANDED: Final = 1  # a datagram handed to the worker that owns it: delivered, ne
 JOINED: Final = 2  # a worker that just started listening: look at the node's workers again
 HANDED_STREAM: Final = 3  # a message of a connection the sender holds, handed to its owner
 SEND: Final = 4  # bytes to write on the receiver's connection to `source`, never passed on
-_NOWHERE: Final = Address("udp", "", 0)
+BINDINGS: Final = 5  # changes of the sender's location table, for the receiver's copy
+CLOSED: Final = 6  # the sender's connection to `source` ended
+TABLE: Final = 7  # a worker that starts asks for the whole location table
+_MESSAGES: Final = (HANDED, HANDED_STREAM, SEND)
+_OWN: Final = (BINDINGS, CLOSED, TABLE)
+NOWHERE: Final = Address("udp", "", 0)
 # Frame: length of the rest, kind, sending worker, source port, local port, then the lengths
 # of the transport name and of the two hosts; then those texts and the message.
 _HEADER: Final = struct.Struct("!IBHHHBBB")
@@ -210,7 +223,7 @@ class HandoffChannel:
             if worker != me:
                 conn = channel.outbound.get(worker) or channel._connect(worker)
                 if conn is not None:
-                    conn.write(encode(JOINED, me, b"", _NOWHERE, _NOWHERE))
+                    conn.write(encode(JOINED, me, b"", NOWHERE, NOWHERE))
         return channel
 
     def members(self) -> list[int]:
@@ -227,15 +240,37 @@ class HandoffChannel:
              kind: int = HANDED) -> bool:
         """Hand `data` (from `source`, reached at `local`) to `worker`; False when that worker
         cannot be reached (no socket, nobody listening): the caller handles it itself."""
+        if not self._write(worker, encode(kind, self.me, data, source, local)):
+            self.refused += 1
+            return False
+        self.sent += 1
+        return True
+
+    def tell(self, worker: int, kind: int, data: bytes = b"", source: Address = NOWHERE,
+             local: Address = NOWHERE) -> bool:
+        """A frame of the workers' own (`BINDINGS`, `CLOSED`, `TABLE`) to `worker`; False when
+        it cannot be reached."""
+        return self._write(worker, encode(kind, self.me, data, source, local))
+
+    def tell_all(self, kind: int, data: bytes = b"", source: Address = NOWHERE,
+                 local: Address = NOWHERE) -> int:
+        """`tell` every other worker listening in the directory now (one that is starting
+        gets what is told after its socket is bound); how many were reached."""
         frame = encode(kind, self.me, data, source, local)
+        return sum(self._write(worker, frame) for worker in self.members() if worker != self.me)
+
+    def backlog(self, worker: int) -> int:
+        """Bytes waiting to be written to `worker`."""
+        conn = self.outbound.get(worker)
+        return 0 if conn is None else len(conn.backlog)
+
+    def _write(self, worker: int, frame: bytes) -> bool:
         conn = self.outbound.get(worker)
         if conn is None or not conn.write(frame):
             # No connection yet, or it broke (the worker restarted): one fresh try.
             conn = self._connect(worker)
             if conn is None or not conn.write(frame):
-                self.refused += 1
                 return False
-        self.sent += 1
         return True
 
     def _connect(self, worker: int) -> _Outbound | None:
@@ -262,10 +297,11 @@ class HandoffChannel:
             if self.joined is not None:
                 self.joined()
             return
-        if kind not in (HANDED, HANDED_STREAM, SEND):
+        if kind in _MESSAGES:
+            self.received += 1
+        elif kind not in _OWN:
             log.warning("worker %d: a handoff frame of unknown kind %d dropped", self.me, kind)
             return
-        self.received += 1
         try:
             self.deliver(kind, sender, data, source, local)
         except Exception:  # one bad message must never stop the channel
