@@ -199,6 +199,20 @@ _STORE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("store:write_failures", "dialog_store_write_failures",
      "Writes to the dialog store that failed."),
 )
+# Workers that share their node's address (`transport/handoff.py`, `cluster/bindings.py`).
+_HANDOFF_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("handoff:sent", "handoff_sent", "Messages handed to the worker of the node that owns them."),
+    ("handoff:received", "handoff_received", "Messages other workers of the node handed over."),
+    ("handoff:refused", "handoff_refused",
+     "Messages whose owner could not be reached (handled where they arrived)."),
+    ("handoff:lost", "handoff_lost", "Hand-off connections given up with messages unsent."),
+    ("handoff:binding_updates_sent", "handoff_binding_updates_sent",
+     "Location changes sent to the other workers of the node."),
+    ("handoff:binding_updates_applied", "handoff_binding_updates_applied",
+     "Other workers' location changes applied to this one's copy."),
+    ("handoff:binding_tables_sent", "handoff_binding_tables_sent",
+     "Whole location tables sent to workers that started."),
+)
 _WEBHOOK_DROPS: Final = (
     ("queue_full", "evi:webhook_queue_full_drops"),
     ("rejected", "evi:webhook_rejected_events"),
@@ -252,6 +266,11 @@ def metric_families(
         available.add_metric([], stat("store:available"))
         yield available
         for key, name, documentation in _STORE_COUNTERS:
+            counter = _counter(name, documentation)
+            counter.add_metric([], stat(key))
+            yield counter
+    if "handoff:sent" in stats:  # only workers that share their node's address
+        for key, name, documentation in _HANDOFF_COUNTERS:
             counter = _counter(name, documentation)
             counter.add_metric([], stat(key))
             yield counter
