@@ -9,6 +9,8 @@ Call-ID hashes to, whichever worker the kernel gives its messages to.
   worker: the transferee's new INVITE, whose Call-ID may hash to the other worker, reaches the
   old call's owner by the dialog id in its Request-URI, so the transfer is linked there (the
   same E_CALL_TRANSFER sequence as in one process, both calls on one worker);
+- a user registered through one worker (the REGISTER's Call-ID hashes to it) is reached by
+  calls whose Call-IDs hash to either: every worker keeps a copy of the node's bindings;
 - a worker that Ray restarts binds the shared address again and takes its share of new
   calls (the last test of the module: it restarts a worker).
 """
@@ -16,6 +18,7 @@ Call-ID hashes to, whichever worker the kernel gives its messages to.
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +29,7 @@ import msgpack
 import pytest
 
 from switchboard.cluster.owner import hashed_worker
+from switchboard.sip import Request, Response, parse_message
 from tests.cluster.ray_service import Service, import_ray, start_service, stop_service
 from tests.support.events import EventCollector, collecting
 from tests.support.ports import HOST, free_port
@@ -36,6 +40,7 @@ from tests.support.sipp import (
     received,
     wait_caller_first,
 )
+from tests.unit.kit.proxy import invite, reply, sip_request
 
 ray = import_ray()
 
@@ -255,6 +260,92 @@ def test_blind_transfer_of_a_call_of_either_worker(
     assert refer.header("Refer-To") == f"<{dest};osid={dialog['ID']}>", refer.text
     [c_invite] = received(c_result, "INVITE")
     assert c_invite.ruri == dest, c_invite.text
+
+
+class OneSocketUA:
+    """Bob and his caller on one UDP socket: what reaches it, by Call-ID."""
+
+    def __init__(self, proxy_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.proxy = (HOST, proxy_port)
+        self.contact = f"sip:bob@{HOST}:{self.port}"
+        self.aor = f"sip:bob@{HOST}:{proxy_port}"
+
+    def via(self, branch: str) -> str:
+        return f"SIP/2.0/UDP {HOST}:{self.port};branch={branch}"
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.proxy)
+
+    def expect(self, call_id: str, first_line: str, timeout: float = 10.0
+               ) -> Request | Response:
+        """The next message of `call_id` that starts with `first_line` (others of the call
+        skipped, those of other calls are late retransmissions)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            assert source == self.proxy, source  # from the address it sent to
+            msg = parse_message(data)
+            if msg.call_id == call_id and msg.start_line().startswith(first_line):
+                return msg
+        raise AssertionError(f"no {first_line!r} of {call_id} within {timeout} s")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _worker_statistics(name: str) -> list[int]:
+    controller = ray.get_actor("controller", namespace="switchboard")
+    handles = ray.get(controller.worker_handles.remote())
+    return [int(msgpack.unpackb(ray.get(h.statistics.remote())).get(name, 0))
+            for h in handles]
+
+
+def test_a_user_registered_through_one_worker_is_called_through_both(shared: Service
+                                                                       ) -> None:
+    """One UA socket registers Bob (the REGISTER's Call-ID hashes to one worker), then calls
+    him with Call-IDs that hash to both: every call reaches his contact, from the shared
+    address, whichever worker owns it."""
+    ua = OneSocketUA(shared.port(0))
+    prefix = _prefix("reg")
+    try:
+        reg_id = f"{prefix}register@{HOST}"
+        registrar = hashed_worker(reg_id.encode(), WORKERS)
+        before = _worker_statistics("registrar:accepted_regs")
+        ua.send(sip_request(
+            "REGISTER", f"sip:{HOST}:{shared.port(0)}", branch=f"z9hG4bK-{prefix}reg",
+            via=ua.via(f"z9hG4bK-{prefix}reg"), from_uri=ua.aor, to_uri=ua.aor,
+            from_tag="reg", call_id=reg_id, contact=ua.contact, extra=["Expires: 300"]))
+        answer = ua.expect(reg_id, "SIP/2.0 200")
+        assert ua.contact in str(answer.get("contact")), answer
+        after = _worker_statistics("registrar:accepted_regs")
+        assert [a - b for a, b in zip(after, before, strict=True)] == [
+            int(w == registrar) for w in WORKERS]
+        owners: Counter[int] = Counter()
+        for n in range(CALLS * 2):
+            call_id = f"{prefix}{n}@{HOST}"
+            owners[hashed_worker(call_id.encode(), WORKERS)] += 1
+            branch = f"z9hG4bK-{prefix}{n}"
+            ua.send(invite(call_id=call_id, ruri=ua.aor, branch=branch, via=ua.via(branch),
+                           contact=f"sip:alice@{HOST}:{ua.port}"))
+            relayed = ua.expect(call_id, "INVITE ")
+            assert isinstance(relayed, Request) and relayed.uri == ua.contact, relayed
+            ua.send(reply(relayed, 486, contact=None))
+            ua.expect(call_id, "SIP/2.0 486")
+            ua.send(sip_request("ACK", ua.aor, branch=branch, via=ua.via(branch),
+                                to_tag="bob-tag", call_id=call_id, contact=None))
+        assert owners[1 - registrar] > 0, owners  # calls of the other worker among them
+        # The node counts Bob once: only the worker that took the REGISTER counts him.
+        assert sum(_worker_statistics("usrloc:registered_contacts")) == 1
+        assert sum(_worker_statistics("handoff:binding_updates_applied")) >= 1
+    finally:
+        ua.close()
 
 
 def test_a_restarted_worker_takes_its_share_again(sipp: StartSipp, shared: Service) -> None:
