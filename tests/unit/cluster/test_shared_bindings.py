@@ -24,7 +24,8 @@ from switchboard.transport.handoff import BINDINGS
 from switchboard.transport.tcp import TcpEndpoint
 from switchboard.transport.udp import UdpEndpoint
 from tests.support.ports import HOST, free_port
-from tests.unit.cluster.test_shared_port import (
+from tests.unit.kit.proxy import counter, invite, reply, sip_request
+from tests.unit.kit.shared_port import (
     Node,
     Party,
     StreamParty,
@@ -32,7 +33,6 @@ from tests.unit.cluster.test_shared_port import (
     start_stream_node,
     via_of,
 )
-from tests.unit.kit.proxy import counter, invite, reply, sip_request
 
 WORKERS = (0, 1)
 
