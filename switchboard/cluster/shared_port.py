@@ -73,6 +73,9 @@ class SharedPort:
         self.worker: Worker | None = None
         # Peer address → the worker of this node whose connection brought messages from it.
         self.connections: dict[Address, int] = {}
+        # Peer address → the worker whose connection a binding was registered over (told by
+        # the location changes; kept until that connection or that worker ends).
+        self.held: dict[Address, int] = {}
         self._streams: dict[Address, TcpEndpoint] = {}
         self.bindings: NodeBindings | None = None
         # The endpoints whose `connection_closed` this worker wrapped, and what it was.
@@ -90,9 +93,9 @@ class SharedPort:
                     local: Address) -> None:
             box[0].deliver(kind, sender, data, source, local)
 
-        def joined() -> None:
+        def joined(worker: int) -> None:
             if box:
-                box[0].refresh()
+                box[0].joined(worker)
 
         channel = await HandoffChannel.open(directory, me, deliver, joined)
         shared = cls(me, channel, Ownership(channel.members(), match_param))
@@ -129,6 +132,16 @@ class SharedPort:
         assert self.bindings is not None
         self.bindings.ask_table()
         self._refresher = asyncio.get_running_loop().call_later(MEMBERS_INTERVAL, self._tick)
+
+    def joined(self, worker: int) -> None:
+        """`worker` started listening: a new process, which holds none of the connections
+        its predecessor (if any) held; what was registered over them is gone too."""
+        self.refresh()
+        if self.worker is None:
+            return
+        for peers in (self.connections, self.held):
+            for peer in [p for p, holder in peers.items() if holder == worker]:
+                self._lost(worker, peer)
 
     def refresh(self) -> None:
         members = self.channel.members()
@@ -188,10 +201,17 @@ class SharedPort:
             bindings.received(sender, data)
         elif kind == TABLE:
             bindings.send_table(sender)
-        else:  # CLOSED: what `sender` held toward `source` is gone
-            if self.connections.get(source) == sender:
-                del self.connections[source]
-            self.worker.proxy.location.drop_flow(source, self.worker.now())
+        else:
+            self._lost(sender, source)
+
+    def _lost(self, holder: int, peer: Address) -> None:
+        """`holder`'s connection to `peer` ended: nothing more goes there through it, and
+        what was registered over it goes."""
+        for peers in (self.connections, self.held):
+            if peers.get(peer) == holder:
+                del peers[peer]
+        assert self.worker is not None
+        self.worker.proxy.location.drop_flow(peer, self.worker.now())
 
     def _closer(self, local: Address, closed: ConnectionClosed | None) -> ConnectionClosed:
         """`closed` (the worker's: the bindings over the connection go), then the other
@@ -204,19 +224,19 @@ class SharedPort:
 
     def _holder_of(self, source: Address) -> int:
         """The worker of the node whose connection a message from `source` came over."""
-        return self.connections.get(source, self.me)
+        holder = self.connections.get(source)
+        return self.held.get(source, self.me) if holder is None else holder
 
     def _hold(self, source: Address, worker: int) -> None:
-        connections = self.connections
-        if len(connections) >= MAX_CONNECTIONS:
-            connections.clear()
-        connections[source] = worker
+        self.held[source] = worker
 
     def _learn(self, sender: int, data: bytes, source: Address) -> None:
         """`source` (and the sent-by its request names at the same IP address, RFC 5923 §5)
         is reached over `sender`'s connection."""
-        self._hold(source, sender)
         connections = self.connections
+        if len(connections) >= MAX_CONNECTIONS:
+            connections.clear()
+        connections[source] = sender
         sent_by = request_sent_by(data)
         if sent_by is not None:
             _, host, port = sent_by
@@ -226,13 +246,17 @@ class SharedPort:
 
     def relay(self, data: bytes, dest: Address, local: Address) -> bool:
         """A stream endpoint of this worker has no connection to `dest`: when another
-        worker's connection brought messages from there, the bytes go back through it."""
+        worker's connection brought messages from there, or a binding was registered over
+        it, the bytes go through that worker."""
         worker = self.connections.get(dest)
         if worker is None:
-            return False
+            worker = self.held.get(dest)
+            if worker is None:
+                return False
         if self.channel.send(worker, data, dest, local, SEND):
             return True
-        del self.connections[dest]
+        self.connections.pop(dest, None)
+        self.held.pop(dest, None)
         return False
 
     def statistics(self) -> dict[str, int]:

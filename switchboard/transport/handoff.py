@@ -16,8 +16,9 @@ local address it reached, then the message. The kinds:
   given as the source (the owner answering over the connection a message came in on). The
   receiving worker writes them or opens a connection itself; it never passes them on.
 - `JOINED` (no message): what a worker that starts listening tells the workers already
-  there, so that they count it at once. A worker binds its socket before it looks for the
-  others, so of two that start together the later one sees the earlier and tells it.
+  there, so that they count it at once (and know that it holds no connection yet). A worker
+  binds its socket before it looks for the others, so of two that start together the later
+  one sees the earlier and tells it.
 - `BINDINGS`: changes of the sender's location table (msgpack, `cluster/bindings.py`), for
   the receiver's copy; `TABLE` (no message): "send me your whole table", which comes back as
   `BINDINGS` frames.
@@ -192,7 +193,7 @@ class HandoffChannel:
     worker's core, not its router)."""
 
     def __init__(self, directory: str, me: int, deliver: Deliver,
-                 joined: Callable[[], None] | None = None) -> None:
+                 joined: Callable[[int], None] | None = None) -> None:
         self.directory = directory
         self.me = me
         self.path = socket_path(directory, me)
@@ -209,10 +210,10 @@ class HandoffChannel:
 
     @classmethod
     async def open(cls, directory: str, me: int, deliver: Deliver,
-                   joined: Callable[[], None] | None = None) -> HandoffChannel:
+                   joined: Callable[[int], None] | None = None) -> HandoffChannel:
         """Listen at this worker's path in `directory` (made if missing, for this user only)
         and tell the workers already there; a socket file left by a process this worker
-        replaces is removed first. `joined` is called when another worker joins."""
+        replaces is removed first. `joined(worker)` is called when another worker joins."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
         channel = cls(directory, me, deliver, joined)
         with contextlib.suppress(FileNotFoundError):
@@ -295,7 +296,7 @@ class HandoffChannel:
             return
         if kind == JOINED:
             if self.joined is not None:
-                self.joined()
+                self.joined(sender)
             return
         if kind in _MESSAGES:
             self.received += 1

@@ -262,7 +262,7 @@ async def test_a_binding_over_a_connection_is_reached_through_its_worker(
         await until("copied", lambda: all(contacts(w) == [bob.contact] for w in node.workers))
         assert node.shared[other].channel.received == 0
         bob_conn = node.workers[other].proxy.location.lookup(key(), 0.0)[0].source
-        assert node.shared[other].connections.get(bob_conn) == holder
+        assert node.shared[other].held.get(bob_conn) == holder
         for n in range(3):
             for owner in WORKERS:
                 call_id = call_id_of(owner, f"tcp-call-{n}")
@@ -282,9 +282,52 @@ async def test_a_binding_over_a_connection_is_reached_through_its_worker(
 
         bob.close()
         await until("dropped", lambda: all(contacts(w) == [] for w in node.workers))
-        assert bob_conn not in node.shared[other].connections
+        assert bob_conn not in node.shared[other].held
         for owner in WORKERS:
             assert await refused(node, alice, call_id_of(owner, f"offline-{owner}")) == 480
+    finally:
+        bob.close()
+        alice.close()
+        await close_node(node)
+
+
+async def test_a_worker_that_restarts_took_its_connections_bindings_with_it(
+        tmp_path: Path) -> None:
+    """The worker holding Bob's connection dies (its connections with it, telling nobody):
+    when it listens again, the other worker drops the binding registered over that
+    connection (480: offline) and sends nothing more to Bob through it."""
+    directory = tmp_path / "node"
+    node = await start_stream_node(directory, 2, free_port("both"))
+    bob = await StreamParty.connect(node)
+    alice = Party()
+    tcp = Address("tcp", HOST, node.address.port)
+    try:
+        def holders() -> list[int]:
+            return [i for i, w in enumerate(node.workers)
+                    if any(e.local == tcp and isinstance(e, TcpEndpoint) and e.connections
+                           for e in w.endpoints.values())]
+
+        await until("accepted", holders)
+        [holder] = holders()
+        other = 1 - holder
+        bob.send(sip_request(
+            "REGISTER", f"sip:{HOST}:{node.address.port}", branch="z9hG4bK-rreg",
+            via=f"SIP/2.0/TCP {HOST}:{bob.port};branch=z9hG4bK-rreg", from_uri=aor(node),
+            to_uri=aor(node), call_id=call_id_of(holder, "restart-reg"), contact=bob.contact,
+            extra=["Expires: 600"]))
+        assert (await bob.expect("SIP/2.0 ")).status == 200  # type: ignore[union-attr]
+        await until("copied", lambda: contacts(node.workers[other]) == [bob.contact])
+        assert node.shared[other].held
+
+        node.shared[holder].close()  # it dies: the connection ends, nobody is told
+        node.workers[holder].close()
+        await asyncio.sleep(0.05)
+        assert contacts(node.workers[other]) == [bob.contact]
+        again = await SharedPort.open(str(directory), holder, "osid")
+        node.shared[holder] = again  # closed with the node
+        await until("dropped", lambda: contacts(node.workers[other]) == [])
+        assert not node.shared[other].held
+        assert await refused(node, alice, call_id_of(other, "after-restart")) == 480
     finally:
         bob.close()
         alice.close()
