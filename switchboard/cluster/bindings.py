@@ -70,8 +70,9 @@ def unpack(data: bytes, me: int) -> list[tuple[BindingChange, int]]:
 class NodeBindings:
     """One worker's side: its registrar's changes out to the others, theirs into its copy.
 
-    `holder_of(source)` names the worker whose connection a binding registered from `source`
-    came over; `learn(source, worker)` tells `SharedPort` that `worker` holds it.
+    `holder_of(source)` names the worker whose connection a REGISTER from `source` came
+    over; `learn(source, worker)` tells `SharedPort` that another worker's change named
+    `worker` as that one.
     """
 
     def __init__(self, me: int, channel: HandoffChannel, location: Location,
@@ -83,7 +84,7 @@ class NodeBindings:
         self.now = now
         self.holder_of = holder_of
         self.learn = learn
-        self.sent = 0  # changes sent (one a peer)
+        self.sent = 0  # changes sent, once for each worker told
         self.applied = 0  # changes of other workers applied here
         self.tables = 0  # whole tables sent to workers that started
         # A worker being sent the table → the changes made meanwhile, sent after it.
