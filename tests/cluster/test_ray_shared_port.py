@@ -307,6 +307,34 @@ def _worker_statistics(name: str) -> list[int]:
             for h in handles]
 
 
+def _register(ua: OneSocketUA, call_id: str) -> None:
+    ua.send(sip_request(
+        "REGISTER", f"sip:{ua.proxy[0]}:{ua.proxy[1]}", branch=f"z9hG4bK-{call_id}",
+        via=ua.via(f"z9hG4bK-{call_id}"), from_uri=ua.aor, to_uri=ua.aor, from_tag="reg",
+        call_id=call_id, contact=ua.contact, extra=["Expires: 300"]))
+    answer = ua.expect(call_id, "SIP/2.0 200")
+    assert ua.contact in str(answer.get("contact")), answer
+
+
+def _calls_reach(ua: OneSocketUA, prefix: str, calls: int) -> Counter[int]:
+    """`calls` calls toward the UA's AOR, each refused (486) by its contact once it reached
+    it; how many of them each worker owns."""
+    owners: Counter[int] = Counter()
+    for n in range(calls):
+        call_id = f"{prefix}{n}@{HOST}"
+        owners[hashed_worker(call_id.encode(), WORKERS)] += 1
+        branch = f"z9hG4bK-{prefix}{n}"
+        ua.send(invite(call_id=call_id, ruri=ua.aor, branch=branch, via=ua.via(branch),
+                       contact=f"sip:alice@{HOST}:{ua.port}"))
+        relayed = ua.expect(call_id, "INVITE ")
+        assert isinstance(relayed, Request) and relayed.uri == ua.contact, relayed
+        ua.send(reply(relayed, 486, contact=None))
+        ua.expect(call_id, "SIP/2.0 486")
+        ua.send(sip_request("ACK", ua.aor, branch=branch, via=ua.via(branch),
+                            to_tag="bob-tag", call_id=call_id, contact=None))
+    return owners
+
+
 def test_a_user_registered_through_one_worker_is_called_through_both(shared: Service
                                                                        ) -> None:
     """One UA socket registers Bob (the REGISTER's Call-ID hashes to one worker), then calls
@@ -318,31 +346,15 @@ def test_a_user_registered_through_one_worker_is_called_through_both(shared: Ser
         reg_id = f"{prefix}register@{HOST}"
         registrar = hashed_worker(reg_id.encode(), WORKERS)
         before = _worker_statistics("registrar:accepted_regs")
-        ua.send(sip_request(
-            "REGISTER", f"sip:{HOST}:{shared.port(0)}", branch=f"z9hG4bK-{prefix}reg",
-            via=ua.via(f"z9hG4bK-{prefix}reg"), from_uri=ua.aor, to_uri=ua.aor,
-            from_tag="reg", call_id=reg_id, contact=ua.contact, extra=["Expires: 300"]))
-        answer = ua.expect(reg_id, "SIP/2.0 200")
-        assert ua.contact in str(answer.get("contact")), answer
+        contacts = sum(_worker_statistics("usrloc:registered_contacts"))
+        _register(ua, reg_id)
         after = _worker_statistics("registrar:accepted_regs")
         assert [a - b for a, b in zip(after, before, strict=True)] == [
             int(w == registrar) for w in WORKERS]
-        owners: Counter[int] = Counter()
-        for n in range(CALLS * 2):
-            call_id = f"{prefix}{n}@{HOST}"
-            owners[hashed_worker(call_id.encode(), WORKERS)] += 1
-            branch = f"z9hG4bK-{prefix}{n}"
-            ua.send(invite(call_id=call_id, ruri=ua.aor, branch=branch, via=ua.via(branch),
-                           contact=f"sip:alice@{HOST}:{ua.port}"))
-            relayed = ua.expect(call_id, "INVITE ")
-            assert isinstance(relayed, Request) and relayed.uri == ua.contact, relayed
-            ua.send(reply(relayed, 486, contact=None))
-            ua.expect(call_id, "SIP/2.0 486")
-            ua.send(sip_request("ACK", ua.aor, branch=branch, via=ua.via(branch),
-                                to_tag="bob-tag", call_id=call_id, contact=None))
+        owners = _calls_reach(ua, prefix, CALLS * 2)
         assert owners[1 - registrar] > 0, owners  # calls of the other worker among them
         # The node counts Bob once: only the worker that took the REGISTER counts him.
-        assert sum(_worker_statistics("usrloc:registered_contacts")) == 1
+        assert sum(_worker_statistics("usrloc:registered_contacts")) == contacts + 1
         assert sum(_worker_statistics("handoff:binding_updates_applied")) >= 1
     finally:
         ua.close()
@@ -350,26 +362,39 @@ def test_a_user_registered_through_one_worker_is_called_through_both(shared: Ser
 
 def test_a_restarted_worker_takes_its_share_again(sipp: StartSipp, shared: Service) -> None:
     """Ray restarts a killed worker: it binds the shared address and its channel socket
-    again, and the calls that hash to it are its own again, all of them clean."""
-    controller = ray.get_actor("controller", namespace="switchboard")
-    handle = ray.get(controller.worker_handles.remote())[1]
-    old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
-    ray.kill(handle, no_restart=False)
-    deadline = time.monotonic() + 60.0
-    while True:
-        info = ray.get(controller.workers_info.remote())[1]
-        if info.get("pid") not in (None, old_pid):
-            break
-        assert time.monotonic() < deadline, "worker 1 was not restarted within 60 s"
-        time.sleep(0.2)
+    again, and the calls that hash to it are its own again, all of them clean. It gets the
+    node's registrations back from the other worker: a user registered through it before
+    the restart is reached by calls owned by either."""
+    ua = OneSocketUA(shared.port(0))
+    try:
+        prefix = _prefix("rereg")
+        reg_id = next(f"{prefix}register-{n}@{HOST}" for n in range(100)
+                      if hashed_worker(f"{prefix}register-{n}@{HOST}".encode(), WORKERS) == 1)
+        _register(ua, reg_id)
+        controller = ray.get_actor("controller", namespace="switchboard")
+        handle = ray.get(controller.worker_handles.remote())[1]
+        old_pid = ray.get(controller.workers_info.remote())[1]["pid"]
+        ray.kill(handle, no_restart=False)
+        deadline = time.monotonic() + 60.0
+        while True:
+            info = ray.get(controller.workers_info.remote())[1]
+            if info.get("pid") not in (None, old_pid):
+                break
+            assert time.monotonic() < deadline, "worker 1 was not restarted within 60 s"
+            time.sleep(0.2)
 
-    def owned(prefix: str) -> None:
-        owners = _owners(_wait_dialogs(shared, prefix, CALLS))
-        assert set(owners) == {"0", "1"}, owners
-        for dialog in _wait_dialogs(shared, prefix, CALLS):
-            assert shared.mi("dialog:end_dlg", dialog_id=dialog["ID"]) == "OK"
+        def owned(prefix: str) -> None:
+            owners = _owners(_wait_dialogs(shared, prefix, CALLS))
+            assert set(owners) == {"0", "1"}, owners
+            for dialog in _wait_dialogs(shared, prefix, CALLS):
+                assert shared.mi("dialog:end_dlg", dialog_id=dialog["ID"]) == "OK"
 
-    _run_calls(sipp, shared, "uac_wait_bye.xml", "uas_wait_bye.xml", "restart", during=owned)
-    handles = ray.get(controller.worker_handles.remote())
-    stats = [msgpack.unpackb(ray.get(h.statistics.remote())) for h in handles]
-    assert all(s["handoff:refused"] == 0 for s in stats), stats
+        _run_calls(sipp, shared, "uac_wait_bye.xml", "uas_wait_bye.xml", "restart", during=owned)
+        handles = ray.get(controller.worker_handles.remote())
+        stats = [msgpack.unpackb(ray.get(h.statistics.remote())) for h in handles]
+        assert all(s["handoff:refused"] == 0 for s in stats), stats
+        assert stats[1]["handoff:binding_updates_applied"] >= 1, stats  # the table
+        owners = _calls_reach(ua, prefix, CALLS)
+        assert set(owners) == {0, 1}, owners
+    finally:
+        ua.close()
