@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import click
 
-from switchboard import __version__
+from switchboard import __version__, allocator
 from switchboard.config import (
     Config,
     ConfigError,
@@ -109,7 +109,19 @@ def serve(config_path: str | None, **flags: Any) -> None:
         raise click.UsageError(str(exc)) from None
     if config.events.missing_secret():
         raise click.UsageError(WEBHOOK_SECRET_MISSING)
+    if config.runtime.allocator != "python":
+        if config.runtime.kind != "local":
+            raise click.UsageError("[runtime] allocator applies to the local runtime only")
+        try:
+            allocator.run_on(config.runtime.allocator)  # may start this command again
+        except allocator.AllocatorMissing as exc:
+            raise click.UsageError(str(exc)) from None
     setup_logging(config.log.format, config.log.level)
+    if config.runtime.allocator != "python":
+        running = allocator.active()
+        if running != config.runtime.allocator:
+            log.warning("memory allocator: %s asked for, %s running (LD_PRELOAD did not load it)",
+                        config.runtime.allocator, running)
     import uvloop
 
     try:

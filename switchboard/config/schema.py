@@ -31,9 +31,11 @@ from .kinds import (
     setting,
 )
 from .values import (
+    ALLOCATORS,
     CALLOPS_MODES,
     MAX_CAPTURE_ID,
     RUNTIME_KINDS,
+    Allocator,
     CallopsMode,
     HostPort,
     ListenSocket,
@@ -141,6 +143,9 @@ class RuntimeConfig:
     drain_timeout: int = field(default=3, metadata=setting(
         Int(0), "on SIGTERM or MI kill: seconds transactions in flight may take to finish "
         "(new INVITEs get 503) before the node stops"))
+    allocator: Allocator = field(default="python", metadata=setting(
+        Choice(ALLOCATORS), "local: python (CPython's, the fastest) | mimalloc (gives the "
+        "memory of ended calls back to the system; needs libmimalloc2.0, costs CPU)"))
 
 
 @dataclass(frozen=True, slots=True)

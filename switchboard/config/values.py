@@ -19,10 +19,12 @@ from switchboard.events.sinks import parse_sink
 
 Transport = Literal["udp", "tcp", "tls", "ws", "wss"]
 RuntimeKind = Literal["local", "ray"]
+Allocator = Literal["python", "mimalloc"]
 CallopsMode = Literal["param", "manual", "callid"]
 
 TRANSPORTS: Final[tuple[Transport, ...]] = ("udp", "tcp", "tls", "ws", "wss")
 RUNTIME_KINDS: Final[tuple[RuntimeKind, ...]] = ("local", "ray")
+ALLOCATORS: Final[tuple[Allocator, ...]] = ("python", "mimalloc")
 CALLOPS_MODES: Final[tuple[CallopsMode, ...]] = ("param", "manual", "callid")
 # The digest algorithms (RFC 8760) the proxy can check.
 DIGEST_ALGORITHMS: Final = ("SHA-256", "MD5")
