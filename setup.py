@@ -1,10 +1,12 @@
-"""Build step: compile the sans-IO SIP core (`switchboard/sip`) to C with mypyc.
+"""Build step: compile the sans-IO SIP core and the glue around it to C with mypyc.
 
-Everything else about the package is in pyproject.toml. The core is plain, strictly typed
-Python and stays importable as such; mypyc turns the same source into C extension modules
-that run it 2-2.5x faster (bench/README.md, "The core alone"). The compiled modules are
-used only when they were built from the source files next to them (switchboard/_native.py
-checks a digest written here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
+Everything else about the package is in pyproject.toml. The core (`switchboard/sip`) is
+plain, strictly typed Python and stays importable as such; mypyc turns the same source into
+C extension modules that run it 2-2.5x faster (bench/README.md, "The core alone"). A second
+group, the per-datagram glue around it (`transport/udp.py`, `actors/worker.py`), is compiled
+beside it and calls into it directly. The compiled modules are used only when they were
+built from the source files next to them (switchboard/_native.py checks a digest written
+here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
 
     SWITCHBOARD_PURE=1 pip install -e .   # no compiler at hand: install without compiling
 """
@@ -19,16 +21,22 @@ from setuptools import setup
 sys.path.insert(0, str(Path(__file__).parent / "switchboard"))
 import _native  # the digest rule, shared with the runtime check
 
+HERE = Path(__file__).parent
+
 ext_modules = []
 if not _native.pure_requested():
     from mypyc.build import mypycify
 
     _native.write_stamp()
-    core = [str(path.relative_to(Path(__file__).parent)) for path in _native.core_sources()]
-    ext_modules = mypycify(core, opt_level="3", group_name=_native.GROUP)
+    groups = [([str(path.relative_to(HERE)) for path in sources], name)
+              for sources, name in _native.groups()]
+    # One mypyc run over both groups, each its own library: the glue's calls into the core
+    # stay native calls across the two.
+    ext_modules = mypycify([path for sources, _ in groups for path in sources],
+                           opt_level="3", separate=groups)
 else:
     # A source install: what an earlier build left in place must not shadow the source.
-    for old in [_native.STAMP, *_native.built_files(Path(__file__).parent)]:
+    for old in [_native.STAMP, *_native.built_files(HERE)]:
         if old.exists():
             old.unlink()
 
