@@ -6,12 +6,13 @@ our own address, the first line and the CSeq. Never the rest of the message: a c
 no bodies or credentials, and its memory is bounded by the two numbers. The oldest call (by
 its last message) is forgotten first.
 
-`TappedEndpoint` and `tapped_receiver` copy what an endpoint sends and a receiver gets into
-the capture, the way `hep.py` mirrors them; `Worker.tap` puts them in and takes them out, so
-while nobody captures the hot path is exactly as it was. `CaptureSwitch` turns the capture on
-for a lease that the console renews and off when the lease runs out. `CaptureControl` is what
-the REST API asks of a node's capture, wherever its workers run: the `local` runtime's
-`CaptureSwitch` answers it at once, the `ray` runtime's asks every worker's own switch.
+`TappedEndpoint` copies what an endpoint sends into the capture, the way `hep.py` mirrors
+it; `Worker.tap` puts it in and takes it out and gives the worker the capture for what it
+receives, so while nobody captures the hot path is as it was. `CaptureSwitch` turns the
+capture on for a lease that the console renews and off when the lease runs out.
+`CaptureControl` is what the REST API asks of a node's capture, wherever its workers run: the
+`local` runtime's `CaptureSwitch` answers it at once, the `ray` runtime's asks every worker's
+own switch.
 
 This module reads a message's bytes only as far as the first line, Call-ID and CSeq; it knows
 nothing of HTTP or of what a dialog is.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from .sip.wire import Address
-from .transport.base import Endpoint, Receiver
+from .transport.base import Endpoint
 
 MAX_DIALOGS: Final = 1000
 MAX_MESSAGES: Final = 64
@@ -145,18 +146,6 @@ class TappedEndpoint:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def tapped_receiver(receiver: Receiver, tap: Tap) -> Receiver:
-    """`receiver`, with every message copied to `tap` before it is handled (so a request
-    shows before the answers it causes)."""
-    copy = tap.received
-
-    def receive(data: bytes, source: Address, local: Address) -> None:
-        copy(data, source, local)
-        receiver(data, source, local)
-
-    return receive
 
 
 class Tappable(Protocol):

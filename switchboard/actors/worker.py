@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..capture import Tap, TappedEndpoint, tapped_receiver
+from ..capture import Tap, TappedEndpoint
 from ..events import E_DLG_STATE_CHANGED
 from ..events.opensips import event_name, opensips_event
 from ..hep import MirroredEndpoint
@@ -65,6 +65,8 @@ class Worker:
         self.router: Callable[[bytes, Address, Address], bool] | None = None
         # The dialogs by number, for pages of them (made when first asked for one).
         self._index: DialogIndex | None = None
+        # What every message received is copied to while a capture runs (`tap`).
+        self._tap: Tap | None = None
 
     def _set_overloaded(self, share: float) -> None:
         self.proxy.shed_fraction = share
@@ -87,17 +89,19 @@ class Worker:
 
     def tap(self, tap: Tap | None) -> None:
         """Copy every message sent and received to `tap` (None: stop). The endpoints are
-        wrapped and `receive` shadowed on the instance, so untapped the hot path is as it was."""
+        wrapped and unwrapped, so untapped sending is as it was; `receive` looks at `_tap`
+        (the compiled worker has no instance `__dict__` to shadow `receive` in)."""
         for local, endpoint in list(self.endpoints.items()):
             inner = endpoint.inner if isinstance(endpoint, TappedEndpoint) else endpoint
             self.endpoints[local] = inner if tap is None else TappedEndpoint(inner, tap)
-        vars(self).pop("receive", None)
-        if tap is not None:
-            vars(self)["receive"] = tapped_receiver(self.receive, tap)
+        self._tap = tap
 
     # -- the hot path ---------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Address, local: Address) -> None:
+        tap = self._tap
+        if tap is not None:  # copied before it is handled: a request shows before its answers
+            tap.received(data, source, local)
         router = self.router
         if router is not None and router(data, source, local):
             return  # handed to the worker of this node that owns it

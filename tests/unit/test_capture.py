@@ -81,7 +81,7 @@ async def test_worker_tap_sees_a_call_and_untapped_is_as_before() -> None:
     endpoint = RecordingEndpoint(US)
     worker.add_endpoint(endpoint)
     switch = CaptureSwitch(worker)
-    assert not switch.enabled and "receive" not in vars(worker)
+    assert not switch.enabled and worker._tap is None
     switch.lease(60)
     assert isinstance(worker.endpoints[US], TappedEndpoint)
     worker.receive(invite(), ALICE, US)
@@ -96,7 +96,7 @@ async def test_worker_tap_sees_a_call_and_untapped_is_as_before() -> None:
     switch.lease(60)  # renewed: still one wrapper, not two
     assert worker.endpoints[US].inner is endpoint  # type: ignore[union-attr]
     switch.stop()
-    assert worker.endpoints[US] is endpoint and "receive" not in vars(worker)
+    assert worker.endpoints[US] is endpoint and worker._tap is None
     assert len(switch.capture) == 0 and not switch.enabled
     worker.receive(invite("c2@alice"), ALICE, US)
     assert switch.capture.messages("c2@alice") is None
