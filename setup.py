@@ -13,6 +13,7 @@ here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ if not _native.pure_requested():
     from mypyc.build import mypycify
 
     _native.write_stamp()
-    groups = [([str(path.relative_to(HERE)) for path in sources], name)
+    # Paths relative to the project, whichever way `__file__` was given (a build backend
+    # may give it relative, the import system gives `_native`'s absolute).
+    groups = [([os.path.relpath(path, HERE) for path in sources], name)
               for sources, name in _native.groups()]
     # One mypyc run over both groups, each its own library: the glue's calls into the core
     # stay native calls across the two.
