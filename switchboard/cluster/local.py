@@ -149,9 +149,8 @@ class BuiltWorker:
                 listener.receiver = receiver
 
     def tap(self, tap: Tap | None) -> None:
-        """`Worker.tap`, and the listeners pointed at what `receive` is now."""
+        """`Worker.tap`: the listeners keep calling `Worker.receive`, which copies to the tap."""
         self.worker.tap(tap)
-        self.connect()
 
     def reload_certificates(self) -> bool:
         """Read the `[tls]` files again (SIGHUP); connections and calls stay up."""
