@@ -7,47 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 
 from switchboard.cluster.local import LocalSwitchboard
 from switchboard.config import Config, EventsConfig, ListenConfig, ListenSocket, MIConfig
 from switchboard.events import E_CALL_HOLD, E_CALL_TRANSFER, E_DLG_STATE_CHANGED
-from switchboard.sip import Request, Response, parse_message
-from switchboard.sip.wire import Address
+from switchboard.sip import Request
 from switchboard.transport.udp import UdpEndpoint
 from tests.support.events import EventCollector
-from tests.unit.kit.callops import SDP_A, SDP_B, UA, answer, request
-
-HOST = "127.0.0.1"
-
-
-def udp() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((HOST, 0))
-    sock.settimeout(10.0)
-    return sock
-
-
-def ua(name: str, sock: socket.socket) -> UA:
-    return UA(name, Address("udp", HOST, sock.getsockname()[1]))
-
-
-def invite(caller: UA, callee: UA, call_id: str) -> bytes:
-    return request("INVITE", callee.contact, caller, call_id=call_id, from_uri=caller.aor,
-                   from_tag=f"{caller.name}-tag", to_uri=callee.aor, to_tag=None, cseq=1,
-                   contact=caller.contact, body=SDP_A)
-
-
-async def receive(sock: socket.socket) -> Request | Response:
-    data, _ = await asyncio.to_thread(sock.recvfrom, 65535)
-    return parse_message(data)
-
-
-async def final(sock: socket.socket) -> Response:
-    while True:
-        msg = await receive(sock)
-        if isinstance(msg, Response) and msg.status >= 200:
-            return msg
+from tests.support.loopback_ua import HOST, final, invite, receive, ua, udp
+from tests.unit.kit.callops import SDP_B, answer
 
 
 async def started() -> LocalSwitchboard:
