@@ -1,13 +1,31 @@
-"""Overload control for one worker: admit only as many new calls as it can carry.
+"""Overload control for one worker: admit what it carries, refuse early when it falls behind.
 
-Four times a second it looks at two signs — the share of a CPU the process used since the last
-look, and how late the loop ran this check (a loop busy with a backlog runs timers late). While
-either is high, the share of new INVITEs refused with 503 + Retry-After grows step by step
-(bigger steps the later the loop runs: a sudden surge must be cut before its backlog turns
-into retransmissions); otherwise it shrinks again (a quarter step near the line, a step
-below it, halving when the load is far below), so the worker settles near its capacity
-instead of refusing everything or nothing, and recovers by itself when the load drops.
-Calls already up are never refused.
+A process falls behind when work arrives faster than its event loop takes it, and the place
+where that shows first is the kernel's receive queue of its UDP listeners: the loop reads a
+few dozen datagrams a turn and runs its timers in between, so the loop itself stays on time
+(its lag near zero) while the backlog waits in the socket. A standing queue there is the
+sign that matters: every message in it is late by the whole queue, and once the queue
+holds half a second (RFC 3261 T1) the callers and callees retransmit, the work doubles and
+the process collapses, dropping what no longer fits in the buffer. A busy process is not an
+overloaded one: a loop that uses 98 % of a core and still empties its queue every turn is
+keeping up, and refusing calls there only lowers the rate it can carry. The CPU share says
+so little that the process may be behind at 40 % of a core (the machine is shared) and
+keeping up at 99 %; it only tells how fast to ease off once the queue is gone.
+
+So every TICK the monitor reads the bytes waiting in the fullest receive queue
+(getsockopt SO_MEMINFO, Linux) and the datagrams the kernel dropped, and how late its own
+timer ran (the sign for streams, and for a loop stalled outright). The queue counts when it
+stood over the line at two looks in a row (a burst between two looks is not a backlog).
+While behind, the share of new INVITEs refused with 503 + Retry-After grows, by bigger steps
+the deeper the queue (a surge must be cut before its backlog turns into retransmissions);
+while the queue is near empty and the loop on time it shrinks again, slowly while the
+process is busy (it may be at its capacity: refusing a little too much costs less than a
+backlog) and fast when it is mostly idle (the surge is over: callers must not be turned
+away for long after it). The worker thus settles near its capacity with a short queue, and
+recovers by itself. Calls already up are never refused.
+
+It also runs the garbage collector's youngest generation on its clock (`cluster/local.py`
+turns automatic collection off).
 """
 
 from __future__ import annotations
@@ -15,106 +33,143 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 
+from ..transport import udp
+
 log = logging.getLogger(__name__)
 
-INTERVAL = 0.25
-STEP = 0.1
+# Seconds between looks. A standing queue is seen two looks after it forms, and the share
+# can go from nothing to everything within a few looks.
+TICK = 0.05
+STEP = 0.05  # share of new calls refused, added or taken per look
 MAX_STEPS = 5.0
-# The garbage collector runs from here (automatic collection is off, `cluster/local.py`):
-# the youngest generation every YOUNG_EVERY seconds, a full collection when the worker is
-# idle, at most every IDLE_COLLECT_EVERY. A young collection walks every container made since
-# the last one that is still alive (transactions waiting out their timers): at 1,500 calls/s
-# one every 0.25 s took 10-16 ms, the p99 of call setup; every 50 ms it is a fifth of that,
-# for the same total work.
-YOUNG_EVERY = 0.05
+# Bytes waiting in a receive queue above which it is a backlog: several turns of the loop's
+# worth of datagrams (a few hundred SIP messages), far from full, far below T1 of delay at
+# the rates one process carries. A quarter of the buffer where the buffer is smaller.
+QUEUE_HIGH = 512 * 1024
+QUEUE_LOW = 1 / 8  # of the line: near empty, the loop keeps up
+LAG_HIGH = 0.1
+LAG_LOW = 0.02
+BUSY_CPU = 0.5  # above this share of a core, ease off slowly
+# The youngest generation is collected every TICK: a young collection walks every container
+# made since the last one that is still alive (transactions waiting out their timers), so
+# frequent small ones keep each pause short for the same total work. A full collection runs
+# when the worker is idle, at most every IDLE_COLLECT_EVERY.
+YOUNG_EVERY = TICK
 IDLE_COLLECT_EVERY = 300.0
 IDLE_CPU = 0.2
+CPU_SMOOTHING = 0.2  # weight of the newest look in the CPU share
+
+# getsockopt(SO_MEMINFO) fills the socket's memory counters: the receive queue's bytes
+# first, the buffer's size second, the drops ninth (SK_MEMINFO_* in linux/sock_diag.h).
+SO_MEMINFO = 55
+MEMINFO = struct.Struct("9I")
+
+Queues = Callable[[], tuple[float, int]]
+
+
+def receive_queues() -> tuple[float, int]:
+    """(the fullest receive queue of this process's UDP listeners in multiples of its line,
+    datagrams their kernel queues dropped so far); (0, 0) where the kernel does not say."""
+    if sys.platform != "linux":
+        return 0.0, 0
+    depth = 0.0
+    dropped = 0
+    for endpoint in udp.LISTENING:
+        sock = endpoint.socket
+        if sock is None:
+            continue
+        try:
+            info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, MEMINFO.size)
+        except OSError:
+            continue
+        if len(info) < MEMINFO.size:
+            continue
+        waiting, buffer, *_, lost = MEMINFO.unpack(info)
+        depth = max(depth, waiting / max(1, min(QUEUE_HIGH, buffer // 4)))
+        dropped += lost
+    return depth, dropped
 
 
 class OverloadMonitor:
-    def __init__(self, set_shed_fraction: Callable[[float], None], *, cpu_high: float = 0.97,
-                 cpu_low: float = 0.85, lag_high: float = 0.15, lag_low: float = 0.05) -> None:
+    def __init__(self, set_shed_fraction: Callable[[float], None], *,
+                 queues: Queues = receive_queues, lag_high: float = LAG_HIGH,
+                 lag_low: float = LAG_LOW) -> None:
         self._set = set_shed_fraction
-        self.cpu_high, self.cpu_low = cpu_high, cpu_low
+        self._queues = queues
         self.lag_high, self.lag_low = lag_high, lag_low
         self.shed = 0.0  # share of new calls refused
-        self._strikes = 0  # consecutive high readings: one GC pause is not an overload
-        self.cpu = 0.0
+        self.cpu = 0.0  # share of a core, smoothed over the last looks
         self.lag = 0.0
+        self.queue = 0.0  # the standing queue, in multiples of its line
+        self._last_depth = 0.0
+        self._last_lag = 0.0
         self._loop = asyncio.get_running_loop()
         self._last_cpu = time.process_time()
         self._last_wall = self._loop.time()
         self._last_collect = self._last_wall
+        self._dropped = queues()[1]
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._last_wall + INTERVAL, self._check, self._last_wall + INTERVAL)
-        self._young: asyncio.TimerHandle | None = self._loop.call_later(
-            YOUNG_EVERY, self._collect_young)
-
-    def _collect_young(self) -> None:
-        if not gc.isenabled():
-            gc.collect(0)  # what the last 50 ms made and still holds
-        self._young = self._loop.call_later(YOUNG_EVERY, self._collect_young)
+            self._last_wall + TICK, self._tick, self._last_wall + TICK)
 
     @property
     def overloaded(self) -> bool:
         return self.shed > 0.0
 
-    def _check(self, due: float) -> None:
+    def _tick(self, due: float) -> None:
         now = self._loop.time()
         cpu_now = time.process_time()
         elapsed = max(now - self._last_wall, 1e-6)
-        self.cpu = (cpu_now - self._last_cpu) / elapsed
-        self.lag = now - due
+        cpu = (cpu_now - self._last_cpu) / elapsed
+        self.cpu += CPU_SMOOTHING * (cpu - self.cpu)
         self._last_cpu, self._last_wall = cpu_now, now
-        self.update(self.cpu, self.lag)
-        if (self.cpu < IDLE_CPU and self.lag < self.lag_low
-                and now - self._last_collect > IDLE_COLLECT_EVERY):
-            self._last_collect = now
-            gc.collect()  # whatever rare cycles the process made (not the call path)
-            gc.freeze()
-        self._handle = self._loop.call_at(now + INTERVAL, self._check, now + INTERVAL)
+        lag = now - due
+        depth, dropped = self._queues()
+        # What stood at two looks in a row: one burst or one pause between them is not a
+        # backlog.
+        self.queue = min(depth, self._last_depth)
+        self.lag = min(lag, self._last_lag)
+        self._last_depth, self._last_lag = depth, lag
+        self.update(self.queue, self.lag, self.cpu, dropped - self._dropped)
+        self._dropped = dropped
+        if not gc.isenabled():
+            gc.collect(0)  # what the last look's worth of work made and still holds
+            if (self.cpu < IDLE_CPU and not self.shed and now - self._last_collect
+                    > IDLE_COLLECT_EVERY):
+                self._last_collect = now
+                gc.collect()  # whatever rare cycles the process made (not the call path)
+                gc.freeze()
+        after = self._loop.time()
+        self._handle = self._loop.call_at(after + TICK, self._tick, after + TICK)
 
-    def update(self, cpu: float, lag: float) -> None:
-        """Apply one observation (separate from the clock for tests)."""
+    def update(self, queue: float, lag: float, cpu: float, dropped: int = 0) -> None:
+        """Apply one look (separate from the clock for tests): the standing receive queue in
+        multiples of its line, the loop's standing lag in seconds, the share of a core used,
+        datagrams the kernel dropped since the last look."""
         before = self.shed
-        if cpu > self.cpu_high or lag > self.lag_high:
-            self._strikes += 1
-            if self._strikes >= 2:
-                # The later the loop runs, the bigger the step (up to 5x): a sudden jump in
-                # load builds a backlog faster than 10 % more per look can drain,
-                # and every second of backlog turns into retransmissions.
-                step = STEP * max(1.0, min(MAX_STEPS, lag / self.lag_high))
-                self.shed = min(1.0, self.shed + step)
-        else:
-            self._strikes = 0
-            if lag < self.lag_low:
-                # Far below the line the surge is over: halve instead of stepping down, so
-                # callers are not turned away for seconds after it. Between the lines, ease
-                # off by a quarter step: a load the worker can carry (at its clean rate it
-                # runs at ~90 % of a core) must not stay refused after a surge; if it is too
-                # much after all, the CPU crosses the high line and the share comes back.
-                if cpu < self.cpu_low / 2:
-                    shed = self.shed / 2
-                elif cpu < self.cpu_low:
-                    shed = self.shed - STEP
-                else:
-                    shed = self.shed - STEP / 4
-                self.shed = shed if shed >= STEP / 2 else 0.0
+        if dropped > 0 or queue > 1.0 or lag > self.lag_high:
+            # The deeper the backlog, the bigger the step: a surge builds it faster than one
+            # step a look can cut, and a full buffer means the callers retransmit already.
+            depth = MAX_STEPS if dropped > 0 else max(queue, lag / self.lag_high)
+            self.shed = min(1.0, self.shed + STEP * min(MAX_STEPS, max(1.0, depth)))
+        elif queue <= QUEUE_LOW and lag < self.lag_low and self.shed:
+            shed = self.shed - (STEP / 4 if cpu > BUSY_CPU else STEP)
+            self.shed = shed if shed >= STEP / 2 else 0.0
         if self.shed != before:
             self._set(self.shed)
             if before == 0.0 or self.shed == 0.0:
-                log.warning("%s (cpu %.0f%%, loop lag %.0f ms)",
+                log.warning("%s (receive queue %.1f of its line, %d datagrams dropped, loop "
+                            "lag %.0f ms, cpu %.0f%%)",
                             "overloaded: refusing some new calls with 503" if self.shed
                             else "load back to normal: accepting every call",
-                            cpu * 100, lag * 1000)
+                            queue, dropped, lag * 1000, cpu * 100)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._young is not None:
-            self._young.cancel()
-            self._young = None

@@ -24,6 +24,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._receiver = receiver
         self._transport: asyncio.DatagramTransport | None = None
         self._sources: dict[tuple[str | int, ...], Address] = {}
+        self.socket: socket.socket | None = None
 
     @classmethod
     async def bind(cls, host: str, port: int, receiver: Receiver, *, reuse_port: bool = False
@@ -38,7 +39,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         )
         sockname = transport.get_extra_info("sockname")
         endpoint.local = Address("udp", host, sockname[1])
-        _grow_receive_buffer(transport.get_extra_info("socket"))
+        endpoint.socket = transport.get_extra_info("socket")
+        _grow_receive_buffer(endpoint.socket)
+        LISTENING.add(endpoint)
         return endpoint
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,8 +75,14 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         return True  # a loss is the transaction timers' to notice
 
     def close(self) -> None:
+        LISTENING.discard(self)
         if self._transport is not None:
             self._transport.close()
+
+
+# The bound listeners of this process: the queues in front of its event loop, which the
+# overload monitor watches (`actors/overload.py`).
+LISTENING: set[UdpEndpoint] = set()
 
 
 # A burst of datagrams must wait in the kernel while the loop is busy; Linux's default

@@ -1,70 +1,145 @@
-"""The overload monitor's decisions (fed observations directly; no clock, no sleeping)."""
+"""The overload monitor's decisions (fed observations directly; no clock, no sleeping) and the
+receive queues it reads."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+from collections.abc import Iterator
 
 import pytest
 
-from switchboard.actors.overload import YOUNG_EVERY, OverloadMonitor
+from switchboard.actors import overload
+from switchboard.actors.overload import (
+    MAX_STEPS,
+    STEP,
+    YOUNG_EVERY,
+    OverloadMonitor,
+    receive_queues,
+)
+from switchboard.transport import udp
+
+
+def no_queues() -> tuple[float, int]:
+    return 0.0, 0
 
 
 @pytest.mark.asyncio
-async def test_shedding_grows_while_high_and_shrinks_while_low() -> None:
+async def test_a_busy_process_that_keeps_up_is_never_refused() -> None:
     shares: list[float] = []
-    monitor = OverloadMonitor(shares.append)
+    monitor = OverloadMonitor(shares.append, queues=no_queues)
     try:
-        monitor.update(0.99, 0.0)
-        assert shares == []  # one reading is not enough (a GC pause)
-        monitor.update(0.99, 0.0)
-        monitor.update(0.99, 0.0)
-        assert shares == pytest.approx([0.1, 0.2])
-        monitor.update(0.90, 0.0)  # between the lines: eases off by a quarter step
-        assert shares == pytest.approx([0.1, 0.2, 0.175])
-        monitor.update(0.90, 0.06)  # ... but not while the loop runs late
-        assert shares == pytest.approx([0.1, 0.2, 0.175])
-        monitor.update(0.50, 0.01)
-        monitor.update(0.50, 0.01)
-        assert shares == pytest.approx([0.1, 0.2, 0.175, 0.075, 0.0])
-        assert not monitor.overloaded
-        monitor.update(0.10, 0.15 + 1e-9)
-        monitor.update(0.10, 0.15 + 1e-9)
-        assert shares[-1] == pytest.approx(0.1)  # a late loop alone counts too
-    finally:
-        monitor.close()
-
-
-@pytest.mark.asyncio
-async def test_the_later_the_loop_the_bigger_the_step() -> None:
-    shares: list[float] = []
-    monitor = OverloadMonitor(shares.append)
-    try:
-        monitor.update(0.99, 0.45)
-        monitor.update(0.99, 0.45)  # 3x the lag threshold: three steps at once
-        monitor.update(0.99, 3.0)  # far behind: at most five steps
-        assert shares == pytest.approx([0.3, 0.8])
-        monitor.update(0.99, 3.0)
-        assert shares[-1] == pytest.approx(1.0)  # never past everything
-        monitor.update(0.80, 0.0)  # below the line, not far: one step down
-        assert shares[-1] == pytest.approx(0.9)
-        for _ in range(5):
-            monitor.update(0.30, 0.0)  # far below: the surge is over, halve
-        assert shares[-5:] == pytest.approx([0.45, 0.225, 0.1125, 0.05625, 0.0])
-    finally:
-        monitor.close()
-
-
-@pytest.mark.asyncio
-async def test_a_single_spike_between_normal_readings_does_nothing() -> None:
-    shares: list[float] = []
-    monitor = OverloadMonitor(shares.append)
-    try:
-        for cpu in (0.99, 0.2, 0.99, 0.2, 0.99):
-            monitor.update(cpu, 0.0)
+        for _ in range(100):
+            monitor.update(0.0, 0.0, 0.99)  # 99 % of a core, its queue empty, on time
+            monitor.update(0.9, 0.09, 1.0)  # a queue and a lag under their lines
         assert shares == []
+        assert not monitor.overloaded
     finally:
         monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_standing_queue_sheds_by_its_depth_and_easing_off_is_slow_while_busy() -> None:
+    shares: list[float] = []
+    monitor = OverloadMonitor(shares.append, queues=no_queues)
+    try:
+        monitor.update(1.5, 0.0, 0.3)  # over the line: even at 30 % of a core (shared host)
+        assert shares == pytest.approx([1.5 * STEP])
+        monitor.update(3.0, 0.0, 1.0)  # deeper: a bigger step
+        monitor.update(40.0, 0.0, 1.0)  # far behind: at most MAX_STEPS at once
+        assert shares == pytest.approx([0.075, 0.225, 0.225 + MAX_STEPS * STEP])
+        monitor.update(0.5, 0.0, 1.0)  # under the line, not empty: held
+        assert len(shares) == 3
+        monitor.update(0.1, 0.0, 0.95)  # near empty but busy: a quarter step down
+        assert shares[-1] == pytest.approx(0.475 - STEP / 4)
+        monitor.update(0.1, 0.05, 0.95)  # ... not while the loop runs late
+        assert len(shares) == 4
+        for _ in range(9):
+            monitor.update(0.0, 0.0, 0.3)  # mostly idle: the surge is over, a step a look
+        assert shares[-9:] == pytest.approx(
+            [0.4625 - STEP * i for i in range(1, 9)] + [0.0])  # under half a step: none
+        assert not monitor.overloaded
+    finally:
+        monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_drops_and_a_late_loop_count_and_the_share_stays_within_everything() -> None:
+    shares: list[float] = []
+    monitor = OverloadMonitor(shares.append, queues=no_queues)
+    try:
+        monitor.update(0.0, 0.0, 0.5, dropped=3)  # the buffer overflowed: the biggest step
+        assert shares == pytest.approx([MAX_STEPS * STEP])
+        monitor.update(0.0, 0.3, 0.5)  # three times the lag line: three steps
+        assert shares[-1] == pytest.approx(0.4)
+        for _ in range(5):
+            monitor.update(0.0, 0.0, 0.5, dropped=1)
+        assert shares[-1] == pytest.approx(1.0)  # never past everything
+    finally:
+        monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_queue_counts_only_when_it_stands_at_two_looks_in_a_row() -> None:
+    readings: list[tuple[float, int]] = [(0.0, 0)]  # at the start: nothing dropped yet
+    shares: list[float] = []
+    monitor = OverloadMonitor(shares.append, queues=lambda: readings.pop(0))
+    try:
+        now = asyncio.get_running_loop().time
+        for depth in (0.0, 4.0, 0.0, 4.0, 0.0):  # bursts between empty looks
+            readings.append((depth, 0))
+            monitor._tick(now())
+        assert shares == []
+        for depth in (4.0, 4.0):
+            readings.append((depth, 0))
+            monitor._tick(now())
+        assert shares == pytest.approx([4 * STEP])
+        readings.append((0.0, 7))  # seven more datagrams dropped since the first look
+        monitor._tick(now())
+        assert shares[-1] == pytest.approx((4 + MAX_STEPS) * STEP)
+    finally:
+        monitor.close()
+
+
+class _Listener:
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+@pytest.fixture
+def unread_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A UDP socket nobody reads, as the only listener of the process."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    monkeypatch.setattr(udp, "LISTENING", {_Listener(sock)})
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_the_receive_queue_is_read_from_the_kernel(unread_socket: socket.socket,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    assert receive_queues() == (0.0, 0)
+    monkeypatch.setattr(overload, "QUEUE_HIGH", 10_000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(20):
+            sender.sendto(b"x" * 500, unread_socket.getsockname())
+    depth, dropped = receive_queues()
+    # Twenty datagrams of 500 bytes take at least 10,000 bytes of the buffer.
+    assert depth >= 1.0
+    assert dropped == 0
+
+
+def test_the_datagrams_a_full_queue_dropped_are_counted(unread_socket: socket.socket) -> None:
+    unread_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(200):
+            sender.sendto(b"x" * 1000, unread_socket.getsockname())
+    depth, dropped = receive_queues()
+    assert depth > 1.0  # a small buffer: its line is a quarter of it
+    assert 0 < dropped < 200
 
 
 @pytest.mark.asyncio
@@ -74,14 +149,12 @@ async def test_the_youngest_generation_is_collected_on_its_own_clock(
     # `serve` turns automatic collection off (cluster/local.py): the monitor's clock runs it.
     generations: list[int] = []
     monkeypatch.setattr(gc, "collect", lambda generation=2: generations.append(generation) or 0)
-    monitor = OverloadMonitor(lambda _share: None)
+    monitor = OverloadMonitor(lambda _share: None, queues=no_queues)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        monitor._check(asyncio.get_running_loop().time())
-        assert generations == []  # the overload look itself does not collect
         await asyncio.sleep(2.5 * YOUNG_EVERY)
-        assert generations and set(generations) == {0}
+        assert generations and set(generations) == {0}  # no full collection on the way
         gc.enable()
         seen = len(generations)
         await asyncio.sleep(2.5 * YOUNG_EVERY)
