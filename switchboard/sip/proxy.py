@@ -201,6 +201,9 @@ class Proxy:
         # Set by the driver when it cannot keep up: this share of new INVITEs is refused
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
+        # The To tag of those 503s, sent statelessly (§8.2.7): the same for every request,
+        # so that their ACKs are known for ours and end here. Made at the first one.
+        self.shed_tag = ""
         # Set by the driver when it drains before stopping: every new INVITE gets the 503.
         self.draining = False
         realm = config.auth_realm or (config.domains[0] if config.domains
@@ -309,6 +312,11 @@ class Proxy:
             return
         if method == "CANCEL":
             self._on_cancel(req, key, source, local, now)
+            return
+        if (method == "INVITE" and self.shed_fraction and req.to_tag is None
+                and self.random_fraction() < self.shed_fraction
+                and req.get("replaces") is None and req.get("referred-by") is None):
+            self._shed(req, source, local)
             return
         txn = self._new_server_txn(req, source, local, now)
         try:
@@ -609,6 +617,8 @@ class Proxy:
         if txn is not None and txn.state is not State.ACCEPTED:
             txn.receive_request(req, now)  # ACK of a non-2xx final: hop by hop, ends here
             return
+        if txn is None and self.shed_tag and req.to_tag == self.shed_tag:
+            return  # the ACK of a 503 we sent statelessly: a stateless UAS ignores it (§8.2.7)
         # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
         cseq_delta = 0
@@ -1036,6 +1046,18 @@ class Proxy:
         self.stats["registrar:accepted_regs" if resp.status == 200 else
                    "registrar:rejected_regs"] += 1
         txn.respond(resp, now)
+
+    def _shed(self, req: Request, source: Address, local: Address) -> None:
+        """Refuse a new call at the door, before any transaction or dialog is made: the
+        503 goes out statelessly (§8.2.7), so a refusal costs a small part of a call. A lost
+        503 brings the INVITE again, and it is looked at anew. A new call that another call
+        refers to (Replaces, Referred-By) goes on: its transfer must learn what became of it."""
+        self.stats["core:shed_requests"] += 1
+        if not self.shed_tag:
+            self.shed_tag = "shed" + self.rand()
+        resp = build_response(req, 503, to_tag=self.shed_tag,
+                              extra=[("Retry-After", str(self.config.retry_after))])
+        self._send(Datagram(resp.to_bytes(), response_address(req, source), local))
 
     def _reply_stateless(self, req: Request, status: int, reason: str, source: Address,
                          local: Address) -> None:
