@@ -202,8 +202,9 @@ class Proxy:
         # early with 503 (RFC 3261 §21.5.4) so calls already up keep their share of the CPU.
         self.shed_fraction = 0.0
         # The To tag of those 503s, sent statelessly (§8.2.7): the same for every request,
-        # so that their ACKs are known for ours and end here. Made at the first one.
+        # so that their ACKs are known for ours and end here, unparsed. Made at the first one.
         self.shed_tag = ""
+        self._shed_ack = b""
         # Set by the driver when it drains before stopping: every new INVITE gets the 503.
         self.draining = False
         realm = config.auth_realm or (config.domains[0] if config.domains
@@ -256,6 +257,9 @@ class Proxy:
         if guard is not None and guard.banned_until and guard.is_banned(source.host, now):
             self.stats["auth:banned_drops"] += 1  # a banned guesser learns nothing, not even "no"
             return
+        shed_ack = self._shed_ack
+        if shed_ack and data.startswith(b"ACK ") and shed_ack in data:
+            return  # the ACK of a 503 sent at the door: a stateless UAS ignores it (§8.2.7)
         try:
             msg = parse_message(data, datagram=source.transport in WHOLE_MESSAGES)
         except ParseError as exc:
@@ -617,8 +621,6 @@ class Proxy:
         if txn is not None and txn.state is not State.ACCEPTED:
             txn.receive_request(req, now)  # ACK of a non-2xx final: hop by hop, ends here
             return
-        if txn is None and self.shed_tag and req.to_tag == self.shed_tag:
-            return  # the ACK of a 503 we sent statelessly: a stateless UAS ignores it (§8.2.7)
         # In Accepted, an ACK matching the INVITE is a 2xx ACK: relay it (RFC 6026 §8.7).
         dialog = self.dialogs.by_call_id(req.call_id)
         cseq_delta = 0
@@ -1055,6 +1057,7 @@ class Proxy:
         self.stats["core:shed_requests"] += 1
         if not self.shed_tag:
             self.shed_tag = "shed" + self.rand()
+            self._shed_ack = f";tag={self.shed_tag}".encode()
         resp = build_response(req, 503, to_tag=self.shed_tag,
                               extra=[("Retry-After", str(self.config.retry_after))])
         self._send(Datagram(resp.to_bytes(), response_address(req, source), local))
