@@ -1,8 +1,9 @@
 """Overload: offered load stepped up to about twice the highest clean rate, then back down.
 
-switchboard refuses a growing share of new INVITEs with 503 + Retry-After while its CPU or its
-event loop's lag is high (switchboard/actors/overload.py), so that the calls it does take
-complete instead of every call timing out. One switchboard (local runtime) takes every step:
+switchboard refuses a growing share of new INVITEs with a stateless 503 + Retry-After while a
+backlog stands in its receive queue (or the kernel drops datagrams, or its event loop runs late:
+switchboard/actors/overload.py), so that the calls it does take complete instead of every call
+timing out. One switchboard (local runtime) takes every step:
 
 - steps at fractions of the highest clean rate R (from the call-rate part of the same run,
   `--max-rate`, or a quick search of 3 s steps), up to 2 R;

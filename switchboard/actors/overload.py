@@ -17,7 +17,8 @@ So every TICK the monitor reads the bytes waiting in the fullest receive queue
 timer ran (the sign for streams, and for a loop stalled outright). The queue counts when it
 stood over the line at two looks in a row (a burst between two looks is not a backlog).
 While behind, the share of new INVITEs refused with 503 + Retry-After grows, by bigger steps
-the deeper the queue (a surge must be cut before its backlog turns into retransmissions);
+the deeper the queue (a surge must be cut before its backlog turns into retransmissions),
+and holds while the backlog shrinks (it is being worked off: more would overshoot);
 while the queue is near empty and the loop on time it shrinks again, slowly while the
 process is busy (it may be at its capacity: refusing a little too much costs less than a
 backlog) and fast when it is mostly idle (the surge is over: callers must not be turned
@@ -132,10 +133,13 @@ class OverloadMonitor:
         depth, dropped = self._queues()
         # What stood at two looks in a row: one burst or one pause between them is not a
         # backlog.
+        draining = depth < 0.9 * self._last_depth
         self.queue = min(depth, self._last_depth)
         self.lag = min(lag, self._last_lag)
         self._last_depth, self._last_lag = depth, lag
-        self.update(self.queue, self.lag, self.cpu, dropped - self._dropped)
+        # A backlog that shrinks look by look is being worked off at the share refused now:
+        # refusing more would overshoot (the queue lags behind the share).
+        self.update(self.queue, self.lag, self.cpu, dropped - self._dropped, draining=draining)
         self._dropped = dropped
         if not gc.isenabled():
             gc.collect(0)  # what the last look's worth of work made and still holds
@@ -147,12 +151,13 @@ class OverloadMonitor:
         after = self._loop.time()
         self._handle = self._loop.call_at(after + TICK, self._tick, after + TICK)
 
-    def update(self, queue: float, lag: float, cpu: float, dropped: int = 0) -> None:
+    def update(self, queue: float, lag: float, cpu: float, dropped: int = 0, *,
+               draining: bool = False) -> None:
         """Apply one look (separate from the clock for tests): the standing receive queue in
         multiples of its line, the loop's standing lag in seconds, the share of a core used,
-        datagrams the kernel dropped since the last look."""
+        datagrams the kernel dropped since the last look, whether the queue is shrinking."""
         before = self.shed
-        if dropped > 0 or queue > 1.0 or lag > self.lag_high:
+        if dropped > 0 or (queue > 1.0 and not draining) or lag > self.lag_high:
             # The deeper the backlog, the bigger the step: a surge builds it faster than one
             # step a look can cut, and a full buffer means the callers retransmit already.
             depth = MAX_STEPS if dropped > 0 else max(queue, lag / self.lag_high)

@@ -95,9 +95,15 @@ async def test_a_queue_counts_only_when_it_stands_at_two_looks_in_a_row() -> Non
             readings.append((depth, 0))
             monitor._tick(now())
         assert shares == pytest.approx([4 * STEP])
+        readings.append((3.0, 0))  # still over the line, but shrinking: held
+        monitor._tick(now())
+        assert len(shares) == 1
+        readings.append((3.0, 0))  # no longer shrinking: another step, by its depth
+        monitor._tick(now())
+        assert shares[-1] == pytest.approx(7 * STEP)
         readings.append((0.0, 7))  # seven more datagrams dropped since the first look
         monitor._tick(now())
-        assert shares[-1] == pytest.approx((4 + MAX_STEPS) * STEP)
+        assert shares[-1] == pytest.approx((7 + MAX_STEPS) * STEP)
     finally:
         monitor.close()
 
