@@ -15,7 +15,8 @@ keeping up at 99 %; it only tells how fast to ease off once the queue is gone.
 So every TICK the monitor reads the bytes waiting in the fullest receive queue
 (getsockopt SO_MEMINFO, Linux) and the datagrams the kernel dropped, and how late its own
 timer ran (the sign for streams, and for a loop stalled outright). The queue counts when it
-stood over the line at two looks in a row (a burst between two looks is not a backlog).
+stood over the line at LOOKS looks in a row (a burst or a pause shorter than that is not a
+backlog: the buffer rides it out, and shedding for it would refuse calls the process carries).
 While behind, the share of new INVITEs refused with 503 + Retry-After grows, by bigger steps
 the deeper the queue (a surge must be cut before its backlog turns into retransmissions),
 and holds while the backlog shrinks (it is being worked off: more would overshoot);
@@ -44,15 +45,17 @@ from ..transport import udp
 
 log = logging.getLogger(__name__)
 
-# Seconds between looks. A standing queue is seen two looks after it forms, and the share
+# Seconds between looks. A standing queue is seen LOOKS looks after it forms, and the share
 # can go from nothing to everything within a few looks.
 TICK = 0.05
 STEP = 0.05  # share of new calls refused, added or taken per look
 MAX_STEPS = 5.0
-# Bytes waiting in a receive queue above which it is a backlog: several turns of the loop's
-# worth of datagrams (a few hundred SIP messages), far from full, far below T1 of delay at
-# the rates one process carries. A quarter of the buffer where the buffer is smaller.
-QUEUE_HIGH = 512 * 1024
+# Bytes waiting in a receive queue above which it is a backlog: many turns of the loop's
+# worth of datagrams, yet far below T1 (RFC 3261 §17.1.1.1) of delay at the rates one
+# process carries, and far from a full buffer (`transport/udp.py` asks for a large one). A
+# quarter of the buffer where the buffer is smaller.
+QUEUE_HIGH = 1024 * 1024
+LOOKS = 3
 QUEUE_LOW = 1 / 8  # of the line: near empty, the loop keeps up
 LAG_HIGH = 0.1
 LAG_LOW = 0.02
@@ -108,8 +111,8 @@ class OverloadMonitor:
         self.cpu = 0.0  # share of a core, smoothed over the last looks
         self.lag = 0.0
         self.queue = 0.0  # the standing queue, in multiples of its line
-        self._last_depth = 0.0
-        self._last_lag = 0.0
+        self._depths = [0.0] * LOOKS  # the last looks' readings, oldest first
+        self._lags = [0.0] * LOOKS
         self._loop = asyncio.get_running_loop()
         self._last_cpu = time.process_time()
         self._last_wall = self._loop.time()
@@ -131,12 +134,11 @@ class OverloadMonitor:
         self._last_cpu, self._last_wall = cpu_now, now
         lag = now - due
         depth, dropped = self._queues()
-        # What stood at two looks in a row: one burst or one pause between them is not a
-        # backlog.
-        draining = depth < 0.9 * self._last_depth
-        self.queue = min(depth, self._last_depth)
-        self.lag = min(lag, self._last_lag)
-        self._last_depth, self._last_lag = depth, lag
+        draining = depth < 0.9 * self._depths[-1]
+        self._depths = [*self._depths[1:], depth]
+        self._lags = [*self._lags[1:], lag]
+        self.queue = min(self._depths)  # what stood at every one of the last looks
+        self.lag = min(self._lags)
         # A backlog that shrinks look by look is being worked off at the share refused now:
         # refusing more would overshoot (the queue lags behind the share).
         self.update(self.queue, self.lag, self.cpu, dropped - self._dropped, draining=draining)

@@ -12,6 +12,7 @@ import pytest
 
 from switchboard.actors import overload
 from switchboard.actors.overload import (
+    LOOKS,
     MAX_STEPS,
     STEP,
     YOUNG_EVERY,
@@ -81,17 +82,17 @@ async def test_drops_and_a_late_loop_count_and_the_share_stays_within_everything
 
 
 @pytest.mark.asyncio
-async def test_a_queue_counts_only_when_it_stands_at_two_looks_in_a_row() -> None:
+async def test_a_queue_counts_only_when_it_stands_at_every_one_of_the_last_looks() -> None:
     readings: list[tuple[float, int]] = [(0.0, 0)]  # at the start: nothing dropped yet
     shares: list[float] = []
     monitor = OverloadMonitor(shares.append, queues=lambda: readings.pop(0))
     try:
         now = asyncio.get_running_loop().time
-        for depth in (0.0, 4.0, 0.0, 4.0, 0.0):  # bursts between empty looks
+        for depth in (0.0, 4.0, 4.0, 0.0, 4.0, 0.0):  # bursts shorter than LOOKS looks
             readings.append((depth, 0))
             monitor._tick(now())
         assert shares == []
-        for depth in (4.0, 4.0):
+        for depth in [4.0] * LOOKS:
             readings.append((depth, 0))
             monitor._tick(now())
         assert shares == pytest.approx([4 * STEP])
