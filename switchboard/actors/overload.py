@@ -7,10 +7,10 @@ few dozen datagrams a turn and runs its timers in between, so the loop itself st
 sign that matters: every message in it is late by the whole queue, and once the queue
 holds half a second (RFC 3261 T1) the callers and callees retransmit, the work doubles and
 the process collapses, dropping what no longer fits in the buffer. A busy process is not an
-overloaded one: a loop that uses 98 % of a core and still empties its queue every turn is
-keeping up, and refusing calls there only lowers the rate it can carry. The CPU share says
-so little that the process may be behind at 40 % of a core (the machine is shared) and
-keeping up at 99 %; it only tells how fast to ease off once the queue is gone.
+overloaded one: a loop that uses nearly all of a core and still empties its queue every turn
+is keeping up, and refusing calls there only lowers the rate it can carry. The CPU share says
+so little that the process may be behind with a small share of a shared machine and keeping
+up with all of a core; it only tells how fast to ease off once the queue is gone.
 
 So every TICK the monitor reads the bytes waiting in the fullest receive queue
 (getsockopt SO_MEMINFO, Linux) and the datagrams the kernel dropped, and how late its own
