@@ -39,9 +39,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
-
-from ..transport import udp
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +75,14 @@ MEMINFO = struct.Struct("9I")
 Queues = Callable[[], tuple[float, int]]
 
 
-def receive_queues() -> tuple[float, int]:
-    """(the fullest receive queue of this process's UDP listeners in multiples of its line,
-    datagrams their kernel queues dropped so far); (0, 0) where the kernel does not say."""
+def receive_queues(sockets: Iterable[socket.socket]) -> tuple[float, int]:
+    """(the fullest receive queue of these UDP sockets in multiples of its line, datagrams
+    their kernel queues dropped so far); (0, 0) where the kernel does not say."""
     if sys.platform != "linux":
         return 0.0, 0
     depth = 0.0
     dropped = 0
-    for endpoint in udp.LISTENING:
-        sock = endpoint.socket
-        if sock is None:
-            continue
+    for sock in sockets:
         try:
             info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, MEMINFO.size)
         except OSError:
@@ -102,7 +97,7 @@ def receive_queues() -> tuple[float, int]:
 
 class OverloadMonitor:
     def __init__(self, set_shed_fraction: Callable[[float], None], *,
-                 queues: Queues = receive_queues, lag_high: float = LAG_HIGH,
+                 queues: Queues, lag_high: float = LAG_HIGH,
                  lag_low: float = LAG_LOW) -> None:
         self._set = set_shed_fraction
         self._queues = queues

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +27,11 @@ from ..sip.proxy import Event, Proxy
 from ..sip.wire import Address, Datagram
 from ..transport.base import Endpoint
 from ..transport.tcp import TcpEndpoint
+from ..transport.udp import UdpEndpoint
 from ..transport.ws import WsEndpoint
 from .dialog import DialogActor, dialog_info
 from .listing import DialogFilter, DialogIndex
-from .overload import OverloadMonitor
+from .overload import OverloadMonitor, receive_queues
 
 log = logging.getLogger(__name__)
 # Failed authentications and bans, one JSON object each with `--log-format json`: what
@@ -59,7 +61,9 @@ class Worker:
         self._timer_at: float | None = None
         # Core time is the loop's monotonic clock; this maps it to wall time for display.
         self._wall_offset = time.time() - self._loop.time()
-        self.overload = OverloadMonitor(self._set_overloaded)
+        # The receive queues in front of this worker's loop: its UDP listeners' sockets.
+        self._udp_sockets: list[socket.socket] = []
+        self.overload = OverloadMonitor(self._set_overloaded, queues=self._receive_queues)
         # Set when the workers of a node share its address: True when it handed the
         # message to the worker that owns it (`cluster/shared_port.py`).
         self.router: Callable[[bytes, Address, Address], bool] | None = None
@@ -67,6 +71,9 @@ class Worker:
         self._index: DialogIndex | None = None
         # What every message received is copied to while a capture runs (`tap`).
         self._tap: Tap | None = None
+
+    def _receive_queues(self) -> tuple[float, int]:
+        return receive_queues(self._udp_sockets)
 
     def _set_overloaded(self, share: float) -> None:
         self.proxy.shed_fraction = share
@@ -82,6 +89,8 @@ class Worker:
         inner = endpoint
         while isinstance(inner, (MirroredEndpoint, TappedEndpoint)):
             inner = inner.inner
+        if isinstance(inner, UdpEndpoint) and inner.socket is not None:
+            self._udp_sockets.append(inner.socket)
         if isinstance(inner, TcpEndpoint):
             inner.undelivered = self.undelivered
         if isinstance(inner, (TcpEndpoint, WsEndpoint)):

@@ -41,7 +41,6 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         endpoint.local = Address("udp", host, sockname[1])
         endpoint.socket = transport.get_extra_info("socket")
         _grow_receive_buffer(endpoint.socket)
-        LISTENING.add(endpoint)
         return endpoint
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,14 +74,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         return True  # a loss is the transaction timers' to notice
 
     def close(self) -> None:
-        LISTENING.discard(self)
         if self._transport is not None:
             self._transport.close()
-
-
-# The bound listeners of this process: the queues in front of its event loop, which the
-# overload monitor watches (`actors/overload.py`).
-LISTENING: set[UdpEndpoint] = set()
 
 
 # A burst of datagrams must wait in the kernel while the loop is busy; Linux's default

@@ -19,7 +19,6 @@ from switchboard.actors.overload import (
     OverloadMonitor,
     receive_queues,
 )
-from switchboard.transport import udp
 
 
 def no_queues() -> tuple[float, int]:
@@ -109,17 +108,11 @@ async def test_a_queue_counts_only_when_it_stands_at_every_one_of_the_last_looks
         monitor.close()
 
 
-class _Listener:
-    def __init__(self, sock: socket.socket) -> None:
-        self.socket = sock
-
-
 @pytest.fixture
-def unread_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
-    """A UDP socket nobody reads, as the only listener of the process."""
+def unread_socket() -> Iterator[socket.socket]:
+    """A UDP socket nobody reads, as a worker's only listener."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
-    monkeypatch.setattr(udp, "LISTENING", {_Listener(sock)})
     try:
         yield sock
     finally:
@@ -128,12 +121,12 @@ def unread_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
 
 def test_the_receive_queue_is_read_from_the_kernel(unread_socket: socket.socket,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    assert receive_queues() == (0.0, 0)
+    assert receive_queues([unread_socket]) == (0.0, 0)
     monkeypatch.setattr(overload, "QUEUE_HIGH", 10_000)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for _ in range(20):
             sender.sendto(b"x" * 500, unread_socket.getsockname())
-    depth, dropped = receive_queues()
+    depth, dropped = receive_queues([unread_socket])
     # Twenty datagrams of 500 bytes take at least 10,000 bytes of the buffer.
     assert depth >= 1.0
     assert dropped == 0
@@ -144,7 +137,7 @@ def test_the_datagrams_a_full_queue_dropped_are_counted(unread_socket: socket.so
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for _ in range(200):
             sender.sendto(b"x" * 1000, unread_socket.getsockname())
-    depth, dropped = receive_queues()
+    depth, dropped = receive_queues([unread_socket])
     assert depth > 1.0  # a small buffer: its line is a quarter of it
     assert 0 < dropped < 200
 
