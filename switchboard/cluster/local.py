@@ -143,10 +143,7 @@ class BuiltWorker:
         receive = self.worker.receive
         receiver = receive if self.hep is None else mirrored_receiver(receive, self.hep)
         for listener in self.listeners:
-            if isinstance(listener, UdpEndpoint):
-                listener._receiver = receiver
-            else:
-                listener.receiver = receiver
+            listener.receiver = receiver
 
     def tap(self, tap: Tap | None) -> None:
         """`Worker.tap`: the listeners keep calling `Worker.receive`, which copies to the tap."""

@@ -21,7 +21,7 @@ SOURCES_KEPT = 4096
 class UdpEndpoint(asyncio.DatagramProtocol):
     def __init__(self, local: Address, receiver: Receiver) -> None:
         self.local = local
-        self._receiver = receiver
+        self.receiver = receiver
         self._transport: asyncio.DatagramTransport | None = None
         self._sources: dict[tuple[str | int, ...], Address] = {}
         self.socket: socket.socket | None = None
@@ -52,7 +52,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             source = self._sources.get(addr)
             if source is None:
                 source = self._source(addr)
-            self._receiver(data, source, self.local)
+            self.receiver(data, source, self.local)
         except Exception:  # one bad datagram must never stop the listener
             log.exception("error handling a datagram from %s", addr)
 

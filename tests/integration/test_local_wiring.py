@@ -40,7 +40,7 @@ async def test_the_listener_calls_the_worker_and_a_capture_still_sees_what_arriv
         proxy = sb.listeners[0]
         alice, bob = ua("alice", a_sock), ua("bob", b_sock)
         # No function between the listener and the worker.
-        assert listener(sb)._receiver == worker.receive
+        assert listener(sb).receiver == worker.receive
 
         capture = sb.capture()
         assert capture is not None
@@ -55,7 +55,7 @@ async def test_the_listener_calls_the_worker_and_a_capture_still_sees_what_arriv
         assert re.search(r";branch=z9hG4bK[^;,]*\.[0-9a-f]{8}\b", relayed.get("via") or "")
 
         await capture.enable(False)
-        assert listener(sb)._receiver == worker.receive
+        assert listener(sb).receiver == worker.receive
         b_sock.sendto(answer(relayed, 486, "Busy Here", to_tag="bob-tag"),
                       (proxy.host, proxy.port))
         assert (await final(a_sock)).status == 486
