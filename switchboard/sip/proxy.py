@@ -1058,14 +1058,15 @@ class Proxy:
         if not self.shed_tag:
             self.shed_tag = "shed" + self.rand()
             self._shed_ack = f";tag={self.shed_tag}".encode()
-        resp = build_response(req, 503, to_tag=self.shed_tag,
+        self._reply_stateless(req, 503, None, source, local, to_tag=self.shed_tag,
                               extra=[("Retry-After", str(self.config.retry_after))])
-        self._send(Datagram(resp.to_bytes(), response_address(req, source), local))
 
-    def _reply_stateless(self, req: Request, status: int, reason: str, source: Address,
-                         local: Address) -> None:
+    def _reply_stateless(self, req: Request, status: int, reason: str | None, source: Address,
+                         local: Address, *, to_tag: str = "",
+                         extra: Iterable[tuple[str, str]] = ()) -> None:
         try:
-            resp = build_response(req, status, reason, to_tag=self.rand())
+            resp = build_response(req, status, reason, to_tag=to_tag or self.rand(),
+                                  extra=extra)
             dest = response_address(req, source)
             self._send(Datagram(resp.to_bytes(), dest, local))
         except ParseError:
