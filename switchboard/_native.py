@@ -37,7 +37,7 @@ STAMP = CORE_DIR / "_native.sha256"
 GROUP = "switchboard_core"
 GLUE_GROUP = "switchboard_glue"
 # The glue: the modules between a datagram and the core, per message, in the package.
-GLUE = ("transport/udp.py", "actors/worker.py")
+GLUE = ("transport/udp.py", "actors/worker.py", "cluster/owner.py")
 
 
 def pure_requested() -> bool:
