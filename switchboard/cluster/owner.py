@@ -43,6 +43,8 @@ _EQUAL: Final = 61
 _ROUTE_MARK: Final = b";" + WORKER_PARAM.encode()
 _BRANCH_MARK: Final = BRANCH_MARK.encode()
 _PARAM_VALUE: Final = re.compile(rb"[^;?>, \t\r\n]*")
+_MASK: Final = 0xFFFFFFFF
+_GOLDEN: Final = 0x9E3779B1  # 2^32 / the golden ratio: spreads small worker numbers apart
 
 
 def _hex_number(text: bytes) -> int | None:
@@ -137,10 +139,33 @@ def transferred_worker(ruri: bytes, match_param: bytes) -> int | None:
         return None
 
 
+def _weight(key: int, worker: int) -> int:
+    """A worker's score for a key: the key and the worker mixed (MurmurHash3's finalizer,
+    a bijection in which every input bit moves half of the output bits)."""
+    k = key ^ ((worker * _GOLDEN) & _MASK)
+    k ^= k >> 16
+    k = (k * 0x85EBCA6B) & _MASK
+    k ^= k >> 13
+    k = (k * 0xC2B2AE35) & _MASK
+    return k ^ (k >> 16)
+
+
 def hashed_worker(call_id: bytes, members: Sequence[int]) -> int:
-    """The worker a Call-ID belongs to among `members` (sorted, as every worker of the node
-    sees them): the same answer on every worker, for every message of the call."""
-    return members[zlib.crc32(call_id) % len(members)]
+    """The worker a Call-ID belongs to among `members`: the same answer on every worker,
+    for every message of the call.
+
+    Rendezvous hashing (the member with the highest score for the key), not a modulo: when
+    a worker joins, only the Call-IDs it now wins move (one in N+1), and when one leaves,
+    only its own; with a modulo nearly every Call-ID would change worker, and with it the
+    CANCEL or ACK of every INVITE in flight at that moment."""
+    key = zlib.crc32(call_id)
+    best = members[0]
+    top = _weight(key, best)
+    for worker in members[1:]:
+        score = _weight(key, worker)
+        if score > top or (score == top and worker < best):
+            best, top = worker, score
+    return best
 
 
 class Ownership:

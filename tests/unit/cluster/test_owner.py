@@ -236,3 +236,40 @@ def test_header_names_are_read_in_any_case_and_spacing() -> None:
     assert owner(response) == 2
     spaced = response.replace(b";BRANCH=", b" ; branch = ")
     assert owner(spaced) == 2
+
+
+# -- the Call-ID hash when workers come and go ------------------------------------------------
+
+CALL_IDS = [f"{n}-4711@192.0.2.{n % 250}".encode() for n in range(20000)]
+
+
+def test_the_call_id_hash_spreads_calls_evenly_over_the_workers() -> None:
+    for members in ((0, 1), (0, 1, 2), NODE, tuple(range(16))):
+        counts = dict.fromkeys(members, 0)
+        for call_id in CALL_IDS:
+            counts[hashed_worker(call_id, members)] += 1
+        fair = len(CALL_IDS) / len(members)
+        assert all(abs(count - fair) < 0.1 * fair for count in counts.values()), counts
+
+
+def test_a_worker_that_joins_takes_only_the_calls_it_now_wins() -> None:
+    before = {call_id: hashed_worker(call_id, NODE) for call_id in CALL_IDS}
+    after = {call_id: hashed_worker(call_id, (*NODE, 4)) for call_id in CALL_IDS}
+    moved = [call_id for call_id in CALL_IDS if before[call_id] != after[call_id]]
+    assert all(after[call_id] == 4 for call_id in moved)  # none moves between old workers
+    assert abs(len(moved) - len(CALL_IDS) / 5) < 0.1 * len(CALL_IDS) / 5
+
+
+def test_a_worker_that_leaves_gives_up_only_its_own_calls() -> None:
+    before = {call_id: hashed_worker(call_id, NODE) for call_id in CALL_IDS}
+    for call_id in CALL_IDS:
+        now = hashed_worker(call_id, (0, 1, 3))
+        if before[call_id] != 2:
+            assert now == before[call_id]
+        else:
+            assert now in (0, 1, 3)
+
+
+def test_the_call_id_hash_does_not_depend_on_the_order_workers_are_listed_in() -> None:
+    for call_id in CALL_IDS[:2000]:
+        assert hashed_worker(call_id, (3, 0, 2, 1)) == hashed_worker(call_id, NODE)
