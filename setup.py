@@ -3,9 +3,10 @@
 Everything else about the package is in pyproject.toml. The core (`switchboard/sip`) is
 plain, strictly typed Python and stays importable as such; mypyc turns the same source into
 C extension modules that run it 2-2.5x faster (bench/README.md, "The core alone"). A second
-group, the per-datagram glue around it (`transport/udp.py`, `actors/worker.py`), is compiled
-beside it and calls into it directly. The compiled modules are used only when they were
-built from the source files next to them (switchboard/_native.py checks a digest written
+group, the per-datagram glue around it (`transport/udp.py`, `actors/worker.py`, and the
+hand-off between workers that share an address: `cluster/owner.py`, `cluster/shared_port.py`,
+`transport/handoff.py`), is compiled beside it and calls into it directly. The compiled
+modules are used only when they were built from the source files next to them (switchboard/_native.py checks a digest written
 here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
 
     SWITCHBOARD_PURE=1 pip install -e .   # no compiler at hand: install without compiling

@@ -37,7 +37,8 @@ STAMP = CORE_DIR / "_native.sha256"
 GROUP = "switchboard_core"
 GLUE_GROUP = "switchboard_glue"
 # The glue: the modules between a datagram and the core, per message, in the package.
-GLUE = ("transport/udp.py", "actors/worker.py", "cluster/owner.py")
+GLUE = ("transport/udp.py", "actors/worker.py", "cluster/owner.py", "transport/handoff.py",
+        "cluster/shared_port.py")
 
 
 def pure_requested() -> bool:

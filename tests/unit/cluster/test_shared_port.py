@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from switchboard.cluster.owner import Ownership, hashed_worker
 from switchboard.cluster.shared_port import SharedPort
 from switchboard.sip import Request, Response
 from switchboard.sip.wire import Address
@@ -113,25 +114,22 @@ async def test_the_owner_sends_its_own_requests_from_the_shared_address(node: No
 
 
 async def test_a_handed_message_is_never_handed_on(tmp_path: Path) -> None:
-    """Two workers that each believe the other owns everything: a message crosses once, and
-    the worker it reaches handles it."""
+    """Two workers that each believe the other owns a message (their views of the node
+    differ, as while a worker joins): it crosses once, and the worker it reaches handles
+    it."""
     node = await start_node(tmp_path / "node", 2, free_port("udp"))
-
-    class Other:
-        def __init__(self, other: int) -> None:
-            self.other = other
-            self.members = (0, 1)
-
-        def owner(self, data: bytes) -> int:
-            return self.other
-
+    # Worker 0 sees workers 0 and 1, worker 1 sees 0 and 2: a Call-ID that hashes to 1 in
+    # the first view and to 0 in the second.
+    call_id = next(cid for cid in (f"opt-{n}@ua" for n in range(1000))
+                   if hashed_worker(cid.encode(), (0, 1)) == 1
+                   and hashed_worker(cid.encode(), (0, 2)) == 0)
     try:
-        node.shared[0].ownership = Other(1)  # type: ignore[assignment]
-        node.shared[1].ownership = Other(0)  # type: ignore[assignment]
+        node.shared[0].ownership = Ownership((0, 1))
+        node.shared[1].ownership = Ownership((0, 2))
         ua = Party()
         try:
             options = sip_request("OPTIONS", f"sip:{HOST}:{node.address.port}",
-                                  branch="z9hG4bK-opt", call_id="opt@ua",
+                                  branch="z9hG4bK-opt", call_id=call_id,
                                   via=via_of(ua, "z9hG4bK-opt"))
             node.workers[0].receive(options, Address("udp", HOST, ua.port), node.address)
             answer, source = await ua.receive()
