@@ -6,8 +6,9 @@ C extension modules that run it 2-2.5x faster (bench/README.md, "The core alone"
 group, the per-datagram glue around it (`transport/udp.py`, `actors/worker.py`, and the
 hand-off between workers that share an address: `cluster/owner.py`, `cluster/shared_port.py`,
 `transport/handoff.py`), is compiled beside it and calls into it directly. The compiled
-modules are used only when they were built from the source files next to them (switchboard/_native.py checks a digest written
-here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
+modules are used only when they were built from the source files next to them
+(switchboard/_native.py checks a digest written here); otherwise, or with
+SWITCHBOARD_PURE=1, the Python source runs.
 
     SWITCHBOARD_PURE=1 pip install -e .   # no compiler at hand: install without compiling
 """
@@ -15,6 +16,7 @@ here); otherwise, or with SWITCHBOARD_PURE=1, the Python source runs.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +36,14 @@ if not _native.pure_requested():
     # may give it relative, the import system gives `_native`'s absolute).
     groups = [([os.path.relpath(path, HERE) for path in sources], name)
               for sources, name in _native.groups()]
+    # mypyc's incremental state in build/ breaks (an internal error) when a module moves
+    # into or out of a group: start that directory afresh whenever the groups change.
+    layout = repr(groups)
+    marker = HERE / "build" / "switchboard-groups"
+    if not marker.exists() or marker.read_text() != layout:
+        shutil.rmtree(HERE / "build", ignore_errors=True)
+        marker.parent.mkdir()
+        marker.write_text(layout)
     # One mypyc run over both groups, each its own library: the glue's calls into the core
     # stay native calls across the two.
     ext_modules = mypycify([path for sources, _ in groups for path in sources],
