@@ -15,6 +15,10 @@ local address it reached, then the message. The kinds:
 - `SEND`: bytes for the receiving worker to write on its own connection to the address
   given as the source (the owner answering over the connection a message came in on). The
   receiving worker writes them or opens a connection itself; it never passes them on.
+- `UNDELIVERED`: the bytes of a `SEND` the receiving worker could not write (it has no
+  connection there any more, and none could be opened), back to the worker that sent them,
+  so that the transaction that sent them fails now (RFC 3261 §17.1.4) rather than at its
+  timeout. Never answered.
 - `JOINED` (no message): what a worker that starts listening tells the workers already
   there, so that they count it at once (and know that it holds no connection yet). A worker
   binds its socket before it looks for the others, so of two that start together the later
@@ -25,11 +29,12 @@ local address it reached, then the message. The kinds:
 - `CLOSED` (no message): the sender's connection to the source address ended (the bindings
   registered over it go, and nothing more is sent to it through the sender).
 
-The last four are the workers' own business: `tell` and `tell_all` send them, uncounted in
-the statistics of handed messages.
+`JOINED`, `BINDINGS`, `TABLE`, `CLOSED` and `UNDELIVERED` are the workers' own business:
+`tell` and `tell_all` send them, uncounted in the statistics of handed messages.
 
 Whatever the workers believe about each other, a message crosses the channel at most once
-(and its answer at most once back): no loop between workers is possible.
+(and its answer at most once back, or the news that it could not be written): no loop
+between workers is possible.
 
 Knows addresses and bytes, not SIP (`cluster/owner.py` says who owns what).
 """
@@ -58,8 +63,9 @@ SEND: Final = 4  # bytes to write on the receiver's connection to `source`, neve
 BINDINGS: Final = 5  # changes of the sender's location table, for the receiver's copy
 CLOSED: Final = 6  # the sender's connection to `source` ended
 TABLE: Final = 7  # a worker that starts asks for the whole location table
+UNDELIVERED: Final = 8  # the bytes of a SEND that could not be written, back to its sender
 _MESSAGES: Final = (HANDED, HANDED_STREAM, SEND)
-_OWN: Final = (BINDINGS, CLOSED, TABLE)
+_OWN: Final = (BINDINGS, CLOSED, TABLE, UNDELIVERED)
 NOWHERE: Final = Address("udp", "", 0)
 # Frame: length of the rest, kind, sending worker, source port, local port, then the lengths
 # of the transport name and of the two hosts; then those texts and the message.
@@ -249,8 +255,8 @@ class HandoffChannel:
 
     def tell(self, worker: int, kind: int, data: bytes = b"", source: Address = NOWHERE,
              local: Address = NOWHERE) -> bool:
-        """A frame of the workers' own (`BINDINGS`, `CLOSED`, `TABLE`) to `worker`; False when
-        it cannot be reached."""
+        """A frame of the workers' own (`BINDINGS`, `CLOSED`, `TABLE`, `UNDELIVERED`) to
+        `worker`; False when it cannot be reached."""
         return self._write(worker, encode(kind, self.me, data, source, local))
 
     def tell_all(self, kind: int, data: bytes = b"", source: Address = NOWHERE,

@@ -49,7 +49,9 @@ class _Connection(asyncio.Protocol):
         self.counted = inbound  # holds one of its source's places
         self.framer = StreamFramer(owner.max_message_size)
         self.transport: asyncio.Transport | None = None
-        self.pending: list[bytes] = []
+        # What waits for the connection to open, each with whom to tell should it not
+        # (None: the endpoint's `undelivered`).
+        self.pending: list[tuple[bytes, Undelivered | None]] = []
         self.aliases: list[Address] = []
         self.learning = True  # until the first request told its sent-by
         self.last_active = asyncio.get_running_loop().time()
@@ -66,7 +68,7 @@ class _Connection(asyncio.Protocol):
                 return
             self.counted = True
         self.owner.connections[self.peer] = self
-        for data in self.pending:
+        for data, _ in self.pending:
             self.transport.write(data)
         self.pending.clear()
 
@@ -109,10 +111,10 @@ class _Connection(asyncio.Protocol):
             self.counted = False
             self.owner.release(self.peer.host)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, undelivered: Undelivered | None = None) -> None:
         self.last_active = self.owner.loop.time()
         if self.transport is None:
-            self.pending.append(data)
+            self.pending.append((data, undelivered))
         else:
             self.transport.write(data)
 
@@ -275,14 +277,18 @@ class TcpEndpoint:
                 return True
         return self.send_here(data, dest)
 
-    def send_here(self, data: bytes, dest: Address) -> bool:
-        """`send` over a connection of this endpoint only (an existing one or a new one)."""
+    def send_here(self, data: bytes, dest: Address, undelivered: Undelivered | None = None
+                  ) -> bool:
+        """`send` over a connection of this endpoint only (an existing one or a new one);
+        `undelivered`, when given, is told instead of the endpoint's should `data` wait for
+        a connection that fails to open (bytes another worker of the node asked this one to
+        write: that worker's transaction must learn it)."""
         conn = self.connections.get(dest) or self.aliases.get(dest)
         if conn is None:
             conn = _Connection(self, dest)
             self.connections[dest] = conn
             self._spawn(self._connect(conn, dest))
-        conn.write(data)
+        conn.write(data, undelivered)
         return True
 
     async def _connect(self, conn: _Connection, dest: Address) -> None:
@@ -301,12 +307,14 @@ class TcpEndpoint:
             if self.connections.get(dest) is conn:
                 del self.connections[dest]
             waiting, conn.pending = conn.pending, []
-            if self.undelivered is not None:
-                for data in waiting:
-                    try:
-                        self.undelivered(data, dest, self.local)
-                    except Exception:
-                        log.exception("reporting a message to %s undelivered failed", dest)
+            for data, told in waiting:
+                report = told or self.undelivered
+                if report is None:
+                    continue
+                try:
+                    report(data, dest, self.local)
+                except Exception:
+                    log.exception("reporting a message to %s undelivered failed", dest)
 
     def close(self) -> None:
         if self._sweeper is not None:

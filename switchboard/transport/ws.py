@@ -17,6 +17,10 @@ other WebSocket clients open to it. aiohttp does the HTTP upgrade and the framin
   `.invalid` name for a browser, §5). The `ws:` and `wss:` listeners of a worker share that
   table (`flows`), since a client on WSS still writes `transport=ws` in its Contact. When
   the connection ends, `connection_closed` is told, so what was registered over it goes.
+- Workers that share one address bind the listener with SO_REUSEPORT, as TCP's: the kernel
+  spreads new connections over them, and a connection lives in the worker that accepted it.
+  What another worker sends toward it goes through `relay` to that worker, which writes it
+  with `send_here` (`cluster/shared_port.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -105,6 +109,10 @@ class WsEndpoint:
         self.undeliverable = 0  # messages toward a client whose connection is gone
         # Told of each upgraded connection that ended (the worker: the bindings over it go).
         self.connection_closed: ConnectionClosed | None = None
+        # Workers sharing one address: asked (data, dest, local) when this worker has no
+        # connection to `dest`; True when another worker of the node holds one and took the
+        # bytes for it (`cluster/shared_port.py`).
+        self.relay: Callable[[bytes, Address, Address], bool] | None = None
         self._loop = asyncio.get_running_loop()
         self._per_source: dict[str, int] = {}
         self._holders: dict[RequestHandler, str] = {}  # accepted connections → source host
@@ -118,13 +126,15 @@ class WsEndpoint:
             self._sweeper = self._loop.call_later(min(idle_timeout, 10.0), self._sweep)
 
     @classmethod
-    async def bind(cls, transport: str, host: str, port: int, receiver: Receiver,
-                   **options: Any) -> WsEndpoint:
+    async def bind(cls, transport: str, host: str, port: int, receiver: Receiver, *,
+                   reuse_port: bool = False, **options: Any) -> WsEndpoint:
+        """With `reuse_port`, every worker of a node listens on the same address
+        (SO_REUSEPORT), as `TcpEndpoint.bind`."""
         endpoint = cls(Address(transport, host, port), receiver, **options)
         if transport == "wss" and endpoint.server_ssl is None:
             raise ValueError("a wss listener needs a TLS context")
         loop = endpoint._loop
-        listener = await open_listener(loop, host, port)
+        listener = await open_listener(loop, host, port, reuse_port=reuse_port)
         endpoint._listener = listener
         endpoint.local = Address(transport, host, listener.getsockname()[1])
         endpoint._spawn(accept_loop(loop, listener, endpoint._admit_accepted, transport))
@@ -305,6 +315,17 @@ class WsEndpoint:
         return dest if conn is None else conn.peer
 
     def send(self, data: bytes, dest: Address) -> bool:
+        """Over this worker's connection known by `dest`, else over another worker's
+        (`relay`); False when there is none (the core fails the transaction at once)."""
+        conn = self._connection(dest)
+        if conn is None or conn.ws.closed:
+            relay = self.relay
+            if relay is not None and relay(data, dest, self.local):
+                return True
+        return self.send_here(data, dest)
+
+    def send_here(self, data: bytes, dest: Address) -> bool:
+        """`send` over a connection of this endpoint only."""
         conn = self._connection(dest)
         if conn is None or conn.ws.closed:
             # RFC 7118 §5: a WebSocket server does not connect to clients.
