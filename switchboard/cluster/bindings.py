@@ -9,10 +9,10 @@ makes (`Location.on_change`) goes to the node's other workers over the hand-off 
 Copies expire by themselves, and a connection that ends is told to every worker by
 `SharedPort` (`CLOSED`).
 
-A binding over a connection (TCP, TLS) is reached over that connection, which lives in the
-worker that accepted it: each change names that worker (its `holder`), and the others send
-toward the binding through it (`SharedPort.relay`), as they answer any message that came
-over another worker's connection.
+A binding over a connection (TCP, TLS, WebSocket) is reached over that connection, which
+lives in the worker that accepted it: each change names that worker (its `holder`), and the
+others send toward the binding through it (`SharedPort.relay`), as they answer any message
+that came over another worker's connection.
 
 Knows nothing of Ray and of SIP messages: changes, addresses and the channel.
 """
@@ -71,13 +71,13 @@ class NodeBindings:
     """One worker's side: its registrar's changes out to the others, theirs into its copy.
 
     `holder_of(source)` names the worker whose connection a REGISTER from `source` came
-    over; `learn(source, worker)` tells `SharedPort` that another worker's change named
-    `worker` as that one.
+    over; `learn(change, worker)` tells `SharedPort` that another worker's change named
+    `worker` as the one whose connection reaches its binding.
     """
 
     def __init__(self, me: int, channel: HandoffChannel, location: Location,
                  now: Callable[[], float], holder_of: Callable[[Address], int],
-                 learn: Callable[[Address, int], None]) -> None:
+                 learn: Callable[[BindingChange, int], None]) -> None:
         self.me = me
         self.channel = channel
         self.location = location
@@ -123,7 +123,7 @@ class NodeBindings:
         for change, holder in rows:
             self.location.apply(change, now)
             if holder not in (NO_HOLDER, self.me) and change.expires_in > 0:
-                self.learn(change.source, holder)
+                self.learn(change, holder)
             self.applied += 1
 
     def ask_table(self) -> bool:

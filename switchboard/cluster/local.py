@@ -178,10 +178,10 @@ async def build_worker(
 ) -> BuiltWorker:
     """Bind `sockets` (default: the configured ones) in the running loop and start a worker
     on them, its events going to `publish` (counted by `CallMetrics` on the way), with HEP
-    capture when a collector is configured; `reuse_port` binds the UDP and TCP sockets so
-    that the other workers of the node can bind the same addresses. Raises OSError when a
-    socket cannot be bound, ScriptError for a routing script that does not load; nothing
-    stays open then."""
+    capture when a collector is configured; `reuse_port` binds every listening socket (UDP,
+    TCP, TLS, WebSocket) so that the other workers of the node can bind the same addresses.
+    Raises OSError when a socket cannot be bound, ScriptError for a routing script that does
+    not load; nothing stays open then."""
     endpoints: list[Listener] = []
     hep: HepMirror | None = None
     tls: TlsContexts | None = None
@@ -269,7 +269,7 @@ async def bind_listener(config: Config, sock: ListenSocket, receiver: Receiver,
             max_per_source=limits.tcp_connections_per_source,
             idle_timeout=float(limits.tcp_idle_timeout),
             ping_interval=float(ws.ping_interval), max_message_size=ws.max_message_size,
-            handshake_timeout=float(ws.handshake_timeout), flows=flows)
+            handshake_timeout=float(ws.handshake_timeout), flows=flows, reuse_port=reuse_port)
     options: dict[str, Any] = {}
     if sock.transport == "tls":
         assert tls is not None

@@ -9,16 +9,21 @@ a UDP datagram to one of those sockets by its source; the worker that gets it as
 answers from the shared address. Each worker marks its Record-Route and Via branches
 (`Addressing.worker_mark`) so that later messages name it.
 
-A stream connection (TCP, TLS) lives in the worker that accepted it. A message that came
-over it and belongs to another worker is handed over too (`HANDED_STREAM`); the owner notes
-which worker holds a connection from that address (and from the sent-by its requests name,
-RFC 5923), and what it sends there goes back through that worker (`SEND`, through the TCP
-endpoint's `relay` hook), which writes it on its connection.
+A stream connection (TCP, TLS, WebSocket) lives in the worker that accepted it. A message
+that came over it and belongs to another worker is handed over too (`HANDED_STREAM`); the
+owner notes which worker holds a connection from that address, and by which other names it
+is known (the sent-by its requests name: at the connection's own IP address over TCP and
+TLS, RFC 5923; any name over a WebSocket, a browser's `.invalid` one, RFC 7118 §5), and what
+it sends there goes back through that worker (`SEND`, through the endpoint's `relay` hook),
+which writes it on its connection. When that worker cannot (the connection is gone and none
+opens), the bytes come back (`UNDELIVERED`) and the owner's transaction fails at once, as
+for a connection of its own that did not open.
 
 Every worker keeps a copy of the node's location table (`cluster/bindings.py`): what one
 registrar changes, the others apply, and a worker that starts asks for the whole table. A
 connection that ends is told to the other workers at once (`CLOSED`): they send nothing more
-to its peer through this worker, and drop the bindings registered over it.
+to its peer (nor to the names it was known by) through this worker, and drop the bindings
+registered over it.
 
 The node's workers are the sockets in the channel's directory, looked at again when a worker
 joins (it says so over the channel) and every `MEMBERS_INTERVAL`: a worker that restarts
@@ -32,12 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from ..actors.worker import Worker
 from ..capture import TappedEndpoint
 from ..hep import MirroredEndpoint
 from ..sip.addressing import request_sent_by
+from ..sip.errors import ParseError
+from ..sip.registrar import BindingChange
+from ..sip.uri import parse_sip_uri
 from ..sip.wire import Address, default_port
 from ..transport.base import ConnectionClosed
 from ..transport.handoff import (
@@ -47,6 +56,7 @@ from ..transport.handoff import (
     HANDED_STREAM,
     SEND,
     TABLE,
+    UNDELIVERED,
     HandoffChannel,
 )
 from ..transport.tcp import TcpEndpoint
@@ -59,6 +69,10 @@ log = logging.getLogger(__name__)
 MEMBERS_INTERVAL: Final = 1.0  # seconds between two looks at the node's workers
 EARLY_LIMIT: Final = 1024  # messages handed over before the worker is ready, kept for it
 MAX_CONNECTIONS: Final = 65536  # peer addresses remembered as reached over another worker
+MAX_ALIASES: Final = 4  # other names one peer's connection is remembered by, as `tcp.py`
+WEBSOCKET: Final = ("ws", "wss")
+
+Stream = TcpEndpoint | WsEndpoint
 
 
 class SharedPort:
@@ -76,10 +90,15 @@ class SharedPort:
         # Peer address → the worker whose connection a binding was registered over (told by
         # the location changes; kept until that connection or that worker ends).
         self.held: dict[Address, int] = {}
-        self._streams: dict[Address, TcpEndpoint] = {}
+        # Peer address → the other names (sent-by, a WebSocket client's name) it was put
+        # under in `connections` or `held`: they go when its connection does.
+        self._aliases: dict[Address, list[Address]] = {}
+        self._streams: dict[Address, Stream] = {}
         self.bindings: NodeBindings | None = None
         # The endpoints whose `connection_closed` this worker wrapped, and what it was.
-        self._closers: list[tuple[TcpEndpoint | WsEndpoint, ConnectionClosed | None]] = []
+        self._closers: list[tuple[Stream, ConnectionClosed | None]] = []
+        # The worker's own lookup of a WebSocket client's transport by name (its `flows`).
+        self._transport_here: Callable[[str], str | None] | None = None
         self._early: list[tuple[int, int, bytes, Address, Address]] | None = []
         self._refresher: asyncio.TimerHandle | None = None
 
@@ -112,12 +131,14 @@ class SharedPort:
             inner = endpoint
             while isinstance(inner, (MirroredEndpoint, TappedEndpoint)):
                 inner = inner.inner
-            if isinstance(inner, TcpEndpoint):
+            if isinstance(inner, (TcpEndpoint, WsEndpoint)):
                 inner.relay = self.relay
                 self._streams[inner.local] = inner
-            if isinstance(inner, (TcpEndpoint, WsEndpoint)):
                 self._closers.append((inner, inner.connection_closed))
                 inner.connection_closed = self._closer(inner.local, inner.connection_closed)
+        addressing = worker.proxy.addressing
+        self._transport_here = addressing.connection_transport
+        addressing.connection_transport = self.connection_transport
         self.bindings = NodeBindings(self.me, self.channel, worker.proxy.location, worker.now,
                                      self._holder_of, self._hold)
         self.refresh()
@@ -167,7 +188,7 @@ class SharedPort:
         elif local in self._streams:
             kind = HANDED_STREAM
         else:
-            return False  # a WebSocket: its connections are not shared
+            return False
         owner = self.ownership.owner(data)
         if owner is None or owner == self.me:
             return False
@@ -183,9 +204,12 @@ class SharedPort:
                 self._early.append((kind, sender, data, source, local))
             return
         if kind == SEND:
-            stream = self._streams.get(local)
-            if stream is not None:
-                stream.send_here(data, source)  # never relayed again
+            self._write(sender, data, source, local)
+            return
+        if kind == UNDELIVERED:
+            # What this worker sent through `sender`, which could not write it: the same
+            # entry as a connection of this worker's own that did not open.
+            worker.undelivered(data, source, local)
             return
         if kind in (BINDINGS, TABLE, CLOSED):
             self._location(kind, sender, data, source)
@@ -204,12 +228,25 @@ class SharedPort:
         else:
             self._lost(sender, source)
 
+    def _write(self, sender: int, data: bytes, dest: Address, local: Address) -> None:
+        """Bytes `sender` asked this worker to write on its connection to `dest` (never
+        relayed again); when that cannot be done they go back to it."""
+        def undelivered(data: bytes, dest: Address, local: Address) -> None:
+            self.channel.tell(sender, UNDELIVERED, data, dest, local)
+
+        stream = self._streams.get(local)
+        if isinstance(stream, TcpEndpoint):
+            stream.send_here(data, dest, undelivered)  # told once a connection fails to open
+        elif stream is None or not stream.send_here(data, dest):
+            undelivered(data, dest, local)
+
     def _lost(self, holder: int, peer: Address) -> None:
-        """`holder`'s connection to `peer` ended: nothing more goes there through it, and
-        what was registered over it goes."""
-        for peers in (self.connections, self.held):
-            if peers.get(peer) == holder:
-                del peers[peer]
+        """`holder`'s connection to `peer` ended: nothing more goes there (nor to the names
+        it was known by) through it, and what was registered over it goes."""
+        for known in (peer, *self._aliases.pop(peer, ())):
+            for peers in (self.connections, self.held):
+                if peers.get(known) == holder:
+                    del peers[known]
         assert self.worker is not None
         self.worker.proxy.location.drop_flow(peer, self.worker.now())
 
@@ -227,22 +264,59 @@ class SharedPort:
         holder = self.connections.get(source)
         return self.held.get(source, self.me) if holder is None else holder
 
-    def _hold(self, source: Address, worker: int) -> None:
+    def _hold(self, change: BindingChange, worker: int) -> None:
+        """Another worker's change says the binding's connection is `worker`'s; a WebSocket
+        client is also reached by the name its Contact gives (a browser's `.invalid` one)."""
+        source = change.source
         self.held[source] = worker
+        if source.transport in WEBSOCKET:
+            try:
+                uri = parse_sip_uri(change.contact)
+            except ParseError:
+                return
+            self._alias(self.held, source, uri.host.strip("[]").lower(), uri.port, worker)
 
     def _learn(self, sender: int, data: bytes, source: Address) -> None:
-        """`source` (and the sent-by its request names at the same IP address, RFC 5923 §5)
-        is reached over `sender`'s connection."""
+        """`source` is reached over `sender`'s connection, and so is the sent-by its request
+        names: at the same IP address over TCP and TLS (RFC 5923 §5), any name over a
+        WebSocket (RFC 7118 §5), as the endpoints themselves know their connections."""
         connections = self.connections
         if len(connections) >= MAX_CONNECTIONS:
             connections.clear()
+            self._aliases.clear()
         connections[source] = sender
         sent_by = request_sent_by(data)
         if sent_by is not None:
             _, host, port = sent_by
-            alias = Address(source.transport, host, port or default_port(source.transport))
-            if alias != source and host == source.host.lower():
-                connections[alias] = sender
+            if host == source.host.lower() or source.transport in WEBSOCKET:
+                self._alias(connections, source, host, port, sender)
+
+    def _alias(self, peers: dict[Address, int], peer: Address, host: str, port: int | None,
+               holder: int) -> None:
+        """Know `peer`'s connection in `peers` also as `host:port` (over its transport)."""
+        alias = Address(peer.transport, host, port or default_port(peer.transport))
+        if alias == peer:
+            return
+        known = self._aliases.setdefault(peer, [])
+        if alias not in known:
+            if len(known) >= MAX_ALIASES:
+                return
+            known.append(alias)
+        peers[alias] = holder
+
+    def connection_transport(self, name: str) -> str | None:
+        """ws or wss: the transport of the live WebSocket connection a client's name is
+        known by, this worker's or another's (a client on WSS still writes `transport=ws`,
+        and the core goes out on the listener its connection really uses)."""
+        here = self._transport_here
+        found = here(name) if here is not None else None
+        if found is not None:
+            return found
+        for transport in WEBSOCKET:
+            alias = Address(transport, name, default_port(transport))
+            if alias in self.connections or alias in self.held:
+                return transport
+        return None
 
     def relay(self, data: bytes, dest: Address, local: Address) -> bool:
         """A stream endpoint of this worker has no connection to `dest`: when another
@@ -271,6 +345,7 @@ class SharedPort:
             self._refresher = None
         if self.worker is not None:
             self.worker.router = None
+            self.worker.proxy.addressing.connection_transport = self._transport_here
         for stream in self._streams.values():
             stream.relay = None
         for endpoint, closed in self._closers:

@@ -329,11 +329,9 @@ class WorkerActor:
 
     async def _open_shared_port(self) -> SharedPort | None:
         """This worker's end of the node's hand-off channel when the workers share the
-        listen addresses (`[runtime] shared_port`, fixed ports, no WebSocket listener: its
-        server binds no shared socket); None for a port each."""
+        listen addresses (`[runtime] shared_port`, fixed ports); None for a port each."""
         config = self.spec.config
-        if not config.runtime.shared_port or any(
-                s.port == 0 or s.transport in ("ws", "wss") for s in config.listen.sockets):
+        if not config.runtime.shared_port or any(s.port == 0 for s in config.listen.sockets):
             return None
         if self.shared is None:
             context = ray.get_runtime_context()

@@ -6,14 +6,13 @@ location table, so every call reaches the contact, from the shared address."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from switchboard.actors.worker import Worker
 from switchboard.cluster.bindings import NodeBindings, pack, unpack
-from switchboard.cluster.owner import hashed_worker
 from switchboard.cluster.shared_port import SharedPort
 from switchboard.sip import Request, Response
 from switchboard.sip.callops import CallOps
@@ -26,39 +25,21 @@ from switchboard.transport.udp import UdpEndpoint
 from tests.support.ports import HOST, free_port
 from tests.unit.kit.proxy import counter, invite, reply, sip_request
 from tests.unit.kit.shared_port import (
+    WORKERS,
     Node,
     Party,
     StreamParty,
+    aor,
+    call_id_of,
+    close_node,
+    contacts,
+    key,
+    refused,
     start_node,
     start_stream_node,
+    until,
     via_of,
 )
-
-WORKERS = (0, 1)
-
-
-def call_id_of(worker: int, tag: str) -> str:
-    """A Call-ID that hashes to `worker` (of two)."""
-    n = 0
-    while hashed_worker(f"{tag}-{n}@{HOST}".encode(), WORKERS) != worker:
-        n += 1
-    return f"{tag}-{n}@{HOST}"
-
-
-async def until(what: str, check: Callable[[], object]) -> None:
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not {what} after 5 s")
-
-
-def aor(node: Node) -> str:
-    return f"sip:bob@{HOST}:{node.address.port}"
-
-
-def key() -> str:
-    return f"bob@{HOST}"
 
 
 def register(node: Node, ua: Party, call_id: str, *, cseq: int = 1, expires: int = 600
@@ -81,10 +62,6 @@ def accepted(node: Node) -> list[int]:
     return [w.proxy.statistics().get("registrar:accepted_regs", 0) for w in node.workers]
 
 
-def contacts(worker: Worker) -> list[str]:
-    return [b.contact for b in worker.proxy.location.lookup(key(), worker.now())]
-
-
 async def call_reaches(node: Node, caller: Party, callee: Party, call_id: str) -> Request:
     """A call toward the AOR: the callee gets the INVITE (from the shared address) and
     refuses it; the caller gets the 486 and ACKs it."""
@@ -101,22 +78,6 @@ async def call_reaches(node: Node, caller: Party, callee: Party, call_id: str) -
                             call_id=call_id, via=via_of(caller, f"z9hG4bK-{call_id}"),
                             contact=None), node.address)
     return relayed
-
-
-async def refused(node: Node, caller: Party, call_id: str) -> int:
-    caller.send(invite(call_id=call_id, ruri=aor(node), contact=caller.contact,
-                       via=via_of(caller, f"z9hG4bK-{call_id}")), node.address)
-    while True:
-        answer, _ = await caller.expect("SIP/2.0 ")
-        assert isinstance(answer, Response)
-        if answer.status >= 200:
-            return answer.status
-
-
-async def close_node(node: Node) -> None:
-    for worker, share in zip(node.workers, node.shared, strict=True):
-        share.close()
-        worker.close()
 
 
 @pytest.fixture
