@@ -7,7 +7,8 @@
 - `kill_controller()`: remove a detached controller left behind by a failed test;
 - `Service` / `start_service(workers)`: a running `serve` with N workers on ports base + i and
   the MI (the `service` fixture of conftest.py); `start_service(workers, shared_port=True)`:
-  every worker on the base port (docs/ray.md "One address for every worker").
+  every worker on the base port (docs/ray.md "One address for every worker"), with `ws=True`
+  on a `ws:` port of the service's as well.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Service:
     runner: InProcessService
     base: int
     shared_port: bool = False
+    ws_port: int = 0  # its `ws:` listener's (0: none)
 
     def port(self, worker: int) -> int:
         return self.base if self.shared_port else self.base + worker
@@ -99,10 +101,11 @@ WEBHOOK_SECRET = "ray-webhook-secret"
 
 
 def service_config(base: int, mi_port: int, workers: int, shared_port: bool = False,
-                   store: str = "") -> Config:
+                   store: str = "", ws_port: int = 0) -> Config:
     config = apply_overrides(
         Config(),
-        listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}"],
+        listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}",
+                *([f"ws:{HOST}:{ws_port}"] if ws_port else [])],
         mi_http=f"{HOST}:{mi_port}",
         runtime="ray",
         workers=workers,
@@ -113,22 +116,25 @@ def service_config(base: int, mi_port: int, workers: int, shared_port: bool = Fa
         dialog=dataclasses.replace(config.dialog, store=store))
 
 
-def start_service(workers: int, shared_port: bool = False, store: str = "") -> Service:
+def start_service(workers: int, shared_port: bool = False, store: str = "",
+                  ws: bool = False) -> Service:
     """`serve` in this process (the Ray driver) on a fresh port block (one port when the
-    workers share it), with `store` as its `[dialog] store`; `stop_service` ends it."""
+    workers share it), with `store` as its `[dialog] store` and, with `ws`, a WebSocket
+    listener too; `stop_service` ends it."""
     from switchboard.cluster.ray_runtime import serve
 
     runner = InProcessService()
     base = free_port_block(1 if shared_port else workers)
+    ws_port = free_port("tcp") if ws else 0
     try:
         sb = runner.run(serve(service_config(base, free_port("tcp"), workers, shared_port,
-                                             store)),
+                                             store, ws_port)),
                         timeout=120)
     except BaseException:
         runner.close()
         kill_controller()
         raise
-    return Service(sb, runner, base, shared_port)
+    return Service(sb, runner, base, shared_port, ws_port)
 
 
 def stop_service(service: Service) -> None:

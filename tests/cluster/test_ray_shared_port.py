@@ -11,12 +11,15 @@ Call-ID hashes to, whichever worker the kernel gives its messages to.
   same E_CALL_TRANSFER sequence as in one process, both calls on one worker);
 - a user registered through one worker (the REGISTER's Call-ID hashes to it) is reached by
   calls whose Call-IDs hash to either: every worker keeps a copy of the node's bindings;
+- the WebSocket listener is shared too: a browser-like client on one WebSocket registers and
+  is called through calls owned by either worker, over its one connection;
 - a worker that Ray restarts binds the shared address again and takes its share of new
   calls (the last test of the module: it restarts a worker).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import time
@@ -30,6 +33,7 @@ import pytest
 
 from switchboard.cluster.owner import hashed_worker
 from switchboard.sip import Request, Response, parse_message
+from switchboard.sip.wire import Address
 from tests.cluster.ray_service import Service, import_ray, start_service, stop_service
 from tests.support.events import EventCollector, collecting
 from tests.support.ports import HOST, free_port
@@ -41,6 +45,7 @@ from tests.support.sipp import (
     wait_caller_first,
 )
 from tests.unit.kit.proxy import invite, reply, sip_request
+from tests.unit.kit.shared_port import Party, WsParty
 
 ray = import_ray()
 
@@ -56,8 +61,9 @@ TRANSFER_KEYS = ("leg", "transfer_callid", "destination", "state", "status")
 
 @pytest.fixture(scope="module")
 def shared(ray_cluster: str) -> Iterator[Service]:
-    """2 workers behind one address (the base port, UDP and TCP), and the MI."""
-    running = start_service(2, shared_port=True)
+    """2 workers behind one address (the base port, UDP and TCP; a WebSocket port), and
+    the MI."""
+    running = start_service(2, shared_port=True, ws=True)
     try:
         yield running
     finally:
@@ -358,6 +364,79 @@ def test_a_user_registered_through_one_worker_is_called_through_both(shared: Ser
         assert sum(_worker_statistics("handoff:binding_updates_applied")) >= 1
     finally:
         ua.close()
+
+
+def _owned_by(worker: int, prefix: str) -> str:
+    """A Call-ID of `prefix` that hashes to `worker`."""
+    return next(c for c in (f"{prefix}{n}@{HOST}" for n in range(1000))
+                if hashed_worker(c.encode(), WORKERS) == worker)
+
+
+async def test_a_websocket_client_is_registered_and_called_through_one_address(
+        shared: Service) -> None:
+    """A browser-like client opens one WebSocket to the node's `ws:` address (the kernel
+    gives it to one worker) and registers with a `.invalid` Contact; calls from a UDP caller
+    owned by either worker reach it over that one connection, and its answers come back.
+    When it closes, neither worker has the binding any more: 480."""
+    port = shared.port(0)
+    prefix = _prefix("ws")
+    aor = f"sip:wsbob@{HOST}:{port}"
+    bob = await WsParty.connect(shared.ws_port, f"{secrets.token_hex(4)}.invalid")
+    alice = Party()
+    node = Address("udp", HOST, port)
+
+    async def call(call_id: str) -> int:
+        """Alice calls Bob's AOR: the final answer she gets (Bob refuses what reaches him)."""
+        alice.send(invite(call_id=call_id, ruri=aor, contact=alice.contact,
+                          via=f"SIP/2.0/UDP {HOST}:{alice.port};branch=z9hG4bK-{call_id}"),
+                   node)
+        if bob.ws.closed:
+            relayed = None
+        else:
+            relayed = await bob.expect("INVITE")
+            assert isinstance(relayed, Request) and relayed.call_id == call_id
+            assert relayed.uri == bob.contact
+            await bob.send(reply(relayed, 486, contact=None))
+        while True:
+            answer, source = await alice.expect("SIP/2.0 ")
+            assert isinstance(answer, Response) and source == (HOST, port)
+            if answer.status >= 200:
+                break
+        alice.send(sip_request("ACK", aor, branch=f"z9hG4bK-{call_id}", to_tag="bob-tag",
+                               call_id=call_id, contact=None,
+                               via=f"SIP/2.0/UDP {HOST}:{alice.port};branch=z9hG4bK-{call_id}"),
+                   node)
+        return answer.status
+
+    try:
+        before = await asyncio.to_thread(_handoff, shared)
+        registered = sum(await asyncio.to_thread(_worker_statistics,
+                                                 "usrloc:registered_contacts"))
+        branch = f"z9hG4bK-{prefix}reg"
+        await bob.send(sip_request(
+            "REGISTER", f"sip:{HOST}:{port}", branch=branch, via=bob.via(branch),
+            from_uri=aor, to_uri=aor, from_tag="reg", call_id=f"{prefix}register@{HOST}",
+            contact=bob.contact, extra=["Expires: 300"]))
+        assert (await bob.expect("SIP/2.0 ")).status == 200  # type: ignore[union-attr]
+        for worker in WORKERS:
+            for n in range(2):
+                assert await call(_owned_by(worker, f"{prefix}{worker}-{n}-")) == 486
+        after = await asyncio.to_thread(_handoff, shared)
+        # One worker holds Bob's connection: the other's calls went through it.
+        assert after["handoff:sent"] > before["handoff:sent"], after
+        assert after["handoff:refused"] == before["handoff:refused"], after
+
+        await bob.close()
+        deadline = time.monotonic() + 10
+        while sum(await asyncio.to_thread(_worker_statistics, "usrloc:registered_contacts")
+                  ) != registered:
+            assert time.monotonic() < deadline, "Bob's binding outlived his connection"
+            await asyncio.sleep(0.1)
+        for worker in WORKERS:
+            assert await call(_owned_by(worker, f"{prefix}gone-{worker}-")) == 480
+    finally:
+        await bob.close()
+        alice.close()
 
 
 def test_a_restarted_worker_takes_its_share_again(sipp: StartSipp, shared: Service) -> None:
