@@ -31,23 +31,22 @@ ext_modules = []
 if not _native.pure_requested():
     from mypyc.build import mypycify
 
-    _native.write_stamp()
     # Paths relative to the project, whichever way `__file__` was given (a build backend
     # may give it relative, the import system gives `_native`'s absolute).
     groups = [([os.path.relpath(path, HERE) for path in sources], name)
               for sources, name in _native.groups()]
-    # mypyc's incremental state in build/ breaks (an internal error) when a module moves
-    # into or out of a group: start that directory afresh whenever the groups change.
-    layout = repr(groups)
-    marker = HERE / "build" / "switchboard-groups"
-    if not marker.exists() or marker.read_text() != layout:
-        shutil.rmtree(HERE / "build", ignore_errors=True)
-        marker.parent.mkdir()
-        marker.write_text(layout)
+    # No incremental state kept between builds: mypyc's own (separate groups are built
+    # incrementally) failed with an internal error after a source changed, whether it
+    # shared `.mypy_cache` with `mypy --strict` or not. Every build starts afresh.
+    cache = HERE / "build" / "mypyc-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["MYPY_CACHE_DIR"] = str(cache)
     # One mypyc run over both groups, each its own library: the glue's calls into the core
     # stay native calls across the two.
     ext_modules = mypycify([path for sources, _ in groups for path in sources],
                            opt_level="3", separate=groups)
+    # Only once the C is made: a build that fails here must not claim the sources.
+    _native.write_stamp()
 else:
     # A source install: what an earlier build left in place must not shadow the source.
     for old in [_native.STAMP, *_native.built_files(HERE)]:
