@@ -47,6 +47,14 @@ class Node:
         return owners[0]
 
 
+def _started(port: int, workers: list[Worker], shared: list[SharedPort]) -> Node:
+    """The node once every worker is attached: each sees the others, then serves."""
+    for share in shared:
+        share.refresh()
+        share.start()
+    return Node(Address("udp", HOST, port), workers, shared)
+
+
 async def start_node(directory: Path, count: int, port: int) -> Node:
     workers, shared = [], []
     for index in range(count):
@@ -59,10 +67,7 @@ async def start_node(directory: Path, count: int, port: int) -> Node:
         share.attach(worker)
         workers.append(worker)
         shared.append(share)
-    for share in shared:
-        share.refresh()
-        share.start()
-    return Node(Address("udp", HOST, port), workers, shared)
+    return _started(port, workers, shared)
 
 
 class Party:
@@ -146,10 +151,7 @@ async def start_stream_node(directory: Path, count: int, port: int) -> Node:
         share.attach(worker)
         workers.append(worker)
         shared.append(share)
-    for share in shared:
-        share.refresh()
-        share.start()
-    return Node(Address("udp", HOST, port), workers, shared)
+    return _started(port, workers, shared)
 
 
 async def start_ws_node(directory: Path, count: int, port: int, ws_port: int,
@@ -178,10 +180,7 @@ async def start_ws_node(directory: Path, count: int, port: int, ws_port: int,
         share.attach(worker)
         workers.append(worker)
         shared.append(share)
-    for share in shared:
-        share.refresh()
-        share.start()
-    return Node(Address("udp", HOST, port), workers, shared)
+    return _started(port, workers, shared)
 
 
 class WsParty:
