@@ -18,13 +18,22 @@ compiled core unless SWITCHBOARD_PURE=1), a SIPp UAS, then:
 
 Memory is never read after a `dialog:list` (its answer's buffers would count). Every reading
 is the median of a few, 0.3 s apart. The JSON result goes to stdout (and `--out`).
+
+`--trace DIR` (off by default) runs `serve` under `bench/_memwatch.py`: after each reading
+(idle, baseline, each size, after hang-up, then once more after a full garbage collection) it
+takes a look inside the process — tracemalloc's snapshot (`--trace-frames`, 0 for none: the
+RSS is then as untraced), objects by type and by collector generation, CPython's arena
+statistics — and writes DIR/report.txt: what grew between the baseline and the last looks, by
+line and by type. A traced run's RSS is not the figure (tracemalloc doubles the heap).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,6 +84,7 @@ def rss_by_kind(pid: int) -> dict[str, int]:
 class Result:
     build: str
     rate: float
+    allocator: str
     warmup: int
     hold_s: float
     idle: Reading | None = None
@@ -87,6 +97,79 @@ class Result:
 
 def per_dialog(delta_kb: int, dialogs: int) -> float | None:
     return round(delta_kb * 1024 / dialogs, 1) if dialogs > 0 else None
+
+
+class TracedSwitchboard(Switchboard):
+    """`serve` under `bench/_memwatch.py`: looks inside the process on demand."""
+
+    def __init__(self, trace_dir: Path, frames: int, extra_args: list[str]) -> None:
+        super().__init__(extra_args=extra_args)
+        self.trace_dir = trace_dir
+        self.frames = frames
+        self.looks: list[str] = []
+
+    def command(self, port: int) -> list[str]:
+        cmd = super().command(port)
+        i = cmd.index("switchboard")
+        return [*cmd[:i - 1], "-m", "bench._memwatch", str(self.trace_dir), *cmd[i:]]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["BENCH_MEMWATCH_FRAMES"] = str(self.frames)
+        return env
+
+    def look(self, label: str, *options: str, limit_s: float = 300.0) -> None:
+        """One look (`bench/_memwatch.py`); `options`: collect, record, born."""
+        done = self.trace_dir / f"{label}.done"
+        (self.trace_dir / "next").write_text(" ".join([label, *options]))
+        os.kill(self.pids()[0], signal.SIGUSR2)
+        deadline = time.monotonic() + limit_s
+        while not done.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"look {label!r}: no answer in {limit_s:.0f} s")
+            time.sleep(0.2)
+        self.looks.append(label)
+
+
+def trace_report(trace_dir: Path, looks: list[str], top: int = 30) -> str:
+    """What grew from the baseline look to each later one: by line (tracemalloc) and by type."""
+    import tracemalloc
+
+    lines: list[str] = []
+    infos = {label: json.loads((trace_dir / f"{label}.json").read_text()) for label in looks}
+    for label in looks:
+        i = infos[label]
+        lines.append(f"{label}: traced {i['traced_kb']} kB, RSS {i['rss_kb']} kB "
+                     f"(anon {i['rss_anon_kb']} kB), gc tracked by generation "
+                     f"{i['gc_tracked_by_generation']}, frozen {i['gc_frozen']}"
+                     + (f", before collect {i['before_collect']}" if i["before_collect"] else ""))
+        born = i.get("born_since_record")
+        if born:
+            lines.append(f"  born since the baseline and alive: {json.dumps(born, indent=1)}")
+    if "baseline" not in infos:
+        return "\n".join(lines)
+    base_types = infos["baseline"]["objects_by_type"]
+    for label in looks[looks.index("baseline") + 1:]:
+        types = infos[label]["objects_by_type"]
+        grown = sorted(((n - base_types.get(t, 0), t) for t, n in types.items()),
+                       reverse=True)[:top]
+        lines.append(f"\n== objects by type, {label} - baseline ==")
+        lines += [f"{d:+9d} {t}" for d, t in grown if d]
+        base_snap = trace_dir / "baseline.snap"
+        snap = trace_dir / f"{label}.snap"
+        if base_snap.exists() and snap.exists():
+            old = tracemalloc.Snapshot.load(str(base_snap))
+            new = tracemalloc.Snapshot.load(str(snap))
+            for key in ("lineno", "traceback"):
+                lines.append(f"\n== heap by {key}, {label} - baseline ==")
+                for stat in new.compare_to(old, key)[:top if key == "lineno" else 8]:
+                    if key == "lineno":
+                        lines.append(str(stat))
+                    else:
+                        lines.append(f"{stat.size_diff / 1024:+.1f} KiB "
+                                     f"{stat.count_diff:+d} blocks")
+                        lines += [f"    {frame}" for frame in stat.traceback.format()]
+    return "\n".join(lines)
 
 
 def build_of(env: dict[str, str]) -> str:
@@ -145,15 +228,29 @@ class Run:
 
 
 def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
-            sipp_binary: str, workdir: Path, say: Any = print) -> Result:
+            sipp_binary: str, workdir: Path, say: Any = print,
+            trace_dir: Path | None = None, trace_frames: int = 6,
+            allocator: str = "python") -> Result:
     env_probe = Switchboard().environment()
     total = max(sizes)
     if hold_s is None:
         # Long enough for every fill and its readings: the first calls must still be up when
         # the last size is read.
         hold_s = total / rate * 1.5 + 60 * len(sizes) + 30
-    result = Result(build=build_of(env_probe), rate=rate, warmup=warmup, hold_s=hold_s)
-    system = Switchboard()
+    result = Result(build=build_of(env_probe), rate=rate, warmup=warmup, hold_s=hold_s,
+                    allocator=allocator)
+    extra: list[str] = []
+    if allocator != "python":
+        config = workdir / "allocator.toml"
+        config.write_text(f'[runtime]\nallocator = "{allocator}"\n')
+        extra = ["--config", str(config)]
+    system = (Switchboard(extra_args=extra) if trace_dir is None
+              else TracedSwitchboard(trace_dir, trace_frames, extra))
+
+    def look(label: str, *options: str) -> None:
+        if isinstance(system, TracedSwitchboard):
+            system.look(label, *options)
+
     uas: Uas | None = None
     uacs: list[Uacs] = []
     t0 = time.monotonic()
@@ -162,6 +259,7 @@ def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
         run = Run(system, t0)
         time.sleep(1.0)
         result.idle = run.read()
+        look("idle")
         budget = int(hold_s + total / rate * 3 + 600)
         uas = Uas(sipp_binary, workdir, timeout_s=budget)
         if warmup:
@@ -173,6 +271,7 @@ def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
             run.wait(lambda d, t: d == 0 and t == 0, 90, "warm-up calls over")
             time.sleep(DELETED_LINGER_S + 3)  # their deleted dialogs dropped
         result.baseline = base = run.read()
+        look("baseline", "record")
         say(f"baseline: RSS {base.rss_kb} kB, PSS {base.pss_kb} kB "
             f"(idle {result.idle.rss_kb} kB); build: {result.build}")
         held = 0
@@ -189,6 +288,7 @@ def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
             fill_s = time.monotonic() - t_fill
             run.wait(lambda d, t: t == 0, 60, "fill's transactions over")
             point = run.read()
+            look(f"held-{size}")
             failed = sipp.stat_int(uac.stats(), "FailedCall(C)")
             result.failed_calls += failed
             if point.dialogs < size * 0.95:
@@ -224,6 +324,20 @@ def measure(sizes: list[int], *, rate: float, warmup: int, hold_s: float | None,
             "rss_left_bytes_per_dialog": per_dialog(after.rss_kb - base.rss_kb, held),
             "pss_left_bytes_per_dialog": per_dialog(after.pss_kb - base.pss_kb, held),
         }
+        if isinstance(system, TracedSwitchboard):
+            look("after", "born")
+            look("collected", "collect", "born")
+            collected = run.read()
+            result.after_hangup["rss_left_after_collect_bytes_per_dialog"] = per_dialog(
+                collected.rss_kb - base.rss_kb, held)
+            look("trimmed", "collect", "trim")
+            trimmed = run.read()
+            result.after_hangup["rss_left_after_trim_bytes_per_dialog"] = per_dialog(
+                trimmed.rss_kb - base.rss_kb, held)
+            result.after_hangup["rss_by_kind_after_trim_kb"] = trimmed.rss_by_kind_kb
+            report = trace_report(system.trace_dir, system.looks)
+            (system.trace_dir / "report.txt").write_text(report + "\n")
+            say(report)
         say(f"  RSS by mapping, kB: baseline {base.rss_by_kind_kb}, "
             f"held {previous.rss_by_kind_kb}, after {after.rss_by_kind_kb}")
         say(f"after hang-up: RSS +{after.rss_kb - base.rss_kb} kB = "
@@ -253,12 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep SIPp's and serve's files here (default: a temporary directory)")
+    p.add_argument("--allocator", choices=("python", "mimalloc"), default="python",
+                   help='serve\'s `[runtime] allocator` (switchboard/allocator.py)')
+    p.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                   help="look inside serve after each reading (bench/_memwatch.py), into DIR")
+    p.add_argument("--trace-frames", type=int, default=6,
+                   help="tracemalloc frames with --trace (0: count objects only, no tracing)")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.dialogs.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         result = measure(sizes, rate=args.rate, warmup=args.warmup, hold_s=args.hold,
                          sipp_binary=args.sipp, workdir=args.workdir or Path(tmp),
-                         say=lambda s: print(s, file=sys.stderr, flush=True))
+                         say=lambda s: print(s, file=sys.stderr, flush=True),
+                         trace_dir=args.trace, trace_frames=args.trace_frames,
+                         allocator=args.allocator)
     text = json.dumps(asdict(result), indent=1)
     print(text)
     if args.out is not None:
