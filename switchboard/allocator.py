@@ -15,9 +15,11 @@ the same process (PID), the same command line — and the second start finds its
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -72,3 +74,40 @@ def active(maps: Path = Path("/proc/self/maps")) -> str:
     except OSError:
         mapped = False
     return "mimalloc" if mapped else "malloc"
+
+
+_release: list[Callable[[], None]] | None = None  # found once, on the first give_back
+
+
+def _releasers() -> list[Callable[[], None]]:
+    """What returns free memory to the system here: mimalloc's `mi_collect` where mimalloc
+    is loaded, the C library's `malloc_trim` where it has one (glibc)."""
+    found: list[Callable[[], None]] = []
+    try:
+        process = ctypes.CDLL(None)
+    except OSError:
+        return found
+    collect = getattr(process, "mi_collect", None)
+    if collect is not None:
+        collect.argtypes = [ctypes.c_bool]
+        collect.restype = None
+        found.append(lambda: collect(True))
+    trim = getattr(process, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+        found.append(lambda: trim(0))
+    return found
+
+
+def give_back() -> None:
+    """Ask the allocators of this process to return the pages they hold free. mimalloc
+    gives a page back once it is wholly free, but only when it next allocates or collects;
+    the C library keeps the free chunks of its heap below the highest one in use (the
+    objects of CPython over 512 bytes live there: datagrams, large tables). CPython's own
+    arenas go back by themselves, each once it is empty."""
+    global _release
+    if _release is None:
+        _release = _releasers()
+    for release in _release:
+        release()

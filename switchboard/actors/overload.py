@@ -27,7 +27,11 @@ away for long after it). The worker thus settles near its capacity with a short 
 recovers by itself. Calls already up are never refused.
 
 It also runs the garbage collector's youngest generation on its clock (`cluster/local.py`
-turns automatic collection off).
+turns automatic collection off), and gives memory back after a peak: once the worker is idle
+and what it holds (dialogs and transactions) fell to a fraction of the most it held since the
+last time, a full collection empties CPython's free lists — thousands of tuples, floats, lists
+and dicts kept for reuse, scattered over the pages the peak took, each keeping its page — and
+the allocator is asked to return what is then free (`allocator.give_back`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
+
+from ..allocator import give_back
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,11 @@ YOUNG_EVERY = TICK
 IDLE_COLLECT_EVERY = 300.0
 IDLE_CPU = 0.2
 CPU_SMOOTHING = 0.2  # weight of the newest look in the CPU share
+# Memory goes back once what the worker holds fell to 1/GIVE_BACK_FALL of its peak since the
+# last time, if that peak was at least GIVE_BACK_PEAK dialogs and transactions (below that,
+# a few hundred kilobytes at most are at stake).
+GIVE_BACK_FALL = 4
+GIVE_BACK_PEAK = 256
 
 # getsockopt(SO_MEMINFO) fills the socket's memory counters: the receive queue's bytes
 # first, the buffer's size second, the drops ninth (SK_MEMINFO_* in linux/sock_diag.h).
@@ -73,6 +84,11 @@ SO_MEMINFO = 55
 MEMINFO = struct.Struct("9I")
 
 Queues = Callable[[], tuple[float, int]]
+Held = Callable[[], int]
+
+
+def _nothing_held() -> int:
+    return 0
 
 
 def receive_queues(sockets: Iterable[socket.socket]) -> tuple[float, int]:
@@ -97,10 +113,14 @@ def receive_queues(sockets: Iterable[socket.socket]) -> tuple[float, int]:
 
 class OverloadMonitor:
     def __init__(self, set_shed_fraction: Callable[[float], None], *,
-                 queues: Queues, lag_high: float = LAG_HIGH,
+                 queues: Queues, held: Held = _nothing_held, lag_high: float = LAG_HIGH,
                  lag_low: float = LAG_LOW) -> None:
         self._set = set_shed_fraction
         self._queues = queues
+        # How many dialogs and transactions the worker holds, and the most since memory
+        # was last given back.
+        self._held = held
+        self._peak = 0
         self.lag_high, self.lag_low = lag_high, lag_low
         self.shed = 0.0  # share of new calls refused
         self.cpu = 0.0  # share of a core, smoothed over the last looks
@@ -138,15 +158,32 @@ class OverloadMonitor:
         # refusing more would overshoot (the queue lags behind the share).
         self.update(self.queue, self.lag, self.cpu, dropped - self._dropped, draining=draining)
         self._dropped = dropped
+        held = self._held()
         if not gc.isenabled():
             gc.collect(0)  # what the last look's worth of work made and still holds
-            if (self.cpu < IDLE_CPU and not self.shed and now - self._last_collect
-                    > IDLE_COLLECT_EVERY):
-                self._last_collect = now
-                gc.collect()  # whatever rare cycles the process made (not the call path)
+            if self.full_collection_due(held, now):
+                # Whatever rare cycles the process made (not the call path), and the free
+                # lists, which only a full collection empties.
+                gc.collect()
                 gc.freeze()
+                give_back()
         after = self._loop.time()
         self._handle = self._loop.call_at(after + TICK, self._tick, after + TICK)
+
+    def full_collection_due(self, held: int, now: float) -> bool:
+        """Whether to collect every generation and give memory back now (separate from the
+        clock for tests), `held` being the dialogs and transactions the worker holds: only
+        while idle, and once what it holds fell to a fraction of its peak since the last
+        time, or at most every IDLE_COLLECT_EVERY."""
+        self._peak = max(self._peak, held)
+        if self.cpu >= IDLE_CPU or self.shed:
+            return False
+        fell = self._peak >= GIVE_BACK_PEAK and held * GIVE_BACK_FALL <= self._peak
+        if not fell and now - self._last_collect <= IDLE_COLLECT_EVERY:
+            return False
+        self._last_collect = now
+        self._peak = held
+        return True
 
     def update(self, queue: float, lag: float, cpu: float, dropped: int = 0, *,
                draining: bool = False) -> None:

@@ -63,7 +63,8 @@ class Worker:
         self._wall_offset = time.time() - self._loop.time()
         # The receive queues in front of this worker's loop: its UDP listeners' sockets.
         self._udp_sockets: list[socket.socket] = []
-        self.overload = OverloadMonitor(self._set_overloaded, queues=self._receive_queues)
+        self.overload = OverloadMonitor(self._set_overloaded, queues=self._receive_queues,
+                                        held=self._held)
         # Set when the workers of a node share its address: True when it handed the
         # message to the worker that owns it (`cluster/shared_port.py`).
         self.router: Callable[[bytes, Address, Address], bool] | None = None
@@ -74,6 +75,11 @@ class Worker:
 
     def _receive_queues(self) -> tuple[float, int]:
         return receive_queues(self._udp_sockets)
+
+    def _held(self) -> int:
+        """Dialogs and transactions: what the memory of this worker's calls grows with."""
+        proxy = self.proxy
+        return len(proxy.dialogs) + len(proxy.server_txns) + len(proxy.client_txns)
 
     def _set_overloaded(self, share: float) -> None:
         self.proxy.shed_fraction = share

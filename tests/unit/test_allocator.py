@@ -46,3 +46,12 @@ def test_what_runs_is_read_from_the_process(tmp_path: Path,
     assert allocator.active(maps) == "mimalloc"
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
     assert allocator.active(maps) == "malloc"
+
+
+def test_free_memory_is_given_back_through_what_the_process_has() -> None:
+    found = allocator._releasers()
+    if allocator.active() == "python":  # glibc's malloc_trim (CPython's arenas go alone)
+        assert len(found) == 1
+    allocator.give_back()
+    allocator.give_back()  # found once, then kept
+    assert allocator._release is not None and len(allocator._release) == len(found)

@@ -165,3 +165,51 @@ async def test_the_youngest_generation_is_collected_on_its_own_clock(
         else:
             gc.disable()
         monitor.close()
+
+
+
+@pytest.mark.asyncio
+async def test_memory_goes_back_once_what_is_held_fell_to_a_quarter_of_its_peak() -> None:
+    monitor = OverloadMonitor(lambda _share: None, queues=no_queues)
+    try:
+        start = monitor._last_collect
+        monitor.cpu = 0.05  # idle
+        assert not monitor.full_collection_due(10_000, start + 1)  # the peak
+        assert not monitor.full_collection_due(2_600, start + 2)  # not a quarter yet
+        monitor.cpu = 0.9
+        assert not monitor.full_collection_due(2_000, start + 3)  # busy: not now
+        monitor.cpu = 0.05
+        assert monitor.full_collection_due(2_000, start + 4)
+        assert not monitor.full_collection_due(1_000, start + 5)  # the peak is 2,000 now
+        assert monitor.full_collection_due(500, start + 6)
+        assert monitor.full_collection_due(100, start + 7)
+        assert not monitor.full_collection_due(0, start + 8)  # a peak of 100: not worth it
+        later = start + 8 + overload.IDLE_COLLECT_EVERY + 1
+        assert monitor.full_collection_due(0, later)  # the idle collection, every so often
+        monitor.shed = 0.1  # refusing calls: never
+        assert not monitor.full_collection_due(0, later + overload.IDLE_COLLECT_EVERY + 1)
+    finally:
+        monitor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_full_collection_on_the_clock_gives_memory_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given: list[bool] = []
+    monkeypatch.setattr(overload, "give_back", lambda: given.append(True))
+    held = [10_000]
+    monitor = OverloadMonitor(lambda _share: None, queues=no_queues, held=lambda: held[0])
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await asyncio.sleep(2.5 * YOUNG_EVERY)  # the peak seen
+        assert given == []
+        held[0] = 0
+        monitor.cpu = 0.0
+        await asyncio.sleep(2.5 * YOUNG_EVERY)
+        assert given == [True]
+    finally:
+        if was_enabled:
+            gc.enable()
+        monitor.close()
