@@ -4,9 +4,11 @@
 `bench.heap`'s driver (no sockets, no loop): a warm-up of 500 calls set up and hung up, then N
 calls at 1,000 a second of the driver's clock, every transaction timer run out (40 s), then
 every call hung up the same way and every timer run out again. It prints the growth of the
-process's anonymous RSS (`RssAnon`) per dialog held, per dialog left after the hang-up, and
-left after asking the allocator to give free memory back (`malloc_trim` for the C library's,
-`mi_collect` for mimalloc). Start it under the allocator to measure, e.g.
+process's anonymous RSS (`RssAnon`) per dialog held, per dialog left after the hang-up before
+any full garbage collection (CPython's free lists still full, as in `serve` between its
+idle collections), after one, and after asking the allocator to give free memory back
+(`switchboard.allocator.give_back`: `malloc_trim` for the C library's, `mi_collect` for
+mimalloc). Start it under the allocator to measure, e.g.
 
     PYTHONMALLOC=malloc LD_PRELOAD=libmimalloc.so.2 MIMALLOC_RESET_DELAY=0 \\
         python -m bench.left --dialogs 10000
@@ -17,13 +19,13 @@ left after asking the allocator to give free memory back (`malloc_trim` for the 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 from pathlib import Path
 
 from bench.heap import Driver
+from switchboard.allocator import give_back
 
 
 def rss_anon_kb() -> int:
@@ -31,15 +33,6 @@ def rss_anon_kb() -> int:
         if line.startswith("RssAnon:"):
             return int(line.split()[1])
     raise RuntimeError("no RssAnon in /proc/self/status")
-
-
-def give_back() -> None:
-    """Ask the allocator in use to return its free pages to the system."""
-    process = ctypes.CDLL(None)
-    collect = getattr(process, "mi_collect", None)
-    if collect is not None:
-        collect(True)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def measure(dialogs: int) -> dict[str, object]:
@@ -67,6 +60,7 @@ def measure(dialogs: int) -> dict[str, object]:
         if i % 1000 == 999:
             driver.advance(1)
     driver.advance(40)
+    uncollected = rss_anon_kb()
     gc.collect()
     left = rss_anon_kb()
     give_back()
@@ -80,6 +74,7 @@ def measure(dialogs: int) -> dict[str, object]:
         "dialogs": dialogs,
         "left_in_core": driver.counts(),
         "held_bytes_per_dialog": per_dialog(held),
+        "left_before_full_collection_bytes_per_dialog": per_dialog(uncollected),
         "left_bytes_per_dialog": per_dialog(left),
         "left_after_give_back_bytes_per_dialog": per_dialog(released),
     }
