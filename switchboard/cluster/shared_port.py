@@ -235,10 +235,10 @@ class SharedPort:
             self.channel.tell(sender, UNDELIVERED, data, dest, local)
 
         stream = self._streams.get(local)
-        if isinstance(stream, TcpEndpoint):
-            stream.send_here(data, dest, undelivered)  # told once a connection fails to open
-        elif stream is None or not stream.send_here(data, dest):
+        if stream is None:
             undelivered(data, dest, local)
+        else:
+            stream.send_here(data, dest, undelivered)
 
     def _lost(self, holder: int, peer: Address) -> None:
         """`holder`'s connection to `peer` ended: nothing more goes there (nor to the names

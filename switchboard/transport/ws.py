@@ -39,7 +39,7 @@ from ..sip.addressing import request_sent_by
 from ..sip.message import MAX_MESSAGE_SIZE
 from ..sip.wire import Address
 from .accept import accept_loop, open_listener, reset
-from .base import ConnectionClosed, Receiver
+from .base import ConnectionClosed, Receiver, Undelivered
 
 log = logging.getLogger(__name__)
 
@@ -318,22 +318,33 @@ class WsEndpoint:
         """Over this worker's connection known by `dest`, else over another worker's
         (`relay`); False when there is none (the core fails the transaction at once)."""
         conn = self._connection(dest)
-        if conn is None or conn.ws.closed:
-            relay = self.relay
-            if relay is not None and relay(data, dest, self.local):
-                return True
-        return self.send_here(data, dest)
+        if conn is not None and not conn.ws.closed:
+            conn.outbox.put_nowait(data)
+            return True
+        relay = self.relay
+        if relay is not None and relay(data, dest, self.local):
+            return True
+        return self._undeliverable(dest)
 
-    def send_here(self, data: bytes, dest: Address) -> bool:
-        """`send` over a connection of this endpoint only."""
+    def send_here(self, data: bytes, dest: Address, undelivered: Undelivered | None = None
+                  ) -> bool:
+        """`send` over a connection of this endpoint only; `undelivered`, when given, is
+        told at once when there is none (bytes another worker of the node asked this one to
+        write: that worker's transaction must learn it), as `TcpEndpoint.send_here` does
+        once its connection fails to open."""
         conn = self._connection(dest)
-        if conn is None or conn.ws.closed:
-            # RFC 7118 §5: a WebSocket server does not connect to clients.
-            self.undeliverable += 1
-            log.info("%s: no connection to %s, message dropped", self.transport, dest)
-            return False
-        conn.outbox.put_nowait(data)
-        return True
+        if conn is not None and not conn.ws.closed:
+            conn.outbox.put_nowait(data)
+            return True
+        if undelivered is not None:
+            undelivered(data, dest, self.local)
+        return self._undeliverable(dest)
+
+    def _undeliverable(self, dest: Address) -> bool:
+        # RFC 7118 §5: a WebSocket server does not connect to clients.
+        self.undeliverable += 1
+        log.info("%s: no connection to %s, message dropped", self.transport, dest)
+        return False
 
     def close(self) -> None:
         if self._sweeper is not None:
