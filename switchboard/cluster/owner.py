@@ -159,9 +159,8 @@ def hashed_worker(call_id: bytes, members: Sequence[int]) -> int:
     only its own; with a modulo nearly every Call-ID would change worker, and with it the
     CANCEL or ACK of every INVITE in flight at that moment."""
     key = zlib.crc32(call_id)
-    best = members[0]
-    top = _weight(key, best)
-    for worker in members[1:]:
+    best, top = members[0], -1  # every score is at least 0
+    for worker in members:
         score = _weight(key, worker)
         if score > top or (score == top and worker < best):
             best, top = worker, score
