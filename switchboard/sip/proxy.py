@@ -502,6 +502,7 @@ class Proxy:
         dialog: Dialog | None = None
         initial = False
         cseq_delta = 0
+        facing: Address | None = None  # our socket that faces the receiving party
         if req.to_tag is None:
             if req.method == "INVITE":
                 dialog = Dialog.from_invite(self.dialogs.new_id(), req, self._peer(source),
@@ -527,6 +528,7 @@ class Proxy:
                     was_active = dialog.active
                     dialog.on_request(req, sender, self.events.append)
                     cseq_delta = receiver.cseq_offset
+                    facing = receiver.local
                     if via_binding is None:
                         via_binding = self._known_connection(receiver)
                     if was_active and not dialog.active:
@@ -537,7 +539,7 @@ class Proxy:
         txn.owner = ctx
         if initial and dialog is not None:
             self._invites[dialog.id] = ctx
-        self._forward(req, ctx, local, now, via_binding)
+        self._forward(req, ctx, local, now, via_binding, facing)
 
     @staticmethod
     def _known_connection(leg: Leg) -> Address | None:
@@ -561,7 +563,7 @@ class Proxy:
             ("Warning", f'380 {local.hostport} "SIPS Not Allowed"')])
 
     def _forward(self, req: Request, ctx: _Forward, local_in: Address, now: float,
-                 via_binding: Address | None) -> None:
+                 via_binding: Address | None, facing: Address | None) -> None:
         out = req.copy()
         mf = req.max_forwards
         out.set("max-forwards", str(mf - 1) if mf is not None else "70")
@@ -583,7 +585,8 @@ class Proxy:
             self._fail_initial(ctx, now)
             return
         dest = self._peer(dest)  # the client transaction's, and the callee leg's later
-        local_out = self.addressing.local_for(dest)
+        local_out = self.addressing.local_toward(
+            dest, facing, req.to_tag is None and via_binding is None)
         if local_out is None:
             self._respond(ctx.server, 503, now, reason="No socket for transport")
             self._fail_initial(ctx, now)
@@ -629,12 +632,14 @@ class Proxy:
             self.stats["core:unknown_dialog_requests"] += 1  # an ACK gets no answer
             return
         known: Address | None = None
+        facing: Address | None = None
         if dialog is not None:
             legs = dialog.leg_of(req.from_tag)
             if legs is not None:
                 dialog.on_request(req, legs[0], self.events.append)
                 cseq_delta = legs[1].cseq_offset
                 known = self._known_connection(legs[1])
+                facing = legs[1].local
                 self.replication.changed(dialog)
                 invite = self._invites.get(dialog.id)
                 if invite is not None and invite.final_sent:
@@ -661,7 +666,8 @@ class Proxy:
         dest = self.addressing.resolve(next_hop)
         if known is not None and (dest is None or dest.transport == known.transport):
             dest = known
-        local_out = self.addressing.local_for(dest) if dest is not None else None
+        local_out = (self.addressing.local_toward(dest, facing, False) if dest is not None
+                     else None)
         if dest is None or local_out is None or self._insecure_hop(req, dest):
             self.stats["core:drop_requests"] += 1  # an ACK gets no answer
             return
