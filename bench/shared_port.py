@@ -6,13 +6,11 @@
 1. Calls: `serve --runtime ray` on a private Ray (`bench/_ray_serve.py`) with 1 worker, then
    with 2 workers behind one address (`[runtime] shared_port`), one SIPp UAC and one UAS (one
    socket each, so the kernel gives a whole party to one worker) at the same rate for the
-   same time (`callrate.run_step`); then the same 2 with a UDP port of each worker's own
-   toward the callee (`[runtime] worker_ports`: the callee's messages need no hand-off);
-   then 2 workers on a port each, one UAC per port (no message changes worker). Per call:
-   the CPU of every process of the session (Ray's GCS, raylet and controller included)
-   and of the worker actors alone; then the ratio of 2 workers behind one address to 1
-   worker (where the design allows 1.15), with and without ports of their own, and to 2
-   workers on a port each (the routing alone).
+   same time (`callrate.run_step`); then 2 workers on a port each, one UAC per port (no
+   message changes worker). Per call: the CPU of every process of the session (Ray's GCS,
+   raylet and controller included) and of the worker actors alone; then the ratio of 2
+   workers behind one address to 1 worker (where the design allows 1.15), and to 2 workers
+   on a port each (the routing alone).
 2. The hand-off in isolation, in this process (no SIP core): microseconds per message to
    classify it (`Ownership.owner`: a new INVITE by its Call-ID, a response by its Via, an
    in-dialog request by its Route), and to hand it from one worker's channel to another's
@@ -149,14 +147,12 @@ def handoff_us(count: int, burst: int = 32) -> dict[str, float]:
 
 
 def calls(rate: float, duration: float, workdir: Path, binary: str) -> dict[str, Any]:
-    """One step at `rate` with 1 worker, with 2 workers behind one address (without, then
-    with a port of each worker's own toward the callee), and with 2 workers on a port each
-    (one UAC per port: no message changes worker), which tells the price of a second worker
-    from the price of the routing."""
+    """One step at `rate` with 1 worker, with 2 workers behind one address, and with 2
+    workers on a port each (one UAC per port: no message changes worker), which tells the
+    price of a second worker from the price of the routing."""
     out: dict[str, Any] = {}
-    for workers, shared, own in ((1, True, False), (2, True, False), (2, True, True),
-                                 (2, False, False)):
-        system = SwitchboardRay(workers, shared_port=shared, own_ports=own)
+    for workers, shared in ((1, True), (2, True), (2, False)):
+        system = SwitchboardRay(workers, shared_port=shared)
         system.start(workdir / system.name)
         try:
             time.sleep(system.warmup_s)
@@ -168,8 +164,7 @@ def calls(rate: float, duration: float, workdir: Path, binary: str) -> dict[str,
                 handoff = {}
         finally:
             system.stop()
-        kind = "_own_ports" if own else "" if shared else "_port_each"
-        out[f"workers_{workers}{kind}"] = {
+        out[f"workers_{workers}" + ("" if shared else "_port_each")] = {
             "successful_calls": step.successful_calls, "failed_calls": step.failed_calls,
             "completed_rate": step.completed_rate, "retransmissions": step.retransmissions,
             "clean": step.clean, "reasons": step.reasons,
@@ -180,12 +175,9 @@ def calls(rate: float, duration: float, workdir: Path, binary: str) -> dict[str,
             "handoff": handoff,
         }
     one, two, each = out["workers_1"], out["workers_2"], out["workers_2_port_each"]
-    mine = out["workers_2_own_ports"]
     for key in ("cpu_ms_per_call_all_processes", "cpu_ms_per_call_workers"):
         if one[key] and two[key]:
             out[f"ratio_{key}"] = round(two[key] / one[key], 3)
-        if one[key] and mine[key]:
-            out[f"ratio_own_ports_{key}"] = round(mine[key] / one[key], 3)
         if each[key] and two[key]:
             out[f"ratio_to_port_each_{key}"] = round(two[key] / each[key], 3)
     return out

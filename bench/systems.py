@@ -228,25 +228,18 @@ class SwitchboardRay(Switchboard):
     (`bench/_ray_serve.py`). Worker i listens on the base port + i; the bench spreads new
     calls evenly over the workers' ports, one SIPp UAC per port. With `shared_port` every
     worker listens on the base port (`[runtime] shared_port`, docs/ray.md) and one SIPp UAC
-    sends every call there; with `own_ports` too, each worker has a UDP port of its own
-    besides, which its requests toward the callee leave from (`[runtime] worker_ports`)."""
+    sends every call there."""
 
     start_timeout = 180.0
     warmup_s = 5.0  # Ray is still busy for a few seconds after the workers answer
 
     def __init__(self, workers: int, python: str | None = None,
-                 extra_args: Sequence[str] = (), shared_port: bool = False,
-                 own_ports: bool = False) -> None:
+                 extra_args: Sequence[str] = (), shared_port: bool = False) -> None:
         super().__init__(python=python, extra_args=extra_args)
         self.workers = workers
-        self.shared_port = shared_port or own_ports
-        self.own_ports = own_ports
+        self.shared_port = shared_port
         plural = "s" if workers > 1 else ""
-        if own_ports:
-            self.name = f"switchboard-ray-{workers}-own-ports"
-            self.label = (f"switchboard (Ray runtime, {workers} worker{plural}, one address "
-                          "and a port each toward callees)")
-        elif shared_port:
+        if shared_port:
             self.name = f"switchboard-ray-{workers}-shared"
             self.label = f"switchboard (Ray runtime, {workers} worker{plural}, one address)"
         else:
@@ -258,9 +251,8 @@ class SwitchboardRay(Switchboard):
         # The workers' SIP ports and the MI's in one block below the ephemeral range: Ray
         # binds many ports of its own while it starts, and one of them could otherwise be a
         # port picked free a moment before.
-        own = self.workers if self.own_ports else 0
-        base = free_port_block(self.workers + own + 1)
-        self.mi_port = base + self.workers + own
+        base = free_port_block(self.workers + 1)
+        self.mi_port = base + self.workers
         return base
 
     @property
@@ -277,8 +269,6 @@ class SwitchboardRay(Switchboard):
             handle, name = tempfile.mkstemp(prefix="bench-ray-", suffix=".toml")
             with os.fdopen(handle, "w") as out:
                 out.write(f"[runtime]\nshared_port = {'true' if self.shared_port else 'false'}\n")
-                if self.own_ports:
-                    out.write(f"worker_ports = {port + self.workers}\n")
             self._config = Path(name)
         return [self.python, "-m", "bench._ray_serve", "serve", "--config", str(self._config),
                 "--runtime", "ray", "--workers", str(self.workers),
@@ -303,7 +293,6 @@ class SwitchboardRay(Switchboard):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "workers": self.workers, "shared_port": self.shared_port,
-                "own_ports": self.own_ports,
                 "ports": [p for _, p in self.addresses] if self.port else []}
 
 
@@ -535,16 +524,15 @@ def make_system(name: str, **options: Any) -> System:
                         extra_args=options.get("extra_args", ()))
     if name == "switchboard":
         return Switchboard(extra_args=options.get("extra_args", ()))
-    m = re.fullmatch(r"switchboard-ray-(\d+)(-shared|-own-ports)?", name)
+    m = re.fullmatch(r"switchboard-ray-(\d+)(-shared)?", name)
     if m and int(m.group(1)) >= 1:
         return SwitchboardRay(int(m.group(1)), extra_args=options.get("extra_args", ()),
-                              shared_port=m.group(2) is not None,
-                              own_ports=m.group(2) == "-own-ports")
+                              shared_port=m.group(2) is not None)
     raise SystemError_(f"unknown system {name!r} (known: {', '.join(SYSTEMS)})")
 
 
 def known_system(name: str) -> bool:
-    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*(-shared|-own-ports)?",
+    return name in SYSTEMS or re.fullmatch(r"switchboard-ray-[1-9]\d*(-shared)?",
                                             name) is not None
 
 

@@ -140,12 +140,6 @@ class RuntimeConfig:
     shared_port: bool = field(default=True, metadata=setting(
         BOOL, "ray: the workers of a node share each listen address (SO_REUSEPORT) and hand "
         "every message to the worker that owns it; false = worker i listens on port + i"))
-    worker_ports: int = field(default=0, metadata=setting(
-        Int(0, 65535), "ray with shared_port: worker i also listens on UDP port "
-        "worker_ports + i, and the new requests it relays to a next hop that is not a "
-        "registered UA leave from there (a second Record-Route, RFC 5658), so that hop's "
-        "answers reach that worker without a hand-off; 0 = everything leaves from the shared "
-        "address (for next hops that accept one port of ours only)"))
     drain_timeout: int = field(default=3, metadata=setting(
         Int(0), "on SIGTERM or MI kill: seconds transactions in flight may take to finish "
         "(new INVITEs get 503) before the node stops"))

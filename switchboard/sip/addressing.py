@@ -136,11 +136,6 @@ class Addressing:
         # written into our Record-Route and Via branch ("": nothing written, the wire as
         # a single worker has it).
         self.worker_mark = ""
-        # Set by the driver whose workers share one address and have a port each besides
-        # (`[runtime] worker_ports`): this worker's own UDP socket, which new requests leave
-        # from toward a next hop that did not register with us, so that its answers and its
-        # in-dialog requests come to this worker rather than to the shared address.
-        self.forward_from: Address | None = None
 
     def record_route(self, local: Address, signature: str, sips: bool) -> str:
         """Our Record-Route URI on socket `local` (`rr_uri`), with the worker mark if any."""
@@ -263,17 +258,15 @@ class Addressing:
             local = self._listener("wss" if dest.transport == "ws" else "ws", ":" in dest.host)
         return local
 
-    def local_toward(self, dest: Address, facing: Address | None, new: bool) -> Address | None:
-        """Our socket for a request to `dest`. In a dialog, the one that faces its party
-        (`facing`, the leg's `local`): a UA behind NAT accepts messages only from the
-        address it sent to or heard from. A new request (`new`: not to a registered
-        contact, which must hear from the address it registered with) leaves from the
-        worker's own socket when it has one (`forward_from`); else `local_for`."""
-        if facing is not None and _reaches(facing, dest):
+    def local_toward(self, dest: Address, facing: Address | None) -> Address | None:
+        """Our socket for a request to `dest` in a dialog: the one that faces its party
+        (`facing`, the leg's `local`: where its messages came to, or ours went from), when
+        it reaches `dest`; else `local_for`. A UA behind NAT accepts messages only from the
+        address it sent to, and a node with two addresses of one transport must not answer
+        a party from the other one."""
+        if (facing is not None and facing.transport == dest.transport
+                and (":" in facing.host) == (":" in dest.host)):
             return facing
-        own = self.forward_from
-        if new and own is not None and _reaches(own, dest):
-            return own
         return self.local_for(dest)
 
     def _listener(self, transport: str, v6: bool) -> Address | None:
@@ -284,8 +277,3 @@ class Addressing:
                     return listener
                 fallback = fallback or listener
         return fallback
-
-
-def _reaches(local: Address, dest: Address) -> bool:
-    """Socket `local` can send to `dest`: same transport, same address family."""
-    return local.transport == dest.transport and (":" in local.host) == (":" in dest.host)

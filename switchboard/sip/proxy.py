@@ -585,8 +585,7 @@ class Proxy:
             self._fail_initial(ctx, now)
             return
         dest = self._peer(dest)  # the client transaction's, and the callee leg's later
-        local_out = self.addressing.local_toward(
-            dest, facing, req.to_tag is None and via_binding is None)
+        local_out = self.addressing.local_toward(dest, facing)
         if local_out is None:
             self._respond(ctx.server, 503, now, reason="No socket for transport")
             self._fail_initial(ctx, now)
@@ -666,8 +665,7 @@ class Proxy:
         dest = self.addressing.resolve(next_hop)
         if known is not None and (dest is None or dest.transport == known.transport):
             dest = known
-        local_out = (self.addressing.local_toward(dest, facing, False) if dest is not None
-                     else None)
+        local_out = self.addressing.local_toward(dest, facing) if dest is not None else None
         if dest is None or local_out is None or self._insecure_hop(req, dest):
             self.stats["core:drop_requests"] += 1  # an ACK gets no answer
             return

@@ -122,7 +122,7 @@ class Uac:
             return None
         if not dest.secure and is_sips(remote):
             return None  # a sips: target is never reached over a hop without TLS (§26.2.2)
-        local = self.addressing.local_toward(dest, target.local, False)
+        local = self.addressing.local_toward(dest, target.local)
         if local is None:
             return None
         req.prepend_via(self.addressing.via(local, f"{MAGIC}{self.rand()}"))

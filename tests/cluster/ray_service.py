@@ -85,7 +85,6 @@ class Service:
     base: int
     shared_port: bool = False
     ws_port: int = 0  # its `ws:` listener's (0: none)
-    worker_ports: int = 0  # `[runtime] worker_ports`: worker i's own UDP port is this + i
 
     def port(self, worker: int) -> int:
         return self.base if self.shared_port else self.base + worker
@@ -102,7 +101,7 @@ WEBHOOK_SECRET = "ray-webhook-secret"
 
 
 def service_config(base: int, mi_port: int, workers: int, shared_port: bool = False,
-                   store: str = "", ws_port: int = 0, worker_ports: int = 0) -> Config:
+                   store: str = "", ws_port: int = 0) -> Config:
     config = apply_overrides(
         Config(),
         listen=[f"udp:{HOST}:{base}", f"tcp:{HOST}:{base}",
@@ -113,32 +112,29 @@ def service_config(base: int, mi_port: int, workers: int, shared_port: bool = Fa
     )
     return dataclasses.replace(
         config, events=dataclasses.replace(config.events, webhook_secret=WEBHOOK_SECRET),
-        runtime=dataclasses.replace(config.runtime, shared_port=shared_port,
-                                    worker_ports=worker_ports),
+        runtime=dataclasses.replace(config.runtime, shared_port=shared_port),
         dialog=dataclasses.replace(config.dialog, store=store))
 
 
 def start_service(workers: int, shared_port: bool = False, store: str = "",
-                  ws: bool = False, worker_ports: bool = False) -> Service:
+                  ws: bool = False) -> Service:
     """`serve` in this process (the Ray driver) on a fresh port block (one port when the
     workers share it), with `store` as its `[dialog] store` and, with `ws`, a WebSocket
-    listener too, and with `worker_ports` a UDP port of each worker's own besides (a block
-    of its own: `Service.worker_ports`); `stop_service` ends it."""
+    listener too; `stop_service` ends it."""
     from switchboard.cluster.ray_runtime import serve
 
     runner = InProcessService()
     base = free_port_block(1 if shared_port else workers)
     ws_port = free_port("tcp") if ws else 0
-    own = free_port_block(workers) if worker_ports else 0
     try:
         sb = runner.run(serve(service_config(base, free_port("tcp"), workers, shared_port,
-                                             store, ws_port, own)),
+                                             store, ws_port)),
                         timeout=120)
     except BaseException:
         runner.close()
         kill_controller()
         raise
-    return Service(sb, runner, base, shared_port, ws_port, own)
+    return Service(sb, runner, base, shared_port, ws_port)
 
 
 def stop_service(service: Service) -> None:

@@ -46,17 +46,3 @@ def test_the_isolated_measurements_run() -> None:
     assert all(v > 0 for v in found.values())
     handed = shared_port.handoff_us(200, burst=16)
     assert handed["messages"] == 200 and handed["wall_us_per_message"] > 0
-
-
-def test_a_ray_system_with_ports_of_its_own_shares_the_address_and_names_them() -> None:
-    assert systems.known_system("switchboard-ray-2-own-ports")
-    ray = systems.make_system("switchboard-ray-2-own-ports")
-    assert isinstance(ray, systems.SwitchboardRay) and ray.shared_port and ray.own_ports
-    ray.port = 20000
-    assert ray.addresses == [("127.0.0.1", 20000)]
-    command = ray.command(20000)
-    try:
-        config = Path(command[command.index("--config") + 1])
-        assert config.read_text() == "[runtime]\nshared_port = true\nworker_ports = 20002\n"
-    finally:
-        ray.stop()

@@ -54,14 +54,12 @@ from ...actors.eventbus import EventBus, webhook_settings
 from ...actors.listing import DialogFilter
 from ...actors.worker import Worker
 from ...capture import CaptureSwitch
-from ...config import ListenSocket
 from ...events import E_CALL_TRANSFER, E_DLG_STATE_CHANGED
 from ...readout import pack as _pack
 from ...readout import unpack as _unpack
 from ...sip.dialog import DialogState
 from ...sip.operations import Refused
 from ...sip.replication import RESTORABLE
-from ...sip.wire import Address
 from ...store import DialogKeeper, StoreAtStart, open_at_start
 from ..local import BuiltWorker, build_worker
 from ..shared_port import SharedPort
@@ -78,10 +76,6 @@ from .context import (
 
 # The runtime logs under one name, its package's (what a log filter names).
 log = logging.getLogger(__package__)
-
-# Worker numbers are the cluster's, not the node's: the own ports of a node's workers lie
-# anywhere below this many above `[runtime] worker_ports`.
-MAX_WORKERS: Final = 1024
 
 # A restarted actor may find its ports still held by the process it replaces for a moment.
 REBIND_TIMEOUT: Final = 10.0
@@ -323,15 +317,10 @@ class WorkerActor:
             host = node_ip()
             sockets = [dataclasses.replace(s, host=host) if s.host in ("0.0.0.0", "::")
                        else s for s in sockets]
-        own_port = self._own_port(sockets) if shared is not None else None
-        if own_port is not None:
-            sockets = [*sockets, own_port]  # last: `local_for` picks the shared one first
         built = await build_worker(config, self._publish, sockets=sockets,
                                    worker_id=self.index, reuse_port=shared is not None)
         if shared is not None:
             shared.attach(built.worker)  # no await since the bind: nothing left unmarked
-        if own_port is not None:
-            self._forward_from(built.worker, own_port)
         built.worker.callops.remote = _ToController(self._send)
         self.built = built
         return built.worker
@@ -354,24 +343,6 @@ class WorkerActor:
             match = config.callops.match_param if config.callops.mode == "param" else ""
             self.shared = await SharedPort.open(directory, self.index, match)
         return self.shared
-
-    def _own_port(self, sockets: list[ListenSocket]) -> ListenSocket | None:
-        """This worker's own UDP socket besides the shared ones (`[runtime] worker_ports`),
-        on the address of the node's first UDP listener; None when there is none."""
-        base = self.spec.config.runtime.worker_ports
-        udp = next((s for s in sockets if s.transport == "udp"), None)
-        if not base or udp is None:
-            return None
-        return ListenSocket("udp", udp.host, base + self.index)
-
-    def _forward_from(self, worker: Worker, port: ListenSocket) -> None:
-        """New requests leave from the worker's own port; every worker's own port is ours
-        (an in-dialog request's Route may name another's, RFC 5658's pair on top of it)."""
-        addressing = worker.proxy.addressing
-        addressing.forward_from = Address("udp", port.host, port.port)
-        base = self.spec.config.runtime.worker_ports
-        addressing.own.update((port.host.lower(), p)
-                              for p in range(base, min(base + MAX_WORKERS, 65536)))
 
     # -- events and remote dialog calls toward the controller ------------------------------
 

@@ -78,27 +78,16 @@ def test_the_sent_by_of_a_request() -> None:
     assert request_sent_by(b"\x00\x01 not SIP") is None
 
 
-OWN = Address("udp", "127.0.0.1", 5080)  # a worker's own port (`[runtime] worker_ports`)
-UDP_B = Address("udp", "127.0.0.2", 5060)  # a second UDP listener (a multi-homed node)
+UDP_B = Address("udp", "127.0.0.2", 5060)  # a second UDP listener (a node with two addresses)
 TRUNK = Address("udp", "192.0.2.9", 5060)
 
 
 def test_a_dialogs_request_leaves_from_the_socket_that_faces_its_party() -> None:
     """A UA behind NAT accepts only the address it sent to: in a dialog, the leg's socket
-    wins over the first listener of the transport (and over the worker's own port)."""
+    wins over the first listener of the transport."""
     addressing = Addressing((UDP, UDP_B, TLS), (), ())
-    addressing.forward_from = OWN
-    assert addressing.local_toward(TRUNK, UDP_B, new=False) == UDP_B
-    assert addressing.local_toward(TRUNK, UDP_B, new=True) == UDP_B
-    # A socket of another transport or family cannot reach it: the listener that can does.
-    assert addressing.local_toward(TRUNK, TLS, new=False) == UDP
-
-
-def test_a_new_request_leaves_from_the_workers_own_port_when_it_has_one() -> None:
-    addressing = Addressing((UDP, TLS, OWN), (), ())
-    assert addressing.local_toward(TRUNK, None, new=True) == UDP  # none set: the listener
-    addressing.forward_from = OWN
-    assert addressing.local_toward(TRUNK, None, new=True) == OWN
-    # Not to a registered contact (`new` false), nor over another transport.
-    assert addressing.local_toward(TRUNK, None, new=False) == UDP
-    assert addressing.local_toward(Address("tls", "192.0.2.9", 5061), None, new=True) == TLS
+    assert addressing.local_for(TRUNK) == UDP
+    assert addressing.local_toward(TRUNK, UDP_B) == UDP_B
+    assert addressing.local_toward(TRUNK, None) == UDP
+    # A socket of another transport cannot reach it: the listener that can does.
+    assert addressing.local_toward(TRUNK, TLS) == UDP
