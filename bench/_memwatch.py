@@ -181,7 +181,26 @@ def look(out: Path) -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    _mimalloc_stats(out / f"{label}.mimalloc.txt")
     (out / f"{label}.done").write_text("")
+
+
+def _mimalloc_stats(path: Path) -> None:
+    """mimalloc's own statistics (reserved, committed, reset, segments, pages), where
+    mimalloc is loaded: what it holds that is not in use shows there. It prints to the C
+    stderr: pointed at `path` meanwhile."""
+    stats = getattr(ctypes.CDLL(None), "mi_stats_print", None)
+    if stats is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            stats(None)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def main() -> None:
