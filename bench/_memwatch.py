@@ -38,9 +38,12 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from switchboard.allocator import give_back
 
 
 def _type_counts(objects: list[Any]) -> Counter[str]:
@@ -113,14 +116,10 @@ def born_since(seen: array.array[int]) -> dict[str, Any]:
 
 
 def _give_back() -> float:
-    """Ask the allocator in use to return its free pages (mimalloc's `mi_collect`, the C
-    library's `malloc_trim`); the seconds it took."""
+    """`switchboard.allocator.give_back`, as the overload monitor runs it; the seconds it
+    took."""
     started = time.perf_counter()
-    process = ctypes.CDLL(None)
-    collect = getattr(process, "mi_collect", None)
-    if collect is not None:
-        collect(True)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    give_back()
     return round(time.perf_counter() - started, 6)
 
 
@@ -172,32 +171,23 @@ def look(out: Path) -> None:
         info["born_since_record"] = born_since(_seen)
     (out / f"{label}.json").write_text(json.dumps(info, indent=1))
     # _debugmallocstats writes to the C stderr: point fd 2 at a file meanwhile.
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(out / f"{label}.pymalloc.txt", "wb") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    _mimalloc_stats(out / f"{label}.mimalloc.txt")
+    _c_stderr_to(out / f"{label}.pymalloc.txt", sys._debugmallocstats)
+    # mimalloc's own statistics (reserved, committed, reset, segments, pages), where it is
+    # loaded: what it holds that is not in use shows there.
+    mimalloc_stats = getattr(ctypes.CDLL(None), "mi_stats_print", None)
+    if mimalloc_stats is not None:
+        _c_stderr_to(out / f"{label}.mimalloc.txt", lambda: mimalloc_stats(None))
     (out / f"{label}.done").write_text("")
 
 
-def _mimalloc_stats(path: Path) -> None:
-    """mimalloc's own statistics (reserved, committed, reset, segments, pages), where
-    mimalloc is loaded: what it holds that is not in use shows there. It prints to the C
-    stderr: pointed at `path` meanwhile."""
-    stats = getattr(ctypes.CDLL(None), "mi_stats_print", None)
-    if stats is None:
-        return
+def _c_stderr_to(path: Path, write: Callable[[], object]) -> None:
+    """Run `write`, which prints to the C stderr (fd 2), with fd 2 pointed at `path`."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "wb") as f:
         os.dup2(f.fileno(), 2)
         try:
-            stats(None)
+            write()
         finally:
             os.dup2(saved, 2)
             os.close(saved)

@@ -158,10 +158,9 @@ class OverloadMonitor:
         # refusing more would overshoot (the queue lags behind the share).
         self.update(self.queue, self.lag, self.cpu, dropped - self._dropped, draining=draining)
         self._dropped = dropped
-        held = self._held()
         if not gc.isenabled():
             gc.collect(0)  # what the last look's worth of work made and still holds
-            if self.full_collection_due(held, now):
+            if self.full_collection_due(self._held(), now):
                 # Whatever rare cycles the process made (not the call path), and the free
                 # lists, which only a full collection empties.
                 gc.collect()

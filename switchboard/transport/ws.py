@@ -317,9 +317,7 @@ class WsEndpoint:
     def send(self, data: bytes, dest: Address) -> bool:
         """Over this worker's connection known by `dest`, else over another worker's
         (`relay`); False when there is none (the core fails the transaction at once)."""
-        conn = self._connection(dest)
-        if conn is not None and not conn.ws.closed:
-            conn.outbox.put_nowait(data)
+        if self._write(data, dest):
             return True
         relay = self.relay
         if relay is not None and relay(data, dest, self.local):
@@ -332,13 +330,19 @@ class WsEndpoint:
         told at once when there is none (bytes another worker of the node asked this one to
         write: that worker's transaction must learn it), as `TcpEndpoint.send_here` does
         once its connection fails to open."""
-        conn = self._connection(dest)
-        if conn is not None and not conn.ws.closed:
-            conn.outbox.put_nowait(data)
+        if self._write(data, dest):
             return True
         if undelivered is not None:
             undelivered(data, dest, self.local)
         return self._undeliverable(dest)
+
+    def _write(self, data: bytes, dest: Address) -> bool:
+        """Queue `data` on this endpoint's open connection known by `dest`, if there is one."""
+        conn = self._connection(dest)
+        if conn is None or conn.ws.closed:
+            return False
+        conn.outbox.put_nowait(data)
+        return True
 
     def _undeliverable(self, dest: Address) -> bool:
         # RFC 7118 §5: a WebSocket server does not connect to clients.
