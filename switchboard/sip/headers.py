@@ -8,7 +8,6 @@ when we print a header, and the value types for Via and CSeq. Address headers li
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from .errors import ParseError
 from .uri import Params, _parse_params, _split_hostport, format_params
@@ -60,14 +59,32 @@ def canonical_name(key: str) -> str:
     return name
 
 
-@dataclass(slots=True)
+# Written out, not `@dataclass`: see `uri.SipUri` (the generated methods run interpreted).
+
+
 class Via:
     """One Via value: `SIP/2.0/UDP host:port;branch=...;rport;received=...`."""
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = field(default_factory=dict)
+    __slots__ = ("host", "params", "port", "transport")
+
+    def __init__(self, transport: str, host: str, port: int | None = None,
+                 params: Params | None = None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params: Params = {} if params is None else params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (self.transport == other.transport and self.host == other.host
+                and self.port == other.port and self.params == other.params)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+                f"params={self.params!r})")
 
     @property
     def branch(self) -> str | None:
@@ -114,10 +131,25 @@ def parse_via(text: str) -> Via:
     return Via(parts[2].upper(), host, port, _parse_params(params_text, "Via"))
 
 
-@dataclass(slots=True, frozen=True)
 class CSeq:
-    number: int
-    method: str
+    """`number method`. Not changed once made."""
+
+    __slots__ = ("method", "number")
+
+    def __init__(self, number: int, method: str) -> None:
+        self.number = number
+        self.method = method
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CSeq):
+            return NotImplemented
+        return self.number == other.number and self.method == other.method
+
+    def __hash__(self) -> int:
+        return hash((self.number, self.method))
+
+    def __repr__(self) -> str:
+        return f"CSeq(number={self.number!r}, method={self.method!r})"
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"

@@ -9,7 +9,6 @@ Knows nothing about messages or transports.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from .errors import ParseError
 
@@ -75,17 +74,42 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-@dataclass(slots=True)
+# The value classes here are written out rather than made with `@dataclass`: mypyc compiles a
+# class's own methods, but the `__init__`, `__eq__` and `__repr__` that `@dataclass` writes at
+# import time run interpreted. Building a SipUri that way cost ~3,900 instructions; several
+# URIs are built per message (bench/README.md, "CPU levers").
+
+
 class SipUri:
     """A `sip:` or `sips:` URI. `headers` is the raw text after `?` (kept escaped)."""
 
-    host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    params: Params = field(default_factory=dict)
-    headers: str | None = None
-    scheme: str = "sip"
+    __slots__ = ("headers", "host", "params", "password", "port", "scheme", "user")
+
+    def __init__(self, host: str, user: str | None = None, password: str | None = None,
+                 port: int | None = None, params: Params | None = None,
+                 headers: str | None = None, scheme: str = "sip") -> None:
+        self.host = host
+        self.user = user
+        self.password = password
+        self.port = port
+        self.params: Params = {} if params is None else params
+        self.headers = headers
+        self.scheme = scheme
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipUri):
+            return NotImplemented
+        return (self.host == other.host and self.user == other.user
+                and self.password == other.password and self.port == other.port
+                and self.params == other.params and self.headers == other.headers
+                and self.scheme == other.scheme)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return (f"SipUri(host={self.host!r}, user={self.user!r}, password={self.password!r}, "
+                f"port={self.port!r}, params={self.params!r}, headers={self.headers!r}, "
+                f"scheme={self.scheme!r})")
 
     def __str__(self) -> str:
         out = [self.scheme, ":"]
@@ -123,12 +147,25 @@ class SipUri:
         )
 
 
-@dataclass(slots=True, frozen=True)
 class AbsoluteUri:
-    """Any non-SIP URI (`tel:`, `urn:`, `http:` ...), kept as written."""
+    """Any non-SIP URI (`tel:`, `urn:`, `http:` ...), kept as written. Not changed once made."""
 
-    scheme: str
-    rest: str
+    __slots__ = ("rest", "scheme")
+
+    def __init__(self, scheme: str, rest: str) -> None:
+        self.scheme = scheme
+        self.rest = rest
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AbsoluteUri):
+            return NotImplemented
+        return self.scheme == other.scheme and self.rest == other.rest
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.rest))
+
+    def __repr__(self) -> str:
+        return f"AbsoluteUri(scheme={self.scheme!r}, rest={self.rest!r})"
 
     def __str__(self) -> str:
         return f"{self.scheme}:{self.rest}"
@@ -180,13 +217,27 @@ def parse_sip_uri(text: str) -> SipUri:
     return uri
 
 
-@dataclass(slots=True)
 class NameAddr:
     """`"Display" <uri>;params` or a bare `uri;params`, or `*` (RFC 3261 §10.2.2)."""
 
-    uri: Uri | None  # None only for the wildcard Contact `*`
-    display: str | None = None  # as written, quotes included
-    params: Params = field(default_factory=dict)
+    __slots__ = ("display", "params", "uri")
+
+    def __init__(self, uri: Uri | None, display: str | None = None,
+                 params: Params | None = None) -> None:
+        self.uri = uri  # None only for the wildcard Contact `*`
+        self.display = display  # as written, quotes included
+        self.params: Params = {} if params is None else params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (self.uri == other.uri and self.display == other.display
+                and self.params == other.params)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return f"NameAddr(uri={self.uri!r}, display={self.display!r}, params={self.params!r})"
 
     @property
     def tag(self) -> str | None:
