@@ -22,7 +22,7 @@ from .errors import ParseError
 from .headers import Via, parse_via
 from .message import Request
 from .uri import SipUri, Uri, parse_name_addr
-from .wire import Address, default_port
+from .wire import Address, address, default_port
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -237,7 +237,7 @@ class Addressing:
             live = lookup(host) if lookup is not None else None
             if live is not None and uri.scheme != "sips":
                 transport = live
-        return Address(transport, host, uri.port or default_port(transport))
+        return address(transport, host, uri.port or default_port(transport))
 
     def resolve_host(self, name: str) -> str | None:
         """An IP literal as it is, a configured host name to its address, else None (no

@@ -606,9 +606,15 @@ class Proxy:
                        f"<{self.addressing.record_route(local_out, signature, sips)}>")
             ctx.own_rr += 1
         out.prepend_via(self.addressing.via(local_out, self._branch(req)))
-        cls = InviteClientTransaction if out.method == "INVITE" else NonInviteClientTransaction
-        client = cls(out, dest, local_out, self._send, self.timers, self.config.timers,
-                     self, ctx)
+        # Each class named at its call, not through a `cls` variable: mypyc then builds the
+        # native object directly instead of through Python's generic type call.
+        client: ClientTransaction
+        if out.method == "INVITE":
+            client = InviteClientTransaction(out, dest, local_out, self._send, self.timers,
+                                             self.config.timers, self, ctx)
+        else:
+            client = NonInviteClientTransaction(out, dest, local_out, self._send, self.timers,
+                                                self.config.timers, self, ctx)
         ctx.client = client
         self.client_txns[client.key] = client
         self.stats["tm:UAC_transactions"] += 1
@@ -704,9 +710,13 @@ class Proxy:
 
     def _new_server_txn(self, req: Request, source: Address, local: Address,
                         now: float) -> ServerTransaction:
-        cls = InviteServerTransaction if req.method == "INVITE" else NonInviteServerTransaction
-        txn = cls(req, source, local, self._send, self.timers, self.config.timers,
-                  self._on_server_end)
+        txn: ServerTransaction
+        if req.method == "INVITE":  # named at the call, as for client transactions
+            txn = InviteServerTransaction(req, source, local, self._send, self.timers,
+                                          self.config.timers, self._on_server_end)
+        else:
+            txn = NonInviteServerTransaction(req, source, local, self._send, self.timers,
+                                             self.config.timers, self._on_server_end)
         txn.reply_to = self._peer(txn.reply_to)
         self.server_txns[txn.key] = txn
         self.stats["tm:UAS_transactions"] += 1

@@ -29,7 +29,7 @@ from .states import INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_
 from .states import TransactionEvent as Event
 from .states import TransactionState as State
 from .timers import Timer, TimerQueue
-from .wire import Address, Datagram
+from .wire import Address, Datagram, address
 
 __all__ = [
     "SPENT", "ClientKey", "ClientTransaction", "Event", "InviteClientTransaction",
@@ -535,8 +535,8 @@ def response_address(request: Request, source: Address) -> Address:
         # (the `received` address, §18.2.2).
         if "rport" in via.params:
             return source
-        return Address(source.transport, source.host, via.port or 5060)
-    return Address(source.transport, _maddr(via.params["maddr"], source), via.port or 5060)
+        return address(source.transport, source.host, via.port or 5060)
+    return address(source.transport, _maddr(via.params["maddr"], source), via.port or 5060)
 
 
 def _maddr(value: str | None, source: Address) -> str:

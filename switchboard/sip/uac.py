@@ -164,8 +164,13 @@ class Uac:
 
     def _start(self, req: Request, dest: Address, local: Address, owner: _Local,
                now: float) -> None:
-        cls = InviteClientTransaction if req.method == "INVITE" else NonInviteClientTransaction
-        client = cls(req, dest, local, self._send, self.timers, self.settings, self, owner)
+        client: ClientTransaction
+        if req.method == "INVITE":  # named at the call: see `Proxy._forward`
+            client = InviteClientTransaction(req, dest, local, self._send, self.timers,
+                                             self.settings, self, owner)
+        else:
+            client = NonInviteClientTransaction(req, dest, local, self._send, self.timers,
+                                                self.settings, self, owner)
         self.client_txns[client.key] = client
         self.stats["tm:UAC_transactions"] += 1
         client.start(now)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # Named tuples, not frozen dataclasses: several of each are made per message, and a frozen
 # dataclass pays an `object.__setattr__` per field (three times slower to build).
@@ -40,6 +40,24 @@ class Address(NamedTuple):
         return self.transport == "tls" or self.transport == "wss"
 
 
+# The addresses `address` made, by their three parts: a named tuple's `__new__` runs
+# interpreted (~1,000 instructions), a lookup by a plain tuple equal to it does not.
+_MADE: Final[dict[tuple[str, str, int], Address]] = {}
+MADE_KEPT: Final = 4096  # the parts come off the wire (a Via's port): bounded
+
+
+def address(transport: str, host: str, port: int) -> Address:
+    """`Address(transport, host, port)`, the same object for the same parts while it is
+    kept: for the core's hot paths, which would otherwise make one per message."""
+    parts = (transport, host, port)
+    made = _MADE.get(parts)
+    if made is None:
+        if len(_MADE) >= MADE_KEPT:
+            _MADE.clear()
+        made = _MADE[parts] = Address(transport, host, port)
+    return made
+
+
 # RFC 3261 §19.1.2, RFC 7118 §5.2 (the HTTP ports a WebSocket URI defaults to).
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 
@@ -48,9 +66,26 @@ def default_port(transport: str) -> int:
     return DEFAULT_PORTS.get(transport, 5060)
 
 
-class Datagram(NamedTuple):
-    """Bytes to send to `dest` from the local socket `local`."""
+class Datagram:
+    """Bytes to send to `dest` from the local socket `local`.
 
-    data: bytes
-    dest: Address
-    local: Address
+    A class of its own rather than a named tuple like `Address`: seven are made per call,
+    and mypyc builds a native object directly, while a named tuple's `__new__` runs
+    interpreted. Nothing keys a table by a datagram or unpacks one."""
+
+    __slots__ = ("data", "dest", "local")
+
+    def __init__(self, data: bytes, dest: Address, local: Address) -> None:
+        self.data = data
+        self.dest = dest
+        self.local = local
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Datagram):
+            return NotImplemented
+        return self.data == other.data and self.dest == other.dest and self.local == other.local
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, never a key
+
+    def __repr__(self) -> str:
+        return f"Datagram(data={self.data!r}, dest={self.dest!r}, local={self.local!r})"
