@@ -56,6 +56,14 @@ Header = tuple[str, str, str]
 _SHARED = frozenset(("call-id", "cseq", "from", "to", "from#tag", "to#tag", "@ruri", "@ruri-text"))
 
 
+# The keys of what a header's value is cached as besides itself (`addresses`, `_tag`), by
+# header key: made once, not per call.
+_DERIVED: dict[str, tuple[str, str]] = {
+    key: (key + "#addr", key + "#tag")
+    for key in ("via", "from", "to", "contact", "route", "record-route", "path")
+}
+
+
 class Message:
     """Common part of requests and responses."""
 
@@ -141,11 +149,18 @@ class Message:
         self._cache.clear()
 
     def _forget(self, key: str) -> None:
-        # Both caches a header can feed: the typed value and `addresses(key)`.
+        # Every cache a header can feed: the typed value, `addresses(key)`, `_tag`.
         cache = self._cache
+        if not cache:
+            return
+        derived = _DERIVED.get(key)
+        if derived is None:
+            derived = (key + "#addr", key + "#tag")
+            if len(_DERIVED) < 4096:  # header names, from the wire: bounded
+                _DERIVED[key] = derived
         cache.pop(key, None)
-        cache.pop(key + "#addr", None)
-        cache.pop(key + "#tag", None)
+        cache.pop(derived[0], None)
+        cache.pop(derived[1], None)
         if key == "via":
             cache.pop("via#top", None)
 
@@ -190,19 +205,19 @@ class Message:
 
     @property
     def from_tag(self) -> str | None:
-        return self._tag("from")
+        return self._tag("from", "from#tag")
 
     @property
     def to_tag(self) -> str | None:
-        return self._tag("to")
+        return self._tag("to", "to#tag")
 
-    def _tag(self, key: str) -> str | None:
+    def _tag(self, key: str, cache_key: str) -> str | None:
         """The `tag` parameter of From/To without parsing the URI: a proxy reads tags on
-        every message, the URIs rarely. Same answer as `from_.tag` for valid values."""
+        every message (about twenty times a call), the URIs rarely. Same answer as
+        `from_.tag` for valid values. `cache_key` is a literal, not made per call."""
         parsed = self._cache.get(key)
         if parsed is not None:
             return parsed.tag  # type: ignore[no-any-return]
-        cache_key = key + "#tag"
         if cache_key in self._cache:
             return self._cache[cache_key]  # type: ignore[no-any-return]
         raw = self.get(key)
@@ -259,7 +274,8 @@ class Message:
 
     def addresses(self, key: str) -> list[NameAddr]:
         """Parsed values of Contact, Route, Record-Route, Path... (cached)."""
-        cache_key = key + "#addr"
+        derived = _DERIVED.get(key)
+        cache_key = derived[0] if derived is not None else key + "#addr"
         hit = self._cache.get(cache_key)
         if hit is None:
             hit = self._cache[cache_key] = [parse_name_addr(v) for v in self.values(key)]
