@@ -16,16 +16,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
+from typing import Final
 
 from .errors import ParseError
 from .headers import Via, parse_via
+from .memo import remember
 from .message import Request
 from .uri import SipUri, Uri, parse_name_addr
 from .wire import Address, address, default_port
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 
 SIG_PARAM = "sb="  # our Record-Route's signature parameter
 SIG_LEN = 16
@@ -42,15 +40,6 @@ TRANSPORTS: Final = ("udp", "tcp", "tls", "ws", "wss")
 _SECURE: Final = {"tcp": "tls", "tls": "tls", "ws": "wss", "wss": "wss"}
 # The top Via of a message as bytes: a request's first Via line (or its compact form).
 _TOP_VIA: Final = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n,]*)", re.IGNORECASE)
-
-
-def remember(memo: dict[_K, _V], key: _K, value: _V, limit: int = 65536) -> _V:
-    """Store `value` in a memo of something derived from message text (a trusted source, a
-    next-hop address, our own Route): bounded, since the keys come off the wire."""
-    if len(memo) >= limit:
-        memo.clear()
-    memo[key] = value
-    return value
 
 
 def signature_of(value: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from .errors import ParseError
 from .headers import TOKEN, CSeq, Via, canonical_name, header_key, parse_cseq, parse_via
+from .memo import remember
 from .uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, split_header_values
 
 MAX_MESSAGE_SIZE: Final = 65535
@@ -62,6 +63,14 @@ _DERIVED: dict[str, tuple[str, str]] = {
     key: (key + "#addr", key + "#tag")
     for key in ("via", "from", "to", "contact", "route", "record-route", "path")
 }
+
+
+def _derived(key: str) -> tuple[str, str]:
+    """`_DERIVED[key]`, made and kept the first time (header names come off the wire)."""
+    derived = _DERIVED.get(key)
+    if derived is None:
+        derived = remember(_DERIVED, key, (key + "#addr", key + "#tag"), 4096)
+    return derived
 
 
 class Message:
@@ -153,11 +162,7 @@ class Message:
         cache = self._cache
         if not cache:
             return
-        derived = _DERIVED.get(key)
-        if derived is None:
-            derived = (key + "#addr", key + "#tag")
-            if len(_DERIVED) < 4096:  # header names, from the wire: bounded
-                _DERIVED[key] = derived
+        derived = _derived(key)
         cache.pop(key, None)
         cache.pop(derived[0], None)
         cache.pop(derived[1], None)
@@ -274,8 +279,7 @@ class Message:
 
     def addresses(self, key: str) -> list[NameAddr]:
         """Parsed values of Contact, Route, Record-Route, Path... (cached)."""
-        derived = _DERIVED.get(key)
-        cache_key = derived[0] if derived is not None else key + "#addr"
+        cache_key = _derived(key)[0]
         hit = self._cache.get(cache_key)
         if hit is None:
             hit = self._cache[cache_key] = [parse_name_addr(v) for v in self.values(key)]

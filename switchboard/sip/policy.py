@@ -12,9 +12,10 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable
 
-from .addressing import remember, target
+from .addressing import target
 from .auth import DigestAuth
 from .guard import AuthGuard, GuardSettings
+from .memo import remember
 from .message import Request
 from .uri import SipUri
 

@@ -36,6 +36,7 @@ from .dialog import Dialog, DialogState, DialogStateChanged, DialogTable, Leg, L
 from .errors import ParseError
 from .events import CallEvent
 from .guard import AuthFailed, GuardSettings
+from .memo import remember
 from .message import Request, Response, build_response, parse_message
 from .policy import Policy
 from .registrar import Binding, Location, aor_key
@@ -729,12 +730,9 @@ class Proxy:
         """One `Address` object per peer for what is kept (a dialog's legs, a transaction's
         reply address): the transport makes one per datagram, and every held call would
         otherwise keep its own copy of the same few."""
-        peers = self._peers
-        known = peers.get(address)
+        known = self._peers.get(address)
         if known is None:
-            if len(peers) >= PEERS_KEPT:
-                peers.clear()
-            known = peers[address] = address
+            known = remember(self._peers, address, address, PEERS_KEPT)
         return known
 
     def _server_terminated(self, txn: ServerTransaction) -> None:

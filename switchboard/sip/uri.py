@@ -12,6 +12,7 @@ import re
 from typing import Final
 
 from .errors import ParseError
+from .memo import remember
 
 Params = dict[str, str | None]
 
@@ -54,14 +55,11 @@ HOSTPORTS_KEPT: Final = 4096
 def _split_hostport(text: str) -> tuple[str, int | None]:
     known = _HOSTPORTS.get(text)
     if known is None:
-        known = _split_hostport_new(text)
-        if len(_HOSTPORTS) >= HOSTPORTS_KEPT:
-            _HOSTPORTS.clear()
-        _HOSTPORTS[text] = known
+        known = remember(_HOSTPORTS, text, _parse_hostport(text), HOSTPORTS_KEPT)
     return known
 
 
-def _split_hostport_new(text: str) -> tuple[str, int | None]:
+def _parse_hostport(text: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:

@@ -12,6 +12,7 @@ SIP = Path(__file__).resolve().parents[3] / "switchboard" / "sip"
 
 # Lowest first. The package's __init__ is its facade and may re-export anything.
 LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"memo"}),
     frozenset({"errors", "wire", "timers", "events", "auth", "guard"}),
     frozenset({"uri", "sdp", "states"}),
     frozenset({"headers", "refer"}),
